@@ -1,0 +1,181 @@
+//! The TOML file as written by operators: serde types with named defaults and no unknown keys.
+//! `conf/p13n-edge.toml` documents every field here; keep the two in step.
+//!
+//! Unknown keys are refused, but through `serde_ignored` rather than `deny_unknown_fields`:
+//! serde stops at the first unknown key, and operators want every problem in one run.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+pub struct FileConfig {
+    /// The public listener and the process.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The admin listener: metrics and probes.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Timeouts, in milliseconds.
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    /// The personalization services this proxy fronts: `[[service]]` tables.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSection>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ServerSection {
+    /// Address of the public (browser-facing) listener.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads of the public listener.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Seconds SIGTERM waits before shutting down (pingora's default is 300).
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    /// Seconds given to in-flight work once shutdown starts.
+    #[serde(default = "default_grace")]
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Unix socket over which listening sockets are handed to a new binary (`run -u`).
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// Where the pid file is written.
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AdminSection {
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`). Keep it on loopback.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitsSection {
+    /// Largest accepted request body. At most 65536: pingora's retry buffer and browsers'
+    /// keepalive requests both stop at 64 KiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest upstream response body read. The vendor documents at most 10 KB.
+    #[serde(default = "default_max_upstream_body")]
+    pub max_upstream_body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TimeoutsSection {
+    /// TCP (and TLS) connect timeout to the upstream.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Deadline for a whole upstream call: connect, send, and read the answer.
+    #[serde(default = "default_upstream_ms")]
+    pub upstream_ms: u64,
+    /// How long a client may take to send its request body.
+    #[serde(default = "default_client_body_ms")]
+    pub client_body_ms: u64,
+    /// How long an idle upstream connection is kept for reuse. Keep it below the upstream's own.
+    #[serde(default = "default_upstream_idle_ms")]
+    pub upstream_idle_ms: u64,
+    /// How long a resolved upstream address is reused before resolving again.
+    #[serde(default = "default_dns_ttl_ms")]
+    pub dns_ttl_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ServiceSection {
+    /// Name of the service, `[0-9a-z_]{3,128}`; used in metrics and logs.
+    pub name: String,
+    /// One of `us01`, `eu01`, `ap01`, `ap03`. Exactly one of `region` and `base_url`.
+    pub region: Option<String>,
+    /// An explicit upstream, `https://host[:port]` or `http://host[:port]` (tests, private
+    /// endpoints).
+    pub base_url: Option<String>,
+    /// The Treasure Data account id.
+    pub account_id: String,
+    /// The personalization instance id.
+    pub instance_id: String,
+    /// Environment variable holding the API key, `{account_id}/{40 hex}`.
+    pub api_key_env: Option<String>,
+    /// File holding the API key; relative paths are relative to this config file.
+    pub api_key_file: Option<String>,
+    /// Body fields that identify a visitor; at least one must be present.
+    #[serde(default = "default_identifiers")]
+    pub identifiers: Vec<String>,
+    /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, String>,
+    /// The routes this service exposes: `[[service.route]]` tables.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RouteSection {
+    /// Database name, `[0-9a-z_]{3,128}`.
+    pub database: String,
+    /// Table name, `[0-9a-z_]{3,128}`.
+    pub table: String,
+    /// Served as `/public/{database}/{table}` when true, `/{database}/{table}` otherwise.
+    #[serde(default)]
+    pub public: bool,
+    /// Name of the token (from `tokens`) this route sends.
+    pub token: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/p13n-edge-upgrade.sock".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/p13n-edge.pid".into()
+}
+pub(crate) fn default_max_body() -> usize {
+    65536
+}
+fn default_max_upstream_body() -> usize {
+    1 << 20
+}
+fn default_connect_ms() -> u64 {
+    1000
+}
+fn default_upstream_ms() -> u64 {
+    3000
+}
+fn default_client_body_ms() -> u64 {
+    10_000
+}
+fn default_upstream_idle_ms() -> u64 {
+    30_000
+}
+fn default_dns_ttl_ms() -> u64 {
+    30_000
+}
+fn default_identifiers() -> Vec<String> {
+    vec!["td_client_id".into()]
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("every field has a default")
+            }
+        }
+    )*};
+}
+default_from_serde!(ServerSection, AdminSection, LimitsSection, TimeoutsSection);

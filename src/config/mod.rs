@@ -1,0 +1,111 @@
+//! Configuration: the TOML file (`file`), its validation into the internal `Config`
+//! (`validate`), and the secrets it loads (`secret`).
+
+mod file;
+mod secret;
+mod validate;
+
+pub use file::FileConfig;
+pub use secret::Secret;
+pub use validate::names_ok;
+
+use http::HeaderValue;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The validated configuration. Built once per load or reload; shared behind `arc-swap`.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    pub max_body_bytes: usize,
+    pub max_upstream_body_bytes: usize,
+    pub timeouts: Timeouts,
+    pub services: Vec<Arc<Service>>,
+    /// Exact request path (`/db/table` or `/public/db/table`) to its route.
+    pub routes: HashMap<String, Arc<Route>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub upstream: Duration,
+    pub client_body: Duration,
+    pub upstream_idle: Duration,
+    pub dns_ttl: Duration,
+}
+
+/// Where a service's calls go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `Host` header value: the host, with the port when it is not the scheme's default.
+    pub authority: String,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub upstream: UpstreamTarget,
+    pub account_id: String,
+    pub instance_id: String,
+    pub api_key: Secret,
+    pub identifiers: Vec<String>,
+    pub tokens: Vec<(String, Secret)>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub service: Arc<Service>,
+    pub database: String,
+    pub table: String,
+    pub public: bool,
+    pub token_name: String,
+    /// The upstream path, identical to the public path.
+    pub path: String,
+    /// `db/table` (with a `public/` prefix when public): a bounded metric label.
+    pub label: String,
+    /// `TD1 {key}`, marked sensitive.
+    pub authorization: HeaderValue,
+    /// The route's token, marked sensitive.
+    pub token: HeaderValue,
+}
+
+impl Config {
+    /// Read, parse and validate a config file. Every problem is reported together.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base_dir)
+    }
+
+    /// Parse and validate TOML text; relative key files resolve against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let file: FileConfig =
+            serde_ignored::deserialize(de, |path| unknown.push(format!("unknown key `{path}`")))
+                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        validate::build(file, base_dir, unknown)
+    }
+
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.get(path)
+    }
+}

@@ -1,0 +1,377 @@
+//! The upstream stand-in: checks requests like the real service (3000-3005, 415), keeps a
+//! real-time profile per visitor, answers every matching offer, injects faults on demand, and
+//! reports what it ingested at `GET /_emulator/stats`. No global lock on the ingestion path:
+//! profiles live in a `DashMap`, counters are atomics, the fault plan sits behind `arc-swap`.
+
+mod faults;
+mod rules;
+
+pub use faults::{FaultPlan, FaultSpec};
+pub use rules::{Profile, Rules};
+
+use crate::error::error_body;
+use crate::event::VENDOR_CONTENT_TYPE;
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use dashmap::{DashMap, DashSet};
+use http::{header, Response};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+const MAX_BODY: usize = 1 << 20;
+
+pub struct Emulator {
+    rules: Rules,
+    profiles: DashMap<String, Profile>,
+    faults: ArcSwapOption<FaultPlan>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    events_ingested: AtomicU64,
+    by_status: DashMap<u16, AtomicU64>,
+    by_code: DashMap<u32, AtomicU64>,
+    /// Events seen with a `uuid` field, to count redeliveries.
+    uuids: DashSet<String>,
+    duplicates: AtomicU64,
+}
+
+/// One answer: status, optional vendor code (for stats), body, extra header.
+struct Reply {
+    status: u16,
+    code: Option<u32>,
+    body: Vec<u8>,
+    retry_after: Option<String>,
+}
+
+impl Reply {
+    fn error(status: u16, code: u32, message: &str) -> Reply {
+        Reply {
+            status,
+            code: Some(code),
+            body: error_body(code, message).to_vec(),
+            retry_after: None,
+        }
+    }
+}
+
+impl Emulator {
+    pub fn new(rules: Rules) -> Self {
+        Emulator {
+            rules,
+            profiles: DashMap::new(),
+            faults: ArcSwapOption::empty(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Load rules from a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let rules = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Emulator::new(rules))
+    }
+
+    pub fn stats_json(&self) -> Value {
+        let s = &self.stats;
+        let by_status = counts(&s.by_status);
+        let by_code = counts(&s.by_code);
+        serde_json::json!({
+            "requests": s.requests.load(Ordering::Relaxed),
+            "events_ingested": s.events_ingested.load(Ordering::Relaxed),
+            "duplicates": s.duplicates.load(Ordering::Relaxed),
+            "profiles": self.profiles.len(),
+            "by_status": by_status,
+            "by_code": by_code,
+        })
+    }
+
+    fn reset(&self) {
+        self.profiles.clear();
+        self.faults.store(None);
+        let s = &self.stats;
+        s.requests.store(0, Ordering::Relaxed);
+        s.events_ingested.store(0, Ordering::Relaxed);
+        s.duplicates.store(0, Ordering::Relaxed);
+        s.by_status.clear();
+        s.by_code.clear();
+        s.uuids.clear();
+    }
+
+    async fn control(&self, session: &mut ServerSession, path: &str) -> Reply {
+        let method = session.req_header().method.clone();
+        match (method.as_str(), path) {
+            ("GET", "/_emulator/stats") => json_reply(&self.stats_json()),
+            ("POST", "/_emulator/reset") => {
+                self.reset();
+                json_reply(&serde_json::json!({"reset": true}))
+            }
+            ("DELETE", "/_emulator/faults") => {
+                self.faults.store(None);
+                json_reply(&serde_json::json!({"faults": null}))
+            }
+            ("POST", "/_emulator/faults") => {
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let spec: FaultSpec = match serde_json::from_slice(&body) {
+                    Ok(s) => s,
+                    Err(e) => return Reply::error(400, 400, &format!("bad fault plan: {e}")),
+                };
+                if let Err(e) = spec.validate() {
+                    return Reply::error(400, 400, &e);
+                }
+                self.faults
+                    .store(Some(std::sync::Arc::new(FaultPlan::new(spec))));
+                json_reply(&serde_json::json!({"faults": "set"}))
+            }
+            _ => Reply::error(404, 404, "unknown emulator control route"),
+        }
+    }
+
+    async fn ingest(&self, session: &mut ServerSession) -> Reply {
+        let req = session.req_header();
+        if req.method != http::Method::POST {
+            return Reply::error(405, 3009, "Unsupported method");
+        }
+        if !is_ingest_path(req.uri.path()) {
+            return Reply::error(404, 404, "Not Found");
+        }
+        if !self.rules.ip_allow.is_empty() {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            if !ip.is_some_and(|ip| self.rules.ip_allow.contains(&ip)) {
+                return Reply::error(400, 3005, "Request origin not in IP whitelist");
+            }
+        }
+        if let Err(reply) = self.check_credentials(session) {
+            return reply;
+        }
+        let content_type = session
+            .get_header(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        if content_type != Some(VENDOR_CONTENT_TYPE.as_bytes()) {
+            return Reply::error(415, 415, "Unsupported Media Type");
+        }
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let event: Map<String, Value> = match serde_json::from_slice(&body) {
+            Ok(e) => e,
+            Err(_) => return Reply::error(400, 3004, "Invalid event object."),
+        };
+        let Some(visitor) = self.visitor(&event) else {
+            return Reply::error(400, 3004, "Invalid event object.");
+        };
+
+        let plan = self.faults.load_full().filter(|p| p.active(Instant::now()));
+        if let Some(plan) = &plan {
+            tokio::time::sleep(plan.latency()).await;
+            if plan.strikes() {
+                let code = plan.spec.code();
+                let mut reply = Reply::error(plan.spec.status, code, vendor_message(code));
+                reply.retry_after = plan.spec.retry_after.clone();
+                return reply;
+            }
+        }
+
+        self.stats.events_ingested.fetch_add(1, Ordering::Relaxed);
+        if let Some(Value::String(uuid)) = event.get("uuid") {
+            if !self.stats.uuids.insert(uuid.clone()) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let offers = {
+            let mut profile = self.profiles.entry(visitor).or_default();
+            self.rules.update(&mut profile, &event);
+            self.rules.offers(&profile, &event)
+        };
+        if offers.is_empty() {
+            return Reply {
+                status: 200,
+                code: None,
+                body: Vec::new(),
+                retry_after: None,
+            };
+        }
+        json_reply(&serde_json::json!({ "offers": offers }))
+    }
+
+    fn check_credentials(&self, session: &ServerSession) -> Result<(), Reply> {
+        let auth = session
+            .get_header(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let key = auth.and_then(|a| a.strip_prefix("TD1 "));
+        let Some((key_account, _)) = key.and_then(|k| k.split_once('/')) else {
+            return Err(Reply::error(
+                401,
+                401,
+                "Authentication required: Authorization: TD1 {account_id}/{apikey}",
+            ));
+        };
+        if !self.rules.api_keys.is_empty()
+            && !self.rules.api_keys.iter().any(|k| Some(k.as_str()) == key)
+        {
+            return Err(Reply::error(401, 401, "Invalid API key"));
+        }
+        let Some(token) = session.get_header("wp13n-token") else {
+            return Err(Reply::error(400, 3000, vendor_message(3000)));
+        };
+        let token = token.to_str().unwrap_or_default();
+        let parts: Vec<&str> = token.split('/').collect();
+        let well_formed = matches!(parts.as_slice(), [a, i, t]
+            if !a.is_empty() && !i.is_empty() && t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !well_formed {
+            return Err(Reply::error(400, 3003, vendor_message(3003)));
+        }
+        if parts[0] != key_account {
+            return Err(Reply::error(400, 3002, vendor_message(3002)));
+        }
+        if !self.rules.tokens.is_empty() && !self.rules.tokens.iter().any(|t| t == token) {
+            return Err(Reply::error(400, 3001, vendor_message(3001)));
+        }
+        Ok(())
+    }
+
+    /// The profile key: the first configured identifier present, as `field:value`.
+    fn visitor(&self, event: &Map<String, Value>) -> Option<String> {
+        self.rules
+            .identifiers
+            .iter()
+            .find_map(|field| match event.get(field)? {
+                Value::String(s) if !s.is_empty() => Some(format!("{field}:{s}")),
+                Value::Number(n) => Some(format!("{field}:{n}")),
+                _ => None,
+            })
+    }
+
+    fn count(&self, reply: &Reply) {
+        let s = &self.stats;
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        s.by_status
+            .entry(reply.status)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(code) = reply.code {
+            s.by_code
+                .entry(code)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        crate::metrics::EMULATOR_REQUESTS
+            .with_label_values(&[&reply.status.to_string()])
+            .inc();
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Emulator {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let reply = if path.starts_with("/_emulator/") {
+            self.control(session, &path).await
+        } else {
+            let reply = self.ingest(session).await;
+            self.count(&reply);
+            reply
+        };
+        let mut builder = Response::builder()
+            .status(reply.status)
+            .header(header::CONTENT_LENGTH, reply.body.len());
+        if !reply.body.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(retry_after) = reply.retry_after {
+            builder = builder.header(header::RETRY_AFTER, retry_after);
+        }
+        builder
+            .body(reply.body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+fn counts<K: ToString + Eq + std::hash::Hash>(m: &DashMap<K, AtomicU64>) -> Map<String, Value> {
+    m.iter()
+        .map(|e| {
+            (
+                e.key().to_string(),
+                e.value().load(Ordering::Relaxed).into(),
+            )
+        })
+        .collect()
+}
+
+fn json_reply(v: &Value) -> Reply {
+    Reply {
+        status: 200,
+        code: None,
+        body: v.to_string().into_bytes(),
+        retry_after: None,
+    }
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(Reply::error(413, 413, "Request Entity Too Large"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(Reply::error(400, 3004, "Invalid event object.")),
+        }
+    }
+}
+
+/// `/{db}/{table}` or `/public/{db}/{table}`, names `[0-9a-z_]{3,128}`.
+fn is_ingest_path(path: &str) -> bool {
+    let rest = path
+        .strip_prefix("/public")
+        .filter(|r| r.starts_with('/'))
+        .unwrap_or(path);
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(parts.as_slice(), ["", db, table] if crate::config::names_ok(db) && crate::config::names_ok(table))
+}
+
+/// The vendor's messages for its codes.
+pub fn vendor_message(code: u32) -> &'static str {
+    match code {
+        2003 => "Kinesis error due to limit being exceeded",
+        2013 => "Lambda total concurrent execution exceeds the reserved concurrency",
+        3000 => "RT token was not provided (WP13n-Token header).",
+        3001 => "RT token is not in configuration.",
+        3002 => "RT token account conflicts with Authed user account.",
+        3003 => "RT token is in an invalid format.",
+        3004 => "Invalid event object.",
+        3005 => "Request origin not in IP whitelist.",
+        2001 => "Internal component unreachable",
+        _ => "Internal server error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_paths() {
+        assert!(is_ingest_path("/demo_db/pageviews"));
+        assert!(is_ingest_path("/public/demo_db/pageviews"));
+        assert!(!is_ingest_path("/demo_db/pageviews/x"));
+        assert!(!is_ingest_path("/Demo/pageviews"));
+        assert!(!is_ingest_path("/public/demo_db"));
+        assert!(!is_ingest_path("//demo_db/pageviews"));
+    }
+}

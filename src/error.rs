@@ -1,0 +1,88 @@
+//! Every answer the proxy makes itself, in one place: HTTP status, vendor-style code, message.
+//! Bodies follow the vendor's error shape, `{"code": <int>, "message": "<text>"}`.
+
+use bytes::Bytes;
+
+/// Errors the proxy answers locally. Where the vendor defines a code it is used; elsewhere the
+/// code is the HTTP status, so clients can always read a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    #[error("no such route")]
+    UnknownRoute,
+    #[error("method not allowed: use POST (or OPTIONS)")]
+    MethodNotAllowed,
+    #[error("request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("unsupported content type: use application/json, text/plain or application/vnd.treasuredata.v1+json")]
+    UnsupportedMediaType,
+    #[error("Invalid event object: {0}")]
+    InvalidEvent(&'static str),
+    #[error("timed out reading the request body")]
+    ClientTimeout,
+    #[error("upstream unreachable")]
+    UpstreamUnavailable,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream sent an invalid response")]
+    BadUpstreamResponse,
+}
+
+impl EdgeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            EdgeError::UnknownRoute => 404,
+            EdgeError::MethodNotAllowed => 405,
+            EdgeError::BodyTooLarge(_) => 413,
+            EdgeError::UnsupportedMediaType => 415,
+            EdgeError::InvalidEvent(_) => 400,
+            EdgeError::ClientTimeout => 408,
+            EdgeError::UpstreamUnavailable | EdgeError::BadUpstreamResponse => 502,
+            EdgeError::UpstreamTimeout => 504,
+        }
+    }
+
+    pub fn code(&self) -> u32 {
+        match self {
+            // The vendor's codes: 3009 "unsupported method", 3004 "invalid event object".
+            EdgeError::MethodNotAllowed => 3009,
+            EdgeError::InvalidEvent(_) => 3004,
+            other => u32::from(other.status()),
+        }
+    }
+
+    pub fn body(&self) -> Bytes {
+        error_body(self.code(), &self.to_string())
+    }
+}
+
+/// `{"code": code, "message": message}`, JSON-escaped.
+pub fn error_body(code: u32, message: &str) -> Bytes {
+    let body = serde_json::json!({ "code": code, "message": message });
+    Bytes::from(body.to_string())
+}
+
+/// Read the vendor code from an error body, if it has the vendor's shape.
+pub fn vendor_code(body: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        code: u32,
+        #[allow(dead_code)]
+        message: serde_json::Value,
+    }
+    serde_json::from_slice::<Shape>(body).ok().map(|s| s.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_vendor_shape() {
+        let v: serde_json::Value = serde_json::from_slice(&EdgeError::UnknownRoute.body()).unwrap();
+        assert_eq!(v["code"], 404);
+        assert_eq!(v["message"], "no such route");
+        assert_eq!(EdgeError::InvalidEvent("x").code(), 3004);
+        assert_eq!(vendor_code(br#"{"code":2013,"message":"m"}"#), Some(2013));
+        assert_eq!(vendor_code(b"<html>"), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! The `p13n-edge` command line: run, check-config, emulator, demo.
+#![forbid(unsafe_code)]
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use p13n_edge::config::Config;
+use p13n_edge::emulator::Emulator;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "p13n-edge",
+    version,
+    about = "Edge proxy for Treasure Data's Real-time Personalization API"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Take over the listening sockets of a running instance (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate a config file: exit 0, or print every problem and exit 1.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the upstream emulator.
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Offer rules (TOML); without it the emulator ingests but matches no offer.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Run the emulator (:8081), the proxy (:8080) and its admin listener (:9090) together.
+    Demo {
+        #[arg(long, default_value = "conf/demo.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "conf/demo-rules.toml")]
+        rules: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config, upgrade } => {
+            let config = load(&config)?;
+            let (server, _) = p13n_edge::build_server(config, upgrade);
+            server.run_forever();
+        }
+        Command::CheckConfig { config } => {
+            let loaded = load(&config)?;
+            println!(
+                "{}: ok ({} services, {} routes)",
+                config.display(),
+                loaded.services.len(),
+                loaded.routes.len()
+            );
+            Ok(())
+        }
+        Command::Emulator {
+            listen,
+            rules,
+            threads,
+        } => {
+            let emulator = match rules {
+                Some(path) => Emulator::from_file(&path).map_err(anyhow::Error::msg)?,
+                None => Emulator::new(Default::default()),
+            };
+            tracing::info!(%listen, "emulator listening");
+            p13n_edge::emulator_server(&listen, emulator, threads).run_forever();
+        }
+        Command::Demo { config, rules } => {
+            let loaded = load(&config)?;
+            let emulator = Emulator::from_file(&rules).map_err(anyhow::Error::msg)?;
+            let upstream = &loaded.services[0].upstream;
+            let emulator_listen = format!("{}:{}", upstream.host, upstream.port);
+            let proxy = loaded.listen;
+            let (mut server, _) = p13n_edge::build_server(loaded, false);
+            p13n_edge::add_emulator(&mut server, &emulator_listen, emulator);
+            print_demo(&proxy.to_string());
+            server.run_forever();
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).or_else(|errors| {
+        for problem in &errors.0 {
+            eprintln!("{}: {problem}", path.display());
+        }
+        bail!("{}: {} problem(s) found", path.display(), errors.0.len())
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_demo(proxy: &str) {
+    println!(
+        r#"
+p13n-edge demo: emulator on 127.0.0.1:8081, proxy on http://{proxy}, admin on 127.0.0.1:9090
+
+Three /retail page views make visitor v1 a high-loyalty visitor; the third answer has the offer:
+
+  for i in 1 2 3; do
+    curl -s -X POST http://{proxy}/demo_db/pageviews \
+      -H 'Content-Type: application/json' \
+      -d '{{"td_client_id":"v1","td_path":"/retail/shop/women","product_category":"women"}}'; echo
+  done
+
+What the emulator ingested:   curl -s http://127.0.0.1:8081/_emulator/stats
+Metrics:                      curl -s http://127.0.0.1:9090/metrics | grep p13n_edge_
+Stop with Ctrl-C.
+"#
+    );
+}
