@@ -1,0 +1,167 @@
+//! Every locally answered error: status, vendor-shaped JSON body, and the process stays up.
+
+mod common;
+
+use common::*;
+
+const EVENT: &str = r#"{"td_client_id":"v1","td_path":"/retail"}"#;
+
+#[test]
+fn unknown_routes_are_404_whatever_the_path_says() {
+    let stack = Stack::start("routes");
+    for path in [
+        "/",
+        "/demo_db",
+        "/demo_db/other",
+        "/demo_db/pageviews/",
+        "/demo_db/pageviews/x",
+        "/DEMO_DB/pageviews",
+        "//demo_db/pageviews",
+        "/demo_db//pageviews",
+        "/public/demo_db/pageviews", // the private route has no public shape
+        "/demo_db/clicks",           // the public route has no private shape
+        "/x/../demo_db/pageviews",
+        "/demo_db%2fpageviews",
+        "/demo%5fdb/pageviews",
+        "/_emulator/stats",
+    ] {
+        stack.post(path, EVENT).assert_error(404, 404);
+    }
+    // Still serving.
+    assert_eq!(stack.post("/demo_db/pageviews", EVENT).status, 200);
+    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+}
+
+#[test]
+fn methods_other_than_post_and_options_are_405() {
+    let stack = Stack::start("methods");
+    for method in ["GET", "PUT", "DELETE", "PATCH", "HEAD", "TRACE"] {
+        let r = request(stack.proxy, method, "/demo_db/pageviews", &[], b"");
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.header("allow").as_deref(), Some("POST, OPTIONS"));
+        if method != "HEAD" {
+            r.assert_error(405, 3009);
+        }
+    }
+    let r = request(stack.proxy, "OPTIONS", "/demo_db/pageviews", &[], b"");
+    assert_eq!(r.status, 204);
+    assert_eq!(stack.emulator_stats()["events_ingested"], 0);
+}
+
+#[test]
+fn bodies_over_64_kib_are_413_declared_or_chunked() {
+    let stack = Stack::start("too_large");
+    let big = format!(
+        r#"{{"td_client_id":"v","pad":"{}"}}"#,
+        "x".repeat(64 * 1024)
+    );
+    stack
+        .post("/demo_db/pageviews", &big)
+        .assert_error(413, 413);
+
+    let mut raw = format!(
+        "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for part in big.as_bytes().chunks(10_000) {
+        raw.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        raw.extend_from_slice(part);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw_request(stack.proxy, &raw).assert_error(413, 413);
+
+    // Exactly at the limit is fine.
+    let pad = 65536 - r#"{"td_client_id":"v","pad":""}"#.len();
+    let edge = format!(r#"{{"td_client_id":"v","pad":"{}"}}"#, "x".repeat(pad));
+    assert_eq!(edge.len(), 65536);
+    assert_eq!(stack.post("/demo_db/pageviews", &edge).status, 200);
+    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+}
+
+#[test]
+fn content_types_other_than_json_text_and_vendor_are_415() {
+    let stack = Stack::start("media");
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "text/html",
+    ] {
+        let r = request(
+            stack.proxy,
+            "POST",
+            "/demo_db/pageviews",
+            &[("Content-Type", ct)],
+            EVENT.as_bytes(),
+        );
+        r.assert_error(415, 415);
+    }
+    let r = request(
+        stack.proxy,
+        "POST",
+        "/demo_db/pageviews",
+        &[],
+        EVENT.as_bytes(),
+    );
+    r.assert_error(415, 415);
+    for ct in [
+        "application/json",
+        "text/plain;charset=UTF-8",
+        "application/vnd.treasuredata.v1+json",
+    ] {
+        let r = request(
+            stack.proxy,
+            "POST",
+            "/demo_db/pageviews",
+            &[("Content-Type", ct)],
+            EVENT.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{ct}: {}", r.text());
+    }
+    assert_eq!(stack.emulator_stats()["events_ingested"], 3);
+}
+
+#[test]
+fn bodies_without_an_identifier_are_3004() {
+    let stack = Stack::start("invalid_event");
+    for body in [
+        "",
+        "not json",
+        "[]",
+        "null",
+        r#""td_client_id""#,
+        r#"{"td_path":"/retail"}"#,
+        r#"{"td_client_id":""}"#,
+        r#"{"td_client_id":null}"#,
+        r#"{"td_client_id":"v"} trailing"#,
+        r#"{"td_client_id":"v""#,
+    ] {
+        stack
+            .post("/demo_db/pageviews", body)
+            .assert_error(400, 3004);
+    }
+    // A configured second identifier is enough.
+    assert_eq!(
+        stack
+            .post("/demo_db/pageviews", r#"{"email":"a@b.c"}"#)
+            .status,
+        200
+    );
+    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+    assert_eq!(
+        stack.emulator_stats()["by_status"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_client_that_stalls_mid_body_is_cut_off_with_408() {
+    let stack = Stack::start("slow_client");
+    let raw = b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"td_client_id\":";
+    raw_request(stack.proxy, raw).assert_error(408, 408);
+    assert_eq!(stack.post("/demo_db/pageviews", EVENT).status, 200);
+}

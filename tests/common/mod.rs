@@ -1,0 +1,366 @@
+//! Test harness: boots the real server (proxy, admin, emulator) in-process on free ports, and
+//! speaks raw HTTP/1.1 to it, so that tests can send exactly the bytes they mean.
+#![allow(dead_code)]
+
+use p13n_edge::config::Config;
+use p13n_edge::emulator::Emulator;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+pub const KEY: &str = "1/0123456789abcdef0123456789abcdef01234567";
+pub const TOKEN: &str = "1/1/00000000000000000000000000000001";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The demo's emulator rules, so tests see the documented offers.
+pub fn demo_rules() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/demo-rules.toml")).unwrap()
+}
+
+/// A proxy config with one service `shop` on `upstream`, routes `demo_db/pageviews` (private
+/// and public), and `extra` appended inside `[server]`-less top level.
+pub fn config_toml(proxy: u16, admin: u16, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{proxy}"
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+upgrade_sock = "/tmp/p13n-edge-test-{proxy}.sock"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[timeouts]
+upstream_ms = 1000
+client_body_ms = 1000
+{extra}
+
+[[service]]
+name = "shop"
+base_url = "{upstream}"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+identifiers = ["td_client_id", "email"]
+
+[service.tokens]
+web = "{TOKEN}"
+
+[[service.route]]
+database = "demo_db"
+table = "pageviews"
+token = "web"
+
+[[service.route]]
+database = "demo_db"
+table = "clicks"
+public = true
+token = "web"
+"#
+    )
+}
+
+/// Load a config from TOML text, with the test key in a scratch `key` file beside it.
+pub fn load_config(name: &str, toml: &str) -> Config {
+    let dir = scratch(name);
+    std::fs::write(dir.join("key"), format!("{KEY}\n")).unwrap();
+    Config::from_toml(toml, &dir).unwrap_or_else(|e| panic!("config: {e}"))
+}
+
+struct Stop(Arc<Notify>);
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Stop {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A running server; stopped (and joined) on drop.
+pub struct Running {
+    stop: Arc<Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn start(server: Server, wait_for: &[SocketAddr]) -> Running {
+        let stop = Arc::new(Notify::new());
+        let signal = Box::new(Stop(stop.clone()));
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: signal,
+            })
+        });
+        for addr in wait_for {
+            wait_listening(*addr);
+        }
+        Running {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never started listening");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn quick_conf() -> ServerConf {
+    ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
+/// The proxy, its admin listener and an emulator (demo rules) behind it, all on free ports.
+pub struct Stack {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub emulator: SocketAddr,
+    _running: Running,
+}
+
+impl Stack {
+    pub fn start(name: &str) -> Stack {
+        Self::start_with(name, "")
+    }
+
+    /// `extra` is TOML placed in the top-level `[timeouts]` table's position (any table).
+    pub fn start_with(name: &str, extra: &str) -> Stack {
+        let (proxy, admin, emu) = (free_port(), free_port(), free_port());
+        let emulator: SocketAddr = format!("127.0.0.1:{emu}").parse().unwrap();
+        let config = load_config(
+            name,
+            &config_toml(proxy, admin, &format!("http://{emulator}"), extra),
+        );
+        let (proxy, admin) = (config.listen, config.admin_listen);
+        let mut server = Server::new_with_opt_and_conf(None, quick_conf());
+        server.bootstrap();
+        p13n_edge::add_proxy(&mut server, config);
+        let rules = toml::from_str(&demo_rules()).unwrap();
+        p13n_edge::add_emulator(&mut server, &emulator.to_string(), Emulator::new(rules));
+        let running = Running::start(server, &[proxy, admin, emulator]);
+        Stack {
+            proxy,
+            admin,
+            emulator,
+            _running: running,
+        }
+    }
+
+    pub fn emulator_stats(&self) -> serde_json::Value {
+        let r = request(self.emulator, "GET", "/_emulator/stats", &[], b"");
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    pub fn set_faults(&self, plan: serde_json::Value) {
+        let r = request(
+            self.emulator,
+            "POST",
+            "/_emulator/faults",
+            &[],
+            plan.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// POST an event as JSON to the proxy.
+    pub fn post(&self, path: &str, body: &str) -> Response {
+        request(
+            self.proxy,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+}
+
+/// A fake upstream: records each request's raw head and body, answers with `reply`.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    pub fn start(reply: &'static str) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let log = log.clone();
+                std::thread::spawn(move || loop {
+                    let Some(req) = read_message(&mut stream) else {
+                        return;
+                    };
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&req).into_owned());
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                });
+            }
+        });
+        Recorder { addr, seen }
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+
+    /// Assert the vendor's error shape with this status and code.
+    pub fn assert_error(&self, status: u16, code: u64) {
+        assert_eq!(self.status, status, "{}\n{}", self.head, self.text());
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+}
+
+/// Send one request (adding Host and Content-Length) and read the answer.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    if method == "HEAD" {
+        return exchange(addr, &raw, true);
+    }
+    raw_request(addr, &raw)
+}
+
+/// Send raw bytes and read one response.
+pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Response {
+    exchange(addr, raw, false)
+}
+
+fn exchange(addr: SocketAddr, raw: &[u8], head_only: bool) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(raw);
+    let msg = read_head_and_body(&mut stream, head_only).expect("a response");
+    let split = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&msg[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Response {
+        status,
+        head,
+        body: msg[split + 4..].to_vec(),
+    }
+}
+
+/// Read one HTTP/1.1 message delimited by Content-Length (or none).
+pub fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    read_head_and_body(stream, false)
+}
+
+fn read_head_and_body(stream: &mut TcpStream, head_only: bool) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let len = if head_only { 0 } else { len };
+            while buf.len() < end + 4 + len {
+                let n = stream.read(&mut chunk).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.truncate(end + 4 + len);
+            return Some(buf);
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

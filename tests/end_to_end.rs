@@ -1,0 +1,161 @@
+//! The request path end to end: real server, real sockets, the emulator behind it.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn third_retail_view_gets_the_loyalty_offer_and_every_event_is_ingested() {
+    let stack = Stack::start("offers");
+    let view = r#"{"td_client_id":"v1","td_path":"/retail/shop/women","product_category":"women"}"#;
+    let first = stack.post("/demo_db/pageviews", view);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(!first.text().contains("offer_for_high_loyalty"));
+    assert!(first.json()["offers"]["offer_for_women"].is_object());
+    stack.post("/demo_db/pageviews", view);
+    let third = stack.post("/demo_db/pageviews", view);
+    assert_eq!(third.status, 200);
+    let offers = &third.json()["offers"];
+    assert_eq!(
+        offers["offer_for_high_loyalty"]["attributes"]["status"],
+        "high"
+    );
+    assert_eq!(
+        offers["offer_for_high_loyalty"]["batch_segments"],
+        json!([{"id": "1588214"}])
+    );
+    assert_eq!(
+        offers["offer_for_women"]["attributes"]["last_category"],
+        "women"
+    );
+
+    // The public route of the same service, and a visitor with no offer: 200 without payload.
+    let other = stack.post(
+        "/public/demo_db/clicks",
+        r#"{"email":"a@example.com","td_path":"/home"}"#,
+    );
+    assert_eq!(other.status, 200);
+    assert!(other.body.is_empty(), "{}", other.text());
+
+    // Refused events never reach the upstream: 4 accepted, 4 ingested.
+    stack
+        .post("/demo_db/pageviews", r#"{"td_path":"/retail"}"#)
+        .assert_error(400, 3004);
+    assert_eq!(stack.emulator_stats()["events_ingested"], 4);
+}
+
+#[test]
+fn the_proxy_upstream_body_passes_through_untouched() {
+    let upstream = Recorder::start(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 48\r\n\r\n{\"offers\":{\"x\":{\"batch_segments\":1588214}}}     ",
+    );
+    let (proxy, admin) = (free_port(), free_port());
+    let config = load_config(
+        "passthrough",
+        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
+    );
+    let running = start_proxy(config);
+    let r = request(
+        running.1,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "text/plain")],
+        br#"{"td_client_id":"c"}"#,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        "{\"offers\":{\"x\":{\"batch_segments\":1588214}}}     "
+    );
+}
+
+#[test]
+fn client_credentials_are_replaced_and_cookies_dropped() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let (proxy, admin) = (free_port(), free_port());
+    let config = load_config(
+        "creds",
+        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
+    );
+    let running = start_proxy(config);
+    let body = br#"{"td_client_id":"c1","td_path":"/x"}"#;
+    let r = request(
+        running.1,
+        "POST",
+        "/demo_db/pageviews",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "TD1 9/evil"),
+            ("WP13n-Token", "9/9/ffffffffffffffffffffffffffffffff"),
+            ("Cookie", "session=secret"),
+            ("X-Custom", "dropped"),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let sent = seen[0].to_ascii_lowercase();
+    assert!(
+        sent.starts_with("post /demo_db/pageviews http/1.1\r\n"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains(&format!("\r\nauthorization: td1 {KEY}\r\n")),
+        "{sent}"
+    );
+    assert!(
+        sent.contains(&format!("\r\nwp13n-token: {TOKEN}\r\n")),
+        "{sent}"
+    );
+    assert!(sent.contains("\r\ncontent-type: application/vnd.treasuredata.v1+json\r\n"));
+    assert!(sent.contains(&format!("\r\nhost: {}\r\n", upstream.addr)));
+    for gone in ["evil", "ffffffff", "cookie", "session=secret", "x-custom"] {
+        assert!(!sent.contains(gone), "{gone} reached the upstream: {sent}");
+    }
+    assert!(sent.ends_with(std::str::from_utf8(body).unwrap()));
+}
+
+fn start_proxy(config: p13n_edge::config::Config) -> (Running, std::net::SocketAddr) {
+    let addr = config.listen;
+    let admin = config.admin_listen;
+    let (server, _) = p13n_edge::build_server(config, false);
+    (Running::start(server, &[addr, admin]), addr)
+}
+
+#[test]
+fn upstream_errors_keep_their_status_code_and_shape() {
+    let stack = Stack::start("upstream_errors");
+    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0, "retry_after": "2"}));
+    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    r.assert_error(429, 2013);
+    assert_eq!(r.header("retry-after").as_deref(), Some("2"));
+    stack.set_faults(json!({"status": 500, "rate": 1.0}));
+    stack
+        .post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#)
+        .assert_error(500, 2001);
+    assert_eq!(stack.emulator_stats()["events_ingested"], 0);
+}
+
+#[test]
+fn a_slow_upstream_gets_504_and_a_dead_one_502() {
+    let stack = Stack::start("slow");
+    stack.set_faults(json!({"status": 0, "latency_ms": 1500}));
+    stack
+        .post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#)
+        .assert_error(504, 504);
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (proxy, admin) = (free_port(), free_port());
+    let config = load_config("dead", &config_toml(proxy, admin, &dead, ""));
+    let running = start_proxy(config);
+    let r = request(
+        running.1,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json")],
+        br#"{"td_client_id":"v"}"#,
+    );
+    r.assert_error(502, 502);
+}
