@@ -115,9 +115,19 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     })
 }
 
+const CREDENTIAL_TRACERS: [&str; 2] = [
+    "pingora_core::protocols::http::v1::client",
+    "pingora_core::protocols::http::v2::client",
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Pingora's HTTP clients trace the raw upstream request, credentials included. Cap them,
+    // whatever RUST_LOG asks for: a key must never reach a log line.
+    for target in CREDENTIAL_TRACERS {
+        filter = filter.add_directive(format!("{target}=debug").parse().expect("valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

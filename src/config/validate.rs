@@ -76,13 +76,20 @@ pub(super) fn build(
         if service_names.insert(section.name.clone(), i).is_some() {
             problems.push(format!("{at}: duplicate service name"));
         }
-        let Some(service) = build_service(section, &at, base_dir, &mut problems) else {
+        let service = build_service(section, &at, base_dir, &mut problems);
+        // Routes are checked even when the service is not, so every problem shows in one run.
+        let route_problems = problems.len();
+        for (j, route) in section.routes.iter().enumerate() {
+            check_route(section, route, &format!("{at}: route[{j}]"), &mut problems);
+        }
+        let Some(service) = service.filter(|_| problems.len() == route_problems) else {
             continue;
         };
         let service = Arc::new(service);
         for (j, route) in section.routes.iter().enumerate() {
             let at = format!("{at}: route[{j}]");
-            let Some(route) = build_route(&service, route, &at, &mut problems) else {
+            let Some(route) = build_route(&service, route) else {
+                problems.push(format!("{at}: credentials are not valid header values"));
                 continue;
             };
             if routes.contains_key(&route.path) {
@@ -334,13 +341,7 @@ fn sensitive(value: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
-fn build_route(
-    service: &Arc<Service>,
-    r: &RouteSection,
-    at: &str,
-    problems: &mut Vec<String>,
-) -> Option<Route> {
-    let before = problems.len();
+fn check_route(s: &ServiceSection, r: &RouteSection, at: &str, problems: &mut Vec<String>) {
     for (what, name) in [("database", &r.database), ("table", &r.table)] {
         if !names_ok(name) {
             problems.push(format!(
@@ -348,16 +349,17 @@ fn build_route(
             ));
         }
     }
-    let token = service.tokens.iter().find(|(n, _)| *n == r.token);
-    if token.is_none() {
+    if !s.tokens.contains_key(&r.token) {
         problems.push(format!(
             "{at}: token {:?} is not among the service's tokens",
             r.token
         ));
     }
-    if problems.len() > before {
-        return None;
-    }
+}
+
+/// Build a route that `check_route` passed.
+fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Route> {
+    let token = service.tokens.iter().find(|(n, _)| *n == r.token);
     let prefix = if r.public { "/public" } else { "" };
     let path = format!("{prefix}/{}/{}", r.database, r.table);
     let authorization = sensitive(&format!("TD1 {}", service.api_key.expose()))?;
