@@ -59,10 +59,7 @@ fn bodies_over_64_kib_are_413_declared_or_chunked() {
         .post("/demo_db/pageviews", &big)
         .assert_error(413, 413);
 
-    let mut raw = format!(
-        "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut raw = b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for part in big.as_bytes().chunks(10_000) {
         raw.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
         raw.extend_from_slice(part);
