@@ -11,7 +11,11 @@ const EVENT: &[u8] = br#"{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16",
 fn config() -> Config {
     let dir = std::env::temp_dir().join(format!("p13n-edge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("key"), "1/0123456789abcdef0123456789abcdef01234567").unwrap();
+    std::fs::write(
+        dir.join("key"),
+        "1/0123456789abcdef0123456789abcdef01234567",
+    )
+    .unwrap();
     let toml = r#"
 [[service]]
 name = "shop"
@@ -45,7 +49,11 @@ fn benches(c: &mut Criterion) {
     let body = bytes::Bytes::from_static(EVENT);
     c.bench_function("build the upstream request header", |b| {
         b.iter(|| {
-            let call = Call { route: &route, body: body.clone(), user_agent: None };
+            let call = Call {
+                route: &route,
+                body: body.clone(),
+                user_agent: None,
+            };
             request_header(&call).unwrap()
         })
     });

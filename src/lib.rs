@@ -49,7 +49,10 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Arc<ArcSwap<Config>> {
     metrics::CONFIG_GENERATION.set(1);
     let listen = config.listen.to_string();
     let admin_listen = config.admin_listen.to_string();
-    let client = Arc::new(upstream::UpstreamClient::new(config.timeouts.dns_ttl));
+    let client = Arc::new(upstream::UpstreamClient::new(
+        config.timeouts.dns_ttl,
+        config.ca_file.clone(),
+    ));
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
     let edge = proxy::Edge {

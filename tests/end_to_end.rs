@@ -117,13 +117,6 @@ fn client_credentials_are_replaced_and_cookies_dropped() {
     assert!(sent.ends_with(std::str::from_utf8(body).unwrap()));
 }
 
-fn start_proxy(config: p13n_edge::config::Config) -> (Running, std::net::SocketAddr) {
-    let addr = config.listen;
-    let admin = config.admin_listen;
-    let (server, _) = p13n_edge::build_server(config, false);
-    (Running::start(server, &[addr, admin]), addr)
-}
-
 #[test]
 fn upstream_errors_keep_their_status_code_and_shape() {
     let stack = Stack::start("upstream_errors");

@@ -21,6 +21,9 @@ pub struct FileConfig {
     /// Timeouts, in milliseconds.
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// How upstreams are called.
+    #[serde(default)]
+    pub upstream: UpstreamSection,
     /// The personalization services this proxy fronts: `[[service]]` tables.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
@@ -83,6 +86,13 @@ pub struct TimeoutsSection {
     /// How long a resolved upstream address is reused before resolving again.
     #[serde(default = "default_dns_ttl_ms")]
     pub dns_ttl_ms: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UpstreamSection {
+    /// PEM file of the CAs trusted for `https` upstreams, instead of the system roots (a private
+    /// endpoint's CA). Relative to this config file. Read at start.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_upstream_body_bytes: usize,
     pub timeouts: Timeouts,
+    /// CAs for `https` upstreams instead of the system roots.
+    pub ca_file: Option<String>,
     pub services: Vec<Arc<Service>>,
     /// Exact request path (`/db/table` or `/public/db/table`) to its route.
     pub routes: HashMap<String, Arc<Route>>,

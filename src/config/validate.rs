@@ -64,6 +64,12 @@ pub(super) fn build(
             problems.push(format!("timeouts.{key} must be above 0"));
         }
     }
+    let ca_file = file.upstream.ca_file.as_ref().map(|f| base_dir.join(f));
+    if let Some(path) = &ca_file {
+        if let Err(e) = std::fs::metadata(path) {
+            problems.push(format!("upstream.ca_file {}: {e}", path.display()));
+        }
+    }
     if file.services.is_empty() {
         problems.push("no [[service]] is configured: the proxy would serve nothing".into());
     }
@@ -123,6 +129,7 @@ pub(super) fn build(
             upstream_idle: Duration::from_millis(t.upstream_idle_ms),
             dns_ttl: Duration::from_millis(t.dns_ttl_ms),
         },
+        ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
         services,
         routes,
     })

@@ -35,9 +35,11 @@ impl DnsCache {
         }
     }
 
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, DnsError> {
+    /// Every address of `host`, rotated so that successive calls start at the next one; the
+    /// caller falls through to the others when a connect fails.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DnsError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
+            return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let key = (host.to_string(), port);
         if let Some(e) = self.entries.get(&key) {
@@ -65,7 +67,7 @@ impl DnsCache {
         }
     }
 
-    fn fallback(&self, key: &(String, u16), reason: String) -> Result<SocketAddr, DnsError> {
+    fn fallback(&self, key: &(String, u16), reason: String) -> Result<Vec<SocketAddr>, DnsError> {
         match self.entries.get(key) {
             Some(e) => Ok(self.pick(&e.addrs)),
             None => Err(DnsError {
@@ -76,8 +78,10 @@ impl DnsCache {
     }
 
     /// Rotate over the answers so that a multi-address upstream shares the load.
-    fn pick(&self, addrs: &[SocketAddr]) -> SocketAddr {
-        addrs[self.next.fetch_add(1, Ordering::Relaxed) % addrs.len()]
+    fn pick(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut out = addrs.to_vec();
+        out.rotate_left(self.next.fetch_add(1, Ordering::Relaxed) % addrs.len());
+        out
     }
 }
 
@@ -88,16 +92,14 @@ mod tests {
     #[tokio::test]
     async fn literals_and_localhost_resolve_without_network() {
         let dns = DnsCache::new(Duration::from_secs(30));
-        assert_eq!(
-            dns.resolve("127.0.0.1", 80).await.unwrap(),
-            "127.0.0.1:80".parse().unwrap()
-        );
-        assert_eq!(
-            dns.resolve("::1", 80).await.unwrap(),
-            "[::1]:80".parse().unwrap()
-        );
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(dns.resolve("127.0.0.1", 80).await.unwrap(), [v4]);
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(dns.resolve("::1", 80).await.unwrap(), [v6]);
         let local = dns.resolve("localhost", 8081).await.unwrap();
-        assert!(local.ip().is_loopback());
+        assert!(local
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8081));
         assert!(dns.resolve("no-such-host.invalid", 80).await.is_err());
     }
 }

@@ -77,9 +77,12 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(dns_ttl: Duration) -> Self {
+    /// `ca_file` replaces the system roots for `https` upstreams.
+    pub fn new(dns_ttl: Duration, ca_file: Option<String>) -> Self {
+        let mut options = ConnectorOptions::new(POOL_SIZE);
+        options.ca_file = ca_file;
         UpstreamClient {
-            connector: Connector::new(Some(ConnectorOptions::new(POOL_SIZE))),
+            connector: Connector::new(Some(options)),
             dns: DnsCache::new(dns_ttl),
         }
     }
@@ -102,7 +105,25 @@ impl UpstreamClient {
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let target = &call.route.service.upstream;
-        let addr = self.dns.resolve(&target.host, target.port).await?;
+        let addrs = self.dns.resolve(&target.host, target.port).await?;
+        let mut last = None;
+        for addr in addrs {
+            match self.send_to(addr, call, limits).await {
+                // Nothing was sent: the next address of the host may answer.
+                Err(e @ UpstreamError::Connect(_)) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.expect("resolve returns at least one address"))
+    }
+
+    async fn send_to(
+        &self,
+        addr: std::net::SocketAddr,
+        call: &Call<'_>,
+        limits: CallLimits,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let target = &call.route.service.upstream;
         let peer = peer(addr, target, &limits.timeouts);
         // A pooled connection the upstream closed while idle fails on first use; pingora marks
         // such errors retryable. Only then is the call made again, on a fresh connection.

@@ -133,6 +133,14 @@ impl Drop for Running {
     }
 }
 
+/// The proxy and its admin listener alone; returns the proxy's address.
+pub fn start_proxy(config: Config) -> (Running, SocketAddr) {
+    let addr = config.listen;
+    let admin = config.admin_listen;
+    let (server, _) = p13n_edge::build_server(config, false);
+    (Running::start(server, &[addr, admin]), addr)
+}
+
 fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
