@@ -25,6 +25,8 @@ pub enum EdgeError {
     UpstreamTimeout,
     #[error("upstream sent an invalid response")]
     BadUpstreamResponse,
+    #[error("upstream is failing; calls are paused (circuit open)")]
+    CircuitOpen,
 }
 
 impl EdgeError {
@@ -38,6 +40,7 @@ impl EdgeError {
             EdgeError::ClientTimeout => 408,
             EdgeError::UpstreamUnavailable | EdgeError::BadUpstreamResponse => 502,
             EdgeError::UpstreamTimeout => 504,
+            EdgeError::CircuitOpen => 503,
         }
     }
 

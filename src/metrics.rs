@@ -4,8 +4,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -68,6 +68,43 @@ pub static TOKEN_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_upstream_retries_total",
+        "Upstream retries, by service and reason (429, connect, after_send).",
+        &["service", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RETRY_BUDGET_EXHAUSTED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_retry_budget_exhausted_total",
+        "Retries refused because the service's retry budget was spent.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_BACKOFF: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "p13n_edge_upstream_backoff_seconds",
+        "Time spent backing off before a retry, by service.",
+        &["service"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static CIRCUIT_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "p13n_edge_circuit_state",
+        "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+        &["upstream"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register_int_gauge!(
         "p13n_edge_config_generation",
@@ -113,6 +150,10 @@ pub fn init() {
     Lazy::force(&UPSTREAM_ERRORS);
     Lazy::force(&UPSTREAM_DURATION);
     Lazy::force(&TOKEN_REJECTIONS);
+    Lazy::force(&UPSTREAM_RETRIES);
+    Lazy::force(&RETRY_BUDGET_EXHAUSTED);
+    Lazy::force(&UPSTREAM_BACKOFF);
+    Lazy::force(&CIRCUIT_STATE);
     Lazy::force(&CONFIG_GENERATION);
 }
 

@@ -124,81 +124,46 @@ impl Edge {
             timeouts: config.timeouts,
             max_body: config.max_upstream_body_bytes,
         };
-        let started = Instant::now();
-        let result = self.client.send(&call, limits).await;
-        metrics::UPSTREAM_DURATION
-            .with_label_values(&[&route.service.name])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(response) => Ok(self.relay(&route, response, ctx)),
-            Err(e) => {
-                metrics::UPSTREAM_ERRORS
-                    .with_label_values(&[&route.service.name, e.kind()])
-                    .inc();
-                tracing::warn!(service = %route.service.name, route = %route.label, error = %e, "upstream call failed");
-                Err(match e {
-                    UpstreamError::Timeout => EdgeError::UpstreamTimeout,
-                    UpstreamError::TooLarge(_) => EdgeError::BadUpstreamResponse,
-                    _ => EdgeError::UpstreamUnavailable,
-                })
-            }
+        match self.client.send(&call, limits).await {
+            Ok(response) => Ok(relay(response, ctx)),
+            Err(e) => Err(match e {
+                UpstreamError::Timeout => EdgeError::UpstreamTimeout,
+                UpstreamError::TooLarge(_) => EdgeError::BadUpstreamResponse,
+                UpstreamError::CircuitOpen => EdgeError::CircuitOpen,
+                _ => EdgeError::UpstreamUnavailable,
+            }),
         }
     }
+}
 
-    /// Pass the upstream's answer on: 2xx bodies untouched, errors in the vendor's shape.
-    fn relay(&self, route: &Route, response: UpstreamResponse, ctx: &mut RequestCtx) -> Answer {
-        let status = response.status;
-        let code = if status >= 300 {
-            vendor_code(&response.body)
-        } else {
-            None
-        };
-        ctx.code = code;
-        metrics::UPSTREAM_REQUESTS
-            .with_label_values(&[
-                &route.service.name,
-                metrics::status_class(status),
-                &metrics::code_label(code),
-            ])
-            .inc();
-        if status < 300 {
-            let content_type = response
-                .content_type
-                .unwrap_or(HeaderValue::from_static(JSON));
-            return Answer {
-                status,
-                content_type,
-                body: response.body,
-                retry_after: None,
-            };
-        }
-        if let Some(code @ (3000..=3003 | 3006)) = code {
-            metrics::TOKEN_REJECTIONS
-                .with_label_values(&[
-                    &route.service.name,
-                    &route.label,
-                    &route.token_name,
-                    &code.to_string(),
-                ])
-                .inc();
-            tracing::error!(
-                service = %route.service.name, route = %route.label, token = %route.token_name, code,
-                "the upstream refused this route's token: check the token and the service's config"
-            );
-        }
-        let body = match code {
-            Some(_) => response.body,
-            None => error_body(
-                u32::from(status),
-                &format!("upstream answered HTTP {status}"),
-            ),
-        };
-        Answer {
+/// Pass the upstream's answer on: 2xx bodies untouched, errors in the vendor's shape.
+fn relay(response: UpstreamResponse, ctx: &mut RequestCtx) -> Answer {
+    let status = response.status;
+    if status < 300 {
+        let content_type = response
+            .content_type
+            .unwrap_or(HeaderValue::from_static(JSON));
+        return Answer {
             status,
-            content_type: HeaderValue::from_static(JSON),
-            body,
-            retry_after: response.retry_after,
-        }
+            content_type,
+            body: response.body,
+            retry_after: None,
+        };
+    }
+    let code = vendor_code(&response.body);
+    ctx.code = code;
+    let body = match code {
+        Some(_) => response.body,
+        None => error_body(
+            u32::from(status),
+            &format!("upstream answered HTTP {status}"),
+        ),
+    };
+    Answer {
+        status,
+        content_type: HeaderValue::from_static(JSON),
+        body,
+        retry_after: response.retry_after,
     }
 }
 

@@ -74,7 +74,8 @@ pub struct TimeoutsSection {
     /// TCP (and TLS) connect timeout to the upstream.
     #[serde(default = "default_connect_ms")]
     pub connect_ms: u64,
-    /// Deadline for a whole upstream call: connect, send, and read the answer.
+    /// Timeout of one upstream attempt: connect, send, and read the answer. A service's
+    /// `deadline_ms` bounds all attempts together.
     #[serde(default = "default_upstream_ms")]
     pub upstream_ms: u64,
     /// How long a client may take to send its request body.
@@ -118,9 +119,63 @@ pub struct ServiceSection {
     /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50.
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
+    /// Deadline for a whole call, retries and backoff included: what a browser waits at most.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// How 429s and connection failures are retried.
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// When calls to this service's upstream are stopped for a while.
+    #[serde(default)]
+    pub circuit: CircuitSection,
     /// The routes this service exposes: `[[service.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RetrySection {
+    /// Retries after the first attempt.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First backoff ceiling; it doubles per retry, with full jitter.
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// Largest backoff ceiling.
+    #[serde(default = "default_backoff_cap_ms")]
+    pub backoff_cap_ms: u64,
+    /// Retries may be at most this fraction of the requests in the budget window...
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// ...plus this many per second of the window.
+    #[serde(default = "default_budget_floor")]
+    pub budget_floor_per_second: f64,
+    /// The budget's sliding window.
+    #[serde(default = "default_window_ms")]
+    pub budget_window_ms: u64,
+    /// Also retry timeouts and I/O errors after the request was sent. The upstream may have
+    /// ingested the event, so this can duplicate it.
+    #[serde(default)]
+    pub after_send: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CircuitSection {
+    /// Consecutive failures (5xx, connection errors, timeouts) that open the circuit.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Failure share over the window that opens it...
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    /// ...once this many calls were made in the window.
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    /// The error-rate window.
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+    /// How long it stays open before one probe is let through.
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,7 +219,7 @@ fn default_connect_ms() -> u64 {
     1000
 }
 fn default_upstream_ms() -> u64 {
-    3000
+    2000
 }
 fn default_client_body_ms() -> u64 {
     10_000
@@ -174,6 +229,39 @@ fn default_upstream_idle_ms() -> u64 {
 }
 fn default_dns_ttl_ms() -> u64 {
     30_000
+}
+fn default_deadline_ms() -> u64 {
+    3000
+}
+fn default_max_retries() -> u32 {
+    3
+}
+fn default_backoff_base_ms() -> u64 {
+    25
+}
+fn default_backoff_cap_ms() -> u64 {
+    1000
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> f64 {
+    1.0
+}
+fn default_window_ms() -> u64 {
+    10_000
+}
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_failure_rate() -> f64 {
+    0.5
+}
+fn default_min_calls() -> u32 {
+    20
+}
+fn default_open_ms() -> u64 {
+    5000
 }
 fn default_identifiers() -> Vec<String> {
     vec!["td_client_id".into()]
@@ -188,4 +276,11 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(ServerSection, AdminSection, LimitsSection, TimeoutsSection);
+default_from_serde!(
+    ServerSection,
+    AdminSection,
+    LimitsSection,
+    TimeoutsSection,
+    RetrySection,
+    CircuitSection
+);

@@ -9,6 +9,7 @@ pub use file::FileConfig;
 pub use secret::Secret;
 pub use validate::names_ok;
 
+use crate::upstream::CallPolicy;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,6 +70,7 @@ pub struct Service {
     pub api_key: Secret,
     pub identifiers: Vec<String>,
     pub tokens: Vec<(String, Secret)>,
+    pub policy: CallPolicy,
 }
 
 #[derive(Debug)]

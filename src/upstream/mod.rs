@@ -1,21 +1,29 @@
-//! The upstream step: one client for every call to the personalization API. Live traffic uses
-//! it now; background delivery and spool replay are meant to share it, so that connection
-//! reuse, DNS and (later) the retry policy live in one place.
+//! The upstream step: one client for every call to the personalization API, so that connection
+//! reuse, DNS, retries with backoff, the retry budget and the circuit breaker live in one place
+//! for live traffic, background delivery and replay alike.
 
+mod backoff;
+mod budget;
+mod circuit;
+mod connection;
 mod dns;
 
+pub use backoff::{parse_retry_after, Backoff, BackoffError};
+pub use budget::{BudgetSettings, RetryBudget};
+pub use circuit::{Circuit, CircuitSettings, CircuitState};
+pub use connection::request_header;
 pub use dns::{DnsCache, DnsError};
 
-use crate::config::{Route, Timeouts, UpstreamTarget};
-use crate::event::VENDOR_CONTENT_TYPE;
-use bytes::{Bytes, BytesMut};
+use crate::config::{Route, Timeouts};
+use crate::error::vendor_code;
+use crate::metrics;
+use bytes::Bytes;
+use dashmap::DashMap;
 use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What an upstream call can fail with, before an answer arrived.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +40,8 @@ pub enum UpstreamError {
     Timeout,
     #[error("upstream response exceeds {0} bytes")]
     TooLarge(usize),
+    #[error("circuit open: the upstream is failing, calls are refused for now")]
+    CircuitOpen,
 }
 
 impl UpstreamError {
@@ -43,6 +53,7 @@ impl UpstreamError {
             UpstreamError::Io(_) => "io",
             UpstreamError::Timeout => "timeout",
             UpstreamError::TooLarge(_) => "too_large",
+            UpstreamError::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -56,7 +67,7 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// One event to send: the route supplies the path and credentials, the body is sent as is.
+/// One event to send: the route supplies the path, credentials and policy; the body goes as is.
 pub struct Call<'a> {
     pub route: &'a Route,
     pub body: Bytes,
@@ -70,10 +81,31 @@ pub struct CallLimits {
     pub max_body: usize,
 }
 
-/// Connection pool and DNS cache, shared by every call for the life of the process.
+/// How a service's calls are retried and bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct CallPolicy {
+    /// Bounds the whole call, retries and backoff included.
+    pub deadline: Duration,
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    pub budget: BudgetSettings,
+    /// Retry timeouts and I/O errors after the request was sent (the upstream may have ingested).
+    pub retry_after_send: bool,
+    pub circuit: CircuitSettings,
+}
+
+/// Idle upstream connections kept per process.
+const POOL_SIZE: usize = 256;
+
+/// Connection pool, DNS cache, retry budgets (per service) and circuits (per upstream), shared
+/// by every call for the life of the process: they survive config reloads.
 pub struct UpstreamClient {
     connector: Connector,
     dns: DnsCache,
+    budgets: DashMap<String, Arc<RetryBudget>>,
+    circuits: DashMap<String, Arc<Mutex<Circuit>>>,
+    /// Routes whose token the upstream refused, until a call on them succeeds.
+    rejected: DashMap<String, String>,
 }
 
 impl UpstreamClient {
@@ -84,31 +116,130 @@ impl UpstreamClient {
         UpstreamClient {
             connector: Connector::new(Some(options)),
             dns: DnsCache::new(dns_ttl),
+            budgets: DashMap::new(),
+            circuits: DashMap::new(),
+            rejected: DashMap::new(),
         }
     }
 
-    /// Send one event, within the deadline.
+    /// Send one event: retried on 429 and on connection failures, with jittered backoff, within
+    /// the service's deadline, retry budget and circuit.
     pub async fn send(
         &self,
         call: &Call<'_>,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        match tokio::time::timeout(limits.timeouts.upstream, self.send_inner(call, limits)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout),
+        let service = &call.route.service;
+        let policy = &service.policy;
+        let deadline = Instant::now() + policy.deadline;
+        let budget = self.budget(&service.name);
+        budget.deposit(&policy.budget, Instant::now());
+        let circuit = self.circuit(&service.upstream.authority);
+        let mut retry = 0;
+        loop {
+            if !lock(&circuit).allow(&policy.circuit, Instant::now()) {
+                metrics::UPSTREAM_ERRORS
+                    .with_label_values(&[&service.name, "circuit_open"])
+                    .inc();
+                return Err(UpstreamError::CircuitOpen);
+            }
+            let result = self.attempt(call, limits, deadline, &circuit).await;
+            let reason = match &result {
+                Ok(r) if r.status == 429 => "429",
+                Err(UpstreamError::Connect(_) | UpstreamError::Dns(_)) => "connect",
+                Err(UpstreamError::Io(_) | UpstreamError::Timeout) if policy.retry_after_send => {
+                    "after_send"
+                }
+                _ => return result,
+            };
+            let retry_after = match &result {
+                Ok(r) => r
+                    .retry_after
+                    .as_ref()
+                    .and_then(|v| parse_retry_after(v.as_bytes(), SystemTime::now())),
+                Err(_) => None,
+            };
+            let delay = retry_after.unwrap_or_else(|| policy.backoff.delay(retry, fastrand::f64()));
+            // Retry-After is honoured, but never past the deadline: then the caller gets the 429.
+            if retry >= policy.max_retries || Instant::now() + delay >= deadline {
+                return give_up(result, policy);
+            }
+            if !budget.try_withdraw(&policy.budget, Instant::now()) {
+                metrics::RETRY_BUDGET_EXHAUSTED
+                    .with_label_values(&[&service.name])
+                    .inc();
+                return give_up(result, policy);
+            }
+            metrics::UPSTREAM_RETRIES
+                .with_label_values(&[&service.name, reason])
+                .inc();
+            metrics::UPSTREAM_BACKOFF
+                .with_label_values(&[&service.name])
+                .observe(delay.as_secs_f64());
+            tokio::time::sleep(delay).await;
+            retry += 1;
         }
     }
 
-    async fn send_inner(
+    /// One attempt, on the host's addresses in turn, bounded by the deadline; recorded in the
+    /// circuit and the metrics.
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        limits: CallLimits,
+        deadline: Instant,
+        circuit: &Mutex<Circuit>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let service = &call.route.service;
+        let started = Instant::now();
+        let mut limits = limits;
+        limits.timeouts.upstream = limits
+            .timeouts
+            .upstream
+            .min(deadline.saturating_duration_since(started));
+        let result =
+            match tokio::time::timeout(limits.timeouts.upstream, self.attempt_any(call, limits))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamError::Timeout),
+            };
+        metrics::UPSTREAM_DURATION
+            .with_label_values(&[&service.name])
+            .observe(started.elapsed().as_secs_f64());
+        let healthy = match &result {
+            Ok(r) => {
+                self.observe_answer(call.route, r);
+                r.status < 500
+            }
+            Err(e) => {
+                metrics::UPSTREAM_ERRORS
+                    .with_label_values(&[&service.name, e.kind()])
+                    .inc();
+                tracing::warn!(service = %service.name, route = %call.route.label, error = %e, "upstream attempt failed");
+                false
+            }
+        };
+        let changed = lock(circuit).record(&service.policy.circuit, healthy, Instant::now());
+        if let Some(state) = changed {
+            let upstream = &service.upstream.authority;
+            metrics::CIRCUIT_STATE
+                .with_label_values(&[upstream])
+                .set(state.as_gauge());
+            tracing::warn!(%upstream, ?state, "circuit changed state");
+        }
+        result
+    }
+
+    async fn attempt_any(
         &self,
         call: &Call<'_>,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let target = &call.route.service.upstream;
-        let addrs = self.dns.resolve(&target.host, target.port).await?;
         let mut last = None;
-        for addr in addrs {
-            match self.send_to(addr, call, limits).await {
+        for addr in self.dns.resolve(&target.host, target.port).await? {
+            match connection::attempt(&self.connector, addr, call, limits).await {
                 // Nothing was sent: the next address of the host may answer.
                 Err(e @ UpstreamError::Connect(_)) => last = Some(e),
                 other => return other,
@@ -117,121 +248,91 @@ impl UpstreamClient {
         Err(last.expect("resolve returns at least one address"))
     }
 
-    async fn send_to(
-        &self,
-        addr: std::net::SocketAddr,
-        call: &Call<'_>,
-        limits: CallLimits,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let target = &call.route.service.upstream;
-        let peer = peer(addr, target, &limits.timeouts);
-        // A pooled connection the upstream closed while idle fails on first use; pingora marks
-        // such errors retryable. Only then is the call made again, on a fresh connection.
-        for _ in 0..2 {
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-            match exchange(&mut session, call, limits.max_body).await {
-                Ok(response) => {
-                    if session.response_done() {
-                        let idle = Some(limits.timeouts.upstream_idle);
-                        self.connector
-                            .release_http_session(session, &peer, idle)
-                            .await;
-                    }
-                    return Ok(response);
-                }
-                Err(Failure::Pingora(mut e)) => {
-                    e.retry.decide_reuse(reused);
-                    if !(reused && e.retry()) {
-                        return Err(UpstreamError::Io(e.to_string()));
-                    }
-                }
-                Err(Failure::TooLarge) => return Err(UpstreamError::TooLarge(limits.max_body)),
-            }
+    /// Metrics for an answer, and the token rejections that retries cannot fix.
+    fn observe_answer(&self, route: &Route, r: &UpstreamResponse) {
+        let service = &route.service.name;
+        let code = if r.status >= 300 {
+            vendor_code(&r.body)
+        } else {
+            None
+        };
+        metrics::UPSTREAM_REQUESTS
+            .with_label_values(&[
+                service,
+                metrics::status_class(r.status),
+                &metrics::code_label(code),
+            ])
+            .inc();
+        if let Some(code @ (3000..=3003 | 3006)) = code {
+            metrics::TOKEN_REJECTIONS
+                .with_label_values(&[service, &route.label, &route.token_name, &code.to_string()])
+                .inc();
+            tracing::error!(
+                service = %service, route = %route.label, token = %route.token_name, code,
+                "the upstream refused this route's token: check the token and the service's config"
+            );
+            self.rejected.insert(
+                route.label.clone(),
+                format!("token {} refused ({code})", route.token_name),
+            );
+        } else if r.status < 300 && !self.rejected.is_empty() {
+            self.rejected.remove(&route.label);
         }
-        Err(UpstreamError::Io("stale pooled connections".into()))
     }
-}
 
-/// Idle upstream connections kept per process.
-const POOL_SIZE: usize = 256;
-
-fn peer(addr: std::net::SocketAddr, target: &UpstreamTarget, t: &Timeouts) -> HttpPeer {
-    // TLS peers verify the certificate against the host name (pingora's default).
-    let sni = if target.tls {
-        target.host.clone()
-    } else {
-        String::new()
-    };
-    let mut peer = HttpPeer::new(addr, target.tls, sni);
-    peer.options.connection_timeout = Some(t.connect);
-    peer.options.total_connection_timeout = Some(t.connect * 2);
-    peer.options.idle_timeout = Some(t.upstream_idle);
-    peer.options.read_timeout = Some(t.upstream);
-    peer.options.write_timeout = Some(t.upstream);
-    peer
-}
-
-enum Failure {
-    Pingora(Box<pingora::Error>),
-    TooLarge,
-}
-
-impl From<Box<pingora::Error>> for Failure {
-    fn from(e: Box<pingora::Error>) -> Self {
-        Failure::Pingora(e)
-    }
-}
-
-/// Build the upstream request: a fresh header set, so nothing a client sent (credentials,
-/// cookies, hop-by-hop headers) can pass through.
-pub fn request_header(call: &Call<'_>) -> Result<RequestHeader, Box<pingora::Error>> {
-    let route = call.route;
-    let mut req = RequestHeader::build("POST", route.path.as_bytes(), Some(6))?;
-    req.insert_header(
-        http::header::HOST,
-        route.service.upstream.authority.as_str(),
-    )?;
-    req.insert_header(http::header::AUTHORIZATION, route.authorization.clone())?;
-    req.insert_header("WP13n-Token", route.token.clone())?;
-    req.insert_header(http::header::CONTENT_TYPE, VENDOR_CONTENT_TYPE)?;
-    req.insert_header(http::header::CONTENT_LENGTH, call.body.len())?;
-    req.insert_header(http::header::ACCEPT, "application/json")?;
-    if let Some(ua) = call.user_agent {
-        req.insert_header(http::header::USER_AGENT, ua.clone())?;
-    }
-    Ok(req)
-}
-
-async fn exchange(
-    session: &mut HttpSession,
-    call: &Call<'_>,
-    max_body: usize,
-) -> Result<UpstreamResponse, Failure> {
-    session
-        .write_request_header(Box::new(request_header(call)?))
-        .await?;
-    session.write_request_body(call.body.clone(), true).await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    let header = session.response_header().expect("read above");
-    let status = header.status.as_u16();
-    let content_type = header.headers.get(http::header::CONTENT_TYPE).cloned();
-    let retry_after = header.headers.get(http::header::RETRY_AFTER).cloned();
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_response_body().await? {
-        if body.len() + chunk.len() > max_body {
-            return Err(Failure::TooLarge);
+    fn budget(&self, service: &str) -> Arc<RetryBudget> {
+        if let Some(b) = self.budgets.get(service) {
+            return b.clone();
         }
-        body.extend_from_slice(&chunk);
+        self.budgets
+            .entry(service.to_string())
+            .or_insert_with(|| Arc::new(RetryBudget::new(Instant::now())))
+            .clone()
     }
-    Ok(UpstreamResponse {
-        status,
-        content_type,
-        retry_after,
-        body: body.freeze(),
+
+    fn circuit(&self, upstream: &str) -> Arc<Mutex<Circuit>> {
+        if let Some(c) = self.circuits.get(upstream) {
+            return c.clone();
+        }
+        metrics::CIRCUIT_STATE.with_label_values(&[upstream]).set(0);
+        self.circuits
+            .entry(upstream.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(Circuit::new(Instant::now()))))
+            .clone()
+    }
+
+    /// Each upstream called so far, with its circuit state.
+    pub fn circuits(&self) -> Vec<(String, CircuitState)> {
+        self.circuits
+            .iter()
+            .map(|e| (e.key().clone(), lock(e.value()).state()))
+            .collect()
+    }
+
+    /// Routes whose token the upstream refused, with why.
+    pub fn rejected_routes(&self) -> Vec<(String, String)> {
+        self.rejected
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+}
+
+fn lock(circuit: &Mutex<Circuit>) -> std::sync::MutexGuard<'_, Circuit> {
+    circuit.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The last answer once retrying stops. A 429 always carries a `Retry-After`, ours if the
+/// upstream sent none.
+fn give_up(
+    result: Result<UpstreamResponse, UpstreamError>,
+    policy: &CallPolicy,
+) -> Result<UpstreamResponse, UpstreamError> {
+    result.map(|mut r| {
+        if r.status == 429 && r.retry_after.is_none() {
+            let seconds = policy.backoff.cap().as_secs_f64().ceil().max(1.0) as u64;
+            r.retry_after = Some(HeaderValue::from(seconds));
+        }
+        r
     })
 }
