@@ -2,6 +2,7 @@
 //! (the process is alive) and `/readyz` (the daemon can serve).
 
 use crate::config::Config;
+use crate::upstream::{CircuitState, UpstreamClient};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{header, Response};
@@ -11,17 +12,34 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
+    pub client: Arc<UpstreamClient>,
 }
 
 impl Admin {
-    /// Reasons the daemon cannot serve; empty when ready.
-    fn not_ready(&self) -> Vec<String> {
+    /// Reasons the daemon cannot serve (empty when ready), and warnings that do not stop it.
+    fn readiness(&self) -> (Vec<String>, Vec<String>) {
         let config = self.config.load();
         let mut reasons = Vec::new();
+        let mut warnings = Vec::new();
         if config.routes.is_empty() {
             reasons.push("no route is configured".to_string());
         }
-        reasons
+        let circuits = self.client.circuits();
+        let open: Vec<&String> = circuits
+            .iter()
+            .filter(|(_, state)| *state == CircuitState::Open)
+            .map(|(upstream, _)| upstream)
+            .collect();
+        for upstream in &open {
+            warnings.push(format!("circuit open for upstream {upstream}"));
+        }
+        if !circuits.is_empty() && open.len() == circuits.len() {
+            reasons.push("every upstream circuit is open".to_string());
+        }
+        for (route, why) in self.client.rejected_routes() {
+            warnings.push(format!("route {route}: {why}"));
+        }
+        (reasons, warnings)
     }
 }
 
@@ -33,9 +51,13 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => (200, "text/plain; version=0.0.4", crate::metrics::render()),
             ("GET", "/healthz") => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             ("GET", "/readyz") => {
-                let reasons = self.not_ready();
+                let (reasons, warnings) = self.readiness();
                 let status = if reasons.is_empty() { 200 } else { 503 };
-                let body = serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons });
+                let body = serde_json::json!({
+                    "ready": reasons.is_empty(),
+                    "reasons": reasons,
+                    "warnings": warnings,
+                });
                 (status, "application/json", body.to_string().into_bytes())
             }
             _ => (

@@ -57,7 +57,7 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Arc<ArcSwap<Config>> {
 
     let edge = proxy::Edge {
         config: shared.clone(),
-        client,
+        client: client.clone(),
     };
     let mut public =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "p13n-edge");
@@ -68,6 +68,7 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Arc<ArcSwap<Config>> {
         "p13n-edge admin".into(),
         admin::Admin {
             config: shared.clone(),
+            client,
         },
     );
     admin.add_tcp(&admin_listen);

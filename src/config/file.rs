@@ -147,7 +147,8 @@ pub struct RetrySection {
     /// Retries may be at most this fraction of the requests in the budget window...
     #[serde(default = "default_budget_ratio")]
     pub budget_ratio: f64,
-    /// ...plus this many per second of the window.
+    /// ...plus this many per second of the window: a reserve for quiet periods, small next to
+    /// a busy site's request rate (as in Finagle's RetryBudget).
     #[serde(default = "default_budget_floor")]
     pub budget_floor_per_second: f64,
     /// The budget's sliding window.
@@ -246,7 +247,7 @@ fn default_budget_ratio() -> f64 {
     0.2
 }
 fn default_budget_floor() -> f64 {
-    1.0
+    10.0
 }
 fn default_window_ms() -> u64 {
     10_000

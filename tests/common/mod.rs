@@ -37,8 +37,9 @@ pub fn demo_rules() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/demo-rules.toml")).unwrap()
 }
 
-/// A proxy config with one service `shop` on `upstream`, routes `demo_db/pageviews` (private
-/// and public), and `extra` appended inside `[server]`-less top level.
+/// A proxy config with one service `shop` on `upstream`, routes `demo_db/pageviews` (private)
+/// and `demo_db/clicks` (public), and `extra` appended at the end: it may hold top-level tables
+/// (`[upstream]`) or the service's own (`[service.retry]`, `[service.circuit]`).
 pub fn config_toml(proxy: u16, admin: u16, upstream: &str, extra: &str) -> String {
     format!(
         r#"
@@ -55,7 +56,6 @@ listen = "127.0.0.1:{admin}"
 [timeouts]
 upstream_ms = 1000
 client_body_ms = 1000
-{extra}
 
 [[service]]
 name = "shop"
@@ -78,6 +78,8 @@ database = "demo_db"
 table = "clicks"
 public = true
 token = "web"
+
+{extra}
 "#
     )
 }
@@ -160,6 +162,8 @@ fn quick_conf() -> ServerConf {
 
 /// The proxy, its admin listener and an emulator (demo rules) behind it, all on free ports.
 pub struct Stack {
+    /// The service's name: the test's name.
+    pub service: String,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub emulator: SocketAddr,
@@ -171,14 +175,18 @@ impl Stack {
         Self::start_with(name, "")
     }
 
-    /// `extra` is TOML placed in the top-level `[timeouts]` table's position (any table).
+    /// `extra` is TOML for the config: its lines before the first table header are keys of
+    /// the service (`deadline_ms = 800`), the rest is appended (see `config_toml`).
     pub fn start_with(name: &str, extra: &str) -> Stack {
         let (proxy, admin, emu) = (free_port(), free_port(), free_port());
         let emulator: SocketAddr = format!("127.0.0.1:{emu}").parse().unwrap();
-        let config = load_config(
-            name,
-            &config_toml(proxy, admin, &format!("http://{emulator}"), extra),
-        );
+        let split = extra.find('[').unwrap_or(extra.len());
+        let (keys, tables) = extra.split_at(split);
+        let toml = config_toml(proxy, admin, &format!("http://{emulator}"), tables)
+            .replace("[service.tokens]", &format!("{keys}\n[service.tokens]"))
+            // Metrics are per process: a service named after the test keeps its series apart.
+            .replace("name = \"shop\"", &format!("name = \"{name}\""));
+        let config = load_config(name, &toml);
         let (proxy, admin) = (config.listen, config.admin_listen);
         let mut server = Server::new_with_opt_and_conf(None, quick_conf());
         server.bootstrap();
@@ -187,11 +195,29 @@ impl Stack {
         p13n_edge::add_emulator(&mut server, &emulator.to_string(), Emulator::new(rules));
         let running = Running::start(server, &[proxy, admin, emulator]);
         Stack {
+            service: name.to_string(),
             proxy,
             admin,
             emulator,
             _running: running,
         }
+    }
+
+    /// A metric's value from a scrape, summed over this stack's series (its service or its
+    /// upstream) that also match `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let mine = [
+            format!("service=\"{}\"", self.service),
+            format!("upstream=\"{}\"", self.emulator),
+        ];
+        request(self.admin, "GET", "/metrics", &[], b"")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| mine.iter().any(|m| l.contains(m.as_str())))
+            .filter(|l| labels.iter().all(|needle| l.contains(needle)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn emulator_stats(&self) -> serde_json::Value {

@@ -1,0 +1,185 @@
+//! Upstream resilience against the emulator's fault plans: retries, Retry-After, the budget,
+//! the deadline and the circuit breaker.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[test]
+fn half_429s_nearly_every_visitor_succeeds_and_each_accepted_event_is_ingested_once() {
+    let stack = Stack::start("half_429");
+    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 0.5}));
+    let mut ok = 0;
+    for i in 0..60 {
+        let r = stack.post(
+            "/demo_db/pageviews",
+            &format!(r#"{{"td_client_id":"fresh{i}","td_path":"/retail"}}"#),
+        );
+        match r.status {
+            200 => ok += 1,
+            _ => {
+                r.assert_error(429, 2013);
+                assert!(r.header("retry-after").is_some(), "{}", r.head);
+            }
+        }
+    }
+    assert!(ok >= 52, "only {ok} of 60 got 200");
+    let stats = stack.emulator_stats();
+    assert_eq!(stats["events_ingested"], ok);
+    assert_eq!(stats["duplicates"], 0);
+    let retries = stack.metric("p13n_edge_upstream_retries_total", &[r#"reason="429""#]);
+    assert!(retries >= 1.0, "no retry was counted");
+    // Every 429 the upstream sent was either retried or handed to the visitor.
+    let upstream_429 = stats["by_status"]["429"].as_f64().unwrap();
+    assert_eq!(upstream_429, retries + f64::from(60 - ok));
+}
+
+#[test]
+fn all_429s_the_client_gets_429_with_retry_after_within_the_deadline() {
+    let stack = Stack::start_with("all_429", "deadline_ms = 800\n");
+    stack.set_faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
+    let started = Instant::now();
+    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    let took = started.elapsed();
+    r.assert_error(429, 2003);
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    assert!(took < Duration::from_millis(800 + 500), "took {took:?}");
+    assert_eq!(stack.emulator_stats()["events_ingested"], 0);
+}
+
+#[test]
+fn the_budget_caps_retry_amplification() {
+    let stack = Stack::start_with(
+        "budget",
+        "[service.retry]\nmax_retries = 3\nbackoff_base_ms = 1\nbackoff_cap_ms = 2\nbudget_ratio = 0.1\nbudget_floor_per_second = 0.0\n",
+    );
+    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
+    let calls = 100;
+    for i in 0..calls {
+        stack
+            .post(
+                "/demo_db/pageviews",
+                &format!(r#"{{"td_client_id":"b{i}"}}"#),
+            )
+            .assert_error(429, 2013);
+    }
+    let upstream_calls = stack.emulator_stats()["requests"].as_u64().unwrap();
+    let amplification = upstream_calls as f64 / calls as f64;
+    println!(
+        "429 storm: {calls} client calls cost the upstream {upstream_calls} ({amplification:.2}x)"
+    );
+    // Without the budget, 3 retries each would cost 4x.
+    assert!(amplification <= 1.1 + 1e-9, "amplification {amplification}");
+    assert!(upstream_calls > calls, "the budget allowed no retry at all");
+    assert!(stack.metric("p13n_edge_retry_budget_exhausted_total", &[]) >= 1.0);
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let stack = Stack::start_with("retry_after", "deadline_ms = 3000\n");
+    // The first attempt meets the plan; the retry, after the 1 s the upstream asked for, does not.
+    stack.set_faults(
+        json!({"status": 429, "code": 2013, "rate": 1.0, "seconds": 0.3, "retry_after": "1"}),
+    );
+    let started = Instant::now();
+    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        took >= Duration::from_secs(1),
+        "retried after {took:?}, before Retry-After"
+    );
+    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+
+    // A Retry-After past the deadline is not waited for: the client gets the 429 at once.
+    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0, "retry_after": "60"}));
+    let started = Instant::now();
+    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    r.assert_error(429, 2013);
+    assert_eq!(r.header("retry-after").as_deref(), Some("60"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
+    let stack = Stack::start_with(
+        "circuit",
+        "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 300\n",
+    );
+    let event = r#"{"td_client_id":"v"}"#;
+    assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);
+    let ready = || request(stack.admin, "GET", "/readyz", &[], b"");
+    assert_eq!(ready().status, 200);
+
+    stack.set_faults(json!({"status": 503, "code": 2001, "rate": 1.0}));
+    for _ in 0..3 {
+        stack
+            .post("/demo_db/pageviews", event)
+            .assert_error(503, 2001);
+    }
+    let before = stack.emulator_stats()["requests"].as_u64().unwrap();
+    let r = stack.post("/demo_db/pageviews", event);
+    r.assert_error(503, 503);
+    assert!(r.text().contains("circuit open"), "{}", r.text());
+    assert_eq!(
+        stack.emulator_stats()["requests"].as_u64().unwrap(),
+        before,
+        "an open circuit still called"
+    );
+    let readiness = ready();
+    assert_eq!(readiness.status, 503, "{}", readiness.text());
+    assert!(readiness.text().contains("every upstream circuit is open"));
+    assert_eq!(stack.metric("p13n_edge_circuit_state", &[]), 2.0);
+
+    // The storm ends; after open_ms one probe goes through and closes the circuit.
+    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);
+    assert_eq!(ready().status, 200);
+    assert_eq!(stack.metric("p13n_edge_circuit_state", &[]), 0.0);
+}
+
+#[test]
+fn a_refused_token_is_reported_not_retried() {
+    let (proxy, admin) = (free_port(), free_port());
+    let emu = free_port();
+    // The emulator knows another token than the one the proxy is configured with.
+    let rules = demo_rules().replace(TOKEN, "1/1/ffffffffffffffffffffffffffffffff");
+    let mut server = pingora::server::Server::new_with_opt_and_conf(None, Default::default());
+    server.bootstrap();
+    let emulator = p13n_edge::emulator::Emulator::new(toml::from_str(&rules).unwrap());
+    p13n_edge::add_emulator(&mut server, &format!("127.0.0.1:{emu}"), emulator);
+    let emu_addr = format!("127.0.0.1:{emu}").parse().unwrap();
+    let _emulator = Running::start(server, &[emu_addr]);
+    let config = load_config(
+        "token_refused",
+        &config_toml(proxy, admin, &format!("http://{emu_addr}"), ""),
+    );
+    let (_proxy, addr) = start_proxy(config);
+
+    let json = [("Content-Type", "application/json")];
+    let r = request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &json,
+        br#"{"td_client_id":"v"}"#,
+    );
+    r.assert_error(400, 3001);
+    let stats = request(emu_addr, "GET", "/_emulator/stats", &[], b"").json();
+    assert_eq!(stats["requests"], 1, "a token error was retried");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let readiness = request(admin, "GET", "/readyz", &[], b"").text();
+    assert!(
+        readiness.contains("route demo_db/pageviews: token web refused (3001)"),
+        "{readiness}"
+    );
+    let scrape = request(admin, "GET", "/metrics", &[], b"").text();
+    assert!(
+        scrape.contains(r#"p13n_edge_upstream_token_rejections_total{code="3001",route="demo_db/pageviews",service="shop",token="web"} 1"#),
+        "{scrape}"
+    );
+}
