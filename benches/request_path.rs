@@ -50,7 +50,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("build the upstream request header", |b| {
         b.iter(|| {
             let call = Call {
-                route: &route,
+                route: route.clone(),
                 body: body.clone(),
                 user_agent: None,
             };

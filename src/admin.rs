@@ -2,6 +2,7 @@
 //! (the process is alive) and `/readyz` (the daemon can serve).
 
 use crate::config::Config;
+use crate::spool::Spool;
 use crate::upstream::{CircuitState, UpstreamClient};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
     pub client: Arc<UpstreamClient>,
+    pub spool: Arc<Spool>,
 }
 
 impl Admin {
@@ -23,6 +25,9 @@ impl Admin {
         let mut warnings = Vec::new();
         if config.routes.is_empty() {
             reasons.push("no route is configured".to_string());
+        }
+        if !self.spool.writable() {
+            reasons.push("the spool directory is not writable".to_string());
         }
         let circuits = self.client.circuits();
         let open: Vec<&String> = circuits

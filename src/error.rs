@@ -27,6 +27,10 @@ pub enum EdgeError {
     BadUpstreamResponse,
     #[error("upstream is failing; calls are paused (circuit open)")]
     CircuitOpen,
+    #[error("cannot accept events now: the spool is full or failing")]
+    SpoolUnavailable,
+    #[error("this visitor's earlier events are still being delivered; retry shortly")]
+    VisitorBacklog,
 }
 
 impl EdgeError {
@@ -40,7 +44,7 @@ impl EdgeError {
             EdgeError::ClientTimeout => 408,
             EdgeError::UpstreamUnavailable | EdgeError::BadUpstreamResponse => 502,
             EdgeError::UpstreamTimeout => 504,
-            EdgeError::CircuitOpen => 503,
+            EdgeError::CircuitOpen | EdgeError::SpoolUnavailable | EdgeError::VisitorBacklog => 503,
         }
     }
 
@@ -50,6 +54,16 @@ impl EdgeError {
             EdgeError::MethodNotAllowed => 3009,
             EdgeError::InvalidEvent(_) => 3004,
             other => u32::from(other.status()),
+        }
+    }
+
+    /// Seconds a client should wait before trying again, for errors that pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            EdgeError::CircuitOpen | EdgeError::SpoolUnavailable | EdgeError::VisitorBacklog => {
+                Some(1)
+            }
+            _ => None,
         }
     }
 

@@ -4,19 +4,25 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
+pub mod cache;
 pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod event;
+pub mod flow;
 pub mod metrics;
 pub mod proxy;
+pub mod spool;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
 use config::Config;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use spool::SpoolError;
 use std::sync::Arc;
 
 /// Pingora's process settings for a config; `upgrade` takes the sockets of a running instance.
@@ -32,19 +38,23 @@ pub fn server_conf(config: &Config) -> ServerConf {
 }
 
 /// A pingora server with the public proxy and the admin listener, ready for `run`.
-pub fn build_server(config: Config, upgrade: bool) -> (Server, Arc<ArcSwap<Config>>) {
+pub fn build_server(
+    config: Config,
+    upgrade: bool,
+) -> Result<(Server, Arc<ArcSwap<Config>>), SpoolError> {
     let opt = Opt {
         upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
-    let shared = add_proxy(&mut server, config);
-    (server, shared)
+    let shared = add_proxy(&mut server, config)?;
+    Ok((server, shared))
 }
 
-/// Add the proxy and admin services to a server; returns the swappable config they share.
-pub fn add_proxy(server: &mut Server, config: Config) -> Arc<ArcSwap<Config>> {
+/// Add the proxy, its spool replay and the admin listener to a server; returns the swappable
+/// config they share. Fails when the spool cannot be opened.
+pub fn add_proxy(server: &mut Server, config: Config) -> Result<Arc<ArcSwap<Config>>, SpoolError> {
     metrics::init();
     metrics::CONFIG_GENERATION.set(1);
     let listen = config.listen.to_string();
@@ -53,28 +63,42 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Arc<ArcSwap<Config>> {
         config.timeouts.dns_ttl,
         config.ca_file.clone(),
     ));
+    let cache = Arc::new(cache::OfferCache::new(config.cache));
+    let spool = spool::Spool::open(config.spool.clone())?;
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
+    let flow = flow::Flow {
+        client: client.clone(),
+        cache: cache.clone(),
+        spool: spool.clone(),
+    };
     let edge = proxy::Edge {
         config: shared.clone(),
-        client: client.clone(),
+        flow,
     };
     let mut public =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "p13n-edge");
     public.add_tcp(&listen);
     server.add_service(public);
 
-    let mut admin = Service::new(
-        "p13n-edge admin".into(),
-        admin::Admin {
-            config: shared.clone(),
-            client,
-        },
-    );
+    let replayer = spool::Replayer {
+        spool: spool.clone(),
+        client: client.clone(),
+        config: shared.clone(),
+        cache,
+    };
+    server.add_service(background_service("p13n-edge spool replay", replayer));
+
+    let admin_app = admin::Admin {
+        config: shared.clone(),
+        client,
+        spool,
+    };
+    let mut admin = Service::new("p13n-edge admin".into(), admin_app);
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
     server.add_service(admin);
-    shared
+    Ok(shared)
 }
 
 /// Add the upstream emulator on `listen`.

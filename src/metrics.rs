@@ -4,8 +4,9 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Gauge, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -105,6 +106,98 @@ pub static CIRCUIT_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_cache_lookups_total",
+        "Offer cache lookups, by service and result (hit, miss, stale_served).",
+        &["service", "result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CACHE_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "p13n_edge_cache_evictions_total",
+        "Cache entries evicted to stay within bounds."
+    )
+    .expect("metric registers once")
+});
+
+pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!("p13n_edge_cache_entries", "Visitors in the offer cache.")
+        .expect("metric registers once")
+});
+
+pub static CACHE_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "p13n_edge_cache_bytes",
+        "Bytes charged to the offer cache (keys, bodies, overhead)."
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "p13n_edge_spool_depth",
+        "Accepted events in the spool, not yet delivered."
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!("p13n_edge_spool_bytes", "Bytes of spool segments on disk.")
+        .expect("metric registers once")
+});
+
+pub static SPOOL_OLDEST_AGE: Lazy<Gauge> = Lazy::new(|| {
+    register_gauge!(
+        "p13n_edge_spool_oldest_age_seconds",
+        "Age of the event replay is working on; 0 when the spool is drained."
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_REPLAYED: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "p13n_edge_spool_replayed_total",
+        "Spooled events delivered to the upstream."
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_FAILED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_spool_failed_total",
+        "Spooled events given up, by reason (rejected: a 4xx from the upstream; route_gone).",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_REFUSED: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "p13n_edge_spool_refused_total",
+        "Events refused because the spool was full or could not write (the client got an error)."
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_CORRUPT: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "p13n_edge_spool_corrupt_total",
+        "Spool records skipped for a bad checksum or form."
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "p13n_edge_spool_commits_total",
+        "Group commits (one fdatasync each) of the spool."
+    )
+    .expect("metric registers once")
+});
+
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register_int_gauge!(
         "p13n_edge_config_generation",
@@ -154,6 +247,18 @@ pub fn init() {
     Lazy::force(&RETRY_BUDGET_EXHAUSTED);
     Lazy::force(&UPSTREAM_BACKOFF);
     Lazy::force(&CIRCUIT_STATE);
+    Lazy::force(&CACHE_LOOKUPS);
+    Lazy::force(&CACHE_EVICTIONS);
+    Lazy::force(&CACHE_ENTRIES);
+    Lazy::force(&CACHE_BYTES);
+    Lazy::force(&SPOOL_DEPTH);
+    Lazy::force(&SPOOL_BYTES);
+    Lazy::force(&SPOOL_OLDEST_AGE);
+    Lazy::force(&SPOOL_REPLAYED);
+    Lazy::force(&SPOOL_FAILED);
+    Lazy::force(&SPOOL_REFUSED);
+    Lazy::force(&SPOOL_CORRUPT);
+    Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&CONFIG_GENERATION);
 }
 

@@ -1,29 +1,26 @@
 //! The `ProxyHttp` implementation. Every request is answered in `request_filter`: route, guard,
-//! read, validate, then one call through the shared upstream client. Pingora's own upstream
-//! phase is never reached, so no client text can ever choose an upstream.
+//! read, validate, then the cache step and the shared upstream client (`flow`). Pingora's own
+//! upstream phase is never reached, so no client text can ever choose an upstream.
 
+use crate::answer::Answer;
 use crate::config::{Config, Route};
-use crate::error::{error_body, vendor_code, EdgeError};
+use crate::error::EdgeError;
 use crate::event::{content_type_ok, identify};
+use crate::flow::Flow;
 use crate::metrics;
-use crate::upstream::{Call, CallLimits, UpstreamClient, UpstreamError, UpstreamResponse};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderValue, Method};
-use pingora::http::ResponseHeader;
+use http::{header, Method};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
-const JSON: &str = "application/json";
-const ALLOW: &str = "POST, OPTIONS";
-
-/// The proxy's state: the config in force (swapped whole on reload) and the upstream client.
+/// The proxy's state: the config in force (swapped whole on reload) and the request flow.
 pub struct Edge {
     pub config: Arc<ArcSwap<Config>>,
-    pub client: Arc<UpstreamClient>,
+    pub flow: Flow,
 }
 
 /// Per-request facts for the `logging` phase.
@@ -53,10 +50,10 @@ impl ProxyHttp for Edge {
             Err(e) => {
                 // Unread request bytes may be left: do not reuse this connection.
                 session.set_keepalive(None);
-                ctx.code = Some(e.code());
                 Answer::error(&e)
             }
         };
+        ctx.code = answer.code;
         answer.write(session).await?;
         Ok(true)
     }
@@ -113,57 +110,10 @@ impl Edge {
         }
         let user_agent = req.headers.get(header::USER_AGENT).cloned();
         let body = read_body(session, config).await?;
-        identify(&body, &route.service.identifiers)?;
-
-        let call = Call {
-            route: &route,
-            body,
-            user_agent: user_agent.as_ref(),
-        };
-        let limits = CallLimits {
-            timeouts: config.timeouts,
-            max_body: config.max_upstream_body_bytes,
-        };
-        match self.client.send(&call, limits).await {
-            Ok(response) => Ok(relay(response, ctx)),
-            Err(e) => Err(match e {
-                UpstreamError::Timeout => EdgeError::UpstreamTimeout,
-                UpstreamError::TooLarge(_) => EdgeError::BadUpstreamResponse,
-                UpstreamError::CircuitOpen => EdgeError::CircuitOpen,
-                _ => EdgeError::UpstreamUnavailable,
-            }),
-        }
-    }
-}
-
-/// Pass the upstream's answer on: 2xx bodies untouched, errors in the vendor's shape.
-fn relay(response: UpstreamResponse, ctx: &mut RequestCtx) -> Answer {
-    let status = response.status;
-    if status < 300 {
-        let content_type = response
-            .content_type
-            .unwrap_or(HeaderValue::from_static(JSON));
-        return Answer {
-            status,
-            content_type,
-            body: response.body,
-            retry_after: None,
-        };
-    }
-    let code = vendor_code(&response.body);
-    ctx.code = code;
-    let body = match code {
-        Some(_) => response.body,
-        None => error_body(
-            u32::from(status),
-            &format!("upstream answered HTTP {status}"),
-        ),
-    };
-    Answer {
-        status,
-        content_type: HeaderValue::from_static(JSON),
-        body,
-        retry_after: response.retry_after,
+        let visitor = identify(&body, &route.service.identifiers)?;
+        self.flow
+            .deliver(config, route, visitor.value, body, user_agent)
+            .await
     }
 }
 
@@ -195,53 +145,4 @@ async fn read_body(session: &mut Session, config: &Config) -> Result<Bytes, Edge
     tokio::time::timeout(config.timeouts.client_body, read)
         .await
         .map_err(|_| EdgeError::ClientTimeout)?
-}
-
-/// A complete answer, written in one go.
-struct Answer {
-    status: u16,
-    content_type: HeaderValue,
-    body: Bytes,
-    retry_after: Option<HeaderValue>,
-}
-
-impl Answer {
-    fn error(e: &EdgeError) -> Answer {
-        Answer {
-            status: e.status(),
-            content_type: HeaderValue::from_static(JSON),
-            body: e.body(),
-            retry_after: None,
-        }
-    }
-
-    fn preflight() -> Answer {
-        Answer {
-            status: 204,
-            content_type: HeaderValue::from_static(JSON),
-            body: Bytes::new(),
-            retry_after: None,
-        }
-    }
-
-    async fn write(self, session: &mut Session) -> Result<()> {
-        let mut resp = ResponseHeader::build(self.status, Some(6))?;
-        if !self.body.is_empty() {
-            resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
-        }
-        resp.insert_header(header::CONTENT_LENGTH, self.body.len())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if matches!(self.status, 204 | 405) {
-            resp.insert_header(header::ALLOW, ALLOW)?;
-        }
-        if let Some(retry_after) = self.retry_after {
-            resp.insert_header(header::RETRY_AFTER, retry_after)?;
-        }
-        let empty = self.body.is_empty();
-        session.write_response_header(Box::new(resp), empty).await?;
-        if !empty {
-            session.write_response_body(Some(self.body), true).await?;
-        }
-        Ok(())
-    }
 }

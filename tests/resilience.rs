@@ -79,7 +79,10 @@ fn the_budget_caps_retry_amplification() {
 
 #[test]
 fn retry_after_is_honoured() {
-    let stack = Stack::start_with("retry_after", "deadline_ms = 3000\n");
+    let stack = Stack::start_with(
+        "retry_after",
+        "deadline_ms = 3000\n[service.cache]\nmode = \"off\"\n",
+    );
     // The first attempt meets the plan; the retry, after the 1 s the upstream asked for, does not.
     stack.set_faults(
         json!({"status": 429, "code": 2013, "rate": 1.0, "seconds": 0.3, "retry_after": "1"}),
@@ -107,7 +110,8 @@ fn retry_after_is_honoured() {
 fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
     let stack = Stack::start_with(
         "circuit",
-        "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 300\n",
+        // Without the cache, so that failures reach the client instead of stale offers.
+        "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 300\n[service.cache]\nmode = \"off\"\n",
     );
     let event = r#"{"td_client_id":"v"}"#;
     assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);

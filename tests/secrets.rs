@@ -135,12 +135,22 @@ fn no_answer_and_no_trace_log_carries_a_secret() {
         &[],
         plan.as_bytes(),
     );
+    // A known visitor gets stale offers (and the event goes to the spool); a new one the 429.
     assert_eq!(
         send(
             "POST",
             "/demo_db/pageviews",
             &json,
             r#"{"td_client_id":"v"}"#
+        ),
+        200
+    );
+    assert_eq!(
+        send(
+            "POST",
+            "/demo_db/pageviews",
+            &json,
+            r#"{"td_client_id":"new"}"#
         ),
         429
     );

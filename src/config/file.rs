@@ -24,6 +24,12 @@ pub struct FileConfig {
     /// How upstreams are called.
     #[serde(default)]
     pub upstream: UpstreamSection,
+    /// Bounds of the offer cache, shared by all services.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// Where accepted, undelivered events wait.
+    #[serde(default)]
+    pub spool: SpoolSection,
     /// The personalization services this proxy fronts: `[[service]]` tables.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
@@ -97,6 +103,47 @@ pub struct UpstreamSection {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct CacheSection {
+    /// Most visitors kept.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// Most bytes kept: keys, bodies and per-entry overhead.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SpoolSection {
+    /// Directory of the spool's segments; relative paths are relative to this config file.
+    #[serde(default = "default_spool_dir")]
+    pub dir: String,
+    /// Most bytes on disk; past it, events that would need the spool are refused.
+    #[serde(default = "default_spool_bytes")]
+    pub max_bytes: u64,
+    /// Size at which a new segment is started.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ServiceCacheSection {
+    /// `pass-through` (always call the upstream, serve stale on failure), `fast` (answer a fresh
+    /// entry at once, deliver the event in the background) or `off`.
+    #[serde(default = "default_cache_mode")]
+    pub mode: String,
+    /// An entry younger than this is fresh.
+    #[serde(default = "default_fresh_ms")]
+    pub fresh_ms: u64,
+    /// An entry younger than this may be served stale when the upstream fails.
+    #[serde(default = "default_stale_ms")]
+    pub stale_ms: u64,
+    /// When a visitor has cached offers and the call passes `deadline_ms`, the visitor gets the
+    /// cached offers and the call goes on in the background for up to this long.
+    #[serde(default = "default_background_deadline_ms")]
+    pub background_deadline_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct ServiceSection {
     /// Name of the service, `[0-9a-z_]{3,128}`; used in metrics and logs.
     pub name: String,
@@ -128,6 +175,9 @@ pub struct ServiceSection {
     /// When calls to this service's upstream are stopped for a while.
     #[serde(default)]
     pub circuit: CircuitSection,
+    /// How this service uses the offer cache.
+    #[serde(default)]
+    pub cache: ServiceCacheSection,
     /// The routes this service exposes: `[[service.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
@@ -231,6 +281,33 @@ fn default_upstream_idle_ms() -> u64 {
 fn default_dns_ttl_ms() -> u64 {
     30_000
 }
+fn default_cache_entries() -> usize {
+    1_000_000
+}
+fn default_cache_bytes() -> usize {
+    512 << 20
+}
+fn default_spool_dir() -> String {
+    "/var/lib/p13n-edge/spool".into()
+}
+fn default_spool_bytes() -> u64 {
+    1 << 30
+}
+fn default_segment_bytes() -> u64 {
+    4 << 20
+}
+fn default_cache_mode() -> String {
+    "pass-through".into()
+}
+fn default_fresh_ms() -> u64 {
+    60_000
+}
+fn default_stale_ms() -> u64 {
+    3_600_000
+}
+fn default_background_deadline_ms() -> u64 {
+    30_000
+}
 fn default_deadline_ms() -> u64 {
     3000
 }
@@ -283,5 +360,8 @@ default_from_serde!(
     LimitsSection,
     TimeoutsSection,
     RetrySection,
-    CircuitSection
+    CircuitSection,
+    CacheSection,
+    SpoolSection,
+    ServiceCacheSection
 );

@@ -9,6 +9,8 @@ pub use file::FileConfig;
 pub use secret::Secret;
 pub use validate::names_ok;
 
+use crate::cache::CacheLimits;
+use crate::spool::SpoolSettings;
 use crate::upstream::CallPolicy;
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -37,6 +39,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// CAs for `https` upstreams instead of the system roots.
     pub ca_file: Option<String>,
+    pub cache: CacheLimits,
+    pub spool: SpoolSettings,
     pub services: Vec<Arc<Service>>,
     /// Exact request path (`/db/table` or `/public/db/table`) to its route.
     pub routes: HashMap<String, Arc<Route>>,
@@ -64,6 +68,8 @@ pub struct UpstreamTarget {
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
+    /// The name, shared by the cache keys of this service's visitors.
+    pub id: Arc<str>,
     pub upstream: UpstreamTarget,
     pub account_id: String,
     pub instance_id: String,
@@ -71,6 +77,23 @@ pub struct Service {
     pub identifiers: Vec<String>,
     pub tokens: Vec<(String, Secret)>,
     pub policy: CallPolicy,
+    pub cache: CachePolicy,
+}
+
+/// How a service uses the offer cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Off,
+    PassThrough,
+    Fast,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub mode: CacheMode,
+    pub fresh: Duration,
+    pub stale: Duration,
+    pub background_deadline: Duration,
 }
 
 #[derive(Debug)]

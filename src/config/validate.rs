@@ -1,7 +1,11 @@
 //! `FileConfig` → `Config`: every check the daemon relies on, all problems collected at once.
 
 use super::file::{FileConfig, RouteSection, ServiceSection};
-use super::{Config, ConfigErrors, Route, Secret, Service, Timeouts, UpstreamTarget};
+use super::{
+    CacheMode, CachePolicy, Config, ConfigErrors, Route, Secret, Service, Timeouts, UpstreamTarget,
+};
+use crate::cache::CacheLimits;
+use crate::spool::SpoolSettings;
 use crate::upstream::{Backoff, BudgetSettings, CallPolicy, CircuitSettings};
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -71,6 +75,25 @@ pub(super) fn build(
             problems.push(format!("upstream.ca_file {}: {e}", path.display()));
         }
     }
+    let cache = CacheLimits {
+        max_entries: file.cache.max_entries,
+        max_bytes: file.cache.max_bytes,
+    };
+    if cache.max_entries == 0 || cache.max_bytes < 4096 {
+        problems.push("cache.max_entries must be above 0 and cache.max_bytes at least 4096".into());
+    }
+    let sp = &file.spool;
+    if sp.segment_bytes < 4096 || sp.max_bytes < 2 * sp.segment_bytes {
+        problems.push(
+            "spool.segment_bytes must be at least 4096 and spool.max_bytes at least twice it"
+                .into(),
+        );
+    }
+    let spool = SpoolSettings {
+        dir: base_dir.join(&sp.dir),
+        max_bytes: sp.max_bytes,
+        segment_bytes: sp.segment_bytes,
+    };
     if file.services.is_empty() {
         problems.push("no [[service]] is configured: the proxy would serve nothing".into());
     }
@@ -131,6 +154,8 @@ pub(super) fn build(
             dns_ttl: Duration::from_millis(t.dns_ttl_ms),
         },
         ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
+        cache,
+        spool,
         services,
         routes,
     })
@@ -226,6 +251,7 @@ fn build_service(
         problems.push(format!("{at}: no [[service.route]] is configured"));
     }
     let policy = call_policy(s, at, problems);
+    let cache = cache_policy(s, at, problems);
     if problems.len() > before {
         return None;
     }
@@ -238,6 +264,35 @@ fn build_service(
         identifiers: s.identifiers.clone(),
         tokens,
         policy: policy?,
+        cache: cache?,
+        id: Arc::from(s.name.as_str()),
+    })
+}
+
+fn cache_policy(s: &ServiceSection, at: &str, problems: &mut Vec<String>) -> Option<CachePolicy> {
+    let c = &s.cache;
+    let mode = match c.mode.as_str() {
+        "pass-through" => CacheMode::PassThrough,
+        "fast" => CacheMode::Fast,
+        "off" => CacheMode::Off,
+        other => {
+            problems.push(format!(
+                "{at}: cache.mode {other:?} is not pass-through, fast or off"
+            ));
+            return None;
+        }
+    };
+    if c.fresh_ms > c.stale_ms {
+        problems.push(format!(
+            "{at}: cache.fresh_ms must not exceed cache.stale_ms"
+        ));
+        return None;
+    }
+    Some(CachePolicy {
+        mode,
+        fresh: Duration::from_millis(c.fresh_ms),
+        stale: Duration::from_millis(c.stale_ms),
+        background_deadline: Duration::from_millis(c.background_deadline_ms),
     })
 }
 

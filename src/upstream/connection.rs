@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 pub(super) async fn attempt(
     connector: &Connector,
     addr: SocketAddr,
-    call: &Call<'_>,
+    call: &Call,
     limits: CallLimits,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let peer = peer(addr, &call.route.service.upstream, &limits.timeouts);
@@ -75,8 +75,8 @@ impl From<Box<pingora::Error>> for Failure {
 
 /// Build the upstream request: a fresh header set, so nothing a client sent (credentials,
 /// cookies, hop-by-hop headers) can pass through.
-pub fn request_header(call: &Call<'_>) -> Result<RequestHeader, Box<pingora::Error>> {
-    let route = call.route;
+pub fn request_header(call: &Call) -> Result<RequestHeader, Box<pingora::Error>> {
+    let route = &call.route;
     let mut req = RequestHeader::build("POST", route.path.as_bytes(), Some(6))?;
     req.insert_header(
         http::header::HOST,
@@ -87,7 +87,7 @@ pub fn request_header(call: &Call<'_>) -> Result<RequestHeader, Box<pingora::Err
     req.insert_header(http::header::CONTENT_TYPE, VENDOR_CONTENT_TYPE)?;
     req.insert_header(http::header::CONTENT_LENGTH, call.body.len())?;
     req.insert_header(http::header::ACCEPT, "application/json")?;
-    if let Some(ua) = call.user_agent {
+    if let Some(ua) = &call.user_agent {
         req.insert_header(http::header::USER_AGENT, ua.clone())?;
     }
     Ok(req)
@@ -95,7 +95,7 @@ pub fn request_header(call: &Call<'_>) -> Result<RequestHeader, Box<pingora::Err
 
 async fn exchange(
     session: &mut HttpSession,
-    call: &Call<'_>,
+    call: &Call,
     max_body: usize,
 ) -> Result<UpstreamResponse, Failure> {
     session

@@ -68,10 +68,10 @@ pub struct UpstreamResponse {
 }
 
 /// One event to send: the route supplies the path, credentials and policy; the body goes as is.
-pub struct Call<'a> {
-    pub route: &'a Route,
+pub struct Call {
+    pub route: Arc<Route>,
     pub body: Bytes,
-    pub user_agent: Option<&'a HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
 }
 
 /// Limits of one call, taken from the config in force when the request started.
@@ -79,6 +79,19 @@ pub struct Call<'a> {
 pub struct CallLimits {
     pub timeouts: Timeouts,
     pub max_body: usize,
+    /// Bounds the whole call, retries and backoff included.
+    pub deadline: Duration,
+}
+
+impl CallLimits {
+    /// The limits for a call on `route` under `config`, bounded by the service's deadline.
+    pub fn new(config: &crate::config::Config, route: &Route) -> Self {
+        CallLimits {
+            timeouts: config.timeouts,
+            max_body: config.max_upstream_body_bytes,
+            deadline: route.service.policy.deadline,
+        }
+    }
 }
 
 /// How a service's calls are retried and bounded.
@@ -126,12 +139,12 @@ impl UpstreamClient {
     /// the service's deadline, retry budget and circuit.
     pub async fn send(
         &self,
-        call: &Call<'_>,
+        call: &Call,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let service = &call.route.service;
         let policy = &service.policy;
-        let deadline = Instant::now() + policy.deadline;
+        let deadline = Instant::now() + limits.deadline;
         let budget = self.budget(&service.name);
         budget.deposit(&policy.budget, Instant::now());
         let circuit = self.circuit(&service.upstream.authority);
@@ -185,7 +198,7 @@ impl UpstreamClient {
     /// circuit and the metrics.
     async fn attempt(
         &self,
-        call: &Call<'_>,
+        call: &Call,
         limits: CallLimits,
         deadline: Instant,
         circuit: &Mutex<Circuit>,
@@ -209,7 +222,7 @@ impl UpstreamClient {
             .observe(started.elapsed().as_secs_f64());
         let healthy = match &result {
             Ok(r) => {
-                self.observe_answer(call.route, r);
+                self.observe_answer(&call.route, r);
                 r.status < 500
             }
             Err(e) => {
@@ -233,7 +246,7 @@ impl UpstreamClient {
 
     async fn attempt_any(
         &self,
-        call: &Call<'_>,
+        call: &Call,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let target = &call.route.service.upstream;

@@ -57,6 +57,9 @@ listen = "127.0.0.1:{admin}"
 upstream_ms = 1000
 client_body_ms = 1000
 
+[spool]
+dir = "spool"
+
 [[service]]
 name = "shop"
 base_url = "{upstream}"
@@ -139,7 +142,7 @@ impl Drop for Running {
 pub fn start_proxy(config: Config) -> (Running, SocketAddr) {
     let addr = config.listen;
     let admin = config.admin_listen;
-    let (server, _) = p13n_edge::build_server(config, false);
+    let (server, _) = p13n_edge::build_server(config, false).unwrap();
     (Running::start(server, &[addr, admin]), addr)
 }
 
@@ -190,7 +193,7 @@ impl Stack {
         let (proxy, admin) = (config.listen, config.admin_listen);
         let mut server = Server::new_with_opt_and_conf(None, quick_conf());
         server.bootstrap();
-        p13n_edge::add_proxy(&mut server, config);
+        p13n_edge::add_proxy(&mut server, config).unwrap();
         let rules = toml::from_str(&demo_rules()).unwrap();
         p13n_edge::add_emulator(&mut server, &emulator.to_string(), Emulator::new(rules));
         let running = Running::start(server, &[proxy, admin, emulator]);

@@ -1,0 +1,143 @@
+//! The answer step: a complete response (status, body, `Cache-Status`, `Retry-After`), written
+//! to the client in one go.
+
+use crate::cache::Offers;
+use crate::error::{error_body, vendor_code, EdgeError};
+use crate::upstream::UpstreamResponse;
+use bytes::Bytes;
+use http::{header, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::time::Instant;
+
+const JSON: &str = "application/json";
+const ALLOW: &str = "POST, OPTIONS";
+
+pub struct Answer {
+    pub status: u16,
+    pub content_type: HeaderValue,
+    pub body: Bytes,
+    pub retry_after: Option<HeaderValue>,
+    /// RFC 9211 `Cache-Status`, and `Age` in seconds for answers from the cache.
+    pub cache_status: Option<String>,
+    pub age: Option<u64>,
+    /// The vendor code of an error answer, for metrics.
+    pub code: Option<u32>,
+}
+
+impl Answer {
+    pub fn error(e: &EdgeError) -> Answer {
+        Answer {
+            status: e.status(),
+            content_type: HeaderValue::from_static(JSON),
+            body: e.body(),
+            retry_after: e.retry_after().map(HeaderValue::from),
+            cache_status: None,
+            age: None,
+            code: Some(e.code()),
+        }
+    }
+
+    pub fn preflight() -> Answer {
+        Answer {
+            status: 204,
+            content_type: HeaderValue::from_static(JSON),
+            body: Bytes::new(),
+            retry_after: None,
+            cache_status: None,
+            age: None,
+            code: None,
+        }
+    }
+
+    /// The upstream's answer: 2xx bodies untouched, errors in the vendor's shape.
+    pub fn relay(response: UpstreamResponse, cache_status: &str) -> Answer {
+        let status = response.status;
+        let cache_status = Some(cache_status.to_string());
+        if status < 300 {
+            let content_type = response
+                .content_type
+                .unwrap_or(HeaderValue::from_static(JSON));
+            return Answer {
+                status,
+                content_type,
+                body: response.body,
+                retry_after: None,
+                cache_status,
+                age: None,
+                code: None,
+            };
+        }
+        let code = vendor_code(&response.body);
+        let body = match code {
+            Some(_) => response.body,
+            None => error_body(
+                u32::from(status),
+                &format!("upstream answered HTTP {status}"),
+            ),
+        };
+        Answer {
+            status,
+            content_type: HeaderValue::from_static(JSON),
+            body,
+            retry_after: response.retry_after,
+            cache_status,
+            age: None,
+            code,
+        }
+    }
+
+    /// A cached answer: fresh (`hit`) or stale with why (`fwd=stale; detail=...`).
+    pub fn cached(
+        offers: Offers,
+        stale_because: Option<&str>,
+        fresh_for: std::time::Duration,
+    ) -> Answer {
+        let age = Instant::now().saturating_duration_since(offers.fetched);
+        let cache_status = match stale_because {
+            None => format!(
+                "p13n-edge; hit; ttl={}",
+                fresh_for.saturating_sub(age).as_secs()
+            ),
+            Some(why) => format!("p13n-edge; fwd=stale; detail={why}"),
+        };
+        Answer {
+            status: offers.status,
+            content_type: offers
+                .content_type
+                .unwrap_or(HeaderValue::from_static(JSON)),
+            body: offers.body,
+            retry_after: None,
+            cache_status: Some(cache_status),
+            age: Some(age.as_secs()),
+            code: None,
+        }
+    }
+
+    pub async fn write(self, session: &mut Session) -> pingora::Result<()> {
+        let mut resp = ResponseHeader::build(self.status, Some(8))?;
+        if !self.body.is_empty() {
+            resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, self.body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if matches!(self.status, 204 | 405) {
+            resp.insert_header(header::ALLOW, ALLOW)?;
+        }
+        if let Some(retry_after) = self.retry_after {
+            resp.insert_header(header::RETRY_AFTER, retry_after)?;
+        }
+        if let Some(cache_status) = self.cache_status {
+            resp.insert_header("Cache-Status", cache_status)?;
+        }
+        if let Some(age) = self.age {
+            resp.insert_header(header::AGE, age)?;
+        }
+        let empty = self.body.is_empty();
+        session.write_response_header(Box::new(resp), empty).await?;
+        if !empty {
+            session.write_response_body(Some(self.body), true).await?;
+        }
+        Ok(())
+    }
+}

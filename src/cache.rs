@@ -1,0 +1,300 @@
+//! The offer cache: the upstream's last answer per (service, visitor), kept whole so that a
+//! repeat visitor is answered at memory speed and an upstream failure can be answered stale.
+//! Keys are stored in full (never a hash alone: a collision would show one visitor another's
+//! offers). Bounded by entries and bytes; entries past their stale limit are dropped; when full,
+//! the oldest inserted visitor goes first.
+
+use crate::metrics;
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::HeaderValue;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bookkeeping bytes charged per entry beyond its key and body (map slot, queue slot, Arcs).
+pub const ENTRY_OVERHEAD: usize = 160;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub service: Arc<str>,
+    pub visitor: Box<str>,
+}
+
+impl CacheKey {
+    pub fn new(service: &Arc<str>, visitor: &str) -> Self {
+        CacheKey {
+            service: service.clone(),
+            visitor: visitor.into(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.visitor.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// The upstream's answer as received, and when.
+#[derive(Debug, Clone)]
+pub struct Offers {
+    pub status: u16,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    pub fetched: Instant,
+}
+
+#[derive(Debug)]
+struct Slot {
+    offers: Offers,
+    generation: u64,
+}
+
+/// How fresh a cached answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+}
+
+pub struct OfferCache {
+    map: DashMap<CacheKey, Slot>,
+    /// Insertion order, for eviction: (key, generation). Touched only when a visitor is new.
+    order: Mutex<VecDeque<(CacheKey, u64)>>,
+    bytes: AtomicUsize,
+    next_generation: AtomicU64,
+    limits: CacheLimits,
+}
+
+impl OfferCache {
+    pub fn new(limits: CacheLimits) -> Self {
+        OfferCache {
+            map: DashMap::new(),
+            order: Mutex::new(VecDeque::new()),
+            bytes: AtomicUsize::new(0),
+            next_generation: AtomicU64::new(0),
+            limits,
+        }
+    }
+
+    /// The entry for `key` if it is younger than `stale_for`, with its freshness.
+    pub fn get(
+        &self,
+        key: &CacheKey,
+        fresh_for: Duration,
+        stale_for: Duration,
+        now: Instant,
+    ) -> Option<(Offers, Freshness)> {
+        let slot = self.map.get(key)?;
+        let age = now.saturating_duration_since(slot.offers.fetched);
+        if age < fresh_for {
+            return Some((slot.offers.clone(), Freshness::Fresh));
+        }
+        if age < stale_for {
+            return Some((slot.offers.clone(), Freshness::Stale));
+        }
+        drop(slot);
+        self.remove(key);
+        None
+    }
+
+    /// Store an answer, replacing the visitor's previous one.
+    pub fn insert(&self, key: CacheKey, offers: Offers) {
+        let size = key.size() + offers.body.len();
+        if size > self.limits.max_bytes {
+            return;
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let old = self.map.insert(key.clone(), Slot { offers, generation });
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        match old {
+            Some(old) => {
+                self.bytes
+                    .fetch_sub(key.size() + old.offers.body.len(), Ordering::Relaxed);
+                // The queue still holds the old generation; re-queue so the entry is findable.
+                self.lock_order().push_back((key, generation));
+            }
+            None => self.lock_order().push_back((key, generation)),
+        }
+        self.evict();
+        self.publish();
+    }
+
+    pub fn remove(&self, key: &CacheKey) {
+        if let Some((k, slot)) = self.map.remove(key) {
+            self.bytes
+                .fetch_sub(k.size() + slot.offers.body.len(), Ordering::Relaxed);
+            self.publish();
+        }
+    }
+
+    /// Drop every entry of a service (its routes or tokens changed).
+    pub fn drop_service(&self, service: &str) {
+        let keys: Vec<CacheKey> = self
+            .map
+            .iter()
+            .filter(|e| &*e.key().service == service)
+            .map(|e| e.key().clone())
+            .collect();
+        for key in keys {
+            self.remove(&key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn evict(&self) {
+        let mut order = self.lock_order();
+        while self.map.len() > self.limits.max_entries || self.bytes() > self.limits.max_bytes {
+            let Some((key, generation)) = order.pop_front() else {
+                break;
+            };
+            // Only the queue item of the entry's current generation evicts it.
+            let removed = self
+                .map
+                .remove_if(&key, |_, slot| slot.generation == generation);
+            if let Some((k, slot)) = removed {
+                self.bytes
+                    .fetch_sub(k.size() + slot.offers.body.len(), Ordering::Relaxed);
+                metrics::CACHE_EVICTIONS.inc();
+            }
+        }
+        // Queue items of replaced or removed entries are dropped once they reach the front;
+        // bound their number so the queue cannot outgrow the map by much.
+        if order.len() > 2 * self.map.len() + 1024 {
+            order.retain(|(k, g)| self.map.get(k).is_some_and(|s| s.generation == *g));
+        }
+    }
+
+    fn publish(&self) {
+        metrics::CACHE_ENTRIES.set(self.map.len() as i64);
+        metrics::CACHE_BYTES.set(self.bytes() as i64);
+    }
+
+    fn lock_order(&self) -> std::sync::MutexGuard<'_, VecDeque<(CacheKey, u64)>> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offers(body: &str, fetched: Instant) -> Offers {
+        Offers {
+            status: 200,
+            content_type: None,
+            body: Bytes::from(body.to_string()),
+            fetched,
+        }
+    }
+
+    fn key(service: &str, visitor: &str) -> CacheKey {
+        CacheKey::new(&Arc::from(service), visitor)
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn fresh_then_stale_then_gone() {
+        let cache = OfferCache::new(CacheLimits {
+            max_entries: 10,
+            max_bytes: 1 << 20,
+        });
+        let t = Instant::now();
+        cache.insert(key("a", "v"), offers("{}", t));
+        assert_eq!(
+            cache
+                .get(&key("a", "v"), 10 * S, 60 * S, t + 5 * S)
+                .unwrap()
+                .1,
+            Freshness::Fresh
+        );
+        assert_eq!(
+            cache
+                .get(&key("a", "v"), 10 * S, 60 * S, t + 30 * S)
+                .unwrap()
+                .1,
+            Freshness::Stale
+        );
+        assert!(cache
+            .get(&key("a", "v"), 10 * S, 60 * S, t + 61 * S)
+            .is_none());
+        assert!(cache.is_empty());
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn keys_are_whole_and_per_service() {
+        let cache = OfferCache::new(CacheLimits {
+            max_entries: 10,
+            max_bytes: 1 << 20,
+        });
+        let t = Instant::now();
+        cache.insert(key("a", "v1"), offers("one", t));
+        cache.insert(key("b", "v1"), offers("two", t));
+        assert_eq!(cache.get(&key("a", "v1"), S, S, t).unwrap().0.body, "one");
+        assert_eq!(cache.get(&key("b", "v1"), S, S, t).unwrap().0.body, "two");
+        assert!(cache.get(&key("a", "v2"), S, S, t).is_none());
+        cache.drop_service("a");
+        assert!(cache.get(&key("a", "v1"), S, S, t).is_none());
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes_oldest_first() {
+        let cache = OfferCache::new(CacheLimits {
+            max_entries: 3,
+            max_bytes: 1 << 20,
+        });
+        let t = Instant::now();
+        for v in ["v1", "v2", "v3"] {
+            cache.insert(key("a", v), offers("x", t));
+        }
+        cache.insert(key("a", "v1"), offers("refreshed", t)); // v1 re-queued behind v3
+        cache.insert(key("a", "v4"), offers("x", t));
+        assert!(
+            cache.get(&key("a", "v2"), S, S, t).is_none(),
+            "the oldest went first"
+        );
+        assert_eq!(cache.len(), 3);
+        assert_eq!(
+            cache.get(&key("a", "v1"), S, S, t).unwrap().0.body,
+            "refreshed"
+        );
+
+        let per_entry = key("a", "v00").size() + 100;
+        let cache = OfferCache::new(CacheLimits {
+            max_entries: 1000,
+            max_bytes: 5 * per_entry,
+        });
+        for i in 0..50 {
+            cache.insert(key("a", &format!("v{i:02}")), offers(&"y".repeat(100), t));
+            assert!(cache.bytes() <= 5 * per_entry);
+        }
+        assert_eq!(cache.len(), 5);
+        // Refreshing one visitor many times leaves the books balanced.
+        for _ in 0..10_000 {
+            cache.insert(key("a", "v49"), offers(&"y".repeat(100), t));
+        }
+        assert_eq!(cache.len(), 5);
+        assert_eq!(cache.bytes(), 5 * per_entry);
+        assert!(cache.lock_order().len() < 2 * 5 + 1024 + 1);
+    }
+}

@@ -1,0 +1,208 @@
+//! The cache step, between validation and the upstream: answer from the offer cache, forward,
+//! or both, and put in the spool every event answered 2xx without an upstream 2xx, before the
+//! answer goes out. The contract: a 2xx means the event will reach the upstream; an error means
+//! it was not accepted.
+
+use crate::answer::Answer;
+use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
+use crate::config::{CacheMode, Config, Route};
+use crate::error::EdgeError;
+use crate::metrics;
+use crate::spool::Spool;
+use crate::upstream::{Call, CallLimits, UpstreamClient, UpstreamError, UpstreamResponse};
+use bytes::Bytes;
+use http::HeaderValue;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a request needs beyond its config.
+pub struct Flow {
+    pub client: Arc<UpstreamClient>,
+    pub cache: Arc<OfferCache>,
+    pub spool: Arc<Spool>,
+}
+
+const FWD_MISS: &str = "p13n-edge; fwd=miss";
+const FWD_BYPASS: &str = "p13n-edge; fwd=bypass";
+
+impl Flow {
+    pub async fn deliver(
+        &self,
+        config: &Config,
+        route: Arc<Route>,
+        visitor: String,
+        body: Bytes,
+        user_agent: Option<HeaderValue>,
+    ) -> Result<Answer, EdgeError> {
+        let service = &route.service;
+        let policy = service.cache;
+        let limits = CallLimits::new(config, &route);
+        if policy.mode == CacheMode::Off {
+            let call = Call {
+                route: route.clone(),
+                body,
+                user_agent,
+            };
+            return self
+                .client
+                .send(&call, limits)
+                .await
+                .map(|r| Answer::relay(r, FWD_BYPASS))
+                .map_err(edge_error);
+        }
+        let key = CacheKey::new(&service.id, &visitor);
+        let cached = self
+            .cache
+            .get(&key, policy.fresh, policy.stale, Instant::now());
+        let lookup = |result: &str| {
+            metrics::CACHE_LOOKUPS
+                .with_label_values(&[&service.name, result])
+                .inc()
+        };
+
+        // A visitor with events still in the spool queues behind them, so the upstream sees
+        // each visitor's events in order.
+        if self.spool.has_pending(&key) {
+            let Some((offers, freshness)) = cached else {
+                return Err(EdgeError::VisitorBacklog);
+            };
+            self.spool
+                .append(&key, &route.path, body, false)
+                .await
+                .map_err(|_| EdgeError::SpoolUnavailable)?;
+            return Ok(match freshness {
+                Freshness::Fresh => {
+                    lookup("hit");
+                    Answer::cached(offers, None, policy.fresh)
+                }
+                Freshness::Stale => {
+                    lookup("stale_served");
+                    Answer::cached(offers, Some("queued"), policy.fresh)
+                }
+            });
+        }
+        if policy.mode == CacheMode::Fast {
+            if let Some((offers, Freshness::Fresh)) = &cached {
+                self.spool
+                    .append(&key, &route.path, body, false)
+                    .await
+                    .map_err(|_| EdgeError::SpoolUnavailable)?;
+                lookup("hit");
+                return Ok(Answer::cached(offers.clone(), None, policy.fresh));
+            }
+        }
+        lookup("miss");
+        let call = Call {
+            route: route.clone(),
+            body: body.clone(),
+            user_agent,
+        };
+        let Some((offers, _)) = cached else {
+            // Nothing to fall back on: the client waits for the upstream, within the deadline.
+            let result = self.client.send(&call, limits).await;
+            return self.settle(&key, result).map_err(edge_error);
+        };
+
+        // With a fallback, the call runs on its own: past the deadline the client gets the
+        // cached offers, and the call goes on in the background.
+        let mut background = limits;
+        background.deadline = background.deadline.max(policy.background_deadline);
+        let client = self.client.clone();
+        let mut task = tokio::spawn(async move { client.send(&call, background).await });
+        let outcome = match tokio::time::timeout(limits.deadline, &mut task).await {
+            Ok(joined) => joined.unwrap_or(Err(UpstreamError::Io("the call's task failed".into()))),
+            Err(_) => {
+                return self
+                    .answer_past_deadline(key, &route, body, offers, task)
+                    .await
+            }
+        };
+        let why = match &outcome {
+            Ok(r) if r.status == 429 => "upstream-429",
+            Ok(r) if r.status >= 500 => "upstream-5xx",
+            Ok(_) => return self.settle(&key, outcome).map_err(edge_error),
+            Err(UpstreamError::CircuitOpen) => "circuit-open",
+            Err(UpstreamError::Timeout) => "timeout",
+            Err(UpstreamError::TooLarge(_)) => return Err(EdgeError::BadUpstreamResponse),
+            Err(_) => "unreachable",
+        };
+        // Stale-if-error: the event is spooled before the stale offers are sent.
+        self.spool
+            .append(&key, &route.path, body, false)
+            .await
+            .map_err(|_| EdgeError::SpoolUnavailable)?;
+        lookup("stale_served");
+        Ok(Answer::cached(offers, Some(why), policy.fresh))
+    }
+
+    /// The upstream answered in time: cache a 2xx, relay whatever it was.
+    fn settle(
+        &self,
+        key: &CacheKey,
+        result: Result<UpstreamResponse, UpstreamError>,
+    ) -> Result<Answer, UpstreamError> {
+        let response = result?;
+        if response.status < 300 {
+            self.cache.insert(key.clone(), offers_of(&response));
+            return Ok(Answer::relay(response, "p13n-edge; fwd=miss; stored"));
+        }
+        Ok(Answer::relay(response, FWD_MISS))
+    }
+
+    async fn answer_past_deadline(
+        &self,
+        key: CacheKey,
+        route: &Route,
+        body: Bytes,
+        offers: Offers,
+        task: tokio::task::JoinHandle<Result<UpstreamResponse, UpstreamError>>,
+    ) -> Result<Answer, EdgeError> {
+        // If this append fails the call still runs: the client is told "not accepted", and a
+        // retry from it may then duplicate the event.
+        let in_flight = self
+            .spool
+            .append(&key, &route.path, body, true)
+            .await
+            .map_err(|_| EdgeError::SpoolUnavailable)?;
+        let cache = self.cache.clone();
+        let finished_key = key.clone();
+        tokio::spawn(async move {
+            let delivered = match task.await {
+                Ok(Ok(r)) if r.status < 300 => {
+                    cache.insert(finished_key, offers_of(&r));
+                    true
+                }
+                _ => false,
+            };
+            if let Some(in_flight) = in_flight {
+                in_flight.finish(delivered);
+            }
+        });
+        metrics::CACHE_LOOKUPS
+            .with_label_values(&[&route.service.name, "stale_served"])
+            .inc();
+        Ok(Answer::cached(
+            offers,
+            Some("deadline"),
+            route.service.cache.fresh,
+        ))
+    }
+}
+
+fn offers_of(r: &UpstreamResponse) -> Offers {
+    Offers {
+        status: r.status,
+        content_type: r.content_type.clone(),
+        body: r.body.clone(),
+        fetched: Instant::now(),
+    }
+}
+
+fn edge_error(e: UpstreamError) -> EdgeError {
+    match e {
+        UpstreamError::Timeout => EdgeError::UpstreamTimeout,
+        UpstreamError::TooLarge(_) => EdgeError::BadUpstreamResponse,
+        UpstreamError::CircuitOpen => EdgeError::CircuitOpen,
+        _ => EdgeError::UpstreamUnavailable,
+    }
+}
