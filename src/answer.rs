@@ -1,7 +1,7 @@
 //! The answer step: a complete response (status, body, `Cache-Status`, `Retry-After`), written
 //! to the client in one go.
 
-use crate::cache::Offers;
+use crate::cache::{Freshness, Offers};
 use crate::error::{error_body, vendor_code, EdgeError};
 use crate::upstream::UpstreamResponse;
 use bytes::Bytes;
@@ -87,19 +87,22 @@ impl Answer {
         }
     }
 
-    /// A cached answer: fresh (`hit`) or stale with why (`fwd=stale; detail=...`).
+    /// A cached answer: fresh (`hit`, with `detail` when it was not the mode's choice) or stale
+    /// with why (`fwd=stale; detail=...`).
     pub fn cached(
         offers: Offers,
-        stale_because: Option<&str>,
+        freshness: Freshness,
+        why: Option<&str>,
         fresh_for: std::time::Duration,
     ) -> Answer {
         let age = Instant::now().saturating_duration_since(offers.fetched);
-        let cache_status = match stale_because {
-            None => format!(
-                "p13n-edge; hit; ttl={}",
-                fresh_for.saturating_sub(age).as_secs()
-            ),
-            Some(why) => format!("p13n-edge; fwd=stale; detail={why}"),
+        let ttl = fresh_for.saturating_sub(age).as_secs();
+        let cache_status = match (freshness, why) {
+            (Freshness::Fresh, None) => format!("p13n-edge; hit; ttl={ttl}"),
+            (Freshness::Fresh, Some(why)) => format!("p13n-edge; hit; ttl={ttl}; detail={why}"),
+            (Freshness::Stale, why) => {
+                format!("p13n-edge; fwd=stale; detail={}", why.unwrap_or("stale"))
+            }
         };
         Answer {
             status: offers.status,

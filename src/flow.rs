@@ -70,16 +70,17 @@ impl Flow {
                 .append(&key, &route.path, body, false)
                 .await
                 .map_err(|_| EdgeError::SpoolUnavailable)?;
-            return Ok(match freshness {
-                Freshness::Fresh => {
-                    lookup("hit");
-                    Answer::cached(offers, None, policy.fresh)
-                }
-                Freshness::Stale => {
-                    lookup("stale_served");
-                    Answer::cached(offers, Some("queued"), policy.fresh)
-                }
+            lookup(if freshness == Freshness::Fresh {
+                "hit"
+            } else {
+                "stale_served"
             });
+            return Ok(Answer::cached(
+                offers,
+                freshness,
+                Some("queued"),
+                policy.fresh,
+            ));
         }
         if policy.mode == CacheMode::Fast {
             if let Some((offers, Freshness::Fresh)) = &cached {
@@ -88,7 +89,12 @@ impl Flow {
                     .await
                     .map_err(|_| EdgeError::SpoolUnavailable)?;
                 lookup("hit");
-                return Ok(Answer::cached(offers.clone(), None, policy.fresh));
+                return Ok(Answer::cached(
+                    offers.clone(),
+                    Freshness::Fresh,
+                    None,
+                    policy.fresh,
+                ));
             }
         }
         lookup("miss");
@@ -132,7 +138,12 @@ impl Flow {
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         lookup("stale_served");
-        Ok(Answer::cached(offers, Some(why), policy.fresh))
+        Ok(Answer::cached(
+            offers,
+            Freshness::Stale,
+            Some(why),
+            policy.fresh,
+        ))
     }
 
     /// The upstream answered in time: cache a 2xx, relay whatever it was.
@@ -183,6 +194,7 @@ impl Flow {
             .inc();
         Ok(Answer::cached(
             offers,
+            Freshness::Stale,
             Some("deadline"),
             route.service.cache.fresh,
         ))

@@ -3,11 +3,6 @@
 mod common;
 
 use common::*;
-use p13n_edge::emulator::Emulator;
-use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
-use std::io::Read;
-use std::process::{Command, Stdio};
 
 const KEY_SECRET: &str = "0123456789abcdef0123456789abcdef01234567";
 const TOKEN_SECRET: &str = "00000000000000000000000000000001";
@@ -35,52 +30,15 @@ fn debug_output_of_the_config_is_redacted() {
 #[test]
 fn no_answer_and_no_trace_log_carries_a_secret() {
     // The emulator in-process; the proxy as the real binary, logging everything to stderr.
-    let emu = free_port();
-    let mut server = Server::new_with_opt_and_conf(
-        None,
-        ServerConf {
-            threads: 1,
-            ..ServerConf::default()
-        },
-    );
-    server.bootstrap();
-    p13n_edge::add_emulator(
-        &mut server,
-        &format!("127.0.0.1:{emu}"),
-        Emulator::new(toml::from_str(&demo_rules()).unwrap()),
-    );
-    let emulator_addr = format!("127.0.0.1:{emu}").parse().unwrap();
-    let _emulator = Running::start(server, &[emulator_addr]);
-
+    let (_emulator, emulator_addr) = start_emulator(&demo_rules());
     let (proxy, admin) = (free_port(), free_port());
     let dir = scratch("secrets");
     std::fs::write(dir.join("key"), KEY).unwrap();
     let path = dir.join("p13n-edge.toml");
-    std::fs::write(
-        &path,
-        config_toml(proxy, admin, &format!("http://127.0.0.1:{emu}"), ""),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let proxy = format!("127.0.0.1:{proxy}").parse().unwrap();
-    let admin = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(admin).is_err()
-        || std::net::TcpStream::connect(proxy).is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the proxy did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let upstream = format!("http://{emulator_addr}");
+    std::fs::write(&path, config_toml(proxy, admin, &upstream, "")).unwrap();
+    let daemon = Daemon::spawn(&path, proxy, admin, &[("RUST_LOG", "trace")]);
+    let (proxy, admin) = (daemon.proxy, daemon.admin);
 
     let json = [("Content-Type", "application/json")];
     let mut answers = Vec::new();
@@ -160,21 +118,7 @@ fn no_answer_and_no_trace_log_carries_a_secret() {
         answers.push(r.text());
     }
 
-    child.kill().unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    let _ = child.wait();
+    let logs = daemon.kill();
     assert!(
         logs.contains("TRACE") || logs.contains("DEBUG"),
         "trace logging was not on:\n{logs}"

@@ -41,6 +41,11 @@ pub fn demo_rules() -> String {
 /// and `demo_db/clicks` (public), and `extra` appended at the end: it may hold top-level tables
 /// (`[upstream]`) or the service's own (`[service.retry]`, `[service.circuit]`).
 pub fn config_toml(proxy: u16, admin: u16, upstream: &str, extra: &str) -> String {
+    let spool = if extra.contains("[spool]") {
+        ""
+    } else {
+        "[spool]\ndir = \"spool\""
+    };
     format!(
         r#"
 [server]
@@ -57,8 +62,7 @@ listen = "127.0.0.1:{admin}"
 upstream_ms = 1000
 client_body_ms = 1000
 
-[spool]
-dir = "spool"
+{spool}
 
 [[service]]
 name = "shop"
@@ -135,6 +139,83 @@ impl Drop for Running {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// An emulator alone, with `rules`; returns its address.
+pub fn start_emulator(rules: &str) -> (Running, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut server = Server::new_with_opt_and_conf(None, quick_conf());
+    server.bootstrap();
+    p13n_edge::add_emulator(
+        &mut server,
+        &addr.to_string(),
+        Emulator::new(toml::from_str(rules).unwrap()),
+    );
+    (Running::start(server, &[addr]), addr)
+}
+
+/// The real binary, `p13n-edge run`, as a child process this test owns.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Daemon {
+    /// Run the binary on the config at `path` (whose listeners are `proxy` and `admin`).
+    pub fn spawn(path: &std::path::Path, proxy: u16, admin: u16, env: &[(&str, &str)]) -> Daemon {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+            .args(["run", "--config"])
+            .arg(path)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let proxy = format!("127.0.0.1:{proxy}").parse().unwrap();
+        let admin = format!("127.0.0.1:{admin}").parse().unwrap();
+        wait_listening(admin);
+        wait_listening(proxy);
+        Daemon {
+            child,
+            proxy,
+            admin,
+        }
+    }
+
+    /// `kill -9`, and everything it wrote to stdout and stderr.
+    pub fn kill(mut self) -> String {
+        self.child.kill().unwrap();
+        let mut out = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = self.child.wait();
+        out
+    }
+}
+
+/// Poll `check` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

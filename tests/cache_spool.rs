@@ -1,0 +1,295 @@
+//! The offer cache and the spool, against the emulator's fault plans: stale offers for known
+//! visitors, nothing lost, order kept per visitor, and a `kill -9` survived.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn view(visitor: &str, n: usize) -> String {
+    format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail/x","uuid":"{visitor}-{n}"}}"#)
+}
+
+fn ingested(stack: &Stack) -> u64 {
+    stack.emulator_stats()["events_ingested"].as_u64().unwrap()
+}
+
+#[test]
+fn a_429_storm_serves_known_visitors_stale_and_loses_nothing() {
+    let stack = Stack::start("storm");
+    let first = stack.post("/demo_db/pageviews", &view("known", 0));
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("cache-status").as_deref(),
+        Some("p13n-edge; fwd=miss; stored")
+    );
+
+    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
+    let mut accepted = 1;
+    for n in 1..=5 {
+        let r = stack.post("/demo_db/pageviews", &view("known", n));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let status = r.header("cache-status").unwrap();
+        if n == 1 {
+            assert_eq!(status, "p13n-edge; fwd=stale; detail=upstream-429");
+        } else {
+            // Behind the first spooled event, the next ones queue without calling the upstream.
+            assert!(
+                status.starts_with("p13n-edge; hit; ttl=") && status.ends_with("; detail=queued"),
+                "{status}"
+            );
+        }
+        assert!(r.header("age").is_some());
+        assert!(
+            r.body.is_empty(),
+            "the cached answer was the first one: no offer yet"
+        );
+        accepted += 1;
+    }
+    // A visitor the cache does not know gets the upstream's error: not accepted.
+    stack
+        .post("/demo_db/pageviews", &view("stranger", 0))
+        .assert_error(429, 2013);
+    assert_eq!(ingested(&stack), 1);
+
+    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    assert!(
+        eventually(Duration::from_secs(20), || ingested(&stack) == accepted),
+        "{}",
+        stack.emulator_stats()
+    );
+    assert_eq!(stack.emulator_stats()["duplicates"], 0);
+    // Replay refreshed the cache: the next answer comes from the upstream with the offer.
+    let r = stack.post("/demo_db/pageviews", &view("known", 6));
+    assert!(r.text().contains("offer_for_high_loyalty"), "{}", r.text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ingested(&stack), accepted + 1);
+}
+
+#[test]
+fn a_5xx_burst_is_answered_stale() {
+    let stack = Stack::start("burst");
+    assert_eq!(stack.post("/demo_db/pageviews", &view("k", 0)).status, 200);
+    stack.set_faults(json!({"status": 502, "rate": 1.0, "seconds": 0.5}));
+    let r = stack.post("/demo_db/pageviews", &view("k", 1));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("p13n-edge; fwd=stale; detail=upstream-5xx")
+    );
+    assert!(eventually(Duration::from_secs(20), || ingested(&stack) == 2));
+}
+
+#[test]
+fn past_the_deadline_a_known_visitor_gets_cached_offers_and_the_call_goes_on() {
+    let stack = Stack::start_with("deadline", "deadline_ms = 300\n");
+    assert_eq!(stack.post("/demo_db/pageviews", &view("k", 0)).status, 200);
+    stack.set_faults(json!({"status": 0, "latency_ms": 800, "seconds": 5}));
+    let started = Instant::now();
+    let r = stack.post("/demo_db/pageviews", &view("k", 1));
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("p13n-edge; fwd=stale; detail=deadline")
+    );
+    assert!(took < Duration::from_millis(700), "waited {took:?}");
+    // The call in the background delivers it; the spooled copy is not sent again.
+    assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = stack.emulator_stats();
+    assert_eq!(stats["events_ingested"], 2, "{stats}");
+    assert_eq!(stats["duplicates"], 0);
+    // Without a cached entry the client waits for the deadline and gets 504.
+    stack
+        .post("/demo_db/pageviews", &view("new", 0))
+        .assert_error(504, 504);
+}
+
+#[test]
+fn fast_mode_answers_hits_from_memory_and_delivers_in_the_background() {
+    let stack = Stack::start_with("fast", "[service.cache]\nmode = \"fast\"\n");
+    let r = stack.post("/demo_db/pageviews", &view("f", 0));
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("p13n-edge; fwd=miss; stored")
+    );
+    for n in 1..=3 {
+        let r = stack.post("/demo_db/pageviews", &view("f", n));
+        assert_eq!(r.status, 200);
+        let status = r.header("cache-status").unwrap();
+        assert!(status.starts_with("p13n-edge; hit; ttl="), "{status}");
+    }
+    assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 4));
+    // The background deliveries refreshed the entry: four /retail views earn the offer.
+    assert!(eventually(Duration::from_secs(5), || {
+        stack
+            .post("/demo_db/pageviews", &view("f", 100))
+            .text()
+            .contains("offer_for_high_loyalty")
+    }));
+    assert_eq!(stack.emulator_stats()["duplicates"], 0);
+}
+
+#[test]
+fn a_visitors_events_reach_the_upstream_in_order() {
+    let stack = Stack::start("order");
+    let event = |category: &str, n: usize| {
+        format!(
+            r#"{{"td_client_id":"o","td_path":"/x","product_category":"{category}","uuid":"o{n}"}}"#
+        )
+    };
+    assert_eq!(
+        stack.post("/demo_db/pageviews", &event("kids", 0)).status,
+        200
+    );
+    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    for (n, category) in ["men", "kids", "women"].iter().enumerate() {
+        assert_eq!(
+            stack
+                .post("/demo_db/pageviews", &event(category, n + 1))
+                .status,
+            200
+        );
+    }
+    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    assert!(eventually(Duration::from_secs(20), || ingested(&stack) == 4));
+    // The last category the upstream saw is the last one sent: "women".
+    let r = stack.post(
+        "/demo_db/pageviews",
+        r#"{"td_client_id":"o","td_path":"/x"}"#,
+    );
+    assert!(r.text().contains("offer_for_women"), "{}", r.text());
+}
+
+#[test]
+fn a_full_spool_refuses_events_instead_of_dropping_them() {
+    let stack = Stack::start_with(
+        "full",
+        "[spool]\ndir = \"spool\"\nsegment_bytes = 4096\nmax_bytes = 8192\n",
+    );
+    assert_eq!(stack.post("/demo_db/pageviews", &view("k", 0)).status, 200);
+    stack.set_faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
+    let (mut accepted, mut refused) = (1, 0);
+    for n in 1..200 {
+        let r = stack.post("/demo_db/pageviews", &view("k", n));
+        match r.status {
+            200 => accepted += 1,
+            _ => {
+                r.assert_error(503, 503);
+                assert!(r.header("retry-after").is_some());
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0 && accepted > 10,
+        "accepted {accepted}, refused {refused}"
+    );
+    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    assert!(
+        eventually(Duration::from_secs(20), || ingested(&stack) == accepted),
+        "{}",
+        stack.emulator_stats()
+    );
+}
+
+#[test]
+fn kill_9_with_events_in_the_spool_then_restart_delivers_every_accepted_event() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let stats = || request(emulator, "GET", "/_emulator/stats", &[], b"").json();
+    let (proxy, admin) = (free_port(), free_port());
+    let dir = scratch("kill9");
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    let path = dir.join("p13n-edge.toml");
+    std::fs::write(
+        &path,
+        config_toml(proxy, admin, &format!("http://{emulator}"), ""),
+    )
+    .unwrap();
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let json = [("Content-Type", "application/json")];
+    let post =
+        |addr, body: &str| request(addr, "POST", "/demo_db/pageviews", &json, body.as_bytes());
+
+    let visitors = 10;
+    for v in 0..visitors {
+        assert_eq!(post(daemon.proxy, &view(&format!("v{v}"), 0)).status, 200);
+    }
+    request(
+        emulator,
+        "POST",
+        "/_emulator/faults",
+        &[],
+        br#"{"status":429,"code":2013,"rate":1.0}"#,
+    );
+    let mut accepted = visitors;
+    for n in 1..=5 {
+        for v in 0..visitors {
+            if post(daemon.proxy, &view(&format!("v{v}"), n)).status == 200 {
+                accepted += 1;
+            }
+        }
+    }
+    assert_eq!(accepted, 60);
+    daemon.kill();
+
+    // A torn write: half a frame at the end of the newest segment.
+    let spool = dir.join("spool");
+    let mut segments: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().unwrap();
+    let mut data = std::fs::read(newest).unwrap();
+    data.extend_from_slice(&[0x40, 0, 0, 0, 1, 2, 3, 4, b'{']);
+    std::fs::write(newest, data).unwrap();
+
+    // Restart with a slow upstream, and kill -9 again in the middle of the replay: the records
+    // delivered but not yet checkpointed are the duplicate window.
+    request(
+        emulator,
+        "POST",
+        "/_emulator/faults",
+        &[],
+        br#"{"status":0,"latency_ms":40}"#,
+    );
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    assert!(eventually(Duration::from_secs(30), || stats()
+        ["events_ingested"]
+        .as_u64()
+        .unwrap()
+        >= 30));
+    daemon.kill();
+
+    request(emulator, "DELETE", "/_emulator/faults", &[], b"");
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let done = eventually(Duration::from_secs(30), || {
+        stats()["events_ingested"].as_u64().unwrap() >= accepted
+    });
+    let s = stats();
+    println!(
+        "kill -9: {accepted} accepted, {} ingested, {} duplicates",
+        s["events_ingested"], s["duplicates"]
+    );
+    assert!(done, "{s}");
+    let unique = s["events_ingested"].as_u64().unwrap() - s["duplicates"].as_u64().unwrap();
+    assert_eq!(
+        unique, accepted,
+        "every accepted event arrived once at least: {s}"
+    );
+    assert!(s["duplicates"].as_u64().unwrap() <= 1, "{s}");
+    assert_eq!(
+        s["by_status"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["200", "429"],
+        "garbage reached the upstream: {s}"
+    );
+    daemon.kill();
+}
