@@ -23,6 +23,8 @@ pub struct Answer {
     pub age: Option<u64>,
     /// The vendor code of an error answer, for metrics.
     pub code: Option<u32>,
+    /// The upstream's status, when this answer relays it.
+    pub upstream_status: Option<u16>,
 }
 
 impl Answer {
@@ -35,6 +37,7 @@ impl Answer {
             cache_status: None,
             age: None,
             code: Some(e.code()),
+            upstream_status: None,
         }
     }
 
@@ -47,6 +50,7 @@ impl Answer {
             cache_status: None,
             age: None,
             code: None,
+            upstream_status: None,
         }
     }
 
@@ -66,6 +70,7 @@ impl Answer {
                 cache_status,
                 age: None,
                 code: None,
+                upstream_status: Some(status),
             };
         }
         let code = vendor_code(&response.body);
@@ -84,6 +89,7 @@ impl Answer {
             cache_status,
             age: None,
             code,
+            upstream_status: Some(status),
         }
     }
 
@@ -114,6 +120,7 @@ impl Answer {
             cache_status: Some(cache_status),
             age: Some(age.as_secs()),
             code: None,
+            upstream_status: None,
         }
     }
 

@@ -23,6 +23,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use spool::SpoolError;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Pingora's process settings for a config; `upgrade` takes the sockets of a running instance.
@@ -37,24 +38,40 @@ pub fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// A pingora server with the public proxy and the admin listener, ready for `run`.
+/// What the services of a proxy share, for reload and for tests.
+pub struct Handles {
+    pub config: Arc<ArcSwap<Config>>,
+    pub cache: Arc<cache::OfferCache>,
+}
+
+/// A pingora server with the public proxy and the admin listener, ready for `run`. With `path`,
+/// SIGHUP reloads the config from it.
 pub fn build_server(
     config: Config,
+    path: Option<PathBuf>,
     upgrade: bool,
-) -> Result<(Server, Arc<ArcSwap<Config>>), SpoolError> {
+) -> Result<(Server, Handles), SpoolError> {
     let opt = Opt {
         upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
-    let shared = add_proxy(&mut server, config)?;
-    Ok((server, shared))
+    let handles = add_proxy(&mut server, config)?;
+    if let Some(path) = path {
+        let reloader = config::Reloader {
+            path,
+            config: handles.config.clone(),
+            cache: handles.cache.clone(),
+        };
+        server.add_service(background_service("p13n-edge reload", reloader));
+    }
+    Ok((server, handles))
 }
 
-/// Add the proxy, its spool replay and the admin listener to a server; returns the swappable
-/// config they share. Fails when the spool cannot be opened.
-pub fn add_proxy(server: &mut Server, config: Config) -> Result<Arc<ArcSwap<Config>>, SpoolError> {
+/// Add the proxy, its spool replay and the admin listener to a server. Fails when the spool
+/// cannot be opened.
+pub fn add_proxy(server: &mut Server, config: Config) -> Result<Handles, SpoolError> {
     metrics::init();
     metrics::CONFIG_GENERATION.set(1);
     let listen = config.listen.to_string();
@@ -85,7 +102,7 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<Arc<ArcSwap<Conf
         spool: spool.clone(),
         client: client.clone(),
         config: shared.clone(),
-        cache,
+        cache: cache.clone(),
     };
     server.add_service(background_service("p13n-edge spool replay", replayer));
 
@@ -98,7 +115,10 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<Arc<ArcSwap<Conf
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
     server.add_service(admin);
-    Ok(shared)
+    Ok(Handles {
+        config: shared,
+        cache,
+    })
 }
 
 /// Add the upstream emulator on `listen`.

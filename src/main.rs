@@ -66,8 +66,8 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run { config, upgrade } => {
-            let config = load(&config)?;
-            let (server, _) = p13n_edge::build_server(config, upgrade)?;
+            let loaded = load(&config)?;
+            let (server, _) = p13n_edge::build_server(loaded, Some(config), upgrade)?;
             server.run_forever();
         }
         Command::CheckConfig { config } => {
@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             let upstream = &loaded.services[0].upstream;
             let emulator_listen = format!("{}:{}", upstream.host, upstream.port);
             let proxy = loaded.listen;
-            let (mut server, _) = p13n_edge::build_server(loaded, false)?;
+            let (mut server, _) = p13n_edge::build_server(loaded, Some(config), false)?;
             p13n_edge::add_emulator(&mut server, &emulator_listen, emulator);
             print_demo(&proxy.to_string());
             server.run_forever();

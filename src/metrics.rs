@@ -198,6 +198,15 @@ pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_config_reloads_total",
+        "Config reloads (SIGHUP), by result (ok, error).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register_int_gauge!(
         "p13n_edge_config_generation",
@@ -260,6 +269,9 @@ pub fn init() {
     Lazy::force(&SPOOL_CORRUPT);
     Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&CONFIG_GENERATION);
+    for result in ["ok", "error"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
 }
 
 /// The Prometheus text exposition of every registered metric.

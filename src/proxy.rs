@@ -28,6 +28,8 @@ pub struct RequestCtx {
     start: Instant,
     route: Option<Arc<Route>>,
     code: Option<u32>,
+    /// Filled only when the access log is on.
+    access: Option<(Option<String>, Option<u16>)>,
 }
 
 #[async_trait]
@@ -39,6 +41,7 @@ impl ProxyHttp for Edge {
             start: Instant::now(),
             route: None,
             code: None,
+            access: None,
         }
     }
 
@@ -54,6 +57,9 @@ impl ProxyHttp for Edge {
             }
         };
         ctx.code = answer.code;
+        if config.access_log {
+            ctx.access = Some((answer.cache_status.clone(), answer.upstream_status));
+        }
         answer.write(session).await?;
         Ok(true)
     }
@@ -81,9 +87,22 @@ impl ProxyHttp for Edge {
         metrics::REQUESTS
             .with_label_values(&[service, route, metrics::status_class(status), &code])
             .inc();
+        let elapsed = ctx.start.elapsed();
         metrics::REQUEST_DURATION
             .with_label_values(&[service])
-            .observe(ctx.start.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        if let Some((cache_status, upstream_status)) = &ctx.access {
+            // Never the client id, the body or a header: nothing here identifies a visitor.
+            tracing::info!(
+                target: "p13n_edge::access",
+                service,
+                route,
+                status,
+                cache_status = cache_status.as_deref().unwrap_or("-"),
+                upstream_status = upstream_status.unwrap_or(0),
+                ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub struct FileConfig {
     /// Where accepted, undelivered events wait.
     #[serde(default)]
     pub spool: SpoolSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
     /// The personalization services this proxy fronts: `[[service]]` tables.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
@@ -100,6 +103,14 @@ pub struct UpstreamSection {
     /// PEM file of the CAs trusted for `https` upstreams, instead of the system roots (a private
     /// endpoint's CA). Relative to this config file. Read at start.
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LogSection {
+    /// One line per request (target `p13n_edge::access`): service, route, status, cache status,
+    /// upstream status and time.
+    #[serde(default)]
+    pub access: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,10 +2,12 @@
 //! (`validate`), and the secrets it loads (`secret`).
 
 mod file;
+mod reload;
 mod secret;
 mod validate;
 
 pub use file::FileConfig;
+pub use reload::{reload, Reloader};
 pub use secret::Secret;
 pub use validate::names_ok;
 
@@ -41,6 +43,7 @@ pub struct Config {
     pub ca_file: Option<String>,
     pub cache: CacheLimits,
     pub spool: SpoolSettings,
+    pub access_log: bool,
     pub services: Vec<Arc<Service>>,
     /// Exact request path (`/db/table` or `/public/db/table`) to its route.
     pub routes: HashMap<String, Arc<Route>>,

@@ -156,6 +156,7 @@ pub(super) fn build(
         ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
         cache,
         spool,
+        access_log: file.log.access,
         services,
         routes,
     })

@@ -60,6 +60,8 @@ const CHECKPOINT: &str = "checkpoint";
 
 pub struct Spool {
     settings: SpoolSettings,
+    /// Held for the life of the process: one process per spool directory.
+    _lock: std::fs::File,
     jobs: mpsc::SyncSender<Job>,
     run: u64,
     next_seq: AtomicU64,
@@ -87,11 +89,13 @@ impl Spool {
     pub fn open(settings: SpoolSettings) -> Result<Arc<Spool>, SpoolError> {
         let io = |e: std::io::Error| SpoolError::Io(format!("{}: {e}", settings.dir.display()));
         std::fs::create_dir_all(&settings.dir).map_err(io)?;
+        let lock = lock(&settings.dir).map_err(io)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let segments = segments(&settings.dir).map_err(io)?;
         let first_new = segments.last().map_or(0, |s| s + 1);
         let spool = Arc::new(Spool {
             settings: settings.clone(),
+            _lock: lock,
             jobs: tx,
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -303,6 +307,21 @@ impl Spool {
         *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = position;
         self.wake.notify_one();
     }
+}
+
+/// Take the spool's lock, waiting while another process holds it: during a graceful upgrade the
+/// new process starts replaying only once the old one has exited.
+fn lock(dir: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    if file.try_lock().is_err() {
+        tracing::warn!(dir = %dir.display(), "another p13n-edge holds this spool; waiting for it to exit");
+        file.lock()?;
+    }
+    Ok(file)
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -27,9 +27,24 @@ pub struct Replayer {
 #[async_trait]
 impl BackgroundService for Replayer {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let run = self.run();
+        tokio::pin!(run);
         tokio::select! {
             _ = shutdown.changed() => {}
-            _ = self.run() => {}
+            _ = &mut run => return,
+        }
+        // Shutting down: keep delivering until the spool is empty. Pingora stops the runtime at
+        // the end of the grace period; what is left then stays on disk for the next start.
+        tracing::info!(depth = self.spool.depth(), "draining the spool before exit");
+        loop {
+            if self.spool.depth() <= 0 {
+                tracing::info!("spool drained");
+                return;
+            }
+            tokio::select! {
+                _ = &mut run => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
     }
 }

@@ -223,7 +223,7 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub fn start_proxy(config: Config) -> (Running, SocketAddr) {
     let addr = config.listen;
     let admin = config.admin_listen;
-    let (server, _) = p13n_edge::build_server(config, false).unwrap();
+    let (server, _) = p13n_edge::build_server(config, None, false).unwrap();
     (Running::start(server, &[addr, admin]), addr)
 }
 
@@ -433,20 +433,40 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Response {
 }
 
 fn exchange(addr: SocketAddr, raw: &[u8], head_only: bool) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    try_exchange(addr, raw, head_only).expect("a response")
+}
+
+/// Send a request; `None` when the connection fails or closes without a whole response.
+pub fn try_request(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Option<Response> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    try_exchange(addr, &raw, false)
+}
+
+fn try_exchange(addr: SocketAddr, raw: &[u8], head_only: bool) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let _ = stream.write_all(raw);
-    let msg = read_head_and_body(&mut stream, head_only).expect("a response");
-    let split = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let msg = read_head_and_body(&mut stream, head_only)?;
+    let split = msg.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&msg[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Response {
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(Response {
         status,
         head,
         body: msg[split + 4..].to_vec(),
-    }
+    })
 }
 
 /// Read one HTTP/1.1 message delimited by Content-Length (or none).

@@ -1,0 +1,110 @@
+//! Hot reload: SIGHUP re-reads and re-validates the file (key files included), then swaps the
+//! config whole. In-flight requests finish on the config they loaded; a bad file changes nothing.
+
+use super::{Config, ConfigErrors};
+use crate::cache::OfferCache;
+use crate::metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Load `path` and, if it is valid, swap it in. Cached offers of services whose routes or
+/// tokens changed are dropped: they were fetched with what no longer applies.
+pub fn reload(
+    path: &Path,
+    shared: &ArcSwap<Config>,
+    cache: &OfferCache,
+) -> Result<(), ConfigErrors> {
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(errors) => {
+            metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
+            for problem in &errors.0 {
+                tracing::error!(path = %path.display(), problem = %problem, "reload refused; the running config stays");
+            }
+            return Err(errors);
+        }
+    };
+    let old = shared.load();
+    for service in &old.services {
+        if routing(&old, &service.name) != routing(&new, &service.name) {
+            tracing::info!(service = %service.name, "routes or tokens changed: dropping its cached offers");
+            cache.drop_service(&service.name);
+        }
+    }
+    for (what, changed) in [
+        ("server.listen", old.listen != new.listen),
+        ("admin.listen", old.admin_listen != new.admin_listen),
+        ("server.threads", old.threads != new.threads),
+        (
+            "spool",
+            old.spool.dir != new.spool.dir || old.spool.max_bytes != new.spool.max_bytes,
+        ),
+        (
+            "cache",
+            old.cache.max_entries != new.cache.max_entries
+                || old.cache.max_bytes != new.cache.max_bytes,
+        ),
+        ("upstream.ca_file", old.ca_file != new.ca_file),
+    ] {
+        if changed {
+            tracing::warn!(key = what, "changed, but takes effect only at restart");
+        }
+    }
+    shared.store(Arc::new(new));
+    metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
+    metrics::CONFIG_GENERATION.inc();
+    tracing::info!(path = %path.display(), generation = metrics::CONFIG_GENERATION.get(), "config reloaded");
+    Ok(())
+}
+
+/// What a service's cached offers depend on: its (path, token name) routes, and its credentials.
+type Routing = (BTreeSet<(String, String)>, Vec<String>);
+
+fn routing(config: &Config, service: &str) -> Option<Routing> {
+    let s = config.services.iter().find(|s| s.name == service)?;
+    let routes = config
+        .routes
+        .values()
+        .filter(|r| r.service.name == service)
+        .map(|r| (r.path.clone(), r.token_name.clone()))
+        .collect();
+    let credentials = s
+        .tokens
+        .iter()
+        .map(|(_, t)| t.expose().to_string())
+        .chain([s.api_key.expose().to_string()])
+        .collect();
+    Some((routes, credentials))
+}
+
+/// Reloads on SIGHUP for as long as the server runs.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub config: Arc<ArcSwap<Config>>,
+    pub cache: Arc<OfferCache>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot listen for SIGHUP: hot reload is off");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangup.recv() => {
+                    let (path, config, cache) = (self.path.clone(), self.config.clone(), self.cache.clone());
+                    let _ = tokio::task::spawn_blocking(move || reload(&path, &config, &cache)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Operating the real binary: hot reload under load, a bad reload, key rotation, SIGTERM with
+//! events in the spool, a graceful upgrade, and a metrics scrape.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn signal(daemon: &Daemon, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn scrape(daemon: &Daemon) -> String {
+    request(daemon.admin, "GET", "/metrics", &[], b"").text()
+}
+
+fn reloads(daemon: &Daemon, result: &str) -> u64 {
+    let needle = format!("p13n_edge_config_reloads_total{{result=\"{result}\"}} ");
+    scrape(daemon)
+        .lines()
+        .find_map(|l| l.strip_prefix(needle.as_str())?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A config file for the binary in a scratch dir, with the test key beside it.
+fn write_config(name: &str, upstream: &str, extra: &str) -> (PathBuf, u16, u16) {
+    let (proxy, admin) = (free_port(), free_port());
+    let dir = scratch(name);
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    let path = dir.join("p13n-edge.toml");
+    std::fs::write(&path, config_toml(proxy, admin, upstream, extra)).unwrap();
+    (path, proxy, admin)
+}
+
+fn post(addr: std::net::SocketAddr, visitor: &str) -> Response {
+    let body = format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#);
+    request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
+/// Send requests from two threads until stopped; count the ones that did not get 200.
+fn load(
+    addr: std::net::SocketAddr,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let threads = (0..2)
+        .map(|t| {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let body = format!(r#"{{"td_client_id":"load{t}-{n}","td_path":"/retail"}}"#);
+                    let r = try_request(
+                        addr,
+                        "/demo_db/pageviews",
+                        "application/json",
+                        body.as_bytes(),
+                    );
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Some(r) if r.status == 200 => {}
+                        Some(r) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("failed: {} {}", r.status, r.text());
+                        }
+                        None => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("failed: no answer");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (stop, sent, failed, threads)
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from} not in the config");
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn reload_under_load_fails_no_request_and_a_bad_file_keeps_the_old_config() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let (path, proxy, admin) = write_config("reload", &format!("http://{emulator}"), "");
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let (stop, sent, failed, threads) = load(daemon.proxy);
+    for deadline in [2000, 2500, 3000, 3500, 4000] {
+        edit(
+            &path,
+            "identifiers = [",
+            &format!("deadline_ms = {deadline}\nidentifiers = ["),
+        );
+        signal(&daemon, "HUP");
+        let want = (deadline - 1500) / 500;
+        assert!(eventually(Duration::from_secs(10), || reloads(
+            &daemon, "ok"
+        ) == want));
+        edit(&path, &format!("deadline_ms = {deadline}\n"), "");
+    }
+    // A bad file: refused, counted, and the old config keeps serving.
+    edit(&path, "[admin]", "bogus = 1\n[admin]");
+    signal(&daemon, "HUP");
+    assert!(eventually(Duration::from_secs(10), || reloads(
+        &daemon, "error"
+    ) == 1));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert!(
+        sent.load(Ordering::Relaxed) > 20,
+        "too little load: {}",
+        sent.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert_eq!(post(daemon.proxy, "after").status, 200);
+    assert!(scrape(&daemon).contains("p13n_edge_config_generation 6"));
+    let logs = daemon.kill();
+    assert!(logs.contains("unknown key `server.bogus`"), "{logs}");
+}
+
+#[test]
+fn a_key_rotates_through_reload() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let (path, proxy, admin) = write_config("rotate", &format!("http://{}", upstream.addr), "");
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    assert_eq!(post(daemon.proxy, "v").status, 200);
+    let new_key = "1/ffffffffffffffffffffffffffffffffffffffff";
+    std::fs::write(path.parent().unwrap().join("key"), new_key).unwrap();
+    signal(&daemon, "HUP");
+    assert!(eventually(Duration::from_secs(10), || reloads(
+        &daemon, "ok"
+    ) == 1));
+    assert_eq!(post(daemon.proxy, "v").status, 200);
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert!(seen[0].contains(&format!("TD1 {KEY}")), "{}", seen[0]);
+    assert!(
+        seen.last().unwrap().contains(&format!("TD1 {new_key}")),
+        "{}",
+        seen.last().unwrap()
+    );
+    let logs = daemon.kill();
+    assert!(
+        !logs.contains("ffffffffffffffffffffffffffffffffffffffff"),
+        "the new key was logged"
+    );
+}
+
+#[test]
+fn sigterm_with_events_in_the_spool_loses_none() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let stats = || request(emulator, "GET", "/_emulator/stats", &[], b"").json();
+    let (path, proxy, admin) = write_config("sigterm", &format!("http://{emulator}"), "");
+    edit(
+        &path,
+        "grace_period_seconds = 0",
+        "grace_period_seconds = 3",
+    );
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    assert_eq!(post(daemon.proxy, "k").status, 200);
+    let plan = json!({"status": 503, "rate": 1.0, "seconds": 0.5}).to_string();
+    request(emulator, "POST", "/_emulator/faults", &[], plan.as_bytes());
+    for _ in 0..5 {
+        assert_eq!(post(daemon.proxy, "k").status, 200);
+    }
+    signal(&daemon, "TERM");
+    let mut daemon = daemon;
+    let exited = eventually(Duration::from_secs(15), || {
+        daemon.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "the daemon did not exit after SIGTERM");
+    assert_eq!(stats()["events_ingested"], 6, "{}", stats());
+}
+
+#[test]
+fn a_graceful_upgrade_drops_no_request() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let (path, proxy, admin) = write_config("upgrade", &format!("http://{emulator}"), "");
+    // As in production: in-flight requests get a grace period.
+    edit(
+        &path,
+        "grace_period_seconds = 0",
+        "grace_period_seconds = 1",
+    );
+    let old = Daemon::spawn(&path, proxy, admin, &[]);
+    let (stop, sent, failed, threads) = load(old.proxy);
+    std::thread::sleep(Duration::from_millis(200));
+    // The new binary waits for the sockets; SIGQUIT makes the old one hand them over.
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+        .args(["run", "-u", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&old, "QUIT");
+    let mut old = old;
+    assert!(
+        eventually(Duration::from_secs(20), || old
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the old process did not exit"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "of {}",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new process is not running"
+    );
+    assert_eq!(post(old.proxy, "after-upgrade").status, 200);
+    let _ = new.kill();
+    let _ = new.wait();
+}
+
+#[test]
+fn a_scrape_parses_and_lists_the_catalog() {
+    let stack = Stack::start("scrape");
+    stack.post("/demo_db/pageviews", r#"{"td_client_id":"m"}"#);
+    let text = request(stack.admin, "GET", "/metrics", &[], b"").text();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            assert!(
+                comment.starts_with(" HELP ") || comment.starts_with(" TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{line}"
+        );
+        names.insert(name.to_string());
+    }
+    for name in [
+        "p13n_edge_requests_total",
+        "p13n_edge_request_duration_seconds_bucket",
+        "p13n_edge_upstream_requests_total",
+        "p13n_edge_upstream_duration_seconds_bucket",
+        "p13n_edge_cache_lookups_total",
+        "p13n_edge_cache_entries",
+        "p13n_edge_cache_bytes",
+        "p13n_edge_spool_depth",
+        "p13n_edge_spool_bytes",
+        "p13n_edge_spool_oldest_age_seconds",
+        "p13n_edge_spool_replayed_total",
+        "p13n_edge_circuit_state",
+        "p13n_edge_config_generation",
+        "p13n_edge_config_reloads_total",
+    ] {
+        assert!(names.contains(name), "{name} missing from:\n{text}");
+    }
+    assert!(names.iter().filter(|n| n.starts_with("p13n_edge_")).count() >= 10);
+    assert!(
+        !text.contains("td_client_id") && !text.contains("\"m\""),
+        "a client id in metrics"
+    );
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            request(stack.admin, "GET", probe, &[], b"").status,
+            200,
+            "{probe}"
+        );
+    }
+}
