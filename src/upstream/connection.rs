@@ -5,6 +5,7 @@ use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::event::VENDOR_CONTENT_TYPE;
 use bytes::BytesMut;
+use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -106,8 +107,16 @@ async fn exchange(
     session.read_response_header().await?;
     let header = session.response_header().expect("read above");
     let status = header.status.as_u16();
-    let content_type = header.headers.get(http::header::CONTENT_TYPE).cloned();
-    let retry_after = header.headers.get(http::header::RETRY_AFTER).cloned();
+    // Own copies: a parsed header value shares the whole read buffer (kilobytes), and the
+    // content type lives on in the offer cache.
+    let owned = |name| {
+        header
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| HeaderValue::from_bytes(v.as_bytes()).ok())
+    };
+    let content_type = owned(http::header::CONTENT_TYPE);
+    let retry_after = owned(http::header::RETRY_AFTER);
     let mut body = BytesMut::new();
     while let Some(chunk) = session.read_response_body().await? {
         if body.len() + chunk.len() > max_body {

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: a direct call to a static upstream, nginx as the equivalent proxy,
+# p13n-edge pass-through, p13n-edge fast (cache hit), and p13n-edge in front of its emulator.
+# Alternating, over ROUNDS rounds; prints medians and ratios and writes benches/results.md.
+# Then RSS per cached visitor at 100k and 1M visitors. One command, from a fresh checkout:
+#   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+SECS=${SECONDS_PER_RUN:-5}
+VISITORS=${VISITORS:-"100000 1000000"}
+CONNS=32
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+scripts/setup
+cargo build --release -q
+BIN=target/release/p13n-edge
+
+work=$(mktemp -d /tmp/p13n-edge-load.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NGX=$(port); PASS=$(port); PASS_ADMIN=$(port); FAST=$(port); FAST_ADMIN=$(port)
+EMU=$(port); EMUP=$(port); EMUP_ADMIN=$(port)
+OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
+KEY=1/0123456789abcdef0123456789abcdef01234567
+TOKEN=1/1/00000000000000000000000000000001
+echo "$KEY" > "$work/key"
+
+# The static upstream and nginx doing p13n-edge's job: keepalive upstream, credentials injected,
+# client credentials and cookies dropped, one worker each.
+cat > "$work/nginx.conf" <<NGX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/body; proxy_temp_path $work/proxy;
+  fastcgi_temp_path $work/fcgi; uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+  upstream p13n { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$UP;
+    location / { default_type application/json; return 200 '$OFFERS'; }
+  }
+  server {
+    listen 127.0.0.1:$NGX;
+    location = /demo_db/pageviews {
+      proxy_pass http://p13n;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$UP;
+      proxy_set_header Authorization "TD1 $KEY";
+      proxy_set_header WP13n-Token "$TOKEN";
+      proxy_set_header Content-Type application/vnd.treasuredata.v1+json;
+      proxy_set_header Cookie "";
+    }
+  }
+}
+NGX
+"$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
+
+proxy_config() { # name port admin upstream mode
+  cat > "$work/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+upgrade_sock = "$work/$1.sock"
+pid_file = "$work/$1.pid"
+[admin]
+listen = "127.0.0.1:$3"
+[spool]
+dir = "$work/$1-spool"
+[[service]]
+name = "bench"
+base_url = "http://127.0.0.1:$4"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+[service.tokens]
+web = "$TOKEN"
+[service.cache]
+mode = "$5"
+[[service.route]]
+database = "demo_db"
+table = "pageviews"
+token = "web"
+TOML
+}
+proxy_config pass "$PASS" "$PASS_ADMIN" "$UP" pass-through
+proxy_config fast "$FAST" "$FAST_ADMIN" "$UP" fast
+proxy_config emu "$EMUP" "$EMUP_ADMIN" "$EMU" pass-through
+RUST_LOG=warn $BIN run --config "$work/pass.toml" 2>"$work/pass.log" & pids+=($!); PASS_PID=$!
+RUST_LOG=warn $BIN run --config "$work/fast.toml" 2>"$work/fast.log" & pids+=($!)
+RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!)
+for p in $UP $NGX $PASS $FAST $EMU $EMUP; do
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+
+declare -A TARGET=(
+  [direct]="http://127.0.0.1:$UP/demo_db/pageviews"
+  [nginx]="http://127.0.0.1:$NGX/demo_db/pageviews"
+  [pass]="http://127.0.0.1:$PASS/demo_db/pageviews"
+  [fast]="http://127.0.0.1:$FAST/demo_db/pageviews"
+  [emulator]="http://127.0.0.1:$EMUP/demo_db/pageviews"
+)
+ORDER=(direct nginx pass fast emulator)
+for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+    -d '{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/retail"}' "${TARGET[$t]}")
+  [ "$code" = 200 ] || { echo "$t answered $code"; exit 1; }
+  wrk -t1 -c$CONNS -d1s -s benches/load/post.lua "${TARGET[$t]}" >/dev/null
+done
+
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
+declare -A RPS P50 P99
+for round in $(seq "$ROUNDS"); do
+  for t in "${ORDER[@]}"; do
+    out=$(wrk -t1 -c$CONNS -d"${SECS}s" --latency -s benches/load/post.lua "${TARGET[$t]}")
+    if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
+    RPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+    P50[$t]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "
+    P99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
+    echo "round $round $t: $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s" >&2
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A M
+for t in "${ORDER[@]}"; do M[$t]=$(echo "${RPS[$t]}" | median); done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+# Memory per cached visitor: RSS of the pass-through proxy before and after N new visitors.
+rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
+entries() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_entries / {print $2}'; }
+cache_bytes() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_bytes / {print $2}'; }
+MEM=""
+base_rss=$(rss "$PASS_PID"); base_entries=$(entries)
+for n in $VISITORS; do
+  while [ "$(entries)" -lt "$n" ]; do
+    wrk -t1 -c$CONNS -d5s -s benches/load/visitors.lua "${TARGET[pass]}" >/dev/null
+  done
+  now_rss=$(rss "$PASS_PID"); now_entries=$(entries); payload=${#OFFERS}
+  per=$(( (now_rss - base_rss) / (now_entries - base_entries) ))
+  MEM+="| $now_entries | $(( now_rss / 1048576 )) MiB | $per B | $(( per - payload - 35 )) B |"$'\n'
+done
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+{
+  echo "Measured $(date -u +%Y-%m-%d) on $machine; wrk 1 thread, $CONNS connections, ${SECS}s x $ROUNDS rounds,"
+  echo "alternating targets; medians. Every server has one worker. The upstream is nginx returning a"
+  echo "fixed offers JSON; \`emulator\` is p13n-edge in front of its own emulator."
+  echo
+  echo "| target | req/s | p50 ms | p99 ms |"
+  echo "|---|---|---|---|"
+  for t in "${ORDER[@]}"; do
+    echo "| $t | ${M[$t]} | $(echo "${P50[$t]}" | median) | $(echo "${P99[$t]}" | median) |"
+  done
+  echo
+  echo "| ratio | value |"
+  echo "|---|---|"
+  echo "| p13n-edge pass-through / nginx | $(ratio "${M[pass]}" "${M[nginx]}") |"
+  echo "| p13n-edge pass-through / direct | $(ratio "${M[pass]}" "${M[direct]}") |"
+  echo "| nginx / direct | $(ratio "${M[nginx]}" "${M[direct]}") |"
+  echo "| p13n-edge fast (hit) / pass-through | $(ratio "${M[fast]}" "${M[pass]}") |"
+  echo "| p13n-edge fast (hit) / nginx | $(ratio "${M[fast]}" "${M[nginx]}") |"
+  echo
+  echo "Memory per cached visitor (pass-through proxy, RSS growth over the visitors added; the"
+  echo "payload is a ${#OFFERS}-byte offers body plus a 35-byte visitor id):"
+  echo
+  echo "| visitors cached | RSS | RSS per visitor | overhead beyond payload and id |"
+  echo "|---|---|---|---|"
+  printf "%s" "$MEM"
+} | tee benches/results.md
