@@ -146,10 +146,11 @@ rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
 entries() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_entries / {print $2}'; }
 cache_bytes() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_bytes / {print $2}'; }
 MEM=""
-base_rss=$(rss "$PASS_PID"); base_entries=$(entries)
+base_rss=$(rss "$PASS_PID"); base_entries=$(entries); offset=0
 for n in $VISITORS; do
   while [ "$(entries)" -lt "$n" ]; do
-    wrk -t1 -c$CONNS -d5s -s benches/load/visitors.lua "${TARGET[pass]}" >/dev/null
+    wrk -t1 -c$CONNS -d5s -s benches/load/visitors.lua "${TARGET[pass]}" -- $offset >/dev/null
+    offset=$((offset + 10000000))
   done
   now_rss=$(rss "$PASS_PID"); now_entries=$(entries); payload=${#OFFERS}
   per=$(( (now_rss - base_rss) / (now_entries - base_entries) ))

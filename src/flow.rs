@@ -114,13 +114,16 @@ impl Flow {
         let mut background = limits;
         background.deadline = background.deadline.max(policy.background_deadline);
         let client = self.client.clone();
-        let mut task = tokio::spawn(async move { client.send(&call, background).await });
-        let outcome = match tokio::time::timeout(limits.deadline, &mut task).await {
-            Ok(joined) => joined.unwrap_or(Err(UpstreamError::Io("the call's task failed".into()))),
+        // Polled here, and moved to a task of its own only if the deadline passes: no spawn on
+        // the common path.
+        let mut call = Box::pin(async move { client.send(&call, background).await });
+        let outcome = match tokio::time::timeout(limits.deadline, &mut call).await {
+            Ok(outcome) => outcome,
             Err(_) => {
+                let task = tokio::spawn(call);
                 return self
                     .answer_past_deadline(key, &route, body, offers, task)
-                    .await
+                    .await;
             }
         };
         let why = match &outcome {

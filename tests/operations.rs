@@ -208,13 +208,15 @@ fn a_graceful_upgrade_drops_no_request() {
     let (stop, sent, failed, threads) = load(old.proxy);
     std::thread::sleep(Duration::from_millis(200));
     // The new binary waits for the sockets; SIGQUIT makes the old one hand them over.
-    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
-        .args(["run", "-u", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut new = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+            .args(["run", "-u", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     signal(&old, "QUIT");
     let mut old = old;
@@ -236,12 +238,10 @@ fn a_graceful_upgrade_drops_no_request() {
         sent.load(Ordering::Relaxed)
     );
     assert!(
-        new.try_wait().unwrap().is_none(),
+        new.0.try_wait().unwrap().is_none(),
         "the new process is not running"
     );
     assert_eq!(post(old.proxy, "after-upgrade").status, 200);
-    let _ = new.kill();
-    let _ = new.wait();
 }
 
 #[test]
@@ -296,5 +296,15 @@ fn a_scrape_parses_and_lists_the_catalog() {
             200,
             "{probe}"
         );
+    }
+}
+
+/// A child process stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

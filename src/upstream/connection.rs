@@ -4,7 +4,7 @@
 use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::event::VENDOR_CONTENT_TYPE;
-use bytes::BytesMut;
+use bytes::Bytes;
 use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -117,7 +117,7 @@ async fn exchange(
     };
     let content_type = owned(http::header::CONTENT_TYPE);
     let retry_after = owned(http::header::RETRY_AFTER);
-    let mut body = BytesMut::new();
+    let mut body = Vec::new();
     while let Some(chunk) = session.read_response_body().await? {
         if body.len() + chunk.len() > max_body {
             return Err(Failure::TooLarge);
@@ -128,6 +128,7 @@ async fn exchange(
         status,
         content_type,
         retry_after,
-        body: body.freeze(),
+        // Exactly sized: the body may live on in the offer cache.
+        body: Bytes::from(body.into_boxed_slice()),
     })
 }

@@ -155,7 +155,7 @@ pub fn start_emulator(rules: &str) -> (Running, SocketAddr) {
     (Running::start(server, &[addr]), addr)
 }
 
-/// The real binary, `p13n-edge run`, as a child process this test owns.
+/// The real binary, `p13n-edge run`, as a child process this test owns; killed on drop.
 pub struct Daemon {
     pub child: std::process::Child,
     pub proxy: SocketAddr,
@@ -186,7 +186,7 @@ impl Daemon {
 
     /// `kill -9`, and everything it wrote to stdout and stderr.
     pub fn kill(mut self) -> String {
-        self.child.kill().unwrap();
+        let _ = self.child.kill();
         let mut out = String::new();
         self.child
             .stderr
@@ -202,6 +202,13 @@ impl Daemon {
             .unwrap();
         let _ = self.child.wait();
         out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
