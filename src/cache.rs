@@ -19,8 +19,7 @@ pub const ENTRY_OVERHEAD: usize = 160;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub service: Arc<str>,
-    /// Shared by the map and the eviction queue: one allocation per visitor.
-    pub visitor: Arc<str>,
+    pub visitor: Box<str>,
 }
 
 impl CacheKey {
