@@ -184,3 +184,12 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   echo "|---|---|---|---|"
   printf "%s" "$MEM"
 } | tee benches/results.md
+
+# Show the latest figures in the README, between its benchmark markers.
+python3 - <<'PY'
+import re
+readme = open("README.md").read()
+table = open("benches/results.md").read()
+readme = re.sub(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", lambda m: m.group(1) + table + m.group(2), readme, flags=re.S)
+open("README.md", "w").write(readme)
+PY

@@ -209,13 +209,13 @@ fn kill_9_with_events_in_the_spool_then_restart_delivers_every_accepted_event() 
     )
     .unwrap();
     let daemon = Daemon::spawn(&path, proxy, admin, &[]);
-    let json = [("Content-Type", "application/json")];
-    let post =
-        |addr, body: &str| request(addr, "POST", "/demo_db/pageviews", &json, body.as_bytes());
 
     let visitors = 10;
     for v in 0..visitors {
-        assert_eq!(post(daemon.proxy, &view(&format!("v{v}"), 0)).status, 200);
+        assert_eq!(
+            post_json(daemon.proxy, &view(&format!("v{v}"), 0)).status,
+            200
+        );
     }
     request(
         emulator,
@@ -227,7 +227,7 @@ fn kill_9_with_events_in_the_spool_then_restart_delivers_every_accepted_event() 
     let mut accepted = visitors;
     for n in 1..=5 {
         for v in 0..visitors {
-            if post(daemon.proxy, &view(&format!("v{v}"), n)).status == 200 {
+            if post_json(daemon.proxy, &view(&format!("v{v}"), n)).status == 200 {
                 accepted += 1;
             }
         }

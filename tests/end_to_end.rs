@@ -143,12 +143,6 @@ fn a_slow_upstream_gets_504_and_a_dead_one_502() {
     let (proxy, admin) = (free_port(), free_port());
     let config = load_config("dead", &config_toml(proxy, admin, &dead, ""));
     let running = start_proxy(config);
-    let r = request(
-        running.1,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "application/json")],
-        br#"{"td_client_id":"v"}"#,
-    );
+    let r = post_json(running.1, r#"{"td_client_id":"v"}"#);
     r.assert_error(502, 502);
 }

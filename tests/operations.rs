@@ -41,13 +41,9 @@ fn write_config(name: &str, upstream: &str, extra: &str) -> (PathBuf, u16, u16) 
 }
 
 fn post(addr: std::net::SocketAddr, visitor: &str) -> Response {
-    let body = format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#);
-    request(
+    post_json(
         addr,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
+        &format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#),
     )
 }
 

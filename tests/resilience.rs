@@ -149,29 +149,16 @@ fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
 #[test]
 fn a_refused_token_is_reported_not_retried() {
     let (proxy, admin) = (free_port(), free_port());
-    let emu = free_port();
     // The emulator knows another token than the one the proxy is configured with.
     let rules = demo_rules().replace(TOKEN, "1/1/ffffffffffffffffffffffffffffffff");
-    let mut server = pingora::server::Server::new_with_opt_and_conf(None, Default::default());
-    server.bootstrap();
-    let emulator = p13n_edge::emulator::Emulator::new(toml::from_str(&rules).unwrap());
-    p13n_edge::add_emulator(&mut server, &format!("127.0.0.1:{emu}"), emulator);
-    let emu_addr = format!("127.0.0.1:{emu}").parse().unwrap();
-    let _emulator = Running::start(server, &[emu_addr]);
+    let (_emulator, emu_addr) = start_emulator(&rules);
     let config = load_config(
         "token_refused",
         &config_toml(proxy, admin, &format!("http://{emu_addr}"), ""),
     );
     let (_proxy, addr) = start_proxy(config);
 
-    let json = [("Content-Type", "application/json")];
-    let r = request(
-        addr,
-        "POST",
-        "/demo_db/pageviews",
-        &json,
-        br#"{"td_client_id":"v"}"#,
-    );
+    let r = post_json(addr, r#"{"td_client_id":"v"}"#);
     r.assert_error(400, 3001);
     let stats = request(emu_addr, "GET", "/_emulator/stats", &[], b"").json();
     assert_eq!(stats["requests"], 1, "a token error was retried");

@@ -60,15 +60,14 @@ fn https_upstreams_are_verified_against_the_configured_roots() {
     );
     std::fs::copy(dir.join("ca.pem"), scratch("tls_trusted").join("ca.pem")).unwrap();
     let (_proxy, addr) = start_proxy(load_config("tls_trusted", &trusted));
-    let event = br#"{"td_client_id":"v","td_path":"/retail"}"#;
-    let json = [("Content-Type", "application/json")];
-    let r = request(addr, "POST", "/demo_db/pageviews", &json, event);
+    let event = r#"{"td_client_id":"v","td_path":"/retail"}"#;
+    let r = post_json(addr, event);
     assert_eq!(r.status, 200, "{}", r.text());
 
     // The same upstream with the system roots: the unknown CA is refused, nothing is sent.
     let untrusted = config_toml(free_port(), free_port(), &upstream, "");
     let (_proxy, addr) = start_proxy(load_config("tls_untrusted", &untrusted));
-    request(addr, "POST", "/demo_db/pageviews", &json, event).assert_error(502, 502);
+    post_json(addr, event).assert_error(502, 502);
 
     // Trusted CA, but the certificate does not name the host asked for (127.0.0.1).
     let wrong_name = format!("https://127.0.0.1:{emu}");
@@ -80,5 +79,5 @@ fn https_upstreams_are_verified_against_the_configured_roots() {
     );
     std::fs::copy(dir.join("ca.pem"), scratch("tls_mismatch").join("ca.pem")).unwrap();
     let (_proxy, addr) = start_proxy(load_config("tls_mismatch", &mismatched));
-    request(addr, "POST", "/demo_db/pageviews", &json, event).assert_error(502, 502);
+    post_json(addr, event).assert_error(502, 502);
 }

@@ -410,6 +410,17 @@ impl Response {
     }
 }
 
+/// POST a JSON event to the test config's `demo_db/pageviews` route at `addr`.
+pub fn post_json(addr: SocketAddr, body: &str) -> Response {
+    request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
 /// Send one request (adding Host and Content-Length) and read the answer.
 pub fn request(
     addr: SocketAddr,
