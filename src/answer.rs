@@ -25,6 +25,10 @@ pub struct Answer {
     pub code: Option<u32>,
     /// The upstream's status, when this answer relays it.
     pub upstream_status: Option<u16>,
+    /// An allowed browser origin to echo (with credentials allowed).
+    pub cors_origin: Option<HeaderValue>,
+    /// For a CORS preflight: `Access-Control-Max-Age`.
+    pub preflight_max_age: Option<u64>,
 }
 
 impl Answer {
@@ -38,6 +42,8 @@ impl Answer {
             age: None,
             code: Some(e.code()),
             upstream_status: None,
+            cors_origin: None,
+            preflight_max_age: None,
         }
     }
 
@@ -51,6 +57,8 @@ impl Answer {
             age: None,
             code: None,
             upstream_status: None,
+            cors_origin: None,
+            preflight_max_age: None,
         }
     }
 
@@ -71,6 +79,8 @@ impl Answer {
                 age: None,
                 code: None,
                 upstream_status: Some(status),
+                cors_origin: None,
+                preflight_max_age: None,
             };
         }
         let code = vendor_code(&response.body);
@@ -90,6 +100,8 @@ impl Answer {
             age: None,
             code,
             upstream_status: Some(status),
+            cors_origin: None,
+            preflight_max_age: None,
         }
     }
 
@@ -121,6 +133,8 @@ impl Answer {
             age: Some(age.as_secs()),
             code: None,
             upstream_status: None,
+            cors_origin: None,
+            preflight_max_age: None,
         }
     }
 
@@ -142,6 +156,20 @@ impl Answer {
         }
         if let Some(age) = self.age {
             resp.insert_header(header::AGE, age)?;
+        }
+        if let Some(origin) = self.cors_origin {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            resp.insert_header(header::VARY, "Origin")?;
+            if let Some(max_age) = self.preflight_max_age {
+                resp.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW)?;
+                // What the vendor SDK sends; its credentials are replaced by the route's own.
+                resp.insert_header(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    "Content-Type, Authorization, WP13n-Token",
+                )?;
+                resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, max_age)?;
+            }
         }
         let empty = self.body.is_empty();
         session.write_response_header(Box::new(resp), empty).await?;

@@ -31,6 +31,8 @@ pub enum EdgeError {
     SpoolUnavailable,
     #[error("this visitor's earlier events are still being delivered; retry shortly")]
     VisitorBacklog,
+    #[error("Invalid or missing Origin")]
+    ForeignOrigin,
 }
 
 impl EdgeError {
@@ -38,6 +40,7 @@ impl EdgeError {
         match self {
             EdgeError::UnknownRoute => 404,
             EdgeError::MethodNotAllowed => 405,
+            EdgeError::ForeignOrigin => 403,
             EdgeError::BodyTooLarge(_) => 413,
             EdgeError::UnsupportedMediaType => 415,
             EdgeError::InvalidEvent(_) => 400,
@@ -53,6 +56,8 @@ impl EdgeError {
             // The vendor's codes: 3009 "unsupported method", 3004 "invalid event object".
             EdgeError::MethodNotAllowed => 3009,
             EdgeError::InvalidEvent(_) => 3004,
+            // The vendor's "invalid or missing Origin".
+            EdgeError::ForeignOrigin => 3007,
             other => u32::from(other.status()),
         }
     }

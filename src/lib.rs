@@ -11,6 +11,7 @@ pub mod emulator;
 pub mod error;
 pub mod event;
 pub mod flow;
+pub mod guard;
 pub mod metrics;
 pub mod proxy;
 pub mod spool;

@@ -7,6 +7,7 @@ use crate::config::{Config, Route};
 use crate::error::EdgeError;
 use crate::event::{content_type_ok, identify};
 use crate::flow::Flow;
+use crate::guard::OriginCheck;
 use crate::metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -28,6 +29,8 @@ pub struct RequestCtx {
     start: Instant,
     route: Option<Arc<Route>>,
     code: Option<u32>,
+    /// The browser origin to echo, once the guard allowed it.
+    cors_origin: Option<http::HeaderValue>,
     /// Filled only when the access log is on.
     access: Option<(Option<String>, Option<u16>)>,
 }
@@ -41,6 +44,7 @@ impl ProxyHttp for Edge {
             start: Instant::now(),
             route: None,
             code: None,
+            cors_origin: None,
             access: None,
         }
     }
@@ -48,7 +52,7 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // In-flight requests keep the config they started with, whatever a reload swaps in.
         let config = self.config.load_full();
-        let answer = match self.handle(session, ctx, &config).await {
+        let mut answer = match self.handle(session, ctx, &config).await {
             Ok(answer) => answer,
             Err(e) => {
                 // Unread request bytes may be left: do not reuse this connection.
@@ -57,6 +61,7 @@ impl ProxyHttp for Edge {
             }
         };
         ctx.code = answer.code;
+        answer.cors_origin = ctx.cors_origin.take();
         if config.access_log {
             ctx.access = Some((answer.cache_status.clone(), answer.upstream_status));
         }
@@ -119,9 +124,19 @@ impl Edge {
             .ok_or(EdgeError::UnknownRoute)?
             .clone();
         ctx.route = Some(route.clone());
+        let cors = &route.service.cors;
+        match cors.check(req.headers.get(header::ORIGIN)) {
+            OriginCheck::Refused => return Err(EdgeError::ForeignOrigin),
+            OriginCheck::Allowed(origin) => ctx.cors_origin = Some(origin),
+            OriginCheck::NotConfigured | OriginCheck::NoOrigin => {}
+        }
         match req.method {
             Method::POST => {}
-            Method::OPTIONS => return Ok(Answer::preflight()),
+            Method::OPTIONS => {
+                let mut answer = Answer::preflight();
+                answer.preflight_max_age = Some(cors.max_age_seconds);
+                return Ok(answer);
+            }
             _ => return Err(EdgeError::MethodNotAllowed),
         }
         if !content_type_ok(req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())) {

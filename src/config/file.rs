@@ -137,6 +137,20 @@ pub struct SpoolSection {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct CorsSection {
+    /// Exact origins (`https://shop.example.com`) or subdomain patterns (`https://*.example.com`).
+    /// Empty (the default): CORS is off for the service, and `Origin` is not checked.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Whether calls without `Origin` (server to server) are allowed when origins are listed.
+    #[serde(default = "default_true")]
+    pub allow_no_origin: bool,
+    /// `Access-Control-Max-Age` of preflight answers.
+    #[serde(default = "default_max_age")]
+    pub max_age_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct ServiceCacheSection {
     /// `pass-through` (always call the upstream, serve stale on failure), `fast` (answer a fresh
     /// entry at once, deliver the event in the background) or `off`.
@@ -189,6 +203,9 @@ pub struct ServiceSection {
     /// How this service uses the offer cache.
     #[serde(default)]
     pub cache: ServiceCacheSection,
+    /// Which browser origins may call this service's routes.
+    #[serde(default)]
+    pub cors: CorsSection,
     /// The routes this service exposes: `[[service.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
@@ -292,6 +309,12 @@ fn default_upstream_idle_ms() -> u64 {
 fn default_dns_ttl_ms() -> u64 {
     30_000
 }
+fn default_true() -> bool {
+    true
+}
+fn default_max_age() -> u64 {
+    600
+}
 fn default_cache_entries() -> usize {
     1_000_000
 }
@@ -374,5 +397,6 @@ default_from_serde!(
     CircuitSection,
     CacheSection,
     SpoolSection,
-    ServiceCacheSection
+    ServiceCacheSection,
+    CorsSection
 );

@@ -12,6 +12,7 @@ pub use secret::Secret;
 pub use validate::names_ok;
 
 use crate::cache::CacheLimits;
+use crate::guard::CorsPolicy;
 use crate::spool::SpoolSettings;
 use crate::upstream::CallPolicy;
 use http::HeaderValue;
@@ -81,6 +82,7 @@ pub struct Service {
     pub tokens: Vec<(String, Secret)>,
     pub policy: CallPolicy,
     pub cache: CachePolicy,
+    pub cors: CorsPolicy,
 }
 
 /// How a service uses the offer cache.

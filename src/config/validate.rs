@@ -5,6 +5,7 @@ use super::{
     CacheMode, CachePolicy, Config, ConfigErrors, Route, Secret, Service, Timeouts, UpstreamTarget,
 };
 use crate::cache::CacheLimits;
+use crate::guard::{CorsPolicy, OriginPattern};
 use crate::spool::SpoolSettings;
 use crate::upstream::{Backoff, BudgetSettings, CallPolicy, CircuitSettings};
 use http::HeaderValue;
@@ -253,6 +254,20 @@ fn build_service(
     }
     let policy = call_policy(s, at, problems);
     let cache = cache_policy(s, at, problems);
+    let mut origins = Vec::new();
+    for origin in &s.cors.allowed_origins {
+        match OriginPattern::parse(origin) {
+            Some(p) => origins.push(p),
+            None => problems.push(format!(
+                "{at}: cors origin {origin:?} must be http(s)://host[:port] or http(s)://*.domain[:port]"
+            )),
+        }
+    }
+    let cors = CorsPolicy {
+        origins,
+        allow_no_origin: s.cors.allow_no_origin,
+        max_age_seconds: s.cors.max_age_seconds,
+    };
     if problems.len() > before {
         return None;
     }
@@ -266,6 +281,7 @@ fn build_service(
         tokens,
         policy: policy?,
         cache: cache?,
+        cors,
         id: Arc::from(s.name.as_str()),
     })
 }
