@@ -2,6 +2,7 @@
 //! (`validate`), and the secrets it loads (`secret`).
 
 mod file;
+mod policy;
 mod reload;
 mod secret;
 mod validate;

@@ -1,0 +1,122 @@
+//! The per-service policies of the config: retries and circuit, cache, CORS. Each is checked
+//! here and built into the plain types its module runs on.
+
+use super::file::ServiceSection;
+use super::{CacheMode, CachePolicy};
+use crate::guard::{CorsPolicy, OriginPattern};
+use crate::upstream::{Backoff, BudgetSettings, CallPolicy, CircuitSettings};
+use std::time::Duration;
+
+pub(super) fn cache_policy(
+    s: &ServiceSection,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<CachePolicy> {
+    let c = &s.cache;
+    let mode = match c.mode.as_str() {
+        "pass-through" => CacheMode::PassThrough,
+        "fast" => CacheMode::Fast,
+        "off" => CacheMode::Off,
+        other => {
+            problems.push(format!(
+                "{at}: cache.mode {other:?} is not pass-through, fast or off"
+            ));
+            return None;
+        }
+    };
+    if c.fresh_ms > c.stale_ms {
+        problems.push(format!(
+            "{at}: cache.fresh_ms must not exceed cache.stale_ms"
+        ));
+        return None;
+    }
+    Some(CachePolicy {
+        mode,
+        fresh: Duration::from_millis(c.fresh_ms),
+        stale: Duration::from_millis(c.stale_ms),
+        background_deadline: Duration::from_millis(c.background_deadline_ms),
+    })
+}
+
+pub(super) fn call_policy(
+    s: &ServiceSection,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<CallPolicy> {
+    let ms = Duration::from_millis;
+    let (r, c) = (&s.retry, &s.circuit);
+    let before = problems.len();
+    let mut check = |ok: bool, what: &str| {
+        if !ok {
+            problems.push(format!("{at}: {what}"));
+        }
+    };
+    check(s.deadline_ms > 0, "deadline_ms must be above 0");
+    check(r.max_retries <= 10, "retry.max_retries must be at most 10");
+    check(
+        (0.0..=1.0).contains(&r.budget_ratio),
+        "retry.budget_ratio must be between 0 and 1",
+    );
+    check(
+        (0.0..=1000.0).contains(&r.budget_floor_per_second),
+        "retry.budget_floor_per_second must be between 0 and 1000",
+    );
+    check(
+        r.budget_window_ms >= 1000,
+        "retry.budget_window_ms must be at least 1000",
+    );
+    check(
+        c.consecutive_failures >= 1,
+        "circuit.consecutive_failures must be at least 1",
+    );
+    check(
+        (0.0..=1.0).contains(&c.failure_rate) && c.failure_rate > 0.0,
+        "circuit.failure_rate must be in (0, 1]",
+    );
+    check(
+        c.window_ms >= 100 && c.open_ms >= 100,
+        "circuit.window_ms and circuit.open_ms must be at least 100",
+    );
+    let backoff = Backoff::try_new(ms(r.backoff_base_ms), ms(r.backoff_cap_ms));
+    if let Err(e) = &backoff {
+        problems.push(format!("{at}: retry: {e}"));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(CallPolicy {
+        deadline: ms(s.deadline_ms),
+        max_retries: r.max_retries,
+        backoff: backoff.ok()?,
+        budget: BudgetSettings {
+            ratio: r.budget_ratio,
+            floor_per_second: r.budget_floor_per_second,
+            window: ms(r.budget_window_ms),
+        },
+        retry_after_send: r.after_send,
+        circuit: CircuitSettings {
+            consecutive_failures: c.consecutive_failures,
+            failure_rate: c.failure_rate,
+            min_calls: c.min_calls,
+            window: ms(c.window_ms),
+            open_for: ms(c.open_ms),
+        },
+    })
+}
+
+pub(super) fn cors_policy(s: &ServiceSection, at: &str, problems: &mut Vec<String>) -> CorsPolicy {
+    let mut origins = Vec::new();
+    for origin in &s.cors.allowed_origins {
+        match OriginPattern::parse(origin) {
+            Some(p) => origins.push(p),
+            None => problems.push(format!(
+                "{at}: cors origin {origin:?} must be http(s)://host[:port] or http(s)://*.domain[:port]"
+            )),
+        }
+    }
+    CorsPolicy {
+        origins,
+        allow_no_origin: s.cors.allow_no_origin,
+        max_age_seconds: s.cors.max_age_seconds,
+    }
+}
