@@ -244,7 +244,11 @@ fn a_graceful_upgrade_drops_no_request() {
 fn a_scrape_parses_and_lists_the_catalog() {
     let stack = Stack::start("scrape");
     stack.post("/demo_db/pageviews", r#"{"td_client_id":"m"}"#);
-    let text = request(stack.admin, "GET", "/metrics", &[], b"").text();
+    // Request metrics are recorded in the logging phase, just after the answer is sent.
+    let scrape = || request(stack.admin, "GET", "/metrics", &[], b"").text();
+    assert!(eventually(Duration::from_secs(5), || scrape()
+        .contains("p13n_edge_requests_total{")));
+    let text = scrape();
     let mut names = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(comment) = line.strip_prefix('#') {
