@@ -79,41 +79,30 @@ fn bodies_over_64_kib_are_413_declared_or_chunked() {
 #[test]
 fn content_types_other_than_json_text_and_vendor_are_415() {
     let stack = Stack::start("media");
+    let post = |headers: &[(&str, &str)]| {
+        request(
+            stack.proxy,
+            "POST",
+            "/demo_db/pageviews",
+            headers,
+            EVENT.as_bytes(),
+        )
+    };
     for ct in [
         "application/x-www-form-urlencoded",
         "multipart/form-data; boundary=x",
         "application/xml",
         "text/html",
     ] {
-        let r = request(
-            stack.proxy,
-            "POST",
-            "/demo_db/pageviews",
-            &[("Content-Type", ct)],
-            EVENT.as_bytes(),
-        );
-        r.assert_error(415, 415);
+        post(&[("Content-Type", ct)]).assert_error(415, 415);
     }
-    let r = request(
-        stack.proxy,
-        "POST",
-        "/demo_db/pageviews",
-        &[],
-        EVENT.as_bytes(),
-    );
-    r.assert_error(415, 415);
+    post(&[]).assert_error(415, 415);
     for ct in [
         "application/json",
         "text/plain;charset=UTF-8",
         "application/vnd.treasuredata.v1+json",
     ] {
-        let r = request(
-            stack.proxy,
-            "POST",
-            "/demo_db/pageviews",
-            &[("Content-Type", ct)],
-            EVENT.as_bytes(),
-        );
+        let r = post(&[("Content-Type", ct)]);
         assert_eq!(r.status, 200, "{ct}: {}", r.text());
     }
     assert_eq!(stack.emulator_stats()["events_ingested"], 3);

@@ -294,24 +294,14 @@ impl UpstreamClient {
     }
 
     fn budget(&self, service: &str) -> Arc<RetryBudget> {
-        if let Some(b) = self.budgets.get(service) {
-            return b.clone();
-        }
-        self.budgets
-            .entry(service.to_string())
-            .or_insert_with(|| Arc::new(RetryBudget::new(Instant::now())))
-            .clone()
+        shared(&self.budgets, service, || RetryBudget::new(Instant::now()))
     }
 
     fn circuit(&self, upstream: &str) -> Arc<Mutex<Circuit>> {
-        if let Some(c) = self.circuits.get(upstream) {
-            return c.clone();
-        }
-        metrics::CIRCUIT_STATE.with_label_values(&[upstream]).set(0);
-        self.circuits
-            .entry(upstream.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(Circuit::new(Instant::now()))))
-            .clone()
+        shared(&self.circuits, upstream, || {
+            metrics::CIRCUIT_STATE.with_label_values(&[upstream]).set(0);
+            Mutex::new(Circuit::new(Instant::now()))
+        })
     }
 
     /// Each upstream called so far, with its circuit state.
@@ -329,6 +319,17 @@ impl UpstreamClient {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
     }
+}
+
+/// The state kept under `key`, made on first use. The read path takes no write lock and
+/// allocates no key.
+fn shared<T>(map: &DashMap<String, Arc<T>>, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+    if let Some(found) = map.get(key) {
+        return found.clone();
+    }
+    map.entry(key.to_string())
+        .or_insert_with(|| Arc::new(make()))
+        .clone()
 }
 
 fn lock(circuit: &Mutex<Circuit>) -> std::sync::MutexGuard<'_, Circuit> {
