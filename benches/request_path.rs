@@ -52,7 +52,7 @@ fn benches(c: &mut Criterion) {
             let call = Call {
                 route: route.clone(),
                 body: body.clone(),
-                user_agent: None,
+                client: Default::default(),
             };
             request_header(&call).unwrap()
         })

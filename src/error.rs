@@ -33,6 +33,12 @@ pub enum EdgeError {
     VisitorBacklog,
     #[error("Invalid or missing Origin")]
     ForeignOrigin,
+    #[error("request origin not allowed by this proxy's client list")]
+    ClientRefused,
+    #[error("request header block is larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    #[error("too many requests; retry after {0} s")]
+    RateLimited(u64),
 }
 
 impl EdgeError {
@@ -40,7 +46,9 @@ impl EdgeError {
         match self {
             EdgeError::UnknownRoute => 404,
             EdgeError::MethodNotAllowed => 405,
-            EdgeError::ForeignOrigin => 403,
+            EdgeError::ForeignOrigin | EdgeError::ClientRefused => 403,
+            EdgeError::HeadersTooLarge(_) => 431,
+            EdgeError::RateLimited(_) => 429,
             EdgeError::BodyTooLarge(_) => 413,
             EdgeError::UnsupportedMediaType => 415,
             EdgeError::InvalidEvent(_) => 400,
@@ -58,6 +66,8 @@ impl EdgeError {
             EdgeError::InvalidEvent(_) => 3004,
             // The vendor's "invalid or missing Origin".
             EdgeError::ForeignOrigin => 3007,
+            // The vendor's "request origin not in IP whitelist".
+            EdgeError::ClientRefused => 3005,
             other => u32::from(other.status()),
         }
     }
@@ -68,6 +78,7 @@ impl EdgeError {
             EdgeError::CircuitOpen | EdgeError::SpoolUnavailable | EdgeError::VisitorBacklog => {
                 Some(1)
             }
+            EdgeError::RateLimited(seconds) => Some(*seconds),
             _ => None,
         }
     }

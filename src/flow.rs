@@ -9,9 +9,10 @@ use crate::config::{CacheMode, Config, Route};
 use crate::error::EdgeError;
 use crate::metrics;
 use crate::spool::Spool;
-use crate::upstream::{Call, CallLimits, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{
+    Call, CallLimits, ClientInfo, UpstreamClient, UpstreamError, UpstreamResponse,
+};
 use bytes::Bytes;
-use http::HeaderValue;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,7 +33,7 @@ impl Flow {
         route: Arc<Route>,
         visitor: String,
         body: Bytes,
-        user_agent: Option<HeaderValue>,
+        client: ClientInfo,
     ) -> Result<Answer, EdgeError> {
         let service = &route.service;
         let policy = service.cache;
@@ -41,7 +42,7 @@ impl Flow {
             let call = Call {
                 route: route.clone(),
                 body,
-                user_agent,
+                client,
             };
             return self
                 .client
@@ -101,7 +102,7 @@ impl Flow {
         let call = Call {
             route: route.clone(),
             body: body.clone(),
-            user_agent,
+            client,
         };
         let Some((offers, _)) = cached else {
             // Nothing to fall back on: the client waits for the upstream, within the deadline.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod guard;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod spool;
@@ -19,6 +20,8 @@ pub mod upstream;
 
 use arc_swap::ArcSwap;
 use config::Config;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -76,6 +79,8 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<Handles, SpoolEr
     metrics::init();
     metrics::CONFIG_GENERATION.set(1);
     let listen = config.listen.to_string();
+    let tls = config.tls.as_ref().map(|t| (t.listen.to_string(), t.h2));
+    let idle = config.timeouts.client_idle;
     let admin_listen = config.admin_listen.to_string();
     let client = Arc::new(upstream::UpstreamClient::new(
         config.timeouts.dns_ttl,
@@ -90,13 +95,27 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<Handles, SpoolEr
         cache: cache.clone(),
         spool: spool.clone(),
     };
-    let edge = proxy::Edge {
+    let edge = proxy::Edge::new(shared.clone(), flow);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, edge);
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(idle);
+    proxy.server_options = Some(options);
+    let app = listener::PublicApp {
+        proxy: Arc::new(proxy),
         config: shared.clone(),
-        flow,
     };
-    let mut public =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "p13n-edge");
+    let mut public = Service::new("p13n-edge".into(), app);
     public.add_tcp(&listen);
+    if let Some((tls_listen, h2)) = tls {
+        // Paths are not read: the certificate comes from the config in force at each handshake.
+        let mut settings =
+            TlsSettings::intermediate("", "").expect("TLS settings without files cannot fail");
+        settings.set_cert_resolver(Arc::new(config::CertFromConfig(shared.clone())));
+        if h2 {
+            settings.enable_h2();
+        }
+        public.add_tls_with_settings(&tls_listen, None, settings);
+    }
     server.add_service(public);
 
     let replayer = spool::Replayer {

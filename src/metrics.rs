@@ -198,6 +198,33 @@ pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_rate_limited_total",
+        "Requests answered 429 by a local rate limit, by limiter (address, identifier).",
+        &["limiter"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RATE_LIMIT_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_rate_limit_overflow_total",
+        "Requests whose key could not be tracked (max_tracked reached) and shared the overflow bucket.",
+        &["limiter"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RATE_LIMIT_TRACKED: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "p13n_edge_rate_limit_tracked",
+        "Keys (addresses, visitors) with a bucket of their own, by limiter.",
+        &["limiter"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_config_reloads_total",
@@ -269,6 +296,11 @@ pub fn init() {
     Lazy::force(&SPOOL_CORRUPT);
     Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&CONFIG_GENERATION);
+    for limiter in ["address", "identifier"] {
+        RATE_LIMITED.with_label_values(&[limiter]);
+        RATE_LIMIT_OVERFLOW.with_label_values(&[limiter]);
+        RATE_LIMIT_TRACKED.with_label_values(&[limiter]);
+    }
     for result in ["ok", "error"] {
         CONFIG_RELOADS.with_label_values(&[result]);
     }

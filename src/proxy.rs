@@ -5,23 +5,30 @@
 use crate::answer::Answer;
 use crate::config::{Config, Route};
 use crate::error::EdgeError;
-use crate::event::{content_type_ok, identify};
+use crate::event::{content_type_ok, identify_with_cookie};
 use crate::flow::Flow;
+use crate::guard::clients::address_key;
+use crate::guard::rate::{BucketSpec, Limiter, Verdict};
 use crate::guard::OriginCheck;
 use crate::metrics;
+use crate::upstream::ClientInfo;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{header, Method};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The proxy's state: the config in force (swapped whole on reload) and the request flow.
+/// The proxy's state: the config in force (swapped whole on reload), the request flow, and the
+/// rate limiters (which outlive reloads; the config gives their rates).
 pub struct Edge {
     pub config: Arc<ArcSwap<Config>>,
     pub flow: Flow,
+    by_address: Limiter<IpAddr>,
+    by_visitor: Limiter<(Arc<str>, Box<str>)>,
 }
 
 /// Per-request facts for the `logging` phase.
@@ -112,6 +119,16 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    pub fn new(config: Arc<ArcSwap<Config>>, flow: Flow) -> Self {
+        let max_tracked = config.load().rate.max_tracked;
+        Edge {
+            config,
+            flow,
+            by_address: Limiter::new(max_tracked),
+            by_visitor: Limiter::new(max_tracked),
+        }
+    }
+
     async fn handle(
         &self,
         session: &mut Session,
@@ -119,6 +136,22 @@ impl Edge {
         config: &Config,
     ) -> Result<Answer, EdgeError> {
         let req = session.req_header();
+        let header_bytes = header_block_len(req);
+        if header_bytes > config.max_header_bytes {
+            return Err(EdgeError::HeadersTooLarge(config.max_header_bytes));
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let client = config.clients.client_address(
+            peer,
+            req.headers.get_all("x-forwarded-for").iter(),
+            req.headers.get_all("forwarded").iter(),
+        );
+        if !config.clients.permits(client) {
+            return Err(EdgeError::ClientRefused);
+        }
         let route = config
             .route(req.uri.path())
             .ok_or(EdgeError::UnknownRoute)?
@@ -139,16 +172,69 @@ impl Edge {
             }
             _ => return Err(EdgeError::MethodNotAllowed),
         }
+        if let Some(spec) = config.rate.per_address {
+            limit(&self.by_address, address_key(client), spec, "address")?;
+        }
         if !content_type_ok(req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())) {
             return Err(EdgeError::UnsupportedMediaType);
         }
-        let user_agent = req.headers.get(header::USER_AGENT).cloned();
+        let info = ClientInfo {
+            user_agent: req.headers.get(header::USER_AGENT).cloned(),
+            address: config.clients.forward_address.then_some(client),
+        };
         let body = read_body(session, config).await?;
-        let visitor = identify(&body, &route.service.identifiers)?;
+        let service = &route.service;
+        let (visitor, body) = identify_with_cookie(
+            body,
+            &service.identifiers,
+            service.identifier_cookie.as_deref(),
+            session.req_header().headers.get_all(header::COOKIE).iter(),
+        )?;
+        if let Some(spec) = config.rate.per_identifier {
+            let key = (service.id.clone(), Box::from(visitor.value.as_str()));
+            limit(&self.by_visitor, key, spec, "identifier")?;
+        }
         self.flow
-            .deliver(config, route, visitor.value, body, user_agent)
+            .deliver(config, route, visitor.value, body, info)
             .await
     }
+}
+
+/// Count one request against a limiter; over the limit, say when to come back.
+fn limit<K: std::hash::Hash + Eq>(
+    limiter: &Limiter<K>,
+    key: K,
+    spec: BucketSpec,
+    name: &str,
+) -> Result<(), EdgeError> {
+    let (verdict, overflowed) = limiter.check(key, spec, Instant::now());
+    if overflowed {
+        metrics::RATE_LIMIT_OVERFLOW
+            .with_label_values(&[name])
+            .inc();
+    }
+    metrics::RATE_LIMIT_TRACKED
+        .with_label_values(&[name])
+        .set(limiter.tracked() as i64);
+    match verdict {
+        Verdict::Allowed => Ok(()),
+        Verdict::Limited(wait) => {
+            metrics::RATE_LIMITED.with_label_values(&[name]).inc();
+            Err(EdgeError::RateLimited(
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ))
+        }
+    }
+}
+
+/// Bytes of the request line and headers as sent (give or take whitespace).
+fn header_block_len(req: &pingora::http::RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// Read the whole body, refusing more than the limit or a client slower than the timeout.

@@ -33,6 +33,12 @@ pub struct FileConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// Which client addresses may call, and who may speak for them.
+    #[serde(default)]
+    pub clients: ClientsSection,
+    /// Token-bucket rate limits per client address and per visitor.
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
     /// The personalization services this proxy fronts: `[[service]]` tables.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
@@ -58,6 +64,57 @@ pub struct ServerSection {
     /// Where the pid file is written.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
+    /// A second public listener that terminates TLS (and HTTP/2): `[server.tls]`.
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TlsSection {
+    /// Address of the TLS listener, ip:port.
+    pub listen: String,
+    /// PEM certificate chain, leaf first; relative to this config file. Re-read on reload.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); relative to this config file. Re-read on reload.
+    pub key_file: String,
+    /// Offer HTTP/2 through ALPN (browsers then multiplex their calls on one connection).
+    #[serde(default = "default_true")]
+    pub h2: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ClientsSection {
+    /// CIDRs allowed to call; empty: every address that is not denied.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// CIDRs refused (403, code 3005), whatever `allow` says.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// CIDRs of proxies in front of this one. Only their `X-Forwarded-For` / `Forwarded` is
+    /// read; from anyone else those headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Send the client's address upstream as `X-Forwarded-For`.
+    #[serde(default)]
+    pub forward_address: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RateLimitSection {
+    /// Requests per second each client address (IPv6: each /64) may make; 0 turns it off.
+    #[serde(default)]
+    pub per_address_per_second: f64,
+    /// Requests an address may make at once above its rate.
+    #[serde(default = "default_address_burst")]
+    pub per_address_burst: f64,
+    /// Events per second each visitor (service and identifier) may send; 0 turns it off.
+    #[serde(default)]
+    pub per_identifier_per_second: f64,
+    /// Events a visitor may send at once above its rate.
+    #[serde(default = "default_identifier_burst")]
+    pub per_identifier_burst: f64,
+    /// Most addresses, and most visitors, tracked; past it, new ones share one bucket.
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +133,9 @@ pub struct LimitsSection {
     /// Largest upstream response body read. The vendor documents at most 10 KB.
     #[serde(default = "default_max_upstream_body")]
     pub max_upstream_body_bytes: usize,
+    /// Largest request header block (request line and headers); larger gets 431.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +150,14 @@ pub struct TimeoutsSection {
     /// How long a client may take to send its request body.
     #[serde(default = "default_client_body_ms")]
     pub client_body_ms: u64,
+    /// Longest silence allowed while a client sends a new connection's first request header;
+    /// past it the connection is closed.
+    #[serde(default = "default_client_header_ms")]
+    pub client_header_ms: u64,
+    /// How long a kept-alive client connection may wait for its next request (and stay silent
+    /// inside its header).
+    #[serde(default = "default_client_idle_ms")]
+    pub client_idle_ms: u64,
     /// How long an idle upstream connection is kept for reuse. Keep it below the upstream's own.
     #[serde(default = "default_upstream_idle_ms")]
     pub upstream_idle_ms: u64,
@@ -188,6 +256,10 @@ pub struct ServiceSection {
     /// Body fields that identify a visitor; at least one must be present.
     #[serde(default = "default_identifiers")]
     pub identifiers: Vec<String>,
+    /// A cookie holding the visitor id when the body has none (td-js-sdk's anonymous mode
+    /// keeps it in `_td`). Its value is added to the body as the first identifier; the cookie
+    /// itself is never forwarded.
+    pub identifier_cookie: Option<String>,
     /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50.
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -303,6 +375,24 @@ fn default_upstream_ms() -> u64 {
 fn default_client_body_ms() -> u64 {
     10_000
 }
+fn default_client_header_ms() -> u64 {
+    10_000
+}
+fn default_client_idle_ms() -> u64 {
+    20_000
+}
+fn default_max_header() -> usize {
+    32 << 10
+}
+fn default_address_burst() -> f64 {
+    20.0
+}
+fn default_identifier_burst() -> f64 {
+    10.0
+}
+fn default_max_tracked() -> usize {
+    100_000
+}
 fn default_upstream_idle_ms() -> u64 {
     30_000
 }
@@ -398,5 +488,6 @@ default_from_serde!(
     CacheSection,
     SpoolSection,
     ServiceCacheSection,
-    CorsSection
+    CorsSection,
+    RateLimitSection
 );

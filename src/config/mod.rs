@@ -5,15 +5,18 @@ mod file;
 mod policy;
 mod reload;
 mod secret;
+mod tls;
 mod validate;
 
 pub use file::FileConfig;
 pub use reload::{reload, Reloader};
 pub use secret::Secret;
+pub use tls::{CertFromConfig, TlsListener};
 pub use validate::names_ok;
 
 use crate::cache::CacheLimits;
-use crate::guard::CorsPolicy;
+use crate::guard::rate::BucketSpec;
+use crate::guard::{ClientPolicy, CorsPolicy};
 use crate::spool::SpoolSettings;
 use crate::upstream::CallPolicy;
 use http::HeaderValue;
@@ -32,6 +35,8 @@ pub struct ConfigErrors(pub Vec<String>);
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The TLS (and HTTP/2) public listener, if any.
+    pub tls: Option<TlsListener>,
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub grace_period: Duration,
@@ -40,7 +45,10 @@ pub struct Config {
     pub pid_file: String,
     pub max_body_bytes: usize,
     pub max_upstream_body_bytes: usize,
+    pub max_header_bytes: usize,
     pub timeouts: Timeouts,
+    pub clients: ClientPolicy,
+    pub rate: RateLimits,
     /// CAs for `https` upstreams instead of the system roots.
     pub ca_file: Option<String>,
     pub cache: CacheLimits,
@@ -56,8 +64,18 @@ pub struct Timeouts {
     pub connect: Duration,
     pub upstream: Duration,
     pub client_body: Duration,
+    pub client_header: Duration,
+    pub client_idle: Duration,
     pub upstream_idle: Duration,
     pub dns_ttl: Duration,
+}
+
+/// Token buckets; `None` is off.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    pub per_address: Option<BucketSpec>,
+    pub per_identifier: Option<BucketSpec>,
+    pub max_tracked: usize,
 }
 
 /// Where a service's calls go.
@@ -80,6 +98,8 @@ pub struct Service {
     pub instance_id: String,
     pub api_key: Secret,
     pub identifiers: Vec<String>,
+    /// Cookie read for the first identifier when the body has none.
+    pub identifier_cookie: Option<String>,
     pub tokens: Vec<(String, Secret)>,
     pub policy: CallPolicy,
     pub cache: CachePolicy,

@@ -1,9 +1,11 @@
-//! The per-service policies of the config: retries and circuit, cache, CORS. Each is checked
-//! here and built into the plain types its module runs on.
+//! The policies of the config: per service retries and circuit, cache, CORS; for the listener
+//! client addresses and rate limits. Each is checked here and built into the plain types its
+//! module runs on.
 
-use super::file::ServiceSection;
-use super::{CacheMode, CachePolicy};
-use crate::guard::{CorsPolicy, OriginPattern};
+use super::file::{ClientsSection, RateLimitSection, ServiceSection};
+use super::{CacheMode, CachePolicy, RateLimits};
+use crate::guard::rate::BucketSpec;
+use crate::guard::{ClientPolicy, CorsPolicy, OriginPattern};
 use crate::upstream::{Backoff, BudgetSettings, CallPolicy, CircuitSettings};
 use std::time::Duration;
 
@@ -119,4 +121,50 @@ pub(super) fn cors_policy(s: &ServiceSection, at: &str, problems: &mut Vec<Strin
         allow_no_origin: s.cors.allow_no_origin,
         max_age_seconds: s.cors.max_age_seconds,
     }
+}
+
+pub(super) fn client_policy(c: &ClientsSection, problems: &mut Vec<String>) -> ClientPolicy {
+    let mut nets = |key: &str, list: &[String]| {
+        list.iter()
+            .filter_map(|text| {
+                // A bare address is a network of one.
+                let parsed = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                parsed
+                    .map_err(|_| problems.push(format!("clients.{key}: {text:?} is not a CIDR")))
+                    .ok()
+            })
+            .collect()
+    };
+    ClientPolicy {
+        allow: nets("allow", &c.allow),
+        deny: nets("deny", &c.deny),
+        trusted_proxies: nets("trusted_proxies", &c.trusted_proxies),
+        forward_address: c.forward_address,
+    }
+}
+
+pub(super) fn rate_limits(r: &RateLimitSection, problems: &mut Vec<String>) -> RateLimits {
+    let mut spec = |key: &str, rate: f64, burst: f64| {
+        if rate == 0.0 {
+            return None;
+        }
+        BucketSpec::try_new(rate, burst)
+            .map_err(|e| problems.push(format!("rate_limit.{key}: {e}")))
+            .ok()
+    };
+    let limits = RateLimits {
+        per_address: spec("per_address", r.per_address_per_second, r.per_address_burst),
+        per_identifier: spec(
+            "per_identifier",
+            r.per_identifier_per_second,
+            r.per_identifier_burst,
+        ),
+        max_tracked: r.max_tracked,
+    };
+    if r.max_tracked == 0 {
+        problems.push("rate_limit.max_tracked must be at least 1".into());
+    }
+    limits
 }

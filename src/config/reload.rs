@@ -50,6 +50,15 @@ pub fn reload(
                 || old.cache.max_bytes != new.cache.max_bytes,
         ),
         ("upstream.ca_file", old.ca_file != new.ca_file),
+        (
+            "server.tls.listen",
+            old.tls.as_ref().map(|t| (t.listen, t.h2))
+                != new.tls.as_ref().map(|t| (t.listen, t.h2)),
+        ),
+        (
+            "rate_limit.max_tracked",
+            old.rate.max_tracked != new.rate.max_tracked,
+        ),
     ] {
         if changed {
             tracing::warn!(key = what, "changed, but takes effect only at restart");

@@ -1,7 +1,7 @@
 //! `FileConfig` → `Config`: every check the daemon relies on, all problems collected at once.
 
 use super::file::{FileConfig, RouteSection, ServiceSection};
-use super::policy::{cache_policy, call_policy, cors_policy};
+use super::policy::{cache_policy, call_policy, client_policy, cors_policy, rate_limits};
 use super::{Config, ConfigErrors, Route, Secret, Service, Timeouts, UpstreamTarget};
 use crate::cache::CacheLimits;
 use crate::spool::SpoolSettings;
@@ -40,6 +40,17 @@ pub(super) fn build(
 ) -> Result<Config, ConfigErrors> {
     let listen = parse_addr("server.listen", &file.server.listen, &mut problems);
     let admin_listen = parse_addr("admin.listen", &file.admin.listen, &mut problems);
+    let tls = file
+        .server
+        .tls
+        .as_ref()
+        .and_then(|t| super::tls::tls_listener(t, base_dir, &mut problems));
+    if tls
+        .as_ref()
+        .is_some_and(|t| Some(t.listen) == listen || Some(t.listen) == admin_listen)
+    {
+        problems.push("server.tls.listen must differ from server.listen and admin.listen".into());
+    }
     if listen.is_some() && listen == admin_listen {
         problems.push("admin.listen must differ from server.listen".into());
     }
@@ -56,11 +67,16 @@ pub(super) fn build(
     if limits.max_upstream_body_bytes < 1024 {
         problems.push("limits.max_upstream_body_bytes must be at least 1024".into());
     }
+    if !(1024..=1 << 20).contains(&limits.max_header_bytes) {
+        problems.push("limits.max_header_bytes must be between 1024 and 1048576".into());
+    }
     let t = &file.timeouts;
     for (key, ms) in [
         ("connect_ms", t.connect_ms),
         ("upstream_ms", t.upstream_ms),
         ("client_body_ms", t.client_body_ms),
+        ("client_header_ms", t.client_header_ms),
+        ("client_idle_ms", t.client_idle_ms),
         ("upstream_idle_ms", t.upstream_idle_ms),
     ] {
         if ms == 0 {
@@ -73,6 +89,8 @@ pub(super) fn build(
             problems.push(format!("upstream.ca_file {}: {e}", path.display()));
         }
     }
+    let clients = client_policy(&file.clients, &mut problems);
+    let rate = rate_limits(&file.rate_limit, &mut problems);
     let cache = CacheLimits {
         max_entries: file.cache.max_entries,
         max_bytes: file.cache.max_bytes,
@@ -134,6 +152,7 @@ pub(super) fn build(
     }
     Ok(Config {
         listen: listen.expect("checked above"),
+        tls,
         admin_listen: admin_listen.expect("checked above"),
         threads: file.server.threads,
         grace_period: Duration::from_secs(file.server.grace_period_seconds),
@@ -144,10 +163,15 @@ pub(super) fn build(
         pid_file: file.server.pid_file,
         max_body_bytes: limits.max_body_bytes,
         max_upstream_body_bytes: limits.max_upstream_body_bytes,
+        max_header_bytes: limits.max_header_bytes,
+        clients,
+        rate,
         timeouts: Timeouts {
             connect: Duration::from_millis(t.connect_ms),
             upstream: Duration::from_millis(t.upstream_ms),
             client_body: Duration::from_millis(t.client_body_ms),
+            client_header: Duration::from_millis(t.client_header_ms),
+            client_idle: Duration::from_millis(t.client_idle_ms),
             upstream_idle: Duration::from_millis(t.upstream_idle_ms),
             dns_ttl: Duration::from_millis(t.dns_ttl_ms),
         },
@@ -202,6 +226,16 @@ fn build_service(
                 "{at}: the API key is not in {{account_id}}/{{40 hex}} form"
             )),
         }
+    }
+    if s.identifier_cookie.as_ref().is_some_and(|c| {
+        c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    }) {
+        problems.push(format!(
+            "{at}: identifier_cookie must be a cookie name of letters, digits, `_`, `-` and `.`"
+        ));
     }
     if s.identifiers.is_empty() || s.identifiers.iter().any(|i| i.is_empty() || i.len() > 128) {
         problems.push(format!(
@@ -262,6 +296,7 @@ fn build_service(
         instance_id: s.instance_id.clone(),
         api_key: api_key?,
         identifiers: s.identifiers.clone(),
+        identifier_cookie: s.identifier_cookie.clone(),
         tokens,
         policy: policy?,
         cache: cache?,

@@ -8,7 +8,7 @@ use super::{
 use crate::cache::{CacheKey, OfferCache, Offers};
 use crate::config::Config;
 use crate::metrics;
-use crate::upstream::{Call, CallLimits, UpstreamClient};
+use crate::upstream::{Call, CallLimits, ClientInfo, UpstreamClient};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -180,7 +180,7 @@ impl Replayer {
             let call = Call {
                 route,
                 body: record.body.clone(),
-                user_agent: None,
+                client: ClientInfo::default(),
             };
             match self.client.send(&call, limits).await {
                 Ok(r) if r.status < 300 => {

@@ -88,8 +88,11 @@ pub fn request_header(call: &Call) -> Result<RequestHeader, Box<pingora::Error>>
     req.insert_header(http::header::CONTENT_TYPE, VENDOR_CONTENT_TYPE)?;
     req.insert_header(http::header::CONTENT_LENGTH, call.body.len())?;
     req.insert_header(http::header::ACCEPT, "application/json")?;
-    if let Some(ua) = &call.user_agent {
+    if let Some(ua) = &call.client.user_agent {
         req.insert_header(http::header::USER_AGENT, ua.clone())?;
+    }
+    if let Some(address) = call.client.address {
+        req.insert_header("X-Forwarded-For", address.to_string())?;
     }
     Ok(req)
 }

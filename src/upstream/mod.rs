@@ -71,7 +71,16 @@ pub struct UpstreamResponse {
 pub struct Call {
     pub route: Arc<Route>,
     pub body: Bytes,
+    pub client: ClientInfo,
+}
+
+/// What the upstream may learn of the browser. Replayed events carry none of it: the spool
+/// keeps only the event.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
     pub user_agent: Option<HeaderValue>,
+    /// Sent as `X-Forwarded-For` when `clients.forward_address` is on.
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Limits of one call, taken from the config in force when the request started.

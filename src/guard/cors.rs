@@ -1,4 +1,4 @@
-//! The guard step, before the body is read: which browser origins may call a route. Allowed
+//! Which browser origins may call a route. Allowed
 //! origins are exact (`https://shop.example.com`) or subdomain patterns
 //! (`https://*.example.com`); the exact `Origin` is echoed, never `*`, so that the vendor SDK's
 //! credentialed `fetch` works.

@@ -1,0 +1,9 @@
+//! The guard step, before the body is read: which client addresses may call (`clients`), how
+//! often (`rate`), and which browser origins (`cors`).
+
+pub mod clients;
+mod cors;
+pub mod rate;
+
+pub use clients::ClientPolicy;
+pub use cors::{CorsPolicy, OriginCheck, OriginPattern};

@@ -1,0 +1,220 @@
+//! Rate limits as token buckets, per client address and per visitor identifier. Memory is
+//! bounded: at most `max_tracked` buckets per limiter; a full bucket is the same as no bucket,
+//! so those are swept first, and when every tracked key is busy, new keys share one overflow
+//! bucket rather than growing the map.
+
+use dashmap::DashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A bucket's shape: refill rate and capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketSpec {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl BucketSpec {
+    pub fn try_new(per_second: f64, burst: f64) -> Result<Self, String> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(format!("rate must be above 0, not {per_second}"));
+        }
+        if !(burst.is_finite() && burst >= 1.0) {
+            return Err(format!("burst must be at least 1, not {burst}"));
+        }
+        Ok(BucketSpec { per_second, burst })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn full(spec: BucketSpec, now: Instant) -> Self {
+        Bucket {
+            tokens: spec.burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, spec: BucketSpec, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * spec.per_second).min(spec.burst);
+        self.at = now.max(self.at);
+    }
+
+    /// Take one token, or say how long until one is there.
+    pub fn take(&mut self, spec: BucketSpec, now: Instant) -> Result<(), Duration> {
+        self.refill(spec, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / spec.per_second,
+            ))
+        }
+    }
+
+    fn is_full(&self, spec: BucketSpec, now: Instant) -> bool {
+        let mut b = *self;
+        b.refill(spec, now);
+        b.tokens >= spec.burst
+    }
+}
+
+/// Buckets by key, at most `max_tracked` of them.
+pub struct Limiter<K: Hash + Eq> {
+    buckets: DashMap<K, Bucket>,
+    max_tracked: usize,
+    overflow: Mutex<Option<Bucket>>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+/// What a check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Over the limit; a token is back after this long.
+    Limited(Duration),
+}
+
+impl<K: Hash + Eq> Limiter<K> {
+    pub fn new(max_tracked: usize) -> Self {
+        Limiter {
+            buckets: DashMap::new(),
+            max_tracked: max_tracked.max(1),
+            overflow: Mutex::new(None),
+            last_sweep: Mutex::new(None),
+        }
+    }
+
+    /// Count one request of `key`. `overflowed` is true when the key could not be tracked and
+    /// shared the overflow bucket.
+    pub fn check(&self, key: K, spec: BucketSpec, now: Instant) -> (Verdict, bool) {
+        let verdict = |r: Result<(), Duration>| match r {
+            Ok(()) => Verdict::Allowed,
+            Err(wait) => Verdict::Limited(wait),
+        };
+        if let Some(mut bucket) = self.buckets.get_mut(&key) {
+            return (verdict(bucket.take(spec, now)), false);
+        }
+        if self.buckets.len() >= self.max_tracked {
+            self.sweep(spec, now);
+        }
+        if self.buckets.len() >= self.max_tracked {
+            let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+            let bucket = overflow.get_or_insert_with(|| Bucket::full(spec, now));
+            return (verdict(bucket.take(spec, now)), true);
+        }
+        let mut bucket = Bucket::full(spec, now);
+        let result = bucket.take(spec, now);
+        // A racing insert of the same key is harmless: both took from a full bucket.
+        self.buckets.insert(key, bucket);
+        (verdict(result), false)
+    }
+
+    /// Drop buckets that have refilled: forgetting them changes nothing. At most once a
+    /// second, so a flood of new keys does not turn every request into a full scan.
+    fn sweep(&self, spec: BucketSpec, now: Instant) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.buckets.retain(|_, b| !b.is_full(spec, now));
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(rate: f64, burst: f64) -> BucketSpec {
+        BucketSpec::try_new(rate, burst).unwrap()
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_rate_holds() {
+        let s = spec(2.0, 3.0);
+        let t0 = Instant::now();
+        let mut b = Bucket::full(s, t0);
+        for _ in 0..3 {
+            assert!(b.take(s, t0).is_ok());
+        }
+        let wait = b.take(s, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(b.take(s, t0 + Duration::from_millis(499)).is_err());
+        assert!(b.take(s, t0 + Duration::from_millis(1000)).is_ok());
+    }
+
+    #[test]
+    fn specs_refuse_nonsense() {
+        assert!(BucketSpec::try_new(0.0, 1.0).is_err());
+        assert!(BucketSpec::try_new(1.0, 0.5).is_err());
+        assert!(BucketSpec::try_new(f64::NAN, 1.0).is_err());
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_of_new_keys() {
+        let s = spec(1.0, 1.0);
+        let limiter = Limiter::new(100);
+        let t0 = Instant::now();
+        let mut overflowed = 0;
+        for key in 0..10_000u32 {
+            let (_, over) = limiter.check(key, s, t0);
+            overflowed += usize::from(over);
+        }
+        assert_eq!(limiter.tracked(), 100);
+        assert_eq!(overflowed, 9_900);
+        // Once the tracked buckets have refilled, new keys get buckets of their own again.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(limiter.check(20_000, s, later), (Verdict::Allowed, false));
+        assert_eq!(limiter.tracked(), 1);
+    }
+
+    #[test]
+    fn keys_are_limited_separately() {
+        let s = spec(1.0, 1.0);
+        let limiter = Limiter::new(10);
+        let t0 = Instant::now();
+        assert_eq!(limiter.check("a", s, t0).0, Verdict::Allowed);
+        assert!(matches!(limiter.check("a", s, t0).0, Verdict::Limited(_)));
+        assert_eq!(limiter.check("b", s, t0).0, Verdict::Allowed);
+    }
+
+    proptest! {
+        /// Over any schedule, a bucket never lets through more than burst + rate × elapsed.
+        #[test]
+        fn never_more_than_burst_plus_rate(
+            rate in 0.1f64..100.0,
+            burst in 1.0f64..50.0,
+            gaps in proptest::collection::vec(0u64..200, 1..300),
+        ) {
+            let s = spec(rate, burst);
+            let t0 = Instant::now();
+            let mut b = Bucket::full(s, t0);
+            let mut now = t0;
+            let mut passed = 0u64;
+            for gap in gaps {
+                now += Duration::from_millis(gap);
+                if b.take(s, now).is_ok() {
+                    passed += 1;
+                }
+            }
+            let elapsed = now.duration_since(t0).as_secs_f64();
+            prop_assert!(passed as f64 <= burst + rate * elapsed + 1e-9);
+        }
+    }
+}

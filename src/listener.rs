@@ -1,0 +1,79 @@
+//! The accept step, before a request exists: how long a connection may stay silent. Pingora's
+//! HTTP/1 server gives every connection 60 s per read, with no setting to change it; this app
+//! wraps the proxy and applies `timeouts.client_header_ms` to a new connection's first request
+//! and `timeouts.client_idle_ms` between (and inside) the requests that follow. HTTP/2
+//! connections (negotiated by ALPN on the TLS listener) go to pingora as they are, with the
+//! idle timeout as its `h2_idle_timeout`.
+
+use crate::config::Config;
+use crate::proxy::Edge;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct PublicApp {
+    pub proxy: Arc<HttpProxy<Edge>>,
+    pub config: Arc<ArcSwap<Config>>,
+}
+
+/// Pingora counts keepalive in whole seconds, and 0 would mean forever.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+#[async_trait]
+impl ServerApp for PublicApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let timeouts = self.config.load().timeouts;
+        let mut session = ServerSession::new_http1(stream);
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(whole_seconds(timeouts.client_header)));
+        }
+        let mut reused = self.proxy.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = reused.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                let idle = self.config.load().timeouts.client_idle;
+                session.set_keepalive(Some(whole_seconds(idle)));
+            }
+            reused = self.proxy.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_seconds_round_up_and_never_mean_forever() {
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(10)), 10);
+    }
+}
