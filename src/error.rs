@@ -37,6 +37,8 @@ pub enum EdgeError {
     ClientRefused,
     #[error("request header block is larger than {0} bytes")]
     HeadersTooLarge(usize),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     #[error("too many requests; retry after {0} s")]
     RateLimited(u64),
 }
@@ -51,7 +53,7 @@ impl EdgeError {
             EdgeError::RateLimited(_) => 429,
             EdgeError::BodyTooLarge(_) => 413,
             EdgeError::UnsupportedMediaType => 415,
-            EdgeError::InvalidEvent(_) => 400,
+            EdgeError::InvalidEvent(_) | EdgeError::BadRequest(_) => 400,
             EdgeError::ClientTimeout => 408,
             EdgeError::UpstreamUnavailable | EdgeError::BadUpstreamResponse => 502,
             EdgeError::UpstreamTimeout => 504,

@@ -140,6 +140,7 @@ impl Edge {
         if header_bytes > config.max_header_bytes {
             return Err(EdgeError::HeadersTooLarge(config.max_header_bytes));
         }
+        request_target_ok(req)?;
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -225,6 +226,25 @@ fn limit<K: std::hash::Hash + Eq>(
             ))
         }
     }
+}
+
+/// HTTP/1 requests must name their target in origin-form (`/db/table`) with exactly one `Host`:
+/// an absolute-form target or a second `Host` is someone probing for a forward proxy or for a
+/// cache key mismatch, never a browser. HTTP/2 carries the authority in its own field.
+fn request_target_ok(req: &pingora::http::RequestHeader) -> Result<(), EdgeError> {
+    if req.version >= http::Version::HTTP_2 {
+        return Ok(());
+    }
+    if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+        return Err(EdgeError::BadRequest(
+            "absolute-form request targets are not served",
+        ));
+    }
+    if req.version == http::Version::HTTP_11 && req.headers.get_all(header::HOST).iter().count() != 1
+    {
+        return Err(EdgeError::BadRequest("exactly one Host header is required"));
+    }
+    Ok(())
 }
 
 /// Bytes of the request line and headers as sent (give or take whitespace).

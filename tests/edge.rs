@@ -1,0 +1,253 @@
+//! The browser-facing edge over real sockets: connection timeouts, header limits, client lists
+//! and trusted proxies, rate limits, and the `_td` cookie identifier.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}";
+const EVENT: &str = r#"{"td_client_id":"v1","td_path":"/retail"}"#;
+
+/// A proxy in front of a recording upstream, with `timeouts` added to `[timeouts]` and `tables`
+/// appended; and its admin address.
+fn proxy(name: &str, timeouts: &str, tables: &str) -> (Running, SocketAddr, Recorder) {
+    let (running, addr, _, upstream) = proxy_with_admin(name, timeouts, tables);
+    (running, addr, upstream)
+}
+
+fn proxy_with_admin(
+    name: &str,
+    timeouts: &str,
+    tables: &str,
+) -> (Running, SocketAddr, SocketAddr, Recorder) {
+    let upstream = Recorder::start(OK);
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", upstream.addr),
+        tables,
+    )
+    .replace(
+        "client_body_ms = 1000",
+        &format!("client_body_ms = 1000\n{timeouts}"),
+    );
+    let config = load_config(name, &toml);
+    let admin = config.admin_listen;
+    let (running, addr) = start_proxy(config);
+    (running, addr, admin, upstream)
+}
+
+/// Seconds until the server closes `stream`, reading whatever it sends.
+fn seconds_until_closed(stream: &mut TcpStream) -> f64 {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+#[test]
+fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
+    let (_p, addr, _up) = proxy(
+        "stall",
+        "client_header_ms = 1000\nclient_idle_ms = 2000",
+        "",
+    );
+    // A new connection that stops in the middle of its first header.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled
+        .write_all(b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .unwrap();
+    // Meanwhile other clients are served.
+    assert_eq!(post_json(addr, EVENT).status, 200);
+    let waited = seconds_until_closed(&mut stalled);
+    assert!((0.5..5.0).contains(&waited), "closed after {waited} s");
+
+    // A kept-alive connection: one request answered, then silence inside the next header.
+    let mut kept = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
+        EVENT.len()
+    );
+    kept.write_all(head.as_bytes()).unwrap();
+    let first = read_message(&mut kept).expect("first answer");
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    kept.write_all(b"POST /demo_db/pag").unwrap();
+    let waited = seconds_until_closed(&mut kept);
+    assert!(waited < 6.0, "closed after {waited} s");
+    assert_eq!(post_json(addr, EVENT).status, 200);
+}
+
+#[test]
+fn a_100_kb_header_block_gets_431_and_the_process_stays_up() {
+    let (_p, addr, upstream) = proxy("big_headers", "", "");
+    let big = "a".repeat(100 * 1024);
+    let r = request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json"), ("X-Big", &big)],
+        EVENT.as_bytes(),
+    );
+    r.assert_error(431, 431);
+    // Many small headers adding up count the same.
+    let many: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("X-H{i}"), "b".repeat(200)))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    request(addr, "POST", "/demo_db/pageviews", &many, EVENT.as_bytes()).assert_error(431, 431);
+    // Past pingora's own 1 MiB ceiling the request is refused before it is parsed.
+    let huge = format!(
+        "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "c".repeat(2 << 20)
+    );
+    if let Some(r) = try_raw(addr, huge.as_bytes()) {
+        assert_eq!(r.status, 400);
+    }
+    assert_eq!(post_json(addr, EVENT).status, 200);
+    assert_eq!(upstream.seen.lock().unwrap().len(), 1);
+}
+
+fn try_raw(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(raw);
+    let msg = read_message(&mut s)?;
+    let text = String::from_utf8_lossy(&msg).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some(Response {
+        status,
+        head: text.clone(),
+        body: Vec::new(),
+    })
+}
+
+#[test]
+fn denied_and_unlisted_addresses_get_403_with_the_vendor_code() {
+    let (_p, addr, upstream) = proxy("deny", "", "[clients]\ndeny = [\"127.0.0.1\"]");
+    post_json(addr, EVENT).assert_error(403, 3005);
+    let (_p, addr, _) = proxy("allow", "", "[clients]\nallow = [\"10.0.0.0/8\"]");
+    post_json(addr, EVENT).assert_error(403, 3005);
+    let (_p, addr, _) = proxy("allow_local", "", "[clients]\nallow = [\"127.0.0.0/8\"]");
+    assert_eq!(post_json(addr, EVENT).status, 200);
+    assert!(upstream.seen.lock().unwrap().is_empty());
+}
+
+fn post_from(addr: SocketAddr, forwarded: &[(&str, &str)]) -> Response {
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend_from_slice(forwarded);
+    request(addr, "POST", "/demo_db/pageviews", &headers, EVENT.as_bytes())
+}
+
+#[test]
+fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstream() {
+    let clients = "[clients]\ndeny = [\"192.0.2.0/24\"]\nforward_address = true";
+    let trusted = format!("{clients}\ntrusted_proxies = [\"127.0.0.1\"]");
+    let (_p, addr, upstream) = proxy("trusted", "", &trusted);
+    post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).assert_error(403, 3005);
+    post_from(addr, &[("Forwarded", "for=192.0.2.8")]).assert_error(403, 3005);
+    // A client's own fake entry is skipped: the proxy appended the real address after it.
+    let r = post_from(addr, &[("X-Forwarded-For", "192.0.2.7, 198.51.100.4")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"), "{}", seen[0]);
+    assert!(!seen[0].contains("192.0.2.7"), "{}", seen[0]);
+
+    // Not a trusted proxy: the headers are ignored and the peer's own address is forwarded.
+    let (_p, addr, upstream) = proxy("untrusted", "", clients);
+    assert_eq!(post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).status, 200);
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert!(seen[0].contains("X-Forwarded-For: 127.0.0.1\r\n"), "{}", seen[0]);
+}
+
+#[test]
+fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
+    let (_p, addr, _up) = proxy(
+        "rate_address",
+        "",
+        "[rate_limit]\nper_address_per_second = 0.5\nper_address_burst = 3",
+    );
+    for _ in 0..3 {
+        assert_eq!(post_json(addr, EVENT).status, 200);
+    }
+    let r = post_json(addr, EVENT);
+    r.assert_error(429, 429);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+
+    let (_p, addr, admin, upstream) = proxy_with_admin(
+        "rate_visitor",
+        "",
+        "[rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 2\nmax_tracked = 10",
+    );
+    let visitor = |id: &str| format!(r#"{{"td_client_id":"{id}"}}"#);
+    assert_eq!(post_json(addr, &visitor("a")).status, 200);
+    assert_eq!(post_json(addr, &visitor("a")).status, 200);
+    post_json(addr, &visitor("a")).assert_error(429, 429);
+    assert_eq!(post_json(addr, &visitor("b")).status, 200);
+    // Limited events never reach the upstream.
+    assert_eq!(upstream.seen.lock().unwrap().len(), 3);
+    // Thousands of distinct visitors: tracked keys stay at max_tracked.
+    for i in 0..200 {
+        let _ = post_json(addr, &visitor(&format!("v{i}")));
+    }
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let tracked = metrics
+        .lines()
+        .find(|l| l.starts_with("p13n_edge_rate_limit_tracked{limiter=\"identifier\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    assert!(tracked <= 10.0, "{tracked}");
+}
+
+#[test]
+fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
+    let (_p, addr, upstream) = proxy("cookie", "", "");
+    let anonymous = |addr| {
+        request(
+            addr,
+            "POST",
+            "/public/demo_db/clicks",
+            &[
+                ("Content-Type", "application/vnd.treasuredata.v1+json"),
+                ("Cookie", "_td=3f1c0b9e-visitor; session=secret-session"),
+            ],
+            br#"{"td_path":"/retail"}"#,
+        )
+    };
+    // Not configured: the event has no identifier.
+    anonymous(addr).assert_error(400, 3004);
+    drop(_p);
+    let upstream_addr = upstream.addr;
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{upstream_addr}"),
+        "",
+    )
+    .replace(
+        "[service.tokens]",
+        "identifier_cookie = \"_td\"\n[service.tokens]",
+    );
+    let (_p, addr) = start_proxy(load_config("cookie_on", &toml));
+    let r = anonymous(addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream.seen.lock().unwrap().clone();
+    let sent = &seen[0];
+    assert!(
+        sent.ends_with(r#"{"td_path":"/retail","td_client_id":"3f1c0b9e-visitor"}"#),
+        "{sent}"
+    );
+    assert!(!sent.to_ascii_lowercase().contains("cookie"), "{sent}");
+    assert!(!sent.contains("secret-session"), "{sent}");
+}
