@@ -240,7 +240,8 @@ fn request_target_ok(req: &pingora::http::RequestHeader) -> Result<(), EdgeError
             "absolute-form request targets are not served",
         ));
     }
-    if req.version == http::Version::HTTP_11 && req.headers.get_all(header::HOST).iter().count() != 1
+    if req.version == http::Version::HTTP_11
+        && req.headers.get_all(header::HOST).iter().count() != 1
     {
         return Err(EdgeError::BadRequest("exactly one Host header is required"));
     }

@@ -145,7 +145,13 @@ fn denied_and_unlisted_addresses_get_403_with_the_vendor_code() {
 fn post_from(addr: SocketAddr, forwarded: &[(&str, &str)]) -> Response {
     let mut headers = vec![("Content-Type", "application/json")];
     headers.extend_from_slice(forwarded);
-    request(addr, "POST", "/demo_db/pageviews", &headers, EVENT.as_bytes())
+    request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &headers,
+        EVENT.as_bytes(),
+    )
 }
 
 #[test]
@@ -160,14 +166,25 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
-    assert!(seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"), "{}", seen[0]);
+    assert!(
+        seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"),
+        "{}",
+        seen[0]
+    );
     assert!(!seen[0].contains("192.0.2.7"), "{}", seen[0]);
 
     // Not a trusted proxy: the headers are ignored and the peer's own address is forwarded.
     let (_p, addr, upstream) = proxy("untrusted", "", clients);
-    assert_eq!(post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).status, 200);
+    assert_eq!(
+        post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).status,
+        200
+    );
     let seen = upstream.seen.lock().unwrap().clone();
-    assert!(seen[0].contains("X-Forwarded-For: 127.0.0.1\r\n"), "{}", seen[0]);
+    assert!(
+        seen[0].contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        "{}",
+        seen[0]
+    );
 }
 
 #[test]

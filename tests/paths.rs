@@ -22,7 +22,11 @@ fn status_of(addr: SocketAddr, line: &str, headers: &str) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(raw.as_bytes()).ok()?;
     let msg = read_message(&mut s)?;
-    String::from_utf8_lossy(&msg).split(' ').nth(1)?.parse().ok()
+    String::from_utf8_lossy(&msg)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -96,7 +100,10 @@ fn every_path_trick_gets_400_or_404_and_nothing_reaches_the_upstream() {
         assert_eq!(status_of(addr, line, headers), Some(400), "{headers:?}");
     }
     let absolute = "POST http://127.0.0.1/demo_db/pageviews HTTP/1.1";
-    assert_eq!(status_of(addr, absolute, "Host: evil.example\r\n"), Some(400));
+    assert_eq!(
+        status_of(addr, absolute, "Host: evil.example\r\n"),
+        Some(400)
+    );
     // Header tricks: a bare CR, obsolete line folding, NUL, and a header with no name.
     for headers in [
         "Host: x\r\nX-A: a\rb\r\n",
@@ -106,7 +113,10 @@ fn every_path_trick_gets_400_or_404_and_nothing_reaches_the_upstream() {
         "Host: x\r\nHost x\r\n",
     ] {
         let status = status_of(addr, line, headers);
-        assert!(matches!(status, Some(400) | None), "{headers:?}: {status:?}");
+        assert!(
+            matches!(status, Some(400) | None),
+            "{headers:?}: {status:?}"
+        );
     }
     // Methods other than POST and OPTIONS, in any case, are refused on a real route.
     for method in ["post", "Post", "GET", "PUT", "PATCH", "TRACE", "DELETE"] {
@@ -135,6 +145,9 @@ fn every_path_trick_gets_400_or_404_and_nothing_reaches_the_upstream() {
             upstream.addr
         );
         assert!(sent.starts_with(&expected), "{sent}");
-        assert!(!sent.contains("edge.example") && !sent.contains("admin"), "{sent}");
+        assert!(
+            !sent.contains("edge.example") && !sent.contains("admin"),
+            "{sent}"
+        );
     }
 }

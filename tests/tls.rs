@@ -1,4 +1,5 @@
-//! Upstreams over TLS: SNI and certificate verification, against a local TLS emulator.
+//! TLS on both sides: upstreams verified (SNI, roots) against a local TLS emulator, and the
+//! public TLS listener (HTTP/1.1 and HTTP/2, certificate swapped by reload).
 
 mod common;
 
@@ -7,10 +8,18 @@ use p13n_edge::emulator::Emulator;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
+use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A CA, and a leaf for `localhost` signed by it; written as PEM files into `dir`.
 fn certificates(dir: &std::path::Path) {
+    certificates_named(dir, "ca.pem", "leaf.pem", "leaf.key");
+}
+
+fn certificates_named(dir: &std::path::Path, ca_file: &str, leaf_file: &str, key_file: &str) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -18,9 +27,9 @@ fn certificates(dir: &std::path::Path) {
     let leaf_key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("leaf.pem"), leaf_cert.pem()).unwrap();
-    std::fs::write(dir.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(ca_file), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(leaf_file), leaf_cert.pem()).unwrap();
+    std::fs::write(dir.join(key_file), leaf_key.serialize_pem()).unwrap();
 }
 
 #[test]
@@ -80,4 +89,122 @@ fn https_upstreams_are_verified_against_the_configured_roots() {
     std::fs::copy(dir.join("ca.pem"), scratch("tls_mismatch").join("ca.pem")).unwrap();
     let (_proxy, addr) = start_proxy(load_config("tls_mismatch", &mismatched));
     post_json(addr, event).assert_error(502, 502);
+}
+
+/// A TLS client for `localhost` trusting only the CA in `ca`, offering `alpn`.
+fn connector(ca: &std::path::Path, alpn: &[&[u8]]) -> TlsConnector {
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    pingora::tls::load_ca_file_into_store(ca, &mut roots).unwrap();
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_stream(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    alpn: &[&[u8]],
+) -> std::io::Result<pingora::tls::ClientTlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    connector(ca, alpn).connect(name, tcp).await
+}
+
+/// Matches the demo rules' `offer_for_women` on the first event.
+const EVENT: &str = r#"{"td_client_id":"tls-visitor","product_category":"women"}"#;
+
+async fn post_http1(addr: SocketAddr, ca: &std::path::Path) -> std::io::Result<String> {
+    let mut tls = tls_stream(addr, ca, &[b"http/1.1"]).await?;
+    let raw = format!(
+        "POST /public/demo_db/clicks HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{EVENT}",
+        EVENT.len()
+    );
+    tls.write_all(raw.as_bytes()).await?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
+async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Option<Vec<u8>>) {
+    let tls = tls_stream(addr, ca, &[b"h2", b"http/1.1"]).await.unwrap();
+    let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("https://localhost/public/demo_db/clicks")
+        .header("content-type", "application/vnd.treasuredata.v1+json")
+        .header("origin", "https://shop.example")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(EVENT.as_bytes()), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut stream = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk.unwrap();
+        stream.flow_control().release_capacity(chunk.len()).unwrap();
+        data.extend_from_slice(&chunk);
+    }
+    (status, data, alpn)
+}
+
+#[test]
+fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let dir = scratch("tls_listener");
+    certificates_named(&dir, "ca.pem", "edge.pem", "edge.key");
+    let tls_port = free_port();
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{emulator}"),
+        &format!(
+            "[server.tls]\nlisten = \"{tls_addr}\"\ncert_file = \"edge.pem\"\nkey_file = \"edge.key\""
+        ),
+    );
+    let config_path = dir.join("edge.toml");
+    std::fs::write(&config_path, &toml).unwrap();
+    let config = load_config("tls_listener", &toml);
+    let (plain, admin) = (config.listen, config.admin_listen);
+    let (server, handles) = p13n_edge::build_server(config, None, false).unwrap();
+    let _proxy = Running::start(server, &[plain, admin, tls_addr]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = dir.join("ca.pem");
+
+    let answer = rt.block_on(post_http1(tls_addr, &ca)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("offer_for_women"), "{answer}");
+
+    let (status, body, alpn) = rt.block_on(post_http2(tls_addr, &ca));
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let offers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(offers["offers"]["offer_for_women"].is_object(), "{offers}");
+
+    // A new certificate from another CA, swapped in by reload: new handshakes present it.
+    certificates_named(&dir, "ca2.pem", "edge.pem", "edge.key");
+    p13n_edge::config::reload(&config_path, &handles.config, &handles.cache).unwrap();
+    assert!(rt.block_on(post_http1(tls_addr, &ca)).is_err());
+    let answer = rt
+        .block_on(post_http1(tls_addr, &dir.join("ca2.pem")))
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A key that does not match the certificate is refused, and the running pair stays.
+    let other = KeyPair::generate().unwrap();
+    std::fs::write(dir.join("edge.key"), other.serialize_pem()).unwrap();
+    let err = p13n_edge::config::reload(&config_path, &handles.config, &handles.cache)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.tls"), "{err}");
+    let answer = rt
+        .block_on(post_http1(tls_addr, &dir.join("ca2.pem")))
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
