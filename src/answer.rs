@@ -169,6 +169,12 @@ impl Answer {
                     "Content-Type, Authorization, WP13n-Token",
                 )?;
                 resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, max_age)?;
+            } else {
+                // Lets a page read why it waited or what the cache did.
+                resp.insert_header(
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    "Cache-Status, Age, Retry-After",
+                )?;
             }
         }
         let empty = self.body.is_empty();

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod site;
 pub mod spool;
 pub mod upstream;
 
@@ -107,14 +108,7 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<Handles, SpoolEr
     let mut public = Service::new("p13n-edge".into(), app);
     public.add_tcp(&listen);
     if let Some((tls_listen, h2)) = tls {
-        // Paths are not read: the certificate comes from the config in force at each handshake.
-        let mut settings =
-            TlsSettings::intermediate("", "").expect("TLS settings without files cannot fail");
-        settings.set_cert_resolver(Arc::new(config::CertFromConfig(shared.clone())));
-        if h2 {
-            settings.enable_h2();
-        }
-        public.add_tls_with_settings(&tls_listen, None, settings);
+        public.add_tls_with_settings(&tls_listen, None, tls_settings(shared.clone(), h2));
     }
     server.add_service(public);
 
@@ -146,6 +140,39 @@ pub fn add_emulator(server: &mut Server, listen: &str, emulator: emulator::Emula
     let mut service = Service::new("p13n-edge emulator".into(), emulator);
     service.add_tcp(listen);
     server.add_service(service);
+}
+
+/// Add the demo site on `listen`, and over TLS on `tls_listen` with the certificate of the
+/// proxy's own TLS listener.
+pub fn add_demo_site(
+    server: &mut Server,
+    listen: &str,
+    tls_listen: Option<(&str, &Handles)>,
+    site: site::DemoSite,
+) {
+    let mut service = Service::new("p13n-edge demo site".into(), site);
+    service.add_tcp(listen);
+    if let Some((tls_listen, handles)) = tls_listen {
+        service.add_tls_with_settings(
+            tls_listen,
+            None,
+            tls_settings(handles.config.clone(), false),
+        );
+    }
+    service.threads = Some(1);
+    server.add_service(service);
+}
+
+/// TLS settings that take the certificate of the config in force at each handshake.
+fn tls_settings(config: Arc<ArcSwap<Config>>, h2: bool) -> TlsSettings {
+    // Paths are not read: a resolver is set.
+    let mut settings =
+        TlsSettings::intermediate("", "").expect("TLS settings without files cannot fail");
+    settings.set_cert_resolver(Arc::new(config::CertFromConfig(config)));
+    if h2 {
+        settings.enable_h2();
+    }
+    settings
 }
 
 /// A server holding only the emulator, with a short grace period.

@@ -1,10 +1,11 @@
 //! The `p13n-edge` command line: run, check-config, emulator, demo.
 #![forbid(unsafe_code)]
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use p13n_edge::config::Config;
 use p13n_edge::emulator::Emulator;
+use p13n_edge::site::DemoSite;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -52,12 +53,23 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// Run the emulator (:8081), the proxy (:8080) and its admin listener (:9090) together.
+    /// Run the emulator (:8081), the proxy (:8080), its admin listener (:9090) and a demo site
+    /// (http://localhost:3000) together.
     Demo {
         #[arg(long, default_value = "conf/demo.toml")]
         config: PathBuf,
         #[arg(long, default_value = "conf/demo-rules.toml")]
         rules: PathBuf,
+        /// Where the demo site listens.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        site: String,
+        /// Also serve the site over TLS here, with `[server.tls]`'s certificate: a page on
+        /// https://localhost is same-site with the TLS listener, so its `_td` cookie is sent.
+        #[arg(long)]
+        site_tls: Option<String>,
+        /// td-js-sdk's `dist/td.min.js`, served to the site's SDK page (`/sdk.html`).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -92,15 +104,38 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(%listen, "emulator listening");
             p13n_edge::emulator_server(&listen, emulator, threads).run_forever();
         }
-        Command::Demo { config, rules } => {
+        Command::Demo {
+            config,
+            rules,
+            site,
+            site_tls,
+            sdk,
+        } => {
             let loaded = load(&config)?;
+            let sdk = sdk
+                .map(|path| std::fs::read(&path).with_context(|| path.display().to_string()))
+                .transpose()?;
+            let tls_port = loaded.tls.as_ref().map_or(0, |t| t.listen.port());
+            let demo_site = DemoSite::new(
+                &format!("http://localhost:{}", loaded.listen.port()),
+                &format!("localhost:{tls_port}"),
+                sdk,
+            );
             let emulator = Emulator::from_file(&rules).map_err(anyhow::Error::msg)?;
             let upstream = &loaded.services[0].upstream;
             let emulator_listen = format!("{}:{}", upstream.host, upstream.port);
             let proxy = loaded.listen;
-            let (mut server, _) = p13n_edge::build_server(loaded, Some(config), false)?;
+            if site_tls.is_some() && loaded.tls.is_none() {
+                bail!(
+                    "--site-tls needs a [server.tls] section in {}",
+                    config.display()
+                );
+            }
+            let (mut server, handles) = p13n_edge::build_server(loaded, Some(config), false)?;
             p13n_edge::add_emulator(&mut server, &emulator_listen, emulator);
-            print_demo(&proxy.to_string());
+            let site_tls = site_tls.as_deref().map(|listen| (listen, &handles));
+            p13n_edge::add_demo_site(&mut server, &site, site_tls, demo_site);
+            print_demo(&proxy.to_string(), &site);
             server.run_forever();
         }
     }
@@ -137,7 +172,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn print_demo(proxy: &str) {
+fn print_demo(proxy: &str, site: &str) {
+    let site_port = site.rsplit(':').next().unwrap_or(site);
     println!(
         r#"
 p13n-edge demo: emulator on 127.0.0.1:8081, proxy on http://{proxy}, admin on 127.0.0.1:9090
@@ -149,6 +185,8 @@ Three /retail page views make visitor v1 a high-loyalty visitor; the third answe
       -H 'Content-Type: application/json' \
       -d '{{"td_client_id":"v1","td_path":"/retail/shop/women","product_category":"women"}}'; echo
   done
+
+The demo shop, calling the proxy from the browser: http://localhost:{site_port}/
 
 What the emulator ingested:   curl -s http://127.0.0.1:8081/_emulator/stats
 Metrics:                      curl -s http://127.0.0.1:9090/metrics | grep p13n_edge_
