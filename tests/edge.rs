@@ -268,3 +268,25 @@ fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
     assert!(!sent.to_ascii_lowercase().contains("cookie"), "{sent}");
     assert!(!sent.contains("secret-session"), "{sent}");
 }
+
+#[test]
+fn an_early_error_is_still_readable_when_the_client_reads_late() {
+    // Refused on its headers, with a body still unread: closing at once would send a reset
+    // that destroys the answer in the client's buffers; the proxy drains the body first.
+    let (_p, addr, _up) = proxy("linger", "", "");
+    for _ in 0..3 {
+        let body = "x".repeat(60_000);
+        let head = format!(
+            "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "b".repeat(40_000),
+            body.len()
+        );
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body.as_bytes());
+        std::thread::sleep(Duration::from_millis(300));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let answer = read_message(&mut s).expect("the 431 answer, not a reset");
+        assert!(answer.starts_with(b"HTTP/1.1 431"));
+    }
+}

@@ -36,7 +36,18 @@ fn no_answer_and_no_trace_log_carries_a_secret() {
     std::fs::write(dir.join("key"), KEY).unwrap();
     let path = dir.join("p13n-edge.toml");
     let upstream = format!("http://{emulator_addr}");
-    std::fs::write(&path, config_toml(proxy, admin, &upstream, "")).unwrap();
+    // CORS, client lists and rate limits on, so that their answers are swept too.
+    let guards = r#"
+[service.cors]
+allowed_origins = ["https://shop.example"]
+[clients]
+trusted_proxies = ["127.0.0.1"]
+deny = ["192.0.2.0/24"]
+[rate_limit]
+per_identifier_per_second = 0.01
+per_identifier_burst = 5
+"#;
+    std::fs::write(&path, config_toml(proxy, admin, &upstream, guards)).unwrap();
     let daemon = Daemon::spawn(&path, proxy, admin, &[("RUST_LOG", "trace")]);
     let (proxy, admin) = (daemon.proxy, daemon.admin);
 
@@ -70,6 +81,42 @@ fn no_answer_and_no_trace_log_carries_a_secret() {
     assert_eq!(send("POST", "/nope/nope", &json, "{}"), 404);
     assert_eq!(send("GET", "/demo_db/pageviews", &[], ""), 405);
     assert_eq!(send("OPTIONS", "/demo_db/pageviews", &[], ""), 204);
+    let shop = [("Origin", "https://shop.example")];
+    let preflight = [
+        ("Origin", "https://shop.example"),
+        ("Access-Control-Request-Method", "POST"),
+    ];
+    assert_eq!(
+        send("OPTIONS", "/public/demo_db/clicks", &preflight, ""),
+        204
+    );
+    let event = r#"{"td_client_id":"c"}"#;
+    let from_shop = [shop[0], json[0]];
+    assert_eq!(
+        send("POST", "/public/demo_db/clicks", &from_shop, event),
+        200
+    );
+    let from_evil = [("Origin", "https://evil.example"), json[0]];
+    assert_eq!(
+        send("POST", "/public/demo_db/clicks", &from_evil, event),
+        403
+    );
+    let denied = [("X-Forwarded-For", "192.0.2.1"), json[0]];
+    assert_eq!(send("POST", "/demo_db/pageviews", &denied, event), 403);
+    let big = "h".repeat(40_000);
+    let huge = [("X-Big", big.as_str()), json[0]];
+    assert_eq!(send("POST", "/demo_db/pageviews", &huge, event), 431);
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            send(
+                "POST",
+                "/demo_db/pageviews",
+                &json,
+                r#"{"td_client_id":"r"}"#,
+            )
+        })
+        .collect();
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     assert_eq!(
         send(
             "POST",

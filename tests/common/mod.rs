@@ -160,12 +160,22 @@ pub struct Daemon {
     pub child: std::process::Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// What the process wrote, read as it goes: a full pipe would stall the daemon.
+    output: Vec<std::thread::JoinHandle<String>>,
+}
+
+fn collect(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = from.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 impl Daemon {
     /// Run the binary on the config at `path` (whose listeners are `proxy` and `admin`).
     pub fn spawn(path: &std::path::Path, proxy: u16, admin: u16, env: &[(&str, &str)]) -> Daemon {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
             .args(["run", "--config"])
             .arg(path)
             .envs(env.iter().copied())
@@ -175,33 +185,28 @@ impl Daemon {
             .unwrap();
         let proxy = format!("127.0.0.1:{proxy}").parse().unwrap();
         let admin = format!("127.0.0.1:{admin}").parse().unwrap();
+        let output = vec![
+            collect(child.stderr.take().unwrap()),
+            collect(child.stdout.take().unwrap()),
+        ];
         wait_listening(admin);
         wait_listening(proxy);
         Daemon {
             child,
             proxy,
             admin,
+            output,
         }
     }
 
     /// `kill -9`, and everything it wrote to stdout and stderr.
     pub fn kill(mut self) -> String {
         let _ = self.child.kill();
-        let mut out = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
         let _ = self.child.wait();
-        out
+        self.output
+            .drain(..)
+            .map(|reader| reader.join().unwrap_or_default())
+            .collect()
     }
 }
 
