@@ -88,6 +88,7 @@ fn spool(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("p13n-edge-bench-spool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let settings = SpoolSettings {
+        sync_interval: None,
         dir: dir.clone(),
         max_bytes: 1 << 34,
         segment_bytes: 64 << 20,

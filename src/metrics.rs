@@ -193,7 +193,7 @@ pub static SPOOL_CORRUPT: Lazy<IntCounter> = Lazy::new(|| {
 pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
         "p13n_edge_spool_commits_total",
-        "Group commits (one fdatasync each) of the spool."
+        "Batches written to the spool (each with one fdatasync unless spool.sync_interval_ms is set)."
     )
     .expect("metric registers once")
 });

@@ -197,15 +197,28 @@ fn a_full_spool_refuses_events_instead_of_dropping_them() {
 
 #[test]
 fn kill_9_with_events_in_the_spool_then_restart_delivers_every_accepted_event() {
+    kill_9_then_restart("kill9", "");
+}
+
+#[test]
+fn with_a_sync_interval_a_kill_9_before_any_fdatasync_loses_nothing() {
+    // Acknowledged once written to the OS: a crash of the process keeps the page cache.
+    kill_9_then_restart(
+        "kill9_interval",
+        "[spool]\ndir = \"spool\"\nsync_interval_ms = 10000",
+    );
+}
+
+fn kill_9_then_restart(name: &str, extra: &str) {
     let (_emulator, emulator) = start_emulator(&demo_rules());
     let stats = || request(emulator, "GET", "/_emulator/stats", &[], b"").json();
     let (proxy, admin) = (free_port(), free_port());
-    let dir = scratch("kill9");
+    let dir = scratch(name);
     std::fs::write(dir.join("key"), KEY).unwrap();
     let path = dir.join("p13n-edge.toml");
     std::fs::write(
         &path,
-        config_toml(proxy, admin, &format!("http://{emulator}"), ""),
+        config_toml(proxy, admin, &format!("http://{emulator}"), extra),
     )
     .unwrap();
     let daemon = Daemon::spawn(&path, proxy, admin, &[]);

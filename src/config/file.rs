@@ -202,6 +202,11 @@ pub struct SpoolSection {
     /// Size at which a new segment is started.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// 0: `fdatasync` before an event is acknowledged (survives power loss). Above 0: acknowledge
+    /// once written to the OS (survives a crash of the process) and `fdatasync` at most this
+    /// often; an OS crash or power loss can lose that window.
+    #[serde(default)]
+    pub sync_interval_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -109,7 +109,12 @@ pub(super) fn build(
         dir: base_dir.join(&sp.dir),
         max_bytes: sp.max_bytes,
         segment_bytes: sp.segment_bytes,
+        sync_interval: (sp.sync_interval_ms > 0)
+            .then(|| Duration::from_millis(sp.sync_interval_ms)),
     };
+    if sp.sync_interval_ms > 10_000 {
+        problems.push("spool.sync_interval_ms must be at most 10000".into());
+    }
     if file.services.is_empty() {
         problems.push("no [[service]] is configured: the proxy would serve nothing".into());
     }

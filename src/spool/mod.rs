@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch, Notify};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,9 @@ pub struct SpoolSettings {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub segment_bytes: u64,
+    /// `None`: `fdatasync` before acknowledging (survives power loss). `Some(d)`: acknowledge
+    /// once written (survives a process crash) and `fdatasync` at most every `d`.
+    pub sync_interval: Option<std::time::Duration>,
 }
 
 /// Where the writer has committed up to.
@@ -249,7 +252,25 @@ impl Spool {
         mut segment: u64,
     ) {
         let mut size = 0u64;
-        while let Ok(first) = jobs.recv() {
+        // Written but not yet synced, in `sync_interval` mode: since when.
+        let mut dirty_since: Option<Instant> = None;
+        let interval = self.settings.sync_interval;
+        loop {
+            let first = match interval {
+                None => jobs.recv().ok(),
+                Some(d) => match jobs.recv_timeout(d) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        sync_if_dirty(&file, &mut dirty_since);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            let Some(first) = first else {
+                sync_if_dirty(&file, &mut dirty_since);
+                return;
+            };
             let mut batch = vec![first];
             batch.extend(jobs.try_iter().take(QUEUE));
             let mut buf = Vec::new();
@@ -266,7 +287,18 @@ impl Spool {
             if accepted.is_empty() {
                 continue;
             }
-            let written = file.write_all(&buf).and_then(|()| file.sync_data());
+            let written = file.write_all(&buf).and_then(|()| match interval {
+                None => file.sync_data(),
+                Some(d) => {
+                    let since = *dirty_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= d {
+                        dirty_since = None;
+                        file.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                }
+            });
             if let Err(e) = written {
                 tracing::error!(error = %e, "spool write failed; refusing this batch");
                 let _ = file.set_len(size);
@@ -290,6 +322,7 @@ impl Spool {
                 let _ = done.send(Ok(()));
             }
             if size >= self.settings.segment_bytes {
+                sync_if_dirty(&file, &mut dirty_since);
                 match open_segment(&self.settings.dir, segment + 1) {
                     Ok(next) => {
                         file = next;
@@ -311,6 +344,15 @@ impl Spool {
 
 /// Take the spool's lock, waiting while another process holds it: during a graceful upgrade the
 /// new process starts replaying only once the old one has exited.
+/// In `sync_interval` mode: make what was written durable, if anything is pending.
+fn sync_if_dirty(file: &std::fs::File, dirty_since: &mut Option<Instant>) {
+    if dirty_since.take().is_some() {
+        if let Err(e) = file.sync_data() {
+            tracing::error!(error = %e, "spool fdatasync failed");
+        }
+    }
+}
+
 fn lock(dir: &Path) -> std::io::Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)

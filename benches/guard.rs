@@ -1,0 +1,73 @@
+//! The guard step: rate-limit decisions, and the limiter's memory under a flood of distinct
+//! clients. Run: `cargo bench --bench guard`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use p13n_edge::guard::rate::{BucketSpec, Limiter};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+const TRACKED: usize = 100_000;
+
+fn address(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
+}
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// RSS growth with 100k, then 1M and 3M distinct addresses: the limiter stops at `TRACKED`.
+fn memory() {
+    let spec = BucketSpec::try_new(1.0, 20.0).unwrap();
+    let limiter = Limiter::new(TRACKED);
+    let now = Instant::now();
+    let before = rss_bytes();
+    let mut sent = 0u32;
+    for target in [100_000u32, 1_000_000, 3_000_000] {
+        while sent < target {
+            black_box(limiter.check(address(sent), spec, now));
+            sent += 1;
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        println!(
+            "limiter memory: {sent:>9} distinct addresses -> {:>6} tracked, RSS +{:.1} MiB ({} B per tracked key)",
+            limiter.tracked(),
+            grown as f64 / 1048576.0,
+            grown / limiter.tracked().max(1)
+        );
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    memory();
+    let spec = BucketSpec::try_new(1e9, 1e9).unwrap();
+    let mut g = c.benchmark_group("rate_limit");
+    let limiter = Limiter::new(TRACKED);
+    let now = Instant::now();
+    for i in 0..TRACKED as u32 {
+        limiter.check(address(i), spec, now);
+    }
+    g.bench_function("known address", |b| {
+        let mut i = 0u32;
+        b.iter(|| {
+            i = (i + 7919) % TRACKED as u32;
+            black_box(limiter.check(address(i), spec, Instant::now()))
+        })
+    });
+    g.bench_function("new address at the cap", |b| {
+        let mut i = TRACKED as u32;
+        b.iter(|| {
+            i += 1;
+            black_box(limiter.check(address(i), spec, Instant::now()))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decisions);
+criterion_main!(benches);
