@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use p13n_edge::config::Config;
 use p13n_edge::event::{content_type_ok, identify};
-use p13n_edge::upstream::{request_header, Call};
+use p13n_edge::upstream::{request_bytes, Call};
 
 const EVENT: &[u8] = br#"{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_url":"https://example.com/retail","td_path":"/retail"}"#;
 
@@ -47,14 +47,14 @@ fn benches(c: &mut Criterion) {
         b.iter(|| config.route(black_box("/demo_db/pageviews")).is_some())
     });
     let body = bytes::Bytes::from_static(EVENT);
-    c.bench_function("build the upstream request header", |b| {
+    c.bench_function("build the upstream request", |b| {
         b.iter(|| {
             let call = Call {
                 route: route.clone(),
                 body: body.clone(),
                 client: Default::default(),
             };
-            request_header(&call).unwrap()
+            request_bytes(&call)
         })
     });
 }

@@ -146,3 +146,35 @@ fn a_slow_upstream_gets_504_and_a_dead_one_502() {
     let r = post_json(running.1, r#"{"td_client_id":"v"}"#);
     r.assert_error(502, 502);
 }
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_replaced_without_losing_or_repeating_events() {
+    // An upstream that answers with keep-alive, then closes the connection while it is idle.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            if read_message(&mut stream).is_some() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}";
+                let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // Dropped: closed after the answer, as an upstream's idle timeout would.
+        }
+    });
+    let config = load_config(
+        "stale_pool",
+        &config_toml(free_port(), free_port(), &format!("http://{upstream}"), ""),
+    );
+    let (_proxy, addr) = start_proxy(config);
+    for i in 0..5 {
+        let r = post_json(addr, &format!(r#"{{"td_client_id":"p{i}"}}"#));
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 5);
+}

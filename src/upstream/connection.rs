@@ -1,50 +1,57 @@
-//! One attempt at one upstream address: a pooled pingora connection, a fresh request header,
-//! the body, and the whole answer read back.
+//! One attempt at one upstream address: a pooled connection (or a new one from pingora's
+//! transport connector), the request written in one piece, and the whole answer read back with
+//! pingora's HTTP/1 response parser. Pingora's HTTP client flushes the request header apart
+//! from the body: two sends where one does.
 
+use super::pool::Pool;
 use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::event::VENDOR_CONTENT_TYPE;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderValue;
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::connectors::TransportConnector;
+use pingora::protocols::http::v1::client::HttpSession;
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
 
-/// Send `call` to `addr`. A pooled connection that the upstream closed while idle fails on
-/// first use, and pingora marks such errors retryable: only then is the call made again, once,
-/// on a fresh connection.
+/// Send `call` to `addr`. A pooled connection that the upstream closed while idle fails before
+/// any answer: only then is the call made again, once, on a new connection.
 pub(super) async fn attempt(
-    connector: &Connector,
+    transport: &TransportConnector,
+    pool: &Pool,
     addr: SocketAddr,
     call: &Call,
     limits: CallLimits,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let peer = peer(addr, &call.route.service.upstream, &limits.timeouts);
-    for _ in 0..2 {
-        let (mut session, reused) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        match exchange(&mut session, call, limits.max_body).await {
-            Ok(response) => {
-                if session.response_done() {
-                    let idle = Some(limits.timeouts.upstream_idle);
-                    connector.release_http_session(session, &peer, idle).await;
+    let key = peer.reuse_hash();
+    let request = request_bytes(call);
+    if let Some(stream) = pool.take(key, limits.timeouts.upstream_idle) {
+        match exchange(stream, &request, limits.max_body).await {
+            Ok((response, reusable)) => {
+                if let Some(stream) = reusable {
+                    pool.put(key, stream);
                 }
                 return Ok(response);
             }
-            Err(Failure::Pingora(mut e)) => {
-                e.retry.decide_reuse(reused);
-                if !(reused && e.retry()) {
-                    return Err(UpstreamError::Io(e.to_string()));
-                }
-            }
-            Err(Failure::TooLarge) => return Err(UpstreamError::TooLarge(limits.max_body)),
+            // Closed while idle: nothing was processed.
+            Err(Failure::Stale(_)) => {}
+            Err(failure) => return Err(failure.into_error(limits.max_body)),
         }
     }
-    Err(UpstreamError::Io("stale pooled connections".into()))
+    let stream = transport
+        .new_stream(&peer)
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let (response, reusable) = exchange(stream, &request, limits.max_body)
+        .await
+        .map_err(|f| f.into_error(limits.max_body))?;
+    if let Some(stream) = reusable {
+        pool.put(key, stream);
+    }
+    Ok(response)
 }
 
 fn peer(addr: SocketAddr, target: &UpstreamTarget, t: &Timeouts) -> HttpPeer {
@@ -64,51 +71,75 @@ fn peer(addr: SocketAddr, target: &UpstreamTarget, t: &Timeouts) -> HttpPeer {
 }
 
 enum Failure {
-    Pingora(Box<pingora::Error>),
+    /// The connection ended before any answer: on a pooled connection, safe to try again.
+    Stale(String),
+    Io(String),
     TooLarge,
 }
 
-impl From<Box<pingora::Error>> for Failure {
-    fn from(e: Box<pingora::Error>) -> Self {
-        Failure::Pingora(e)
+impl Failure {
+    fn into_error(self, max_body: usize) -> UpstreamError {
+        match self {
+            Failure::Stale(e) | Failure::Io(e) => UpstreamError::Io(e),
+            Failure::TooLarge => UpstreamError::TooLarge(max_body),
+        }
     }
 }
 
-/// Build the upstream request: a fresh header set, so nothing a client sent (credentials,
-/// cookies, hop-by-hop headers) can pass through.
-pub fn request_header(call: &Call) -> Result<RequestHeader, Box<pingora::Error>> {
+/// The upstream request, header and body in one buffer: a fresh header set, so nothing a
+/// client sent (credentials, cookies, hop-by-hop headers) can pass through. Every value is an
+/// `HeaderValue`, checked when it was made, so none can break the framing.
+pub fn request_bytes(call: &Call) -> Bytes {
     let route = &call.route;
-    let mut req = RequestHeader::build("POST", route.path.as_bytes(), Some(6))?;
-    req.insert_header(
-        http::header::HOST,
-        route.service.upstream.authority.as_str(),
-    )?;
-    req.insert_header(http::header::AUTHORIZATION, route.authorization.clone())?;
-    req.insert_header("WP13n-Token", route.token.clone())?;
-    req.insert_header(http::header::CONTENT_TYPE, VENDOR_CONTENT_TYPE)?;
-    req.insert_header(http::header::CONTENT_LENGTH, call.body.len())?;
-    req.insert_header(http::header::ACCEPT, "application/json")?;
+    let mut buf = BytesMut::with_capacity(320 + call.body.len());
+    buf.put_slice(b"POST ");
+    buf.put_slice(route.path.as_bytes());
+    buf.put_slice(b" HTTP/1.1\r\n");
+    let mut header = |name: &[u8], value: &[u8]| {
+        buf.put_slice(name);
+        buf.put_slice(b": ");
+        buf.put_slice(value);
+        buf.put_slice(b"\r\n");
+    };
+    header(b"Host", route.service.upstream.authority.as_bytes());
+    header(b"Authorization", route.authorization.as_bytes());
+    header(b"WP13n-Token", route.token.as_bytes());
+    header(b"Content-Type", VENDOR_CONTENT_TYPE.as_bytes());
+    header(b"Content-Length", call.body.len().to_string().as_bytes());
+    header(b"Accept", b"application/json");
     if let Some(ua) = &call.client.user_agent {
-        req.insert_header(http::header::USER_AGENT, ua.clone())?;
+        header(b"User-Agent", ua.as_bytes());
     }
     if let Some(address) = call.client.address {
-        req.insert_header("X-Forwarded-For", address.to_string())?;
+        header(b"X-Forwarded-For", address.to_string().as_bytes());
     }
-    Ok(req)
+    buf.put_slice(b"\r\n");
+    buf.put_slice(&call.body);
+    buf.freeze()
 }
 
+/// Write the request, read the answer; the connection back when it can be reused.
 async fn exchange(
-    session: &mut HttpSession,
-    call: &Call,
+    mut stream: Stream,
+    request: &[u8],
     max_body: usize,
-) -> Result<UpstreamResponse, Failure> {
-    session
-        .write_request_header(Box::new(request_header(call)?))
-        .await?;
-    session.write_request_body(call.body.clone(), true).await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    let header = session.response_header().expect("read above");
+) -> Result<(UpstreamResponse, Option<Stream>), Failure> {
+    let written = async {
+        stream.write_all(request).await?;
+        stream.flush().await
+    };
+    written.await.map_err(|e| Failure::Stale(e.to_string()))?;
+    let mut session = HttpSession::new(stream);
+    if let Err(mut e) = session.read_response().await {
+        // Pingora marks "closed before any byte of the answer" as retryable on reuse.
+        e.retry.decide_reuse(true);
+        return Err(if e.retry() {
+            Failure::Stale(e.to_string())
+        } else {
+            Failure::Io(e.to_string())
+        });
+    }
+    let header = session.resp_header().expect("read above");
     let status = header.status.as_u16();
     // Own copies: a parsed header value shares the whole read buffer (kilobytes), and the
     // content type lives on in the offer cache.
@@ -121,17 +152,26 @@ async fn exchange(
     let content_type = owned(http::header::CONTENT_TYPE);
     let retry_after = owned(http::header::RETRY_AFTER);
     let mut body = Vec::new();
-    while let Some(chunk) = session.read_response_body().await? {
-        if body.len() + chunk.len() > max_body {
-            return Err(Failure::TooLarge);
+    loop {
+        match session.read_body_ref().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max_body {
+                    return Err(Failure::TooLarge);
+                }
+                body.extend_from_slice(chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(Failure::Io(e.to_string())),
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(UpstreamResponse {
+    session.respect_keepalive();
+    let reusable = session.reuse().await;
+    let response = UpstreamResponse {
         status,
         content_type,
         retry_after,
         // Exactly sized: the body may live on in the offer cache.
         body: Bytes::from(body.into_boxed_slice()),
-    })
+    };
+    Ok((response, reusable))
 }

@@ -7,11 +7,12 @@ mod budget;
 mod circuit;
 mod connection;
 mod dns;
+mod pool;
 
 pub use backoff::{parse_retry_after, Backoff, BackoffError};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use circuit::{Circuit, CircuitSettings, CircuitState};
-pub use connection::request_header;
+pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError};
 
 use crate::config::{Route, Timeouts};
@@ -20,8 +21,8 @@ use crate::metrics;
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::HeaderValue;
-use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::connectors::TransportConnector;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -116,13 +117,14 @@ pub struct CallPolicy {
     pub circuit: CircuitSettings,
 }
 
-/// Idle upstream connections kept per process.
+/// Idle upstream connections kept per upstream peer.
 const POOL_SIZE: usize = 256;
 
 /// Connection pool, DNS cache, retry budgets (per service) and circuits (per upstream), shared
 /// by every call for the life of the process: they survive config reloads.
 pub struct UpstreamClient {
-    connector: Connector,
+    transport: TransportConnector,
+    pool: pool::Pool,
     dns: DnsCache,
     budgets: DashMap<String, Arc<RetryBudget>>,
     circuits: DashMap<String, Arc<Mutex<Circuit>>>,
@@ -136,7 +138,8 @@ impl UpstreamClient {
         let mut options = ConnectorOptions::new(POOL_SIZE);
         options.ca_file = ca_file;
         UpstreamClient {
-            connector: Connector::new(Some(options)),
+            transport: TransportConnector::new(Some(options)),
+            pool: pool::Pool::new(POOL_SIZE),
             dns: DnsCache::new(dns_ttl),
             budgets: DashMap::new(),
             circuits: DashMap::new(),
@@ -261,7 +264,7 @@ impl UpstreamClient {
         let target = &call.route.service.upstream;
         let mut last = None;
         for addr in self.dns.resolve(&target.host, target.port).await? {
-            match connection::attempt(&self.connector, addr, call, limits).await {
+            match connection::attempt(&self.transport, &self.pool, addr, call, limits).await {
                 // Nothing was sent: the next address of the host may answer.
                 Err(e @ UpstreamError::Connect(_)) => last = Some(e),
                 other => return other,
