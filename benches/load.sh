@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: a direct call to a static upstream, nginx as the equivalent proxy,
-# p13n-edge pass-through, p13n-edge fast (cache hit), and p13n-edge in front of its emulator.
-# Alternating, over ROUNDS rounds; prints medians and ratios and writes benches/results.md.
-# Then RSS per cached visitor at 100k and 1M visitors. One command, from a fresh checkout:
+# p13n-edge pass-through, p13n-edge fast (cache hit; spool fdatasync per group commit, and with
+# spool.sync_interval_ms = 100), a bare pingora proxy answering from memory (the ceiling of a
+# hit, examples/ceiling.rs), and p13n-edge in front of its emulator. Alternating, over ROUNDS
+# rounds; prints medians and ratios and writes benches/results.md. Then p99 at half of the
+# pass-through peak (direct, nginx, pass-through at the same offered rate), and RSS per cached
+# visitor at 100k and 1M visitors. One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 scripts/setup
-cargo build --release -q
+cargo build --release -q --bins --example ceiling
 BIN=target/release/p13n-edge
 
 work=$(mktemp -d /tmp/p13n-edge-load.XXXXXX)
@@ -30,6 +33,7 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NGX=$(port); PASS=$(port); PASS_ADMIN=$(port); FAST=$(port); FAST_ADMIN=$(port)
+FSYNC=$(port); FSYNC_ADMIN=$(port); CEIL=$(port)
 EMU=$(port); EMUP=$(port); EMUP_ADMIN=$(port)
 OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
 KEY=1/0123456789abcdef0123456789abcdef01234567
@@ -69,7 +73,7 @@ http {
 NGX
 "$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
 
-proxy_config() { # name port admin upstream mode
+proxy_config() { # name port admin upstream mode [spool sync interval ms]
   cat > "$work/$1.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
@@ -82,6 +86,7 @@ pid_file = "$work/$1.pid"
 listen = "127.0.0.1:$3"
 [spool]
 dir = "$work/$1-spool"
+sync_interval_ms = ${6:-0}
 [[service]]
 name = "bench"
 base_url = "http://127.0.0.1:$4"
@@ -100,12 +105,15 @@ TOML
 }
 proxy_config pass "$PASS" "$PASS_ADMIN" "$UP" pass-through
 proxy_config fast "$FAST" "$FAST_ADMIN" "$UP" fast
+proxy_config fastsync "$FSYNC" "$FSYNC_ADMIN" "$UP" fast 100
 proxy_config emu "$EMUP" "$EMUP_ADMIN" "$EMU" pass-through
 RUST_LOG=warn $BIN run --config "$work/pass.toml" 2>"$work/pass.log" & pids+=($!); PASS_PID=$!
 RUST_LOG=warn $BIN run --config "$work/fast.toml" 2>"$work/fast.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/fastsync.toml" 2>"$work/fastsync.log" & pids+=($!)
+RUST_LOG=warn target/release/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" & pids+=($!)
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!)
 RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!)
-for p in $UP $NGX $PASS $FAST $EMU $EMUP; do
+for p in $UP $NGX $PASS $FAST $FSYNC $CEIL $EMU $EMUP; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -114,9 +122,11 @@ declare -A TARGET=(
   [nginx]="http://127.0.0.1:$NGX/demo_db/pageviews"
   [pass]="http://127.0.0.1:$PASS/demo_db/pageviews"
   [fast]="http://127.0.0.1:$FAST/demo_db/pageviews"
+  [fastsync]="http://127.0.0.1:$FSYNC/demo_db/pageviews"
+  [ceiling]="http://127.0.0.1:$CEIL/demo_db/pageviews"
   [emulator]="http://127.0.0.1:$EMUP/demo_db/pageviews"
 )
-ORDER=(direct nginx pass fast emulator)
+ORDER=(direct nginx pass fast fastsync ceiling emulator)
 for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
     -d '{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/retail"}' "${TARGET[$t]}")
@@ -141,6 +151,21 @@ declare -A M
 for t in "${ORDER[@]}"; do M[$t]=$(echo "${RPS[$t]}" | median); done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
+# p99 at half of the pass-through peak: the same offered rate for direct, nginx and pass-through.
+HALF=$(awk -v r="${M[pass]}" 'BEGIN {printf "%d", r / 2}')
+PACED_CONNS=$(awk -v r="$HALF" 'BEGIN {c = int(r * 0.010 + 0.5); print (c < 1 ? 1 : c)}')
+declare -A HRPS HP99
+for round in $(seq "$ROUNDS"); do
+  for t in direct nginx pass; do
+    out=$(wrk -t1 -c"$PACED_CONNS" -d"${SECS}s" --latency -s benches/load/paced.lua "${TARGET[$t]}")
+    HRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+    HP99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
+  done
+done
+declare -A H
+for t in direct nginx pass; do H[$t]=$(echo "${HP99[$t]}" | median); done
+added() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
+
 # Memory per cached visitor: RSS of the pass-through proxy before and after N new visitors.
 rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
 entries() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_entries / {print $2}'; }
@@ -161,7 +186,9 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 {
   echo "Measured $(date -u +%Y-%m-%d) on $machine; wrk 1 thread, $CONNS connections, ${SECS}s x $ROUNDS rounds,"
   echo "alternating targets; medians. Every server has one worker. The upstream is nginx returning a"
-  echo "fixed offers JSON; \`emulator\` is p13n-edge in front of its own emulator."
+  echo "fixed offers JSON. \`fast\` answers cache hits (its spool fdatasyncs each group commit before"
+  echo "answering), \`fastsync\` the same with \`spool.sync_interval_ms = 100\`; \`ceiling\` is a bare pingora"
+  echo "proxy answering from memory (examples/ceiling.rs); \`emulator\` is p13n-edge in front of its own emulator."
   echo
   echo "| target | req/s | p50 ms | p99 ms |"
   echo "|---|---|---|---|"
@@ -176,6 +203,18 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   echo "| nginx / direct | $(ratio "${M[nginx]}" "${M[direct]}") |"
   echo "| p13n-edge fast (hit) / pass-through | $(ratio "${M[fast]}" "${M[pass]}") |"
   echo "| p13n-edge fast (hit) / nginx | $(ratio "${M[fast]}" "${M[nginx]}") |"
+  echo "| p13n-edge fast (hit) / ceiling | $(ratio "${M[fast]}" "${M[ceiling]}") |"
+  echo "| p13n-edge fast, sync 100 ms / nginx | $(ratio "${M[fastsync]}" "${M[nginx]}") |"
+  echo "| p13n-edge fast, sync 100 ms / ceiling | $(ratio "${M[fastsync]}" "${M[ceiling]}") |"
+  echo
+  echo "p99 at half of the pass-through peak: $PACED_CONNS connections each waiting 10 ms between"
+  echo "requests (wrk), the same for each target; medians of $ROUNDS runs."
+  echo
+  echo "| target | req/s | p99 ms | added p99 over direct |"
+  echo "|---|---|---|---|"
+  for t in direct nginx pass; do
+    echo "| $t | $(echo "${HRPS[$t]}" | median) | ${H[$t]} | $(added "${H[$t]}" "${H[direct]}") ms |"
+  done
   echo
   echo "Memory per cached visitor (pass-through proxy, RSS growth over the visitors added; the"
   echo "payload is a ${#OFFERS}-byte offers body plus a 35-byte visitor id):"

@@ -141,18 +141,8 @@ impl Edge {
             return Err(EdgeError::HeadersTooLarge(config.max_header_bytes));
         }
         request_target_ok(req)?;
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        let client = config.clients.client_address(
-            peer,
-            req.headers.get_all("x-forwarded-for").iter(),
-            req.headers.get_all("forwarded").iter(),
-        );
-        if !config.clients.permits(client) {
-            return Err(EdgeError::ClientRefused);
-        }
+        let client = client_address(session, config)?;
+        let req = session.req_header();
         let route = config
             .route(req.uri.path())
             .ok_or(EdgeError::UnknownRoute)?
@@ -198,6 +188,25 @@ impl Edge {
         self.flow
             .deliver(config, route, visitor.value, body, info)
             .await
+    }
+}
+
+/// The client's address (see `ClientPolicy::client_address`), if the client lists admit it.
+fn client_address(session: &Session, config: &Config) -> Result<IpAddr, EdgeError> {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let headers = &session.req_header().headers;
+    let client = config.clients.client_address(
+        peer,
+        headers.get_all("x-forwarded-for").iter(),
+        headers.get_all("forwarded").iter(),
+    );
+    if config.clients.permits(client) {
+        Ok(client)
+    } else {
+        Err(EdgeError::ClientRefused)
     }
 }
 
