@@ -6,6 +6,7 @@
 
 use crate::metrics;
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::HeaderValue;
 use std::collections::VecDeque;
@@ -48,6 +49,8 @@ pub struct Offers {
 struct Slot {
     offers: Offers,
     generation: u64,
+    /// Refreshed since it was last at the front of the queue: it gets a second chance.
+    refreshed: bool,
 }
 
 /// How fresh a cached answer is.
@@ -110,17 +113,27 @@ impl OfferCache {
         if size > self.limits.max_bytes {
             return;
         }
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let old = self.map.insert(key.clone(), Slot { offers, generation });
         self.bytes.fetch_add(size, Ordering::Relaxed);
-        match old {
-            Some(old) => {
+        match self.map.entry(key) {
+            // A returning visitor is marked, not queued again: re-queuing on every refresh grew
+            // the queue with dead items, and pruning them was a pass over millions of items
+            // under the queue's lock (a stall for every request waiting on it).
+            Entry::Occupied(mut slot) => {
+                slot.get_mut().refreshed = true;
+                let old = std::mem::replace(&mut slot.get_mut().offers, offers);
                 self.bytes
-                    .fetch_sub(key.size() + old.offers.body.len(), Ordering::Relaxed);
-                // The queue still holds the old generation; re-queue so the entry is findable.
+                    .fetch_sub(slot.key().size() + old.body.len(), Ordering::Relaxed);
+            }
+            Entry::Vacant(vacant) => {
+                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                let key = vacant.key().clone();
+                vacant.insert(Slot {
+                    offers,
+                    generation,
+                    refreshed: false,
+                });
                 self.lock_order().push_back((key, generation));
             }
-            None => self.lock_order().push_back((key, generation)),
         }
         self.evict();
         self.publish();
@@ -165,18 +178,26 @@ impl OfferCache {
             let Some((key, generation)) = order.pop_front() else {
                 break;
             };
-            // Only the queue item of the entry's current generation evicts it.
-            let removed = self
-                .map
-                .remove_if(&key, |_, slot| slot.generation == generation);
-            if let Some((k, slot)) = removed {
+            // Only the queue item of the entry's current generation evicts it; a refreshed
+            // entry goes to the back once instead (second-chance FIFO).
+            let mut again = false;
+            let removed = self.map.remove_if_mut(&key, |_, slot| {
+                if slot.generation != generation {
+                    return false;
+                }
+                again = std::mem::take(&mut slot.refreshed);
+                !again
+            });
+            if again {
+                order.push_back((key, generation));
+            } else if let Some((k, slot)) = removed {
                 self.bytes
                     .fetch_sub(k.size() + slot.offers.body.len(), Ordering::Relaxed);
                 metrics::CACHE_EVICTIONS.inc();
             }
         }
-        // Queue items of replaced or removed entries are dropped once they reach the front;
-        // bound their number so the queue cannot outgrow the map by much.
+        // Queue items of removed entries are dropped once they reach the front; bound their
+        // number so the queue cannot outgrow the map by much.
         if order.len() > 2 * self.map.len() + 1024 {
             order.retain(|(k, g)| self.map.get(k).is_some_and(|s| s.generation == *g));
         }
@@ -267,7 +288,7 @@ mod tests {
         for v in ["v1", "v2", "v3"] {
             cache.insert(key("a", v), offers("x", t));
         }
-        cache.insert(key("a", "v1"), offers("refreshed", t)); // v1 re-queued behind v3
+        cache.insert(key("a", "v1"), offers("refreshed", t)); // v1 gets a second chance
         cache.insert(key("a", "v4"), offers("x", t));
         assert!(
             cache.get(&key("a", "v2"), S, S, t).is_none(),
@@ -295,6 +316,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 5);
         assert_eq!(cache.bytes(), 5 * per_entry);
-        assert!(cache.lock_order().len() < 2 * 5 + 1024 + 1);
+        // One queue item per visitor, however often it is refreshed.
+        assert_eq!(cache.lock_order().len(), 5);
     }
 }
