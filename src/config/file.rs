@@ -4,6 +4,7 @@
 //! Unknown keys are refused, but through `serde_ignored` rather than `deny_unknown_fields`:
 //! serde stops at the first unknown key, and operators want every problem in one run.
 
+use super::defaults::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -345,133 +346,6 @@ pub struct RouteSection {
     pub public: bool,
     /// Name of the token (from `tokens`) this route sends.
     pub token: String,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-fn default_admin_listen() -> String {
-    "127.0.0.1:9090".into()
-}
-fn default_threads() -> usize {
-    2
-}
-fn default_grace() -> u64 {
-    5
-}
-fn default_upgrade_sock() -> String {
-    "/tmp/p13n-edge-upgrade.sock".into()
-}
-fn default_pid_file() -> String {
-    "/tmp/p13n-edge.pid".into()
-}
-pub(crate) fn default_max_body() -> usize {
-    65536
-}
-fn default_max_upstream_body() -> usize {
-    1 << 20
-}
-fn default_connect_ms() -> u64 {
-    1000
-}
-fn default_upstream_ms() -> u64 {
-    2000
-}
-fn default_client_body_ms() -> u64 {
-    10_000
-}
-fn default_client_header_ms() -> u64 {
-    10_000
-}
-fn default_client_idle_ms() -> u64 {
-    20_000
-}
-fn default_max_header() -> usize {
-    32 << 10
-}
-fn default_address_burst() -> f64 {
-    20.0
-}
-fn default_identifier_burst() -> f64 {
-    10.0
-}
-fn default_max_tracked() -> usize {
-    100_000
-}
-fn default_upstream_idle_ms() -> u64 {
-    30_000
-}
-fn default_dns_ttl_ms() -> u64 {
-    30_000
-}
-fn default_true() -> bool {
-    true
-}
-fn default_max_age() -> u64 {
-    600
-}
-fn default_cache_entries() -> usize {
-    1_000_000
-}
-fn default_cache_bytes() -> usize {
-    512 << 20
-}
-fn default_spool_dir() -> String {
-    "/var/lib/p13n-edge/spool".into()
-}
-fn default_spool_bytes() -> u64 {
-    1 << 30
-}
-fn default_segment_bytes() -> u64 {
-    4 << 20
-}
-fn default_cache_mode() -> String {
-    "pass-through".into()
-}
-fn default_fresh_ms() -> u64 {
-    60_000
-}
-fn default_stale_ms() -> u64 {
-    3_600_000
-}
-fn default_background_deadline_ms() -> u64 {
-    30_000
-}
-fn default_deadline_ms() -> u64 {
-    3000
-}
-fn default_max_retries() -> u32 {
-    3
-}
-fn default_backoff_base_ms() -> u64 {
-    25
-}
-fn default_backoff_cap_ms() -> u64 {
-    1000
-}
-fn default_budget_ratio() -> f64 {
-    0.2
-}
-fn default_budget_floor() -> f64 {
-    10.0
-}
-fn default_window_ms() -> u64 {
-    10_000
-}
-fn default_consecutive_failures() -> u32 {
-    5
-}
-fn default_failure_rate() -> f64 {
-    0.5
-}
-fn default_min_calls() -> u32 {
-    20
-}
-fn default_open_ms() -> u64 {
-    5000
-}
-fn default_identifiers() -> Vec<String> {
-    vec!["td_client_id".into()]
 }
 
 macro_rules! default_from_serde {

@@ -1,10 +1,12 @@
 //! Configuration: the TOML file (`file`), its validation into the internal `Config`
 //! (`validate`), and the secrets it loads (`secret`).
 
+mod defaults;
 mod file;
 mod policy;
 mod reload;
 mod secret;
+mod service;
 mod tls;
 mod validate;
 

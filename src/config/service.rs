@@ -1,0 +1,272 @@
+//! One `[[service]]` and its routes: identity, upstream, key, tokens and policies checked, then
+//! built into `Service` and `Route`.
+
+use super::file::{RouteSection, ServiceSection};
+use super::policy::{cache_policy, call_policy, cors_policy};
+use super::validate::{is_hex, is_id, names_ok, MAX_TOKENS_PER_SERVICE, REGIONS};
+use super::{Route, Secret, Service, UpstreamTarget};
+use http::HeaderValue;
+use std::path::Path;
+use std::sync::Arc;
+
+pub(super) fn build_service(
+    s: &ServiceSection,
+    at: &str,
+    base_dir: &Path,
+    problems: &mut Vec<String>,
+) -> Option<Service> {
+    let before = problems.len();
+    if !names_ok(&s.name) {
+        problems.push(format!("{at}: name must match [0-9a-z_]{{3,128}}"));
+    }
+    if !is_id(&s.account_id) {
+        problems.push(format!("{at}: account_id must be digits"));
+    }
+    if !is_id(&s.instance_id) {
+        problems.push(format!("{at}: instance_id must be digits"));
+    }
+    let upstream = upstream_target(s, at, problems);
+    let api_key = load_key(s, at, base_dir, problems);
+    if let Some(key) = &api_key {
+        match key.expose().split_once('/') {
+            Some((account, rest)) if is_id(account) && is_hex(rest, 40) => {
+                if account != s.account_id {
+                    problems.push(format!(
+                        "{at}: the API key's account ({account}) is not account_id ({})",
+                        s.account_id
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{at}: the API key is not in {{account_id}}/{{40 hex}} form"
+            )),
+        }
+    }
+    if s.identifier_cookie.as_ref().is_some_and(|c| {
+        c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    }) {
+        problems.push(format!(
+            "{at}: identifier_cookie must be a cookie name of letters, digits, `_`, `-` and `.`"
+        ));
+    }
+    if s.identifiers.is_empty() || s.identifiers.iter().any(|i| i.is_empty() || i.len() > 128) {
+        problems.push(format!(
+            "{at}: identifiers must list 1 or more field names of 1 to 128 characters"
+        ));
+    }
+    if s.tokens.len() > MAX_TOKENS_PER_SERVICE {
+        problems.push(format!(
+            "{at}: {} tokens, but a personalization service allows at most {MAX_TOKENS_PER_SERVICE}",
+            s.tokens.len()
+        ));
+    }
+    let mut tokens = Vec::new();
+    for (name, value) in &s.tokens {
+        if !names_ok(name) {
+            problems.push(format!(
+                "{at}: token name {name:?} must match [0-9a-z_]{{3,128}}"
+            ));
+        }
+        // The value is never echoed: it is a credential.
+        let parts: Vec<&str> = value.split('/').collect();
+        match parts.as_slice() {
+            [account, instance, token]
+                if is_id(account) && is_id(instance) && is_hex(token, 32) =>
+            {
+                if *account != s.account_id {
+                    problems.push(format!(
+                        "{at}: token {name:?} belongs to account {account}, not to the key's account {}",
+                        s.account_id
+                    ));
+                }
+                if *instance != s.instance_id {
+                    problems.push(format!(
+                        "{at}: token {name:?} belongs to instance {instance}, not {}",
+                        s.instance_id
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{at}: token {name:?} is not in {{account_id}}/{{instance_id}}/{{32 hex}} form"
+            )),
+        }
+        tokens.push((name.clone(), Secret::new(value.as_str())));
+    }
+    if s.routes.is_empty() {
+        problems.push(format!("{at}: no [[service.route]] is configured"));
+    }
+    let policy = call_policy(s, at, problems);
+    let cache = cache_policy(s, at, problems);
+    let cors = cors_policy(s, at, problems);
+    if problems.len() > before {
+        return None;
+    }
+    Some(Service {
+        name: s.name.clone(),
+        upstream: upstream?,
+        account_id: s.account_id.clone(),
+        instance_id: s.instance_id.clone(),
+        api_key: api_key?,
+        identifiers: s.identifiers.clone(),
+        identifier_cookie: s.identifier_cookie.clone(),
+        tokens,
+        policy: policy?,
+        cache: cache?,
+        cors,
+        id: Arc::from(s.name.as_str()),
+    })
+}
+
+fn upstream_target(
+    s: &ServiceSection,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<UpstreamTarget> {
+    match (&s.region, &s.base_url) {
+        (Some(region), None) => {
+            if !REGIONS.contains(&region.as_str()) {
+                problems.push(format!(
+                    "{at}: region {region:?} is not one of {}",
+                    REGIONS.join(", ")
+                ));
+                return None;
+            }
+            let host = format!("{region}.p13n.in.treasuredata.com");
+            Some(UpstreamTarget {
+                tls: true,
+                authority: host.clone(),
+                host,
+                port: 443,
+            })
+        }
+        (None, Some(url)) => {
+            let parsed = parse_base_url(url);
+            if parsed.is_none() {
+                problems.push(format!(
+                    "{at}: base_url {url:?} must be http(s)://host[:port] with no path, query or user"
+                ));
+            }
+            parsed
+        }
+        _ => {
+            problems.push(format!("{at}: set exactly one of region and base_url"));
+            None
+        }
+    }
+}
+
+/// `http(s)://host[:port]`, optionally with a trailing `/`: nothing that could smuggle a path.
+pub(crate) fn parse_base_url(url: &str) -> Option<UpstreamTarget> {
+    let uri: http::Uri = url.parse().ok()?;
+    let tls = match uri.scheme_str()? {
+        "https" => true,
+        "http" => false,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || uri.query().is_some() || !matches!(uri.path(), "" | "/")
+    {
+        return None;
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    Some(UpstreamTarget {
+        tls,
+        host: host.to_string(),
+        port,
+        authority: authority.as_str().to_string(),
+    })
+}
+
+fn load_key(
+    s: &ServiceSection,
+    at: &str,
+    base_dir: &Path,
+    problems: &mut Vec<String>,
+) -> Option<Secret> {
+    let raw = match (&s.api_key_env, &s.api_key_file) {
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) => v,
+            Err(_) => {
+                problems.push(format!(
+                    "{at}: environment variable {var} (api_key_env) is not set"
+                ));
+                return None;
+            }
+        },
+        (None, Some(file)) => {
+            let path = base_dir.join(file);
+            match std::fs::read_to_string(&path) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("{at}: api_key_file {}: {e}", path.display()));
+                    return None;
+                }
+            }
+        }
+        _ => {
+            problems.push(format!(
+                "{at}: set exactly one of api_key_env and api_key_file (keys are never inline)"
+            ));
+            return None;
+        }
+    };
+    Some(Secret::new(raw.trim()))
+}
+
+fn sensitive(value: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+pub(super) fn check_route(
+    s: &ServiceSection,
+    r: &RouteSection,
+    at: &str,
+    problems: &mut Vec<String>,
+) {
+    for (what, name) in [("database", &r.database), ("table", &r.table)] {
+        if !names_ok(name) {
+            problems.push(format!(
+                "{at}: {what} {name:?} must match [0-9a-z_]{{3,128}}"
+            ));
+        }
+    }
+    if !s.tokens.contains_key(&r.token) {
+        problems.push(format!(
+            "{at}: token {:?} is not among the service's tokens",
+            r.token
+        ));
+    }
+}
+
+/// Build a route that `check_route` passed.
+pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Route> {
+    let token = service.tokens.iter().find(|(n, _)| *n == r.token);
+    let prefix = if r.public { "/public" } else { "" };
+    let path = format!("{prefix}/{}/{}", r.database, r.table);
+    let authorization = sensitive(&format!("TD1 {}", service.api_key.expose()))?;
+    let token = sensitive(token?.1.expose())?;
+    Some(Route {
+        service: service.clone(),
+        database: r.database.clone(),
+        table: r.table.clone(),
+        public: r.public,
+        token_name: r.token.clone(),
+        label: path[1..].to_string(),
+        path,
+        authorization,
+        token,
+    })
+}
