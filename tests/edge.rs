@@ -88,6 +88,50 @@ fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
 }
 
 #[test]
+fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
+    let (_p, addr, upstream) = proxy(
+        "trickle",
+        "client_header_ms = 1000\nclient_idle_ms = 2000",
+        "",
+    );
+    // One byte every 150 ms: every read is quick, but the header would take 10 s.
+    let head = format!(
+        "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
+        EVENT.len()
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    let start = Instant::now();
+    let mut cut = false;
+    for byte in head.as_bytes() {
+        if s.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        if start.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let waited = start.elapsed().as_secs_f64();
+    let answered = read_message(&mut s).is_some_and(|m| m.starts_with(b"HTTP/1.1 200"));
+    assert!(!answered, "the trickled request was served");
+    assert!(
+        cut || seconds_until_closed(&mut s) < 1.0,
+        "still open after {waited} s"
+    );
+    assert!(waited < 4.0, "cut after {waited} s");
+    assert!(upstream.seen.lock().unwrap().is_empty());
+    // A kept-alive connection gets a fresh allowance per request.
+    let mut kept = TcpStream::connect(addr).unwrap();
+    for _ in 0..3 {
+        kept.write_all(head.as_bytes()).unwrap();
+        let answer = read_message(&mut kept).expect("an answer");
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+}
+
+#[test]
 fn a_100_kb_header_block_gets_431_and_the_process_stays_up() {
     let (_p, addr, upstream) = proxy("big_headers", "", "");
     let big = "a".repeat(100 * 1024);

@@ -3,7 +3,10 @@
 //! wraps the proxy and applies `timeouts.client_header_ms` to a new connection's first request
 //! and `timeouts.client_idle_ms` between (and inside) the requests that follow. HTTP/2
 //! connections (negotiated by ALPN on the TLS listener) go to pingora as they are, with the
-//! idle timeout as its `h2_idle_timeout`.
+//! idle timeout as its `h2_idle_timeout`. HTTP/1 connections are also wrapped in `slow`'s
+//! whole-header deadline, since per-read timeouts do not stop a client that trickles.
+
+mod slow;
 
 use crate::config::Config;
 use crate::proxy::Edge;
@@ -38,6 +41,7 @@ impl ServerApp for PublicApp {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let timeouts = self.config.load().timeouts;
+        let stream = slow::HeaderDeadline::wrap(stream, timeouts.client_header);
         let mut session = ServerSession::new_http1(stream);
         if *shutdown.borrow() {
             session.set_keepalive(None);
