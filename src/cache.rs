@@ -48,9 +48,18 @@ pub struct Offers {
 #[derive(Debug)]
 struct Slot {
     offers: Offers,
-    generation: u64,
-    /// Refreshed since it was last at the front of the queue: it gets a second chance.
-    refreshed: bool,
+    /// The generation of its queue item, and in the top bit (`REFRESHED`) whether it was
+    /// refreshed since it was queued: then it gets a second chance. One word, not two: this
+    /// is paid per cached visitor.
+    tag: u64,
+}
+
+const REFRESHED: u64 = 1 << 63;
+
+impl Slot {
+    fn generation(&self) -> u64 {
+        self.tag & !REFRESHED
+    }
 }
 
 /// How fresh a cached answer is.
@@ -119,7 +128,7 @@ impl OfferCache {
             // the queue with dead items, and pruning them was a pass over millions of items
             // under the queue's lock (a stall for every request waiting on it).
             Entry::Occupied(mut slot) => {
-                slot.get_mut().refreshed = true;
+                slot.get_mut().tag |= REFRESHED;
                 let old = std::mem::replace(&mut slot.get_mut().offers, offers);
                 self.bytes
                     .fetch_sub(slot.key().size() + old.body.len(), Ordering::Relaxed);
@@ -129,8 +138,7 @@ impl OfferCache {
                 let key = vacant.key().clone();
                 vacant.insert(Slot {
                     offers,
-                    generation,
-                    refreshed: false,
+                    tag: generation,
                 });
                 self.lock_order().push_back((key, generation));
             }
@@ -182,10 +190,11 @@ impl OfferCache {
             // entry goes to the back once instead (second-chance FIFO).
             let mut again = false;
             let removed = self.map.remove_if_mut(&key, |_, slot| {
-                if slot.generation != generation {
+                if slot.generation() != generation {
                     return false;
                 }
-                again = std::mem::take(&mut slot.refreshed);
+                again = slot.tag & REFRESHED != 0;
+                slot.tag = generation;
                 !again
             });
             if again {
@@ -199,7 +208,7 @@ impl OfferCache {
         // Queue items of removed entries are dropped once they reach the front; bound their
         // number so the queue cannot outgrow the map by much.
         if order.len() > 2 * self.map.len() + 1024 {
-            order.retain(|(k, g)| self.map.get(k).is_some_and(|s| s.generation == *g));
+            order.retain(|(k, g)| self.map.get(k).is_some_and(|s| s.generation() == *g));
         }
     }
 
