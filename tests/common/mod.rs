@@ -25,9 +25,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A scratch directory for one test.
+/// A scratch directory for one test, the same for every call with `name` in this process. The
+/// process's start time is in the name too: a pid can come back in a later run, and a stale
+/// directory (an old spool, say) would leak into the new test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-test-{}-{name}", std::process::id()));
+    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("p13n-edge-test-{pid}-{run}-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
