@@ -225,6 +225,14 @@ pub static RATE_LIMIT_TRACKED: Lazy<IntGaugeVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static SLOW_HEADERS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "p13n_edge_slow_headers_total",
+        "HTTP/1 connections closed because a request header took longer than timeouts.client_header_ms."
+    )
+    .expect("metric registers once")
+});
+
 pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_config_reloads_total",
@@ -296,6 +304,7 @@ pub fn init() {
     Lazy::force(&SPOOL_CORRUPT);
     Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&CONFIG_GENERATION);
+    Lazy::force(&SLOW_HEADERS);
     for limiter in ["address", "identifier"] {
         RATE_LIMITED.with_label_values(&[limiter]);
         RATE_LIMIT_OVERFLOW.with_label_values(&[limiter]);

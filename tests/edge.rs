@@ -89,7 +89,7 @@ fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
 
 #[test]
 fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
-    let (_p, addr, upstream) = proxy(
+    let (_p, addr, admin, upstream) = proxy_with_admin(
         "trickle",
         "client_header_ms = 1000\nclient_idle_ms = 2000",
         "",
@@ -121,6 +121,13 @@ fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
     );
     assert!(waited < 4.0, "cut after {waited} s");
     assert!(upstream.seen.lock().unwrap().is_empty());
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("p13n_edge_slow_headers_total ") && !l.ends_with(" 0")),
+        "not counted"
+    );
     // A kept-alive connection gets a fresh allowance per request.
     let mut kept = TcpStream::connect(addr).unwrap();
     for _ in 0..3 {

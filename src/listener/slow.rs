@@ -85,6 +85,7 @@ fn scan(mut matched: u8, bytes: &[u8]) -> Option<u8> {
 }
 
 fn too_slow() -> io::Error {
+    crate::metrics::SLOW_HEADERS.inc();
     io::Error::new(
         io::ErrorKind::TimedOut,
         "request header not complete in time",
