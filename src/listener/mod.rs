@@ -43,26 +43,19 @@ impl ServerApp for PublicApp {
         let timeouts = self.config.load().timeouts;
         let stream = slow::HeaderDeadline::wrap(stream, timeouts.client_header);
         let mut session = ServerSession::new_http1(stream);
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(whole_seconds(timeouts.client_header)));
-        }
-        let mut reused = self.proxy.process_new_http(session, shutdown).await;
-        while let Some((stream, settings)) = reused.map(|r| r.consume()) {
-            let mut session = ServerSession::new_http1(stream);
+        // The first request gets the header timeout; those after it the idle one.
+        let mut silence = timeouts.client_header;
+        loop {
+            // A server shutting down lets no connection be reused.
+            session.set_keepalive((!*shutdown.borrow()).then(|| whole_seconds(silence)));
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            } else {
-                let idle = self.config.load().timeouts.client_idle;
-                session.set_keepalive(Some(whole_seconds(idle)));
-            }
-            reused = self.proxy.process_new_http(session, shutdown).await;
+            silence = self.config.load().timeouts.client_idle;
         }
-        None
     }
 
     async fn cleanup(&self) {
