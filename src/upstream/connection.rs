@@ -28,7 +28,16 @@ pub(super) async fn attempt(
     let peer = peer(addr, &call.route.service.upstream, &limits.timeouts);
     let key = peer.reuse_hash();
     let request = request_bytes(call);
-    if let Some(stream) = pool.take(key, limits.timeouts.upstream_idle) {
+    let mut pooled = pool.take(key, limits.timeouts.upstream_idle);
+    loop {
+        let reused = pooled.is_some();
+        let stream = match pooled.take() {
+            Some(stream) => stream,
+            None => transport
+                .new_stream(&peer)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?,
+        };
         match exchange(stream, &request, limits.max_body).await {
             Ok((response, reusable)) => {
                 if let Some(stream) = reusable {
@@ -36,22 +45,11 @@ pub(super) async fn attempt(
                 }
                 return Ok(response);
             }
-            // Closed while idle: nothing was processed.
-            Err(Failure::Stale(_)) => {}
+            // A pooled connection closed while idle: nothing was processed.
+            Err(Failure::Stale(_)) if reused => {}
             Err(failure) => return Err(failure.into_error(limits.max_body)),
         }
     }
-    let stream = transport
-        .new_stream(&peer)
-        .await
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    let (response, reusable) = exchange(stream, &request, limits.max_body)
-        .await
-        .map_err(|f| f.into_error(limits.max_body))?;
-    if let Some(stream) = reusable {
-        pool.put(key, stream);
-    }
-    Ok(response)
 }
 
 fn peer(addr: SocketAddr, target: &UpstreamTarget, t: &Timeouts) -> HttpPeer {
