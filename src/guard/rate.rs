@@ -5,6 +5,7 @@
 
 use dashmap::DashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,8 @@ impl Bucket {
 /// Buckets by key, at most `max_tracked` of them.
 pub struct Limiter<K: Hash + Eq> {
     buckets: DashMap<K, Bucket>,
+    /// `buckets.len()`, kept here: the map's own count visits every shard, on every request.
+    tracked: AtomicUsize,
     max_tracked: usize,
     overflow: Mutex<Option<Bucket>>,
     last_sweep: Mutex<Option<Instant>>,
@@ -87,6 +90,7 @@ impl<K: Hash + Eq> Limiter<K> {
     pub fn new(max_tracked: usize) -> Self {
         Limiter {
             buckets: DashMap::new(),
+            tracked: AtomicUsize::new(0),
             max_tracked: max_tracked.max(1),
             overflow: Mutex::new(None),
             last_sweep: Mutex::new(None),
@@ -103,10 +107,10 @@ impl<K: Hash + Eq> Limiter<K> {
         if let Some(mut bucket) = self.buckets.get_mut(&key) {
             return (verdict(bucket.take(spec, now)), false);
         }
-        if self.buckets.len() >= self.max_tracked {
+        if self.tracked() >= self.max_tracked {
             self.sweep(spec, now);
         }
-        if self.buckets.len() >= self.max_tracked {
+        if self.tracked() >= self.max_tracked {
             let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
             let bucket = overflow.get_or_insert_with(|| Bucket::full(spec, now));
             return (verdict(bucket.take(spec, now)), true);
@@ -114,7 +118,9 @@ impl<K: Hash + Eq> Limiter<K> {
         let mut bucket = Bucket::full(spec, now);
         let result = bucket.take(spec, now);
         // A racing insert of the same key is harmless: both took from a full bucket.
-        self.buckets.insert(key, bucket);
+        if self.buckets.insert(key, bucket).is_none() {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+        }
         (verdict(result), false)
     }
 
@@ -129,10 +135,11 @@ impl<K: Hash + Eq> Limiter<K> {
             *last = Some(now);
         }
         self.buckets.retain(|_, b| !b.is_full(spec, now));
+        self.tracked.store(self.buckets.len(), Ordering::Relaxed);
     }
 
     pub fn tracked(&self) -> usize {
-        self.buckets.len()
+        self.tracked.load(Ordering::Relaxed)
     }
 }
 
