@@ -161,25 +161,11 @@ fn a_100_kb_header_block_gets_431_and_the_process_stays_up() {
         "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
         "c".repeat(2 << 20)
     );
-    if let Some(r) = try_raw(addr, huge.as_bytes()) {
+    if let Some(r) = try_raw_request(addr, huge.as_bytes()) {
         assert_eq!(r.status, 400);
     }
     assert_eq!(post_json(addr, EVENT).status, 200);
     assert_eq!(upstream.seen.lock().unwrap().len(), 1);
-}
-
-fn try_raw(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = s.write_all(raw);
-    let msg = read_message(&mut s)?;
-    let text = String::from_utf8_lossy(&msg).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some(Response {
-        status,
-        head: text.clone(),
-        body: Vec::new(),
-    })
 }
 
 #[test]

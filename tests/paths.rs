@@ -4,9 +4,7 @@
 mod common;
 
 use common::*;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}";
 const EVENT: &str = r#"{"td_client_id":"v1"}"#;
@@ -18,15 +16,7 @@ fn status_of(addr: SocketAddr, line: &str, headers: &str) -> Option<u16> {
         "{line}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
         EVENT.len()
     );
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).ok()?;
-    let msg = read_message(&mut s)?;
-    String::from_utf8_lossy(&msg)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
+    try_raw_request(addr, raw.as_bytes()).map(|r| r.status)
 }
 
 #[test]

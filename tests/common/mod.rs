@@ -464,6 +464,11 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Response {
     exchange(addr, raw, false)
 }
 
+/// Send raw bytes; `None` when the connection fails or closes without a whole response.
+pub fn try_raw_request(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
+    try_exchange(addr, raw, false)
+}
+
 fn exchange(addr: SocketAddr, raw: &[u8], head_only: bool) -> Response {
     try_exchange(addr, raw, head_only).expect("a response")
 }
