@@ -92,6 +92,7 @@ fn spool(c: &mut Criterion) {
         dir: dir.clone(),
         max_bytes: 1 << 34,
         segment_bytes: 64 << 20,
+        replay_concurrency: 8,
     };
     let spool = Spool::open(settings).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -209,6 +209,10 @@ pub struct SpoolSection {
     /// often; an OS crash or power loss can lose that window.
     #[serde(default)]
     pub sync_interval_ms: u64,
+    /// Spooled events sent to the upstream at once by replay; a visitor's own events still go
+    /// one after another, in order.
+    #[serde(default = "default_replay_concurrency")]
+    pub replay_concurrency: usize,
 }
 
 #[derive(Debug, Deserialize)]

@@ -162,12 +162,16 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
     if sp.sync_interval_ms > 10_000 {
         problems.push("spool.sync_interval_ms must be at most 10000".into());
     }
+    if !(1..=256).contains(&sp.replay_concurrency) {
+        problems.push("spool.replay_concurrency must be between 1 and 256".into());
+    }
     SpoolSettings {
         dir: base_dir.join(&sp.dir),
         max_bytes: sp.max_bytes,
         segment_bytes: sp.segment_bytes,
         sync_interval: (sp.sync_interval_ms > 0)
             .then(|| Duration::from_millis(sp.sync_interval_ms)),
+        replay_concurrency: sp.replay_concurrency.clamp(1, 256),
     }
 }
 

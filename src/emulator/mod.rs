@@ -39,6 +39,27 @@ struct Stats {
     /// Events seen with a `uuid` field, to count redeliveries.
     uuids: DashSet<String>,
     duplicates: AtomicU64,
+    /// Ingest requests being answered now, and the most at once since the last reset or fault
+    /// plan.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// One ingest request being answered: counted in `in_flight` until dropped.
+struct Answering<'a>(&'a Stats);
+
+impl Stats {
+    fn answering(&self) -> Answering<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        Answering(self)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One answer: status, optional vendor code (for stats), body, extra header.
@@ -85,6 +106,7 @@ impl Emulator {
             "requests": s.requests.load(Ordering::Relaxed),
             "events_ingested": s.events_ingested.load(Ordering::Relaxed),
             "duplicates": s.duplicates.load(Ordering::Relaxed),
+            "max_in_flight": s.max_in_flight.load(Ordering::Relaxed),
             "profiles": self.profiles.len(),
             "by_status": by_status,
             "by_code": by_code,
@@ -98,6 +120,8 @@ impl Emulator {
         s.requests.store(0, Ordering::Relaxed);
         s.events_ingested.store(0, Ordering::Relaxed);
         s.duplicates.store(0, Ordering::Relaxed);
+        s.max_in_flight
+            .store(s.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
         s.by_status.clear();
         s.by_code.clear();
         s.uuids.clear();
@@ -129,6 +153,10 @@ impl Emulator {
                 }
                 self.faults
                     .store(Some(std::sync::Arc::new(FaultPlan::new(spec))));
+                // The peak is counted again under each plan.
+                let s = &self.stats;
+                s.max_in_flight
+                    .store(s.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
                 json_reply(&serde_json::json!({"faults": "set"}))
             }
             _ => Reply::error(404, 404, "unknown emulator control route"),
@@ -136,6 +164,7 @@ impl Emulator {
     }
 
     async fn ingest(&self, session: &mut ServerSession) -> Reply {
+        let _answering = self.stats.answering();
         let req = session.req_header();
         if req.method != http::Method::POST {
             return Reply::error(405, 3009, "Unsupported method");

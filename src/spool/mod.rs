@@ -43,6 +43,8 @@ pub struct SpoolSettings {
     /// `None`: `fdatasync` before acknowledging (survives power loss). `Some(d)`: acknowledge
     /// once written (survives a process crash) and `fdatasync` at most every `d`.
     pub sync_interval: Option<std::time::Duration>,
+    /// Records replay sends at once (a visitor's own records one after another).
+    pub replay_concurrency: usize,
 }
 
 /// Where the writer has committed up to.
@@ -413,10 +415,52 @@ fn read_checkpoint(dir: &Path) -> Position {
     }
 }
 
-/// Record replay progress. Written after every delivered record, so that a crash repeats at
-/// most the record in flight; a rename keeps the file whole.
-fn write_checkpoint(dir: &Path, p: Position) -> std::io::Result<()> {
-    let tmp = dir.join("checkpoint.tmp");
-    std::fs::write(&tmp, format!("{} {}\n", p.segment, p.offset))?;
-    std::fs::rename(tmp, dir.join(CHECKPOINT))
+/// Replay's progress, rewritten in place: a fixed-width `segment offset` line, so that an update
+/// is one 42-byte write at offset 0, within one disk sector, that never leaves part of an older
+/// line behind. It is not synced: a crash of the OS can repeat events, never lose them.
+struct CheckpointFile {
+    dir: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl CheckpointFile {
+    fn open(dir: &Path) -> CheckpointFile {
+        let at = read_checkpoint(dir);
+        let mut checkpoint = CheckpointFile {
+            dir: dir.to_path_buf(),
+            file: None,
+        };
+        // Rewritten at once, in the fixed width, whatever an older version left.
+        checkpoint.write(at);
+        checkpoint
+    }
+
+    fn position(&self) -> Position {
+        read_checkpoint(&self.dir)
+    }
+
+    fn write(&mut self, at: Position) {
+        use std::os::unix::fs::FileExt;
+        let line = format!("{:020} {:020}\n", at.segment, at.offset);
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.dir.join(CHECKPOINT))
+                .and_then(|f| f.set_len(line.len() as u64).map(|()| f))
+                .ok();
+        }
+        let written = self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.write_all_at(line.as_bytes(), 0).is_ok());
+        if !written {
+            // Opened again next time.
+            self.file = None;
+            tracing::error!(
+                "cannot write the spool checkpoint; a restart may deliver events twice"
+            );
+        }
+    }
 }

@@ -1,18 +1,27 @@
-//! Spool replay: deliver spooled events in order, through the same upstream client and retry
-//! policy as live traffic, refresh the visitor's cached offers, and advance the checkpoint
-//! after each one. A record waits for an upstream that fails; nothing behind it overtakes it.
+//! Spool replay: deliver spooled events through the same upstream client and retry policy as
+//! live traffic, refresh the visitor's cached offers, and advance the checkpoint. Records are
+//! taken in batches of up to `spool.replay_concurrency`; a batch's visitors are sent to at once,
+//! each visitor's own records one after another, so the upstream sees every visitor's events in
+//! order. A record waits for an upstream that fails; the next batch starts when the whole batch
+//! is delivered, so nothing overtakes it by more than one batch, and the checkpoint only ever
+//! moves past delivered records.
+//!
+//! Segments are read in chunks from an open file, up to what the writer has committed, and the
+//! checkpoint is rewritten in place once per batch: a record costs its upstream call and
+//! nothing more.
 
-use super::{
-    read_checkpoint, segment_path, segments, write_checkpoint, Frame, Position, Record, Spool,
-};
+use super::{segment_path, segments, CheckpointFile, Frame, Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
 use crate::config::Config;
 use crate::metrics;
 use crate::upstream::{Call, CallLimits, ClientInfo, UpstreamClient};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use futures::stream::{self, StreamExt};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,12 +65,113 @@ enum Outcome {
     Dropped(&'static str),
 }
 
+/// Bytes read from a segment at a time.
+const CHUNK: usize = 1 << 20;
+
+/// A window on one segment file: `buf` holds its bytes from `base` on.
+struct SegmentReader {
+    dir: PathBuf,
+    segment: Option<u64>,
+    file: Option<Arc<std::fs::File>>,
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl SegmentReader {
+    fn new(dir: PathBuf) -> SegmentReader {
+        SegmentReader {
+            dir,
+            segment: None,
+            file: None,
+            base: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The bytes of `at.segment` from `at.offset`, up to `limit` or the end of the file, with at
+    /// least `want` of them when there are that many; and whether that is all there is.
+    async fn view(&mut self, at: Position, limit: u64, want: usize) -> (&[u8], bool) {
+        let end = self.base + self.buf.len() as u64;
+        if self.segment != Some(at.segment) || at.offset < self.base || at.offset > end {
+            self.segment = Some(at.segment);
+            self.file = None;
+            self.base = at.offset;
+            self.buf.clear();
+        } else if at.offset - self.base >= CHUNK as u64 {
+            // Drop what was replayed, now and then rather than after every record.
+            self.buf.drain(..(at.offset - self.base) as usize);
+            self.base = at.offset;
+        }
+        let target = limit.min(at.offset.saturating_add(want as u64));
+        let mut complete = self.base + self.buf.len() as u64 >= limit;
+        if !complete && self.base + (self.buf.len() as u64) < target {
+            let path = segment_path(&self.dir, at.segment);
+            let file = self.file.take();
+            let mut buf = std::mem::take(&mut self.buf);
+            let base = self.base;
+            let read = tokio::task::spawn_blocking(move || {
+                let file = match file {
+                    Some(f) => f,
+                    None => Arc::new(std::fs::File::open(path)?),
+                };
+                let at_eof = read_until(&file, base, &mut buf, target)?;
+                Ok::<_, std::io::Error>((file, buf, at_eof))
+            })
+            .await;
+            match read {
+                Ok(Ok((file, buf, at_eof))) => {
+                    self.file = Some(file);
+                    self.buf = buf;
+                    complete = at_eof || self.base + self.buf.len() as u64 >= limit;
+                }
+                // A missing or unreadable segment reads as empty, as before a restart.
+                _ => complete = true,
+            }
+        }
+        let from = (at.offset - self.base) as usize;
+        let upto = (limit.min(self.base + self.buf.len() as u64) - self.base) as usize;
+        (&self.buf[from..upto.max(from)], complete)
+    }
+}
+
+/// Append the file's bytes from `base + buf.len()` to `buf`, until `target` or the end of the
+/// file; whether the end was reached.
+fn read_until(
+    file: &std::fs::File,
+    base: u64,
+    buf: &mut Vec<u8>,
+    target: u64,
+) -> std::io::Result<bool> {
+    loop {
+        let at = base + buf.len() as u64;
+        if at >= target {
+            return Ok(false);
+        }
+        let len = buf.len();
+        let more = (target - at).min(CHUNK as u64) as usize;
+        buf.resize(len + more, 0);
+        let n = file.read_at(&mut buf[len..], at)?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// What one pass over the spool found.
+enum Batch {
+    /// Records to deliver, and where the log stands after them (corrupt frames skipped).
+    Records(Vec<Record>, u64),
+    /// Nothing more in this segment for now.
+    End,
+}
+
 impl Replayer {
     async fn run(&self) {
         let dir = self.spool.settings.dir.clone();
-        let mut at = read_checkpoint(&dir);
-        let mut data: Vec<u8> = Vec::new();
-        let mut loaded = None;
+        let mut checkpoint = CheckpointFile::open(&dir);
+        let mut at = checkpoint.position();
+        let mut reader = SegmentReader::new(dir.clone());
         loop {
             let writer = self.spool.position();
             if at.segment > writer.segment {
@@ -72,45 +182,27 @@ impl Replayer {
             }
             let current = at.segment == writer.segment;
             let limit = if current { writer.offset } else { u64::MAX };
-            if loaded != Some(at.segment)
-                || (data.len() as u64) < limit.min(self.file_len(at.segment).await)
-            {
-                data = tokio::fs::read(segment_path(&dir, at.segment))
-                    .await
-                    .unwrap_or_default();
-                loaded = Some(at.segment);
-            }
-            let readable = &data[..(limit.min(data.len() as u64)) as usize];
-            match super::read_frame(readable, at.offset as usize) {
-                Frame::Record(record, next) => {
-                    self.replay(&record).await;
-                    at.offset = next as u64;
-                    self.checkpoint(at).await;
+            let most = self.config.load().spool.replay_concurrency;
+            match next_batch(&mut reader, at, limit, most).await {
+                Batch::Records(records, next) => {
+                    self.deliver_batch(records).await;
+                    at.offset = next;
+                    checkpoint.write(at);
                 }
-                Frame::Corrupt(next) => {
-                    metrics::SPOOL_CORRUPT.inc();
-                    tracing::error!(
-                        segment = at.segment,
-                        offset = at.offset,
-                        "skipping a corrupt spool record"
-                    );
-                    at.offset = next as u64;
-                    self.checkpoint(at).await;
-                }
-                Frame::End if current => {
+                Batch::End if current => {
                     metrics::SPOOL_OLDEST_AGE.set(0.0);
                     // Caught up: wait for the writer (or look again soon, in case of a race).
                     let _ =
                         tokio::time::timeout(Duration::from_secs(1), self.spool.wake.notified())
                             .await;
                 }
-                Frame::End => {
+                Batch::End => {
                     // A finished segment (torn tail, if any, skipped): drop it, go to the next.
-                    let len = self.file_len(at.segment).await;
-                    if tokio::fs::remove_file(segment_path(&dir, at.segment))
-                        .await
-                        .is_ok()
-                    {
+                    reader.segment = None;
+                    reader.file = None;
+                    let path = segment_path(&dir, at.segment);
+                    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                    if std::fs::remove_file(&path).is_ok() {
                         let left = self.spool.disk_bytes.fetch_sub(len, Ordering::Relaxed) - len;
                         metrics::SPOOL_BYTES.set(left as i64);
                     }
@@ -121,31 +213,40 @@ impl Replayer {
                         segment: next.unwrap_or(writer.segment),
                         offset: 0,
                     };
-                    self.checkpoint(at).await;
+                    checkpoint.write(at);
                 }
             }
         }
     }
 
-    async fn file_len(&self, segment: u64) -> u64 {
-        let path = segment_path(&self.spool.settings.dir, segment);
-        tokio::fs::metadata(path).await.map_or(0, |m| m.len())
-    }
-
-    async fn checkpoint(&self, at: Position) {
-        let dir = self.spool.settings.dir.clone();
-        let written = tokio::task::spawn_blocking(move || write_checkpoint(&dir, at)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            tracing::error!(
-                "cannot write the spool checkpoint; a restart may deliver events twice"
-            );
+    /// Deliver a batch: its visitors at once, each visitor's records in order.
+    async fn deliver_batch(&self, records: Vec<Record>) {
+        if let Some(first) = records.first() {
+            let age = crate::spool::now_ms().saturating_sub(first.enqueued_ms);
+            metrics::SPOOL_OLDEST_AGE.set(age as f64 / 1000.0);
         }
+        let mut visitors: Vec<Vec<Record>> = Vec::new();
+        for record in records {
+            let same = visitors
+                .iter_mut()
+                .find(|v| v[0].visitor == record.visitor && v[0].service == record.service);
+            match same {
+                Some(queue) => queue.push(record),
+                None => visitors.push(vec![record]),
+            }
+        }
+        let width = visitors.len();
+        stream::iter(visitors)
+            .for_each_concurrent(width, |queue| async move {
+                for record in &queue {
+                    self.replay(record).await;
+                }
+            })
+            .await;
     }
 
     /// Deliver one record, waiting out upstream failures; then it leaves the visitor's queue.
     async fn replay(&self, record: &Record) {
-        let age = crate::spool::now_ms().saturating_sub(record.enqueued_ms);
-        metrics::SPOOL_OLDEST_AGE.set(age as f64 / 1000.0);
         let in_flight = self
             .spool
             .inflight
@@ -200,5 +301,126 @@ impl Replayer {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// Up to `most` records from `at`, skipping corrupt frames.
+async fn next_batch(reader: &mut SegmentReader, at: Position, limit: u64, most: usize) -> Batch {
+    let mut want = CHUNK;
+    loop {
+        let (data, complete) = reader.view(at, limit, want).await;
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while records.len() < most {
+            match super::read_frame(data, offset) {
+                Frame::Record(record, next) => {
+                    records.push(record);
+                    offset = next;
+                }
+                Frame::Corrupt(next) => {
+                    metrics::SPOOL_CORRUPT.inc();
+                    tracing::error!(
+                        segment = at.segment,
+                        offset = at.offset + offset as u64,
+                        "skipping a corrupt spool record"
+                    );
+                    offset = next;
+                }
+                Frame::End => break,
+            }
+        }
+        if offset > 0 {
+            return Batch::Records(records, at.offset + offset as u64);
+        }
+        if complete || data.len() < want {
+            return Batch::End;
+        }
+        // A record larger than what was read: read more.
+        want = want.saturating_mul(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_reads_stop_at_the_target_or_the_end() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-read-until-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seg");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut buf = b"234".to_vec();
+        assert!(!read_until(&file, 2, &mut buf, 7).unwrap());
+        assert_eq!(buf, b"23456");
+        assert!(read_until(&file, 2, &mut buf, 100).unwrap());
+        assert_eq!(buf, b"23456789");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn record(seq: u64, body: Vec<u8>) -> Record {
+        Record {
+            run: 1,
+            seq,
+            enqueued_ms: 0,
+            service: "shop".into(),
+            route: "/demo_db/pageviews".into(),
+            visitor: "v".into(),
+            body: body.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_span_records_larger_than_a_chunk_and_stop_at_the_limit() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-batches-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = record(1, b"{}".to_vec()).encode();
+        let big = record(2, vec![b' '; CHUNK - 200]).encode();
+        let mut log = [small.clone(), big.clone(), small.clone(), small.clone()].concat();
+        log.extend_from_slice(&[9, 0, 0]); // a torn tail
+        std::fs::write(segment_path(&dir, 0), &log).unwrap();
+        let mut reader = SegmentReader::new(dir.clone());
+        let start = Position {
+            segment: 0,
+            offset: 0,
+        };
+        // Every batch until the end, up to `limit`: the sequence numbers read, and where it ended.
+        async fn drain(
+            reader: &mut SegmentReader,
+            mut at: Position,
+            limit: u64,
+        ) -> (Vec<u64>, u64) {
+            let mut seqs = Vec::new();
+            while let Batch::Records(records, next) = next_batch(reader, at, limit, 8).await {
+                seqs.extend(records.iter().map(|r| r.seq));
+                at.offset = next;
+            }
+            (seqs, at.offset)
+        }
+        // The writer has committed the first three records only.
+        let committed = (2 * small.len() + big.len()) as u64;
+        assert_eq!(
+            drain(&mut reader, start, committed).await,
+            (vec![1, 2, 1], committed)
+        );
+        // Once the segment is finished: read to its end, the torn tail left out.
+        let at = Position {
+            segment: 0,
+            offset: committed,
+        };
+        let end = log.len() as u64 - 3;
+        assert_eq!(drain(&mut reader, at, u64::MAX).await, (vec![1], end));
+        // A reader starting afresh in the middle reads the same.
+        let mut fresh = SegmentReader::new(dir.clone());
+        let second = Position {
+            segment: 0,
+            offset: small.len() as u64,
+        };
+        assert_eq!(
+            drain(&mut fresh, second, u64::MAX).await,
+            (vec![2, 1, 1], end)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
