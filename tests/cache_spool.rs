@@ -251,8 +251,9 @@ fn a_full_spool_refuses_events_instead_of_dropping_them() {
 
 #[test]
 fn kill_9_with_events_in_the_spool_then_restart_delivers_every_accepted_event() {
-    // The default replay sends up to 8 events at once: a kill -9 can repeat those 8.
-    kill_9_then_restart("kill9", "", 8);
+    // The default replay sends up to 32 events at once, here one for each of the 10 visitors: a
+    // kill -9 can repeat those 10.
+    kill_9_then_restart("kill9", "", 10);
 }
 
 #[test]

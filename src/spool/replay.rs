@@ -23,7 +23,7 @@ use pingora::services::background::BackgroundService;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Replayer {
@@ -158,10 +158,33 @@ fn read_until(
     }
 }
 
+/// Which records of a batch are delivered, and how many from its start without a gap.
+struct Progress {
+    done: Vec<bool>,
+    delivered: usize,
+}
+
+impl Progress {
+    /// Record `i` is delivered; the new length of the delivered prefix, if it grew.
+    fn finish(&mut self, i: usize) -> Option<usize> {
+        self.done[i] = true;
+        let before = self.delivered;
+        while self.done.get(self.delivered) == Some(&true) {
+            self.delivered += 1;
+        }
+        (self.delivered > before).then_some(self.delivered)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What one pass over the spool found.
 enum Batch {
-    /// Records to deliver, and where the log stands after them (corrupt frames skipped).
-    Records(Vec<Record>, u64),
+    /// Records to deliver, each with the offset just past it, and where the log stands after
+    /// them (corrupt frames skipped).
+    Records(Vec<(Record, u64)>, u64),
     /// Nothing more in this segment for now.
     End,
 }
@@ -169,8 +192,8 @@ enum Batch {
 impl Replayer {
     async fn run(&self) {
         let dir = self.spool.settings.dir.clone();
-        let mut checkpoint = CheckpointFile::open(&dir);
-        let mut at = checkpoint.position();
+        let checkpoint = Mutex::new(CheckpointFile::open(&dir));
+        let mut at = lock(&checkpoint).position();
         let mut reader = SegmentReader::new(dir.clone());
         loop {
             let writer = self.spool.position();
@@ -185,9 +208,9 @@ impl Replayer {
             let most = self.config.load().spool.replay_concurrency;
             match next_batch(&mut reader, at, limit, most).await {
                 Batch::Records(records, next) => {
-                    self.deliver_batch(records).await;
+                    self.deliver_batch(records, at.segment, &checkpoint).await;
                     at.offset = next;
-                    checkpoint.write(at);
+                    lock(&checkpoint).write(at);
                 }
                 Batch::End if current => {
                     metrics::SPOOL_OLDEST_AGE.set(0.0);
@@ -213,33 +236,54 @@ impl Replayer {
                         segment: next.unwrap_or(writer.segment),
                         offset: 0,
                     };
-                    checkpoint.write(at);
+                    lock(&checkpoint).write(at);
                 }
             }
         }
     }
 
-    /// Deliver a batch: its visitors at once, each visitor's records in order.
-    async fn deliver_batch(&self, records: Vec<Record>) {
-        if let Some(first) = records.first() {
+    /// Deliver a batch: its visitors at once, each visitor's records in order. The checkpoint
+    /// moves past each record once it and every record before it are delivered, so that a
+    /// crash repeats only the records in flight and those delivered ahead of one still in flight.
+    async fn deliver_batch(
+        &self,
+        records: Vec<(Record, u64)>,
+        segment: u64,
+        checkpoint: &Mutex<CheckpointFile>,
+    ) {
+        if let Some((first, _)) = records.first() {
             let age = crate::spool::now_ms().saturating_sub(first.enqueued_ms);
             metrics::SPOOL_OLDEST_AGE.set(age as f64 / 1000.0);
         }
-        let mut visitors: Vec<Vec<Record>> = Vec::new();
-        for record in records {
-            let same = visitors
-                .iter_mut()
-                .find(|v| v[0].visitor == record.visitor && v[0].service == record.service);
+        let mut visitors: Vec<Vec<usize>> = Vec::new();
+        for (i, (record, _)) in records.iter().enumerate() {
+            let same = visitors.iter_mut().find(|v| {
+                let seen = &records[v[0]].0;
+                seen.visitor == record.visitor && seen.service == record.service
+            });
             match same {
-                Some(queue) => queue.push(record),
-                None => visitors.push(vec![record]),
+                Some(queue) => queue.push(i),
+                None => visitors.push(vec![i]),
             }
         }
+        let progress = Mutex::new(Progress {
+            done: vec![false; records.len()],
+            delivered: 0,
+        });
         let width = visitors.len();
+        let (records, progress) = (&records, &progress);
         stream::iter(visitors)
             .for_each_concurrent(width, |queue| async move {
-                for record in &queue {
-                    self.replay(record).await;
+                for i in queue {
+                    self.replay(&records[i].0).await;
+                    let mut p = lock(progress);
+                    if let Some(upto) = p.finish(i) {
+                        let at = Position {
+                            segment,
+                            offset: records[upto - 1].1,
+                        };
+                        lock(checkpoint).write(at);
+                    }
                 }
             })
             .await;
@@ -314,7 +358,7 @@ async fn next_batch(reader: &mut SegmentReader, at: Position, limit: u64, most: 
         while records.len() < most {
             match super::read_frame(data, offset) {
                 Frame::Record(record, next) => {
-                    records.push(record);
+                    records.push((record, at.offset + next as u64));
                     offset = next;
                 }
                 Frame::Corrupt(next) => {
@@ -359,6 +403,18 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[test]
+    fn the_checkpoint_moves_only_past_a_delivered_prefix() {
+        let mut p = Progress {
+            done: vec![false; 4],
+            delivered: 0,
+        };
+        assert_eq!(p.finish(1), None);
+        assert_eq!(p.finish(2), None);
+        assert_eq!(p.finish(0), Some(3));
+        assert_eq!(p.finish(3), Some(4));
+    }
+
     fn record(seq: u64, body: Vec<u8>) -> Record {
         Record {
             run: 1,
@@ -393,7 +449,7 @@ mod tests {
         ) -> (Vec<u64>, u64) {
             let mut seqs = Vec::new();
             while let Batch::Records(records, next) = next_batch(reader, at, limit, 8).await {
-                seqs.extend(records.iter().map(|r| r.seq));
+                seqs.extend(records.iter().map(|(r, _)| r.seq));
                 at.offset = next;
             }
             (seqs, at.offset)
