@@ -3,7 +3,10 @@
 # p13n-edge pass-through, p13n-edge fast (cache hit; spool fdatasync per group commit, and with
 # spool.sync_interval_ms = 100), a bare pingora proxy answering from memory (the ceiling of a
 # hit, examples/ceiling.rs), and p13n-edge in front of its emulator. Alternating, over ROUNDS
-# rounds; prints medians and ratios and writes benches/results.md. Then p99 at half of the
+# rounds; after a `fast` run the spool is left to drain (every hit's event delivered) before the
+# next run, and that time counts in its sustained rate. Each run also reports the CPU time per
+# request of the server under test and of the upstream. Prints medians and ratios and writes
+# benches/results.md. Then p99 at half of the
 # pass-through peak (direct, nginx, pass-through at the same offered rate), and RSS per cached
 # visitor at 100k and 1M visitors. One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
@@ -40,22 +43,33 @@ KEY=1/0123456789abcdef0123456789abcdef01234567
 TOKEN=1/1/00000000000000000000000000000001
 echo "$KEY" > "$work/key"
 
-# The static upstream and nginx doing p13n-edge's job: keepalive upstream, credentials injected,
-# client credentials and cookies dropped, one worker each.
-cat > "$work/nginx.conf" <<NGX
+# The static upstream, and nginx doing p13n-edge's job (keepalive upstream, credentials injected,
+# client credentials and cookies dropped): two nginx instances with one worker each, so that the
+# nginx proxy, like p13n-edge, talks to an upstream in another process.
+nginx_conf() { # name; the http block's servers come on stdin
+  {
+    cat <<NGX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
+pid $work/$1.pid;
+error_log $work/$1-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy;
-  fastcgi_temp_path $work/fcgi; uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
-  upstream p13n { server 127.0.0.1:$UP; keepalive 64; }
+  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
+NGX
+    cat
+    echo "}"
+  } > "$work/$1.conf"
+}
+nginx_conf upstream <<NGX
   server {
     listen 127.0.0.1:$UP;
     location / { default_type application/json; return 200 '$OFFERS'; }
   }
+NGX
+nginx_conf nginx <<NGX
+  upstream p13n { server 127.0.0.1:$UP; keepalive 64; }
   server {
     listen 127.0.0.1:$NGX;
     location = /demo_db/pageviews {
@@ -69,9 +83,9 @@ http {
       proxy_set_header Cookie "";
     }
   }
-}
 NGX
-"$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
+"$NGINX" -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!); UP_MASTER=$!
+"$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!); NGX_MASTER=$!
 
 proxy_config() { # name port admin upstream mode [spool sync interval ms]
   cat > "$work/$1.toml" <<TOML
@@ -108,14 +122,32 @@ proxy_config fast "$FAST" "$FAST_ADMIN" "$UP" fast
 proxy_config fastsync "$FSYNC" "$FSYNC_ADMIN" "$UP" fast 100
 proxy_config emu "$EMUP" "$EMUP_ADMIN" "$EMU" pass-through
 RUST_LOG=warn $BIN run --config "$work/pass.toml" 2>"$work/pass.log" & pids+=($!); PASS_PID=$!
-RUST_LOG=warn $BIN run --config "$work/fast.toml" 2>"$work/fast.log" & pids+=($!)
-RUST_LOG=warn $BIN run --config "$work/fastsync.toml" 2>"$work/fastsync.log" & pids+=($!)
-RUST_LOG=warn target/release/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" & pids+=($!)
-RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!)
-RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/fast.toml" 2>"$work/fast.log" & pids+=($!); FAST_PID=$!
+RUST_LOG=warn $BIN run --config "$work/fastsync.toml" 2>"$work/fastsync.log" & pids+=($!); FSYNC_PID=$!
+RUST_LOG=warn target/release/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" & pids+=($!); CEIL_PID=$!
+RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!); EMU_PID=$!
+RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!); EMUP_PID=$!
 for p in $UP $NGX $PASS $FAST $FSYNC $CEIL $EMU $EMUP; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
+UP_WORKER=$(pgrep -P "$UP_MASTER"); NGX_WORKER=$(pgrep -P "$NGX_MASTER")
+
+# The process under test for each target and its upstream, for CPU time per request; and the
+# admin listener of the targets whose hits go through the spool.
+declare -A SERVER=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [pass]=$PASS_PID [fast]=$FAST_PID
+  [fastsync]=$FSYNC_PID [ceiling]=$CEIL_PID [emulator]=$EMUP_PID)
+declare -A UPSTREAM=([direct]="" [nginx]=$UP_WORKER [pass]=$UP_WORKER [fast]=$UP_WORKER
+  [fastsync]=$UP_WORKER [ceiling]="" [emulator]=$EMU_PID)
+declare -A SPOOL_ADMIN=([fast]=$FAST_ADMIN [fastsync]=$FSYNC_ADMIN)
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+spool_depth() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^p13n_edge_spool_depth / {print $2}'; }
+# Wait until the spool is empty (every accepted event delivered); prints the seconds it took.
+drain() {
+  local start=$(date +%s.%N)
+  for _ in $(seq 1200); do [ "$(spool_depth "$1")" = 0 ] && break; sleep 0.1; done
+  [ "$(spool_depth "$1")" = 0 ] || { echo "the spool did not drain" >&2; exit 1; }
+  awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}'
+}
 
 declare -A TARGET=(
   [direct]="http://127.0.0.1:$UP/demo_db/pageviews"
@@ -135,20 +167,31 @@ for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
 done
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
-declare -A RPS P50 P99
+for t in fast fastsync; do drain "${SPOOL_ADMIN[$t]}" >/dev/null; done
+declare -A RPS SUST P50 P99 CPU UCPU
 for round in $(seq "$ROUNDS"); do
   for t in "${ORDER[@]}"; do
+    s0=$(cpu_ticks "${SERVER[$t]}"); u0=$(cpu_ticks "${UPSTREAM[$t]}")
     out=$(wrk -t1 -c$CONNS -d"${SECS}s" --latency -s benches/load/post.lua "${TARGET[$t]}")
     if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
-    RPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+    waited=0
+    [ -n "${SPOOL_ADMIN[$t]:-}" ] && waited=$(drain "${SPOOL_ADMIN[$t]}")
+    s1=$(cpu_ticks "${SERVER[$t]}"); u1=$(cpu_ticks "${UPSTREAM[$t]}")
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    took=$(echo "$out" | awk '/requests in/ {print $4}' | tr -d , | to_ms)
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    RPS[$t]+="$rps "
+    SUST[$t]+="$(awk -v n="$n" -v ms="$took" -v w="$waited" 'BEGIN {printf "%.2f", n / (ms / 1000 + w)}') "
     P50[$t]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "
     P99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
-    echo "round $round $t: $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s" >&2
+    CPU[$t]+="$(awk -v a="$s0" -v b="$s1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}') "
+    UCPU[$t]+="$(awk -v a="$u0" -v b="$u1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}') "
+    echo "round $round $t: $rps req/s (spool drained in ${waited}s)" >&2
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A M
-for t in "${ORDER[@]}"; do M[$t]=$(echo "${RPS[$t]}" | median); done
+declare -A M S
+for t in "${ORDER[@]}"; do M[$t]=$(echo "${RPS[$t]}" | median); S[$t]=$(echo "${SUST[$t]}" | median); done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 # p99 at half of the pass-through peak: the same offered rate for direct, nginx and pass-through.
@@ -185,15 +228,18 @@ done
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 {
   echo "Measured $(date -u +%Y-%m-%d) on $machine; wrk 1 thread, $CONNS connections, ${SECS}s x $ROUNDS rounds,"
-  echo "alternating targets; medians. Every server has one worker. The upstream is nginx returning a"
-  echo "fixed offers JSON. \`fast\` answers cache hits (its spool fdatasyncs each group commit before"
-  echo "answering), \`fastsync\` the same with \`spool.sync_interval_ms = 100\`; \`ceiling\` is a bare pingora"
-  echo "proxy answering from memory (examples/ceiling.rs); \`emulator\` is p13n-edge in front of its own emulator."
+  echo "alternating targets; medians. Every server has one worker, and the upstream (nginx returning a"
+  echo "fixed offers JSON) is a process of its own. \`fast\` answers cache hits (its spool fdatasyncs each"
+  echo "group commit before answering), \`fastsync\` the same with \`spool.sync_interval_ms = 100\`; after"
+  echo "their runs the spool drains before the next run, and *sustained* counts that time: hits answered"
+  echo "and their events delivered. \`ceiling\` is a bare pingora proxy answering from memory"
+  echo "(examples/ceiling.rs); \`emulator\` is p13n-edge in front of its own emulator. CPU is the user +"
+  echo "system time per request of the server under test and of its upstream, over the run and the drain."
   echo
-  echo "| target | req/s | p50 ms | p99 ms |"
-  echo "|---|---|---|---|"
+  echo "| target | req/s | sustained req/s | p50 ms | p99 ms | server CPU µs/req | upstream CPU µs/req |"
+  echo "|---|---|---|---|---|---|---|"
   for t in "${ORDER[@]}"; do
-    echo "| $t | ${M[$t]} | $(echo "${P50[$t]}" | median) | $(echo "${P99[$t]}" | median) |"
+    echo "| $t | ${M[$t]} | ${S[$t]} | $(echo "${P50[$t]}" | median) | $(echo "${P99[$t]}" | median) | $(echo "${CPU[$t]}" | median) | $(echo "${UCPU[$t]}" | median) |"
   done
   echo
   echo "| ratio | value |"
@@ -204,8 +250,10 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   echo "| p13n-edge fast (hit) / pass-through | $(ratio "${M[fast]}" "${M[pass]}") |"
   echo "| p13n-edge fast (hit) / nginx | $(ratio "${M[fast]}" "${M[nginx]}") |"
   echo "| p13n-edge fast (hit) / ceiling | $(ratio "${M[fast]}" "${M[ceiling]}") |"
+  echo "| p13n-edge fast, sustained / nginx | $(ratio "${S[fast]}" "${M[nginx]}") |"
   echo "| p13n-edge fast, sync 100 ms / nginx | $(ratio "${M[fastsync]}" "${M[nginx]}") |"
   echo "| p13n-edge fast, sync 100 ms / ceiling | $(ratio "${M[fastsync]}" "${M[ceiling]}") |"
+  echo "| p13n-edge fast, sync 100 ms, sustained / nginx | $(ratio "${S[fastsync]}" "${M[nginx]}") |"
   echo
   echo "p99 at half of the pass-through peak: $PACED_CONNS connections each waiting 10 ms between"
   echo "requests (wrk), the same for each target; medians of $ROUNDS runs."
