@@ -71,6 +71,28 @@ fn the_proxy_upstream_body_passes_through_untouched() {
 }
 
 #[test]
+fn a_chunked_upstream_answer_is_relayed_whole_and_sized() {
+    let upstream = Recorder::start(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+         b\r\n{\"offers\":{\r\n3;x=y\r\n}}\n\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    let (proxy, admin) = (free_port(), free_port());
+    let config = load_config(
+        "chunked",
+        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
+    );
+    let running = start_proxy(config);
+    // Three calls: the connection, kept after a whole chunked answer, serves the next ones.
+    for n in 0..3 {
+        let r = post_json(running.1, &format!(r#"{{"td_client_id":"c{n}"}}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "{\"offers\":{}}\n");
+        assert_eq!(r.header("content-length").as_deref(), Some("14"));
+    }
+    assert_eq!(upstream.seen.lock().unwrap().len(), 3);
+}
+
+#[test]
 fn client_credentials_are_replaced_and_cookies_dropped() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     let (proxy, admin) = (free_port(), free_port());

@@ -1,18 +1,19 @@
 //! One attempt at one upstream address: a pooled connection (or a new one from pingora's
-//! transport connector), the request written in one piece, and the whole answer read back with
-//! pingora's HTTP/1 response parser. Pingora's HTTP client flushes the request header apart
-//! from the body: two sends where one does.
+//! transport connector), the request written in one piece, and the whole answer read back by
+//! `response::read`. Pingora's HTTP client flushes the request header apart from the body: two
+//! sends where one does. The pingora peer is built only to open a connection; the pool is keyed
+//! by address, TLS and host.
 
 use super::pool::Pool;
+use super::response::{self, ReadError};
 use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::event::VENDOR_CONTENT_TYPE;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::HeaderValue;
 use pingora::connectors::TransportConnector;
-use pingora::protocols::http::v1::client::HttpSession;
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 
@@ -25,8 +26,8 @@ pub(super) async fn attempt(
     call: &Call,
     limits: CallLimits,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    let peer = peer(addr, &call.route.service.upstream, &limits.timeouts);
-    let key = peer.reuse_hash();
+    let target = &call.route.service.upstream;
+    let key = pool_key(addr, target);
     let request = request_bytes(call);
     let mut pooled = pool.take(key, limits.timeouts.upstream_idle);
     loop {
@@ -34,7 +35,7 @@ pub(super) async fn attempt(
         let stream = match pooled.take() {
             Some(stream) => stream,
             None => transport
-                .new_stream(&peer)
+                .new_stream(&peer(addr, target, &limits.timeouts))
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?,
         };
@@ -50,6 +51,13 @@ pub(super) async fn attempt(
             Err(failure) => return Err(failure.into_error(limits.max_body)),
         }
     }
+}
+
+/// Connections to the same address, with the same TLS and host name, are interchangeable.
+fn pool_key(addr: SocketAddr, target: &UpstreamTarget) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (addr, target.tls, &target.host).hash(&mut hasher);
+    hasher.finish()
 }
 
 fn peer(addr: SocketAddr, target: &UpstreamTarget, t: &Timeouts) -> HttpPeer {
@@ -127,49 +135,18 @@ async fn exchange(
         stream.flush().await
     };
     written.await.map_err(|e| Failure::Stale(e.to_string()))?;
-    let mut session = HttpSession::new(stream);
-    if let Err(mut e) = session.read_response().await {
-        // Pingora marks "closed before any byte of the answer" as retryable on reuse.
-        e.retry.decide_reuse(true);
-        return Err(if e.retry() {
-            Failure::Stale(e.to_string())
-        } else {
-            Failure::Io(e.to_string())
-        });
-    }
-    let header = session.resp_header().expect("read above");
-    let status = header.status.as_u16();
-    // Own copies: a parsed header value shares the whole read buffer (kilobytes), and the
-    // content type lives on in the offer cache.
-    let owned = |name| {
-        header
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| HeaderValue::from_bytes(v.as_bytes()).ok())
-    };
-    let content_type = owned(http::header::CONTENT_TYPE);
-    let retry_after = owned(http::header::RETRY_AFTER);
-    let mut body = Vec::new();
-    loop {
-        match session.read_body_ref().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > max_body {
-                    return Err(Failure::TooLarge);
-                }
-                body.extend_from_slice(chunk);
-            }
-            Ok(None) => break,
-            Err(e) => return Err(Failure::Io(e.to_string())),
-        }
-    }
-    session.respect_keepalive();
-    let reusable = session.reuse().await;
+    let answer = response::read(&mut stream, max_body)
+        .await
+        .map_err(|e| match e {
+            ReadError::ClosedEarly(e) => Failure::Stale(e),
+            ReadError::Broken(e) => Failure::Io(e),
+            ReadError::TooLarge => Failure::TooLarge,
+        })?;
     let response = UpstreamResponse {
-        status,
-        content_type,
-        retry_after,
-        // Exactly sized: the body may live on in the offer cache.
-        body: Bytes::from(body.into_boxed_slice()),
+        status: answer.status,
+        content_type: answer.content_type,
+        retry_after: answer.retry_after,
+        body: answer.body,
     };
-    Ok((response, reusable))
+    Ok((response, answer.reusable.then_some(stream)))
 }
