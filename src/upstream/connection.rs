@@ -131,6 +131,8 @@ async fn exchange(
     max_body: usize,
 ) -> Result<(UpstreamResponse, Option<Stream>), Failure> {
     let written = async {
+        // Sends leave together: the upstream wakes once for the lot (see `write_soon`).
+        crate::proxy::write_soon().await;
         stream.write_all(request).await?;
         stream.flush().await
     };
