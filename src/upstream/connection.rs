@@ -34,8 +34,9 @@ pub(super) async fn attempt(
         let reused = pooled.is_some();
         let stream = match pooled.take() {
             Some(stream) => stream,
-            None => transport
-                .new_stream(&peer(addr, target, &limits.timeouts))
+            // Boxed: the connector's future (TLS included) is kilobytes, and inline it would
+            // make every call's future that large, copied whenever it moves.
+            None => Box::pin(transport.new_stream(&peer(addr, target, &limits.timeouts)))
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?,
         };
