@@ -7,8 +7,9 @@
 # next run, and that time counts in its sustained rate. Each run also reports the CPU time per
 # request of the server under test and of the upstream. Prints medians and ratios and writes
 # benches/results.md. Then p99 at half of the
-# pass-through peak (direct, nginx, pass-through at the same offered rate), and RSS per cached
-# visitor at 100k and 1M visitors. One command, from a fresh checkout:
+# pass-through peak (direct, nginx, pass-through at the same offered rate), pass-through and fast
+# in front of an upstream 50 ms away (latency, and every event counted at the upstream), and RSS
+# per cached visitor at 100k and 1M visitors. One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 UP=$(port); NGX=$(port); PASS=$(port); PASS_ADMIN=$(port); FAST=$(port); FAST_ADMIN=$(port)
 FSYNC=$(port); FSYNC_ADMIN=$(port); CEIL=$(port)
 EMU=$(port); EMUP=$(port); EMUP_ADMIN=$(port)
+FAR=$(port); FARPASS=$(port); FARPASS_ADMIN=$(port); FARFAST=$(port); FARFAST_ADMIN=$(port)
 OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
 KEY=1/0123456789abcdef0123456789abcdef01234567
 TOKEN=1/1/00000000000000000000000000000001
@@ -121,13 +123,19 @@ proxy_config pass "$PASS" "$PASS_ADMIN" "$UP" pass-through
 proxy_config fast "$FAST" "$FAST_ADMIN" "$UP" fast
 proxy_config fastsync "$FSYNC" "$FSYNC_ADMIN" "$UP" fast 100
 proxy_config emu "$EMUP" "$EMUP_ADMIN" "$EMU" pass-through
+# In front of an emulator that takes 50 ms to answer, as a distant region would.
+proxy_config farpass "$FARPASS" "$FARPASS_ADMIN" "$FAR" pass-through
+proxy_config farfast "$FARFAST" "$FARFAST_ADMIN" "$FAR" fast
 RUST_LOG=warn $BIN run --config "$work/pass.toml" 2>"$work/pass.log" & pids+=($!); PASS_PID=$!
 RUST_LOG=warn $BIN run --config "$work/fast.toml" 2>"$work/fast.log" & pids+=($!); FAST_PID=$!
 RUST_LOG=warn $BIN run --config "$work/fastsync.toml" 2>"$work/fastsync.log" & pids+=($!); FSYNC_PID=$!
 RUST_LOG=warn target/release/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" & pids+=($!); CEIL_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!); EMU_PID=$!
 RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!); EMUP_PID=$!
-for p in $UP $NGX $PASS $FAST $FSYNC $CEIL $EMU $EMUP; do
+RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$FAR" --rules conf/demo-rules.toml --threads 1 2>"$work/far.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/farpass.toml" 2>"$work/farpass.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!)
+for p in $UP $NGX $PASS $FAST $FSYNC $CEIL $EMU $EMUP $FAR $FARPASS $FARFAST; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 UP_WORKER=$(pgrep -P "$UP_MASTER"); NGX_WORKER=$(pgrep -P "$NGX_MASTER")
@@ -209,6 +217,38 @@ declare -A H
 for t in direct nginx pass; do H[$t]=$(echo "${HP99[$t]}" | median); done
 added() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
 
+# A distant upstream (the emulator answering after 50 ms): pass-through and fast at the same
+# offered rate, paced connections sized for it, and every event counted at the upstream.
+FAR_RATE=500
+curl -s -X POST -d '{"status":0,"latency_ms":50}' "http://127.0.0.1:$FAR/_emulator/faults" >/dev/null
+for t in farpass farfast; do  # warm up: every visitor of post.lua cached, connections open
+  port_var=${t^^}; wrk -t1 -c64 -d3s -s benches/load/post.lua "http://127.0.0.1:${!port_var}/demo_db/pageviews" >/dev/null
+done
+drain "$FARFAST_ADMIN" >/dev/null
+far_ingested() { curl -s "http://127.0.0.1:$FAR/_emulator/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_ingested"])'; }
+declare -A FRPS FP50 FP99 FANSWERED FINGESTED FDRAIN
+for round in $(seq "$ROUNDS"); do
+  for t in farpass farfast; do
+    port_var=${t^^}
+    # Each connection waits 10 ms between requests: 60 ms a cycle through the upstream, about
+    # 10 from the cache.
+    cycle=$([ "$t" = farpass ] && echo 0.060 || echo 0.0105)
+    conns=$(awk -v r="$FAR_RATE" -v c="$cycle" 'BEGIN {printf "%d", r * c + 0.5}')
+    before=$(far_ingested)
+    out=$(wrk -t1 -c"$conns" -d"${SECS}s" --latency -s benches/load/paced.lua "http://127.0.0.1:${!port_var}/demo_db/pageviews")
+    if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
+    waited=0
+    [ "$t" = farfast ] && waited=$(drain "$FARFAST_ADMIN")
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    FRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+    FP50[$t]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "
+    FP99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
+    FANSWERED[$t]+="$n "
+    FINGESTED[$t]+="$(( $(far_ingested) - before )) "
+    FDRAIN[$t]+="$waited "
+  done
+done
+
 # Memory per cached visitor: RSS of the pass-through proxy before and after N new visitors.
 rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
 entries() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_entries / {print $2}'; }
@@ -262,6 +302,18 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   echo "|---|---|---|---|"
   for t in direct nginx pass; do
     echo "| $t | $(echo "${HRPS[$t]}" | median) | ${H[$t]} | $(added "${H[$t]}" "${H[direct]}") ms |"
+  done
+  echo
+  echo "With a distant upstream: the emulator answering after 50 ms, about $FAR_RATE requests/s offered"
+  echo "to each (paced connections, 1024 visitors); medians of $ROUNDS runs. Answers and events are"
+  echo "totals over the runs; the upstream counts its events once the spool has drained (it can count"
+  echo "a few more: requests still in flight when wrk stopped)."
+  echo
+  echo "| target | req/s | p50 ms | p99 ms | spool drained after | 2xx answers | events at the upstream |"
+  echo "|---|---|---|---|---|---|---|"
+  total() { tr ' ' '\n' | awk '{s += $1} END {print s}'; }
+  for t in farpass farfast; do
+    echo "| ${t#far} | $(echo "${FRPS[$t]}" | median) | $(echo "${FP50[$t]}" | median) | $(echo "${FP99[$t]}" | median) | $(echo "${FDRAIN[$t]}" | median) s | $(echo "${FANSWERED[$t]}" | total) | $(echo "${FINGESTED[$t]}" | total) |"
   done
   echo
   echo "Memory per cached visitor (pass-through proxy, RSS growth over the visitors added; the"
