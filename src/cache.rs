@@ -80,6 +80,8 @@ pub struct OfferCache {
     /// Insertion order, for eviction: (key, generation). Touched only when a visitor is new.
     order: Mutex<VecDeque<(CacheKey, u64)>>,
     bytes: AtomicUsize,
+    /// Entries in `map`, kept here: `DashMap::len` visits every shard.
+    entries: AtomicUsize,
     next_generation: AtomicU64,
     limits: CacheLimits,
 }
@@ -90,6 +92,7 @@ impl OfferCache {
             map: DashMap::new(),
             order: Mutex::new(VecDeque::new()),
             bytes: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
             next_generation: AtomicU64::new(0),
             limits,
         }
@@ -140,17 +143,26 @@ impl OfferCache {
                     offers,
                     tag: generation,
                 });
-                self.lock_order().push_back((key, generation));
+                let entries = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut order = self.lock_order();
+                order.push_back((key, generation));
+                // Queue items of removed entries are dropped once they reach the front; bound
+                // their number so the queue cannot outgrow the map by much.
+                if order.len() > 2 * entries + 1024 {
+                    order.retain(|(k, g)| self.map.get(k).is_some_and(|s| s.generation() == *g));
+                }
             }
         }
-        self.evict();
+        // Over a bound, evict; the queue's lock is taken only then, or for a new visitor.
+        if self.len() > self.limits.max_entries || self.bytes() > self.limits.max_bytes {
+            self.evict();
+        }
         self.publish();
     }
 
     pub fn remove(&self, key: &CacheKey) {
         if let Some((k, slot)) = self.map.remove(key) {
-            self.bytes
-                .fetch_sub(k.size() + slot.offers.body.len(), Ordering::Relaxed);
+            self.forget(&k, &slot);
             self.publish();
         }
     }
@@ -169,11 +181,18 @@ impl OfferCache {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+
+    /// Account for an entry taken out of the map.
+    fn forget(&self, key: &CacheKey, slot: &Slot) {
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(key.size() + slot.offers.body.len(), Ordering::Relaxed);
     }
 
     pub fn bytes(&self) -> usize {
@@ -182,7 +201,7 @@ impl OfferCache {
 
     fn evict(&self) {
         let mut order = self.lock_order();
-        while self.map.len() > self.limits.max_entries || self.bytes() > self.limits.max_bytes {
+        while self.len() > self.limits.max_entries || self.bytes() > self.limits.max_bytes {
             let Some((key, generation)) = order.pop_front() else {
                 break;
             };
@@ -200,20 +219,14 @@ impl OfferCache {
             if again {
                 order.push_back((key, generation));
             } else if let Some((k, slot)) = removed {
-                self.bytes
-                    .fetch_sub(k.size() + slot.offers.body.len(), Ordering::Relaxed);
+                self.forget(&k, &slot);
                 metrics::CACHE_EVICTIONS.inc();
             }
-        }
-        // Queue items of removed entries are dropped once they reach the front; bound their
-        // number so the queue cannot outgrow the map by much.
-        if order.len() > 2 * self.map.len() + 1024 {
-            order.retain(|(k, g)| self.map.get(k).is_some_and(|s| s.generation() == *g));
         }
     }
 
     fn publish(&self) {
-        metrics::CACHE_ENTRIES.set(self.map.len() as i64);
+        metrics::CACHE_ENTRIES.set(self.len() as i64);
         metrics::CACHE_BYTES.set(self.bytes() as i64);
     }
 
@@ -327,5 +340,37 @@ mod tests {
         assert_eq!(cache.bytes(), 5 * per_entry);
         // One queue item per visitor, however often it is refreshed.
         assert_eq!(cache.lock_order().len(), 5);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_counts_follow_the_map_whatever_the_operations(
+            ops in proptest::collection::vec((0u8..4, 0u8..12, 0usize..40), 1..300),
+        ) {
+            let cache = OfferCache::new(CacheLimits {
+                max_entries: 6,
+                max_bytes: 400,
+            });
+            let t = Instant::now();
+            for (op, visitor, len) in ops {
+                let k = key("a", &format!("v{visitor}"));
+                match op {
+                    0 | 1 => cache.insert(k, offers(&"z".repeat(len), t)),
+                    2 => cache.remove(&k),
+                    // Past its stale limit: the lookup removes it.
+                    _ => {
+                        cache.get(&k, S, S, t + 2 * S);
+                    }
+                }
+                let bytes: usize = cache
+                    .map
+                    .iter()
+                    .map(|e| e.key().size() + e.value().offers.body.len())
+                    .sum();
+                proptest::prop_assert_eq!(cache.len(), cache.map.len());
+                proptest::prop_assert_eq!(cache.bytes(), bytes);
+                proptest::prop_assert!(cache.len() <= 6 && cache.bytes() <= 400);
+            }
+        }
     }
 }
