@@ -1,9 +1,9 @@
 //! The spool: the write-ahead home of every event answered 2xx without an upstream 2xx (stale
 //! answers, `fast` hits, deadlines passed while a call is in flight). An event is on disk,
 //! fsync'd, before its answer is sent; appends are group-committed by one writer thread, so a
-//! burst shares one `fdatasync`. The log is a directory of checksummed segments, replayed in
-//! order by `replay::Replayer` and bounded in bytes: when full, events that would need it are
-//! refused, never dropped.
+//! burst shares one `fdatasync`. The log is a directory of checksummed segments, replayed by
+//! `replay::Replayer` (each visitor's events in order) and bounded in bytes: when full, events
+//! that would need it are refused, never dropped.
 //!
 //! A checksummed segment log rather than an embedded store: the access pattern is append and
 //! read-once in order, which a log serves with one sequential write per batch and no compaction;

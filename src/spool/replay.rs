@@ -4,11 +4,11 @@
 //! each visitor's own records one after another, so the upstream sees every visitor's events in
 //! order. A record waits for an upstream that fails; the next batch starts when the whole batch
 //! is delivered, so nothing overtakes it by more than one batch, and the checkpoint only ever
-//! moves past delivered records.
+//! moves past records delivered along with every record before them.
 //!
 //! Segments are read in chunks from an open file, up to what the writer has committed, and the
-//! checkpoint is rewritten in place once per batch: a record costs its upstream call and
-//! nothing more.
+//! checkpoint is one line rewritten in place (one `pwrite`): a record costs its upstream call and
+//! little more.
 
 use super::{segment_path, segments, CheckpointFile, Frame, Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
