@@ -89,14 +89,18 @@ impl SegmentReader {
     }
 
     /// The bytes of `at.segment` from `at.offset`, up to `limit` or the end of the file, with at
-    /// least `want` of them when there are that many; and whether that is all there is.
-    async fn view(&mut self, at: Position, limit: u64, want: usize) -> (&[u8], bool) {
+    /// least `want` of them when there are that many; and whether that is all there is. A
+    /// missing segment reads as empty; any other read error is returned, and nothing is skipped.
+    async fn view(
+        &mut self,
+        at: Position,
+        limit: u64,
+        want: usize,
+    ) -> std::io::Result<(&[u8], bool)> {
         let end = self.base + self.buf.len() as u64;
         if self.segment != Some(at.segment) || at.offset < self.base || at.offset > end {
+            self.restart_at(at);
             self.segment = Some(at.segment);
-            self.file = None;
-            self.base = at.offset;
-            self.buf.clear();
         } else if at.offset - self.base >= CHUNK as u64 {
             // Drop what was replayed, now and then rather than after every record.
             self.buf.drain(..(at.offset - self.base) as usize);
@@ -124,13 +128,31 @@ impl SegmentReader {
                     self.buf = buf;
                     complete = at_eof || self.base + self.buf.len() as u64 >= limit;
                 }
-                // A missing or unreadable segment reads as empty, as before a restart.
-                _ => complete = true,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.restart_at(at);
+                    complete = true;
+                }
+                Ok(Err(e)) => {
+                    self.restart_at(at);
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.restart_at(at);
+                    return Err(std::io::Error::other(e));
+                }
             }
         }
         let from = (at.offset - self.base) as usize;
         let upto = (limit.min(self.base + self.buf.len() as u64) - self.base) as usize;
-        (&self.buf[from..upto.max(from)], complete)
+        Ok((&self.buf[from..upto.max(from)], complete))
+    }
+
+    /// Forget what was read: the next view opens the segment again at `at`.
+    fn restart_at(&mut self, at: Position) {
+        self.segment = None;
+        self.file = None;
+        self.base = at.offset;
+        self.buf.clear();
     }
 }
 
@@ -187,6 +209,8 @@ enum Batch {
     Records(Vec<(Record, u64)>, u64),
     /// Nothing more in this segment for now.
     End,
+    /// The segment could not be read: try again later, skip nothing.
+    Unreadable(std::io::Error),
 }
 
 impl Replayer {
@@ -212,6 +236,10 @@ impl Replayer {
                     at.offset = next;
                     lock(&checkpoint).write(at);
                 }
+                Batch::Unreadable(e) => {
+                    tracing::error!(segment = at.segment, error = %e, "cannot read a spool segment; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Batch::End if current => {
                     metrics::SPOOL_OLDEST_AGE.set(0.0);
                     // Caught up: wait for the writer (or look again soon, in case of a race).
@@ -221,8 +249,7 @@ impl Replayer {
                 }
                 Batch::End => {
                     // A finished segment (torn tail, if any, skipped): drop it, go to the next.
-                    reader.segment = None;
-                    reader.file = None;
+                    reader.restart_at(at);
                     let path = segment_path(&dir, at.segment);
                     let len = std::fs::metadata(&path).map_or(0, |m| m.len());
                     if std::fs::remove_file(&path).is_ok() {
@@ -352,7 +379,10 @@ impl Replayer {
 async fn next_batch(reader: &mut SegmentReader, at: Position, limit: u64, most: usize) -> Batch {
     let mut want = CHUNK;
     loop {
-        let (data, complete) = reader.view(at, limit, want).await;
+        let (data, complete) = match reader.view(at, limit, want).await {
+            Ok(view) => view,
+            Err(e) => return Batch::Unreadable(e),
+        };
         let mut records = Vec::new();
         let mut offset = 0;
         while records.len() < most {
@@ -413,6 +443,32 @@ mod tests {
         assert_eq!(p.finish(2), None);
         assert_eq!(p.finish(0), Some(3));
         assert_eq!(p.finish(3), Some(4));
+    }
+
+    #[tokio::test]
+    async fn a_missing_segment_ends_and_an_unreadable_one_is_retried_not_skipped() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-unreadable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut reader = SegmentReader::new(dir.clone());
+        let at = Position {
+            segment: 0,
+            offset: 0,
+        };
+        assert!(matches!(
+            next_batch(&mut reader, at, u64::MAX, 8).await,
+            Batch::End
+        ));
+        // A directory in the segment's place: opening works, reading fails.
+        std::fs::create_dir(segment_path(&dir, 1)).unwrap();
+        let at = Position {
+            segment: 1,
+            offset: 0,
+        };
+        assert!(matches!(
+            next_batch(&mut reader, at, u64::MAX, 8).await,
+            Batch::Unreadable(_)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn record(seq: u64, body: Vec<u8>) -> Record {
