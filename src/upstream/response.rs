@@ -95,22 +95,25 @@ pub async fn read<S: AsyncRead + Unpin>(
                 !extra,
             )
         }
-        Framing::Chunked => loop {
-            match dechunk(&buf[body_start..], max_body)? {
-                Some((body, used)) => {
+        Framing::Chunked => {
+            let mut chunks = Dechunker::default();
+            loop {
+                if let Some(used) = chunks.step(&buf[body_start..], max_body)? {
                     // Exactly sized: the body may live on in the offer cache.
-                    break (
-                        Bytes::from(body.into_boxed_slice()),
-                        body_start + used == buf.len(),
-                    );
+                    let body = Bytes::from(chunks.body.into_boxed_slice());
+                    break (body, body_start + used == buf.len());
                 }
-                None => {
-                    if fill(stream, &mut buf).await? == 0 {
-                        return Err(ReadError::Broken("the upstream closed mid-body".into()));
-                    }
+                // Chunk lines and trailers are bounded one by one; bound their sum too.
+                if buf.len() - body_start > 8 * max_body + 64 * 1024 {
+                    return Err(ReadError::Broken(
+                        "the upstream's chunked body has too much framing".into(),
+                    ));
+                }
+                if fill(stream, &mut buf).await? == 0 {
+                    return Err(ReadError::Broken("the upstream closed mid-body".into()));
                 }
             }
-        },
+        }
         Framing::UntilClose => {
             while fill(stream, &mut buf).await? > 0 {
                 if buf.len() - body_start > max_body {
@@ -217,51 +220,73 @@ fn last_token(value: &[u8]) -> &[u8] {
         .trim_ascii()
 }
 
-/// Decode a chunked body from the start of `data`: the body and the bytes used (trailers
-/// included) when it is complete, `None` when more bytes are needed.
-fn dechunk(data: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, ReadError> {
-    let bad = || ReadError::Broken("bad chunked upstream body".into());
-    let mut body = Vec::new();
-    let mut at = 0;
-    loop {
-        let Some(line_end) = find_crlf(&data[at..]) else {
-            return if data.len() - at > 1024 {
-                Err(bad())
-            } else {
-                Ok(None)
-            };
-        };
-        let line = &data[at..at + line_end];
-        let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
-        let size_text = std::str::from_utf8(size_text.trim_ascii()).map_err(|_| bad())?;
-        if size_text.is_empty() || size_text.len() > 8 {
-            return Err(bad());
-        }
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad())?;
-        at += line_end + 2;
-        if size == 0 {
-            // Trailers, each a line, until an empty one.
-            loop {
-                let Some(end) = find_crlf(&data[at..]) else {
-                    return Ok(None);
+/// Decodes a chunked body as its bytes arrive, resuming where the last call stopped, so that
+/// an answer read in many small pieces is not parsed again from its start each time.
+#[derive(Default)]
+struct Dechunker {
+    /// Where the next chunk's size line (or trailer line) starts in the data.
+    at: usize,
+    /// Where the trailers start, once the last chunk is read.
+    trailers: Option<usize>,
+    body: Vec<u8>,
+}
+
+impl Dechunker {
+    /// Decode what `data` (the bytes after the head, so far) holds: `Some(used)` once the body
+    /// and its trailers are complete, `None` while more bytes are needed.
+    fn step(&mut self, data: &[u8], max_body: usize) -> Result<Option<usize>, ReadError> {
+        let bad = || ReadError::Broken("bad chunked upstream body".into());
+        loop {
+            let Some(line_end) = find_crlf(&data[self.at..]) else {
+                let pending = data.len() - self.at;
+                let limit = if self.trailers.is_some() {
+                    MAX_HEAD
+                } else {
+                    1024
                 };
-                at += end + 2;
-                if end == 0 {
-                    return Ok(Some((body, at)));
+                return if pending > limit {
+                    Err(bad())
+                } else {
+                    Ok(None)
+                };
+            };
+            if let Some(from) = self.trailers {
+                // Trailers, each a line, until an empty one.
+                self.at += line_end + 2;
+                if line_end == 0 {
+                    return Ok(Some(self.at));
                 }
+                if self.at - from > MAX_HEAD {
+                    return Err(bad());
+                }
+                continue;
             }
+            let line = &data[self.at..self.at + line_end];
+            let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
+            let size_text = std::str::from_utf8(size_text.trim_ascii()).map_err(|_| bad())?;
+            if size_text.is_empty() || size_text.len() > 8 {
+                return Err(bad());
+            }
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| bad())?;
+            let start = self.at + line_end + 2;
+            if size == 0 {
+                self.at = start;
+                self.trailers = Some(start);
+                continue;
+            }
+            if self.body.len() + size > max_body {
+                return Err(ReadError::TooLarge);
+            }
+            // Not there yet: this size line is read again next time (at most 1 KiB).
+            if data.len() < start + size + 2 {
+                return Ok(None);
+            }
+            if &data[start + size..start + size + 2] != b"\r\n" {
+                return Err(bad());
+            }
+            self.body.extend_from_slice(&data[start..start + size]);
+            self.at = start + size + 2;
         }
-        if body.len() + size > max_body {
-            return Err(ReadError::TooLarge);
-        }
-        if data.len() < at + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&data[at..at + size]);
-        if &data[at + size..at + size + 2] != b"\r\n" {
-            return Err(bad());
-        }
-        at += size + 2;
     }
 }
 
@@ -392,6 +417,24 @@ mod tests {
         assert_eq!(read_all(&chunks, 9, 100).err(), Some(ReadError::TooLarge));
         let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         assert!(matches!(read_all(bad, 9, 100), Err(ReadError::Broken(_))));
+    }
+
+    #[test]
+    fn chunked_framing_cannot_grow_without_bound() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        // Endless trailers.
+        let trailers = [head.clone(), b"0\r\n".to_vec(), b"X-T: y\r\n".repeat(4000)].concat();
+        assert!(matches!(
+            read_all(&trailers, 4096, 100),
+            Err(ReadError::Broken(_))
+        ));
+        // One-byte chunks, each with a long extension: the body stays small, the framing not.
+        let chunk = [b"1;".to_vec(), vec![b'e'; 1000], b"\r\nx\r\n".to_vec()].concat();
+        let padded = [head, chunk.repeat(200)].concat();
+        assert!(matches!(
+            read_all(&padded, 4096, 100),
+            Err(ReadError::Broken(_))
+        ));
     }
 
     proptest! {
