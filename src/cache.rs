@@ -139,11 +139,13 @@ impl OfferCache {
             Entry::Vacant(vacant) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let key = vacant.key().clone();
+                // Counted while the shard is still locked, before anyone can remove the entry:
+                // the count then never drops below zero.
+                let entries = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
                 vacant.insert(Slot {
                     offers,
                     tag: generation,
                 });
-                let entries = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
                 let mut order = self.lock_order();
                 order.push_back((key, generation));
                 // Queue items of removed entries are dropped once they reach the front; bound
