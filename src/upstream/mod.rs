@@ -8,7 +8,7 @@ mod circuit;
 mod connection;
 mod dns;
 mod pool;
-mod response;
+pub mod response;
 
 pub use backoff::{parse_retry_after, Backoff, BackoffError};
 pub use budget::{BudgetSettings, RetryBudget};
