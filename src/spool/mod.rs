@@ -344,8 +344,6 @@ impl Spool {
     }
 }
 
-/// Take the spool's lock, waiting while another process holds it: during a graceful upgrade the
-/// new process starts replaying only once the old one has exited.
 /// In `sync_interval` mode: make what was written durable, if anything is pending.
 fn sync_if_dirty(file: &std::fs::File, dirty_since: &mut Option<Instant>) {
     if dirty_since.take().is_some() {
@@ -355,6 +353,8 @@ fn sync_if_dirty(file: &std::fs::File, dirty_since: &mut Option<Instant>) {
     }
 }
 
+/// Take the spool's lock, waiting while another process holds it: during a graceful upgrade the
+/// new process starts replaying only once the old one has exited.
 fn lock(dir: &Path) -> std::io::Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -424,7 +424,8 @@ struct CheckpointFile {
 }
 
 impl CheckpointFile {
-    fn open(dir: &Path) -> CheckpointFile {
+    /// The checkpoint file of `dir`, and where replay resumes.
+    fn open(dir: &Path) -> (CheckpointFile, Position) {
         let at = read_checkpoint(dir);
         let mut checkpoint = CheckpointFile {
             dir: dir.to_path_buf(),
@@ -432,11 +433,7 @@ impl CheckpointFile {
         };
         // Rewritten at once, in the fixed width, whatever an older version left.
         checkpoint.write(at);
-        checkpoint
-    }
-
-    fn position(&self) -> Position {
-        read_checkpoint(&self.dir)
+        (checkpoint, at)
     }
 
     fn write(&mut self, at: Position) {

@@ -216,8 +216,8 @@ enum Batch {
 impl Replayer {
     async fn run(&self) {
         let dir = self.spool.settings.dir.clone();
-        let checkpoint = Mutex::new(CheckpointFile::open(&dir));
-        let mut at = lock(&checkpoint).position();
+        let (checkpoint, mut at) = CheckpointFile::open(&dir);
+        let checkpoint = Mutex::new(checkpoint);
         let mut reader = SegmentReader::new(dir.clone());
         loop {
             let writer = self.spool.position();
