@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 pub struct Replayer {
     pub spool: Arc<Spool>,
@@ -271,7 +272,8 @@ impl Replayer {
 
     /// Deliver a batch: its visitors at once, each visitor's records in order. The checkpoint
     /// moves past each record once it and every record before it are delivered, so that a
-    /// crash repeats only the records in flight and those delivered ahead of one still in flight.
+    /// crash repeats only the records in flight and those delivered ahead of one still in flight:
+    /// at most one record for each visitor of the batch.
     async fn deliver_batch(
         &self,
         records: Vec<(Record, u64)>,
@@ -297,19 +299,36 @@ impl Replayer {
             done: vec![false; records.len()],
             delivered: 0,
         });
+        let advanced = Notify::new();
         let width = visitors.len();
-        let (records, progress) = (&records, &progress);
+        let (records, progress, advanced) = (&records, &progress, &advanced);
         stream::iter(visitors)
             .for_each_concurrent(width, |queue| async move {
+                let last = queue.last().copied();
                 for i in queue {
                     self.replay(&records[i].0).await;
-                    let mut p = lock(progress);
-                    if let Some(upto) = p.finish(i) {
-                        let at = Position {
-                            segment,
-                            offset: records[upto - 1].1,
-                        };
-                        lock(checkpoint).write(at);
+                    let caught_up = {
+                        let mut p = lock(progress);
+                        if let Some(upto) = p.finish(i) {
+                            let at = Position {
+                                segment,
+                                offset: records[upto - 1].1,
+                            };
+                            lock(checkpoint).write(at);
+                            advanced.notify_waiters();
+                        }
+                        p.delivered > i
+                    };
+                    // A visitor's next record waits until the checkpoint has passed this one:
+                    // each visitor then holds at most one record that a crash would repeat.
+                    if !caught_up && Some(i) != last {
+                        loop {
+                            let notified = advanced.notified();
+                            if lock(progress).delivered > i {
+                                break;
+                            }
+                            notified.await;
+                        }
                     }
                 }
             })
