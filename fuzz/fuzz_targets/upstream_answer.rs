@@ -45,7 +45,7 @@ fuzz_target!(|input: &[u8]| {
             break r;
         }
     };
-    if let Ok(a) = result {
+    if let Ok((a, _)) = result {
         assert!(a.body.len() <= max_body, "a body of {} bytes", a.body.len());
     }
 });

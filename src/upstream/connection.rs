@@ -138,18 +138,13 @@ async fn exchange(
         stream.flush().await
     };
     written.await.map_err(|e| Failure::Stale(e.to_string()))?;
-    let answer = response::read(&mut stream, max_body)
-        .await
-        .map_err(|e| match e {
-            ReadError::ClosedEarly(e) => Failure::Stale(e),
-            ReadError::Broken(e) => Failure::Io(e),
-            ReadError::TooLarge => Failure::TooLarge,
-        })?;
-    let response = UpstreamResponse {
-        status: answer.status,
-        content_type: answer.content_type,
-        retry_after: answer.retry_after,
-        body: answer.body,
-    };
-    Ok((response, answer.reusable.then_some(stream)))
+    let (response, reusable) =
+        response::read(&mut stream, max_body)
+            .await
+            .map_err(|e| match e {
+                ReadError::ClosedEarly(e) => Failure::Stale(e),
+                ReadError::Broken(e) => Failure::Io(e),
+                ReadError::TooLarge => Failure::TooLarge,
+            })?;
+    Ok((response, reusable.then_some(stream)))
 }

@@ -5,6 +5,7 @@
 //! and its case map for every answer; profiling put it among the largest user-space costs of
 //! the pass-through path.
 
+use super::UpstreamResponse;
 use bytes::Bytes;
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -12,15 +13,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Most bytes of a status line and header.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-
-/// A whole answer, and whether its connection can carry another request.
-pub struct Answer {
-    pub status: u16,
-    pub content_type: Option<HeaderValue>,
-    pub retry_after: Option<HeaderValue>,
-    pub body: Bytes,
-    pub reusable: bool,
-}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {
@@ -48,11 +40,12 @@ struct Head {
     len: usize,
 }
 
-/// Read one answer from `stream`, its body at most `max_body` bytes.
+/// Read one answer from `stream`, its body at most `max_body` bytes; and whether the
+/// connection can carry another request.
 pub async fn read<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_body: usize,
-) -> Result<Answer, ReadError> {
+) -> Result<(UpstreamResponse, bool), ReadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let head = loop {
         if let Some(head) = parse_head(&buf)? {
@@ -123,13 +116,13 @@ pub async fn read<S: AsyncRead + Unpin>(
             (Bytes::copy_from_slice(&buf[body_start..]), false)
         }
     };
-    Ok(Answer {
+    let response = UpstreamResponse {
         status: head.status,
         content_type: head.content_type,
         retry_after: head.retry_after,
         body,
-        reusable: reusable && head.keepalive,
-    })
+    };
+    Ok((response, reusable && head.keepalive))
 }
 
 /// Read more into `buf`; the number of bytes read (0 at the end of the stream).
@@ -325,7 +318,11 @@ mod tests {
         }
     }
 
-    fn read_all(data: &[u8], step: usize, max_body: usize) -> Result<Answer, ReadError> {
+    fn read_all(
+        data: &[u8],
+        step: usize,
+        max_body: usize,
+    ) -> Result<(UpstreamResponse, bool), ReadError> {
         let mut stream = Trickle {
             data: data.to_vec(),
             at: 0,
@@ -357,8 +354,8 @@ mod tests {
         let raw =
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
         for step in [1, 3, 1000] {
-            let a = read_all(raw, step, 100).unwrap();
-            assert_eq!((a.status, &a.body[..], a.reusable), (200, &b"{}"[..], true));
+            let (a, reusable) = read_all(raw, step, 100).unwrap();
+            assert_eq!((a.status, &a.body[..], reusable), (200, &b"{}"[..], true));
             assert_eq!(a.content_type.unwrap(), "application/json");
         }
     }
@@ -366,27 +363,27 @@ mod tests {
     #[test]
     fn what_ends_the_connection_is_not_reused() {
         let close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
-        assert!(!read_all(close, 7, 100).unwrap().reusable);
+        assert!(!read_all(close, 7, 100).unwrap().1);
         let old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert!(!read_all(old, 7, 100).unwrap().reusable);
+        assert!(!read_all(old, 7, 100).unwrap().1);
         let old_kept = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}";
-        assert!(read_all(old_kept, 7, 100).unwrap().reusable);
+        assert!(read_all(old_kept, 7, 100).unwrap().1);
         let to_close = b"HTTP/1.1 200 OK\r\n\r\n{\"a\":1}";
-        let a = read_all(to_close, 4, 100).unwrap();
-        assert_eq!((&a.body[..], a.reusable), (&b"{\"a\":1}"[..], false));
+        let (a, reusable) = read_all(to_close, 4, 100).unwrap();
+        assert_eq!((&a.body[..], reusable), (&b"{\"a\":1}"[..], false));
         let extra = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1";
-        assert!(!read_all(extra, 100, 100).unwrap().reusable);
+        assert!(!read_all(extra, 100, 100).unwrap().1);
     }
 
     #[test]
     fn interim_answers_are_skipped_and_errors_keep_their_headers() {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n";
-        let a = read_all(raw, 5, 100).unwrap();
+        let (a, reusable) = read_all(raw, 5, 100).unwrap();
         assert_eq!(a.status, 429);
         assert_eq!(a.retry_after.unwrap(), "3");
-        assert!(a.reusable);
+        assert!(reusable);
         let none = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(read_all(none, 5, 100).unwrap().body.len(), 0);
+        assert_eq!(read_all(none, 5, 100).unwrap().0.body.len(), 0);
     }
 
     #[test]
@@ -448,9 +445,9 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n".to_vec(),
                 chunked(&body, &sizes),
             ].concat();
-            let a = read_all(&raw, step, 4096).unwrap();
+            let (a, reusable) = read_all(&raw, step, 4096).unwrap();
             prop_assert_eq!(&a.body[..], &body[..]);
-            prop_assert!(a.reusable);
+            prop_assert!(reusable);
         }
 
         #[test]
@@ -459,7 +456,7 @@ mod tests {
             step in 1usize..64,
         ) {
             let raw = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n".to_vec(), rest].concat();
-            if let Ok(a) = read_all(&raw, step, 256) {
+            if let Ok((a, _)) = read_all(&raw, step, 256) {
                 prop_assert!(a.body.len() <= 256);
             }
         }
