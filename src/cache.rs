@@ -4,6 +4,7 @@
 //! offers). Bounded by entries and bytes; entries past their stale limit are dropped; when full,
 //! the oldest inserted visitor goes first.
 
+use crate::lock;
 use crate::metrics;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -233,7 +234,7 @@ impl OfferCache {
     }
 
     fn lock_order(&self) -> std::sync::MutexGuard<'_, VecDeque<(CacheKey, u64)>> {
-        self.order.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.order)
     }
 }
 

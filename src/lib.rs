@@ -31,6 +31,12 @@ use spool::SpoolError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Lock a mutex, and go on with its data if a thread panicked while holding it: every value
+/// these mutexes guard is valid between statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Pingora's process settings for a config; `upgrade` takes the sockets of a running instance.
 pub fn server_conf(config: &Config) -> ServerConf {
     ServerConf {

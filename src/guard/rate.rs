@@ -3,6 +3,7 @@
 //! so those are swept first, and when every tracked key is busy, new keys share one overflow
 //! bucket rather than growing the map.
 
+use crate::lock;
 use dashmap::DashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,7 +112,7 @@ impl<K: Hash + Eq> Limiter<K> {
             self.sweep(spec, now);
         }
         if self.tracked() >= self.max_tracked {
-            let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+            let mut overflow = lock(&self.overflow);
             let bucket = overflow.get_or_insert_with(|| Bucket::full(spec, now));
             return (verdict(bucket.take(spec, now)), true);
         }
@@ -128,7 +129,7 @@ impl<K: Hash + Eq> Limiter<K> {
     /// second, so a flood of new keys does not turn every request into a full scan.
     fn sweep(&self, spec: BucketSpec, now: Instant) {
         {
-            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = lock(&self.last_sweep);
             if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
                 return;
             }

@@ -210,7 +210,7 @@ impl Spool {
     }
 
     fn position(&self) -> Position {
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::lock(&self.committed)
     }
 
     /// Count what a previous run left: pending per visitor, depth and bytes.
@@ -339,7 +339,7 @@ impl Spool {
     }
 
     fn publish(&self, position: Position) {
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = position;
+        *crate::lock(&self.committed) = position;
         self.wake.notify_one();
     }
 }

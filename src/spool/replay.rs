@@ -13,6 +13,7 @@
 use super::{segment_path, segments, CheckpointFile, Frame, Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
 use crate::config::Config;
+use crate::lock;
 use crate::metrics;
 use crate::upstream::{Call, CallLimits, ClientInfo, UpstreamClient};
 use arc_swap::ArcSwap;
@@ -197,10 +198,6 @@ impl Progress {
         }
         (self.delivered > before).then_some(self.delivered)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What one pass over the spool found.

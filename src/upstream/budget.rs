@@ -1,6 +1,7 @@
 //! The retry budget: retries may be at most a fraction of recent requests plus a small floor,
 //! so a 429 storm costs the upstream at most about (1 + ratio)× the client calls.
 
+use crate::lock;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,7 @@ impl RetryBudget {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         // Counters stay consistent whatever a panicking holder did: recover them.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 }
 

@@ -18,6 +18,7 @@ pub use dns::{DnsCache, DnsError};
 
 use crate::config::{Route, Timeouts};
 use crate::error::vendor_code;
+use crate::lock;
 use crate::metrics;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -343,10 +344,6 @@ fn shared<T>(map: &DashMap<String, Arc<T>>, key: &str, make: impl FnOnce() -> T)
     map.entry(key.to_string())
         .or_insert_with(|| Arc::new(make()))
         .clone()
-}
-
-fn lock(circuit: &Mutex<Circuit>) -> std::sync::MutexGuard<'_, Circuit> {
-    circuit.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The last answer once retrying stops. A 429 always carries a `Retry-After`, ours if the

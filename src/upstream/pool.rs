@@ -4,6 +4,7 @@
 //! the upstream closed meanwhile fails on first use, before any answer, and the call moves to a
 //! fresh connection (see `connection::attempt`).
 
+use crate::lock;
 use pingora::protocols::Stream;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,7 +26,7 @@ impl Pool {
     /// The most recently used connection to `peer` idle for less than `max_idle`; older ones
     /// are closed on the way.
     pub fn take(&self, peer: u64, max_idle: Duration) -> Option<Stream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock(&self.idle);
         let stack = idle.get_mut(&peer)?;
         while let Some((stream, since)) = stack.pop() {
             if since.elapsed() < max_idle {
@@ -37,7 +38,7 @@ impl Pool {
 
     /// Keep `stream` for reuse, unless `peer` already has `per_peer` idle connections.
     pub fn put(&self, peer: u64, stream: Stream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock(&self.idle);
         let stack = idle.entry(peer).or_default();
         if stack.len() < self.per_peer {
             stack.push((stream, Instant::now()));
