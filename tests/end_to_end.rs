@@ -93,6 +93,27 @@ fn a_chunked_upstream_answer_is_relayed_whole_and_sized() {
 }
 
 #[test]
+fn an_upstream_answer_with_endless_framing_is_refused_not_buffered() {
+    // 20 KB of trailers after the last chunk: past the 16 KiB bound on trailers.
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n{}\r\n",
+        "X-Trailer: padding\r\n".repeat(1000)
+    );
+    let upstream = Recorder::start(Box::leak(reply.into_boxed_str()));
+    let (proxy, admin) = (free_port(), free_port());
+    let config = load_config(
+        "framing",
+        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
+    );
+    let running = start_proxy(config);
+    for n in 0..2 {
+        let r = post_json(running.1, &format!(r#"{{"td_client_id":"f{n}"}}"#));
+        r.assert_error(502, 502);
+    }
+    assert_eq!(upstream.seen.lock().unwrap().len(), 2);
+}
+
+#[test]
 fn client_credentials_are_replaced_and_cookies_dropped() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     let (proxy, admin) = (free_port(), free_port());
