@@ -17,6 +17,10 @@ pub enum EdgeError {
     UnsupportedMediaType,
     #[error("Invalid event object: {0}")]
     InvalidEvent(&'static str),
+    /// A field the proxy reads (an identifier, `uuid`) appears twice: parsers disagree on which
+    /// one counts, so the event is ambiguous. Holds the configured field name, never client text.
+    #[error("Invalid event object: the field {0} appears more than once")]
+    RepeatedField(String),
     #[error("timed out reading the request body")]
     ClientTimeout,
     #[error("upstream unreachable")]
@@ -53,7 +57,9 @@ impl EdgeError {
             EdgeError::RateLimited(_) => 429,
             EdgeError::BodyTooLarge(_) => 413,
             EdgeError::UnsupportedMediaType => 415,
-            EdgeError::InvalidEvent(_) | EdgeError::BadRequest(_) => 400,
+            EdgeError::InvalidEvent(_) | EdgeError::RepeatedField(_) | EdgeError::BadRequest(_) => {
+                400
+            }
             EdgeError::ClientTimeout => 408,
             EdgeError::UpstreamUnavailable | EdgeError::BadUpstreamResponse => 502,
             EdgeError::UpstreamTimeout => 504,
@@ -65,7 +71,7 @@ impl EdgeError {
         match self {
             // The vendor's codes: 3009 "unsupported method", 3004 "invalid event object".
             EdgeError::MethodNotAllowed => 3009,
-            EdgeError::InvalidEvent(_) => 3004,
+            EdgeError::InvalidEvent(_) | EdgeError::RepeatedField(_) => 3004,
             // The vendor's "invalid or missing Origin".
             EdgeError::ForeignOrigin => 3007,
             // The vendor's "request origin not in IP whitelist".

@@ -4,7 +4,7 @@
 use crate::error::EdgeError;
 use bytes::Bytes;
 use http::HeaderValue;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -32,27 +32,57 @@ pub struct Identifier {
     pub value: String,
 }
 
+/// The field that names an event for de-duplication (the vendor's event schema has it).
+pub const UUID_FIELD: &str = "uuid";
+
+/// Deepest nesting of arrays and objects accepted in an event. Events are flat rows with the
+/// odd list; a body the upstream's parser might refuse for its depth is refused here instead.
+pub const MAX_DEPTH: usize = 32;
+
+/// What the validate step read from an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub identifier: Option<Identifier>,
+    /// Whether the body carries a `uuid` member of its own.
+    pub has_uuid: bool,
+    /// Whether the first identifier field is present at all, usable or not (`""`, `null`).
+    pub first_present: bool,
+}
+
 const NO_IDENTIFIER: EdgeError =
     EdgeError::InvalidEvent("no identifier (such as td_client_id) in the event");
+const EMPTY_IDENTIFIER: EdgeError = EdgeError::InvalidEvent(
+    "the identifier field is empty or null: send the visitor id, or leave the field out",
+);
+const NOT_AN_OBJECT: EdgeError = EdgeError::InvalidEvent(
+    "the body must be a JSON object of valid UTF-8, nested at most 32 deep",
+);
 
 /// Check that `body` is a JSON object with a non-empty string (or number) under one of
 /// `identifiers`, and return the first one found in `identifiers` order.
 pub fn identify(body: &[u8], identifiers: &[String]) -> Result<Identifier, EdgeError> {
-    find_identifier(body, identifiers)?.ok_or(NO_IDENTIFIER)
+    scan(body, identifiers)?.identifier.ok_or(NO_IDENTIFIER)
 }
 
-/// As `identify`, but a JSON object without an identifier is `Ok(None)`.
-pub fn find_identifier(
-    body: &[u8],
-    identifiers: &[String],
-) -> Result<Option<Identifier>, EdgeError> {
+/// Read an event the way the upstream will: a JSON object whose every string is valid UTF-8
+/// (no lone surrogate escapes), nested at most `MAX_DEPTH` deep, in which no identifier field
+/// and no `uuid` appears twice (serde_json and most parsers keep the last of two, a proxy
+/// keeping the first would cache one visitor's offers under another's name). An object
+/// without an identifier has `identifier: None`.
+pub fn scan(body: &[u8], identifiers: &[String]) -> Result<Scan, EdgeError> {
+    let repeated = std::cell::Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let found = Seed(identifiers)
-        .deserialize(&mut de)
-        .map_err(|_| EdgeError::InvalidEvent("the body must be a JSON object"))?;
-    de.end()
-        .map_err(|_| EdgeError::InvalidEvent("the body must be a JSON object"))?;
-    Ok(found)
+    let found = Top {
+        identifiers,
+        repeated: &repeated,
+    }
+    .deserialize(&mut de)
+    .and_then(|scan| de.end().map(|()| scan));
+    match (found, repeated.take()) {
+        (_, Some(field)) => Err(EdgeError::RepeatedField(field)),
+        (Ok(scan), None) => Ok(scan),
+        (Err(_), None) => Err(NOT_AN_OBJECT),
+    }
 }
 
 /// The event and its identifier, taking the id from cookie `cookie` when the body has none
@@ -64,11 +94,16 @@ pub fn identify_with_cookie<'a>(
     cookie: Option<&str>,
     cookie_headers: impl Iterator<Item = &'a HeaderValue>,
 ) -> Result<(Identifier, Bytes), EdgeError> {
-    if let Some(found) = find_identifier(&body, identifiers)? {
+    let scanned = scan(&body, identifiers)?;
+    if let Some(found) = scanned.identifier {
         return Ok((found, body));
     }
     let name = cookie.ok_or(NO_IDENTIFIER)?;
     let value = cookie_value(cookie_headers, name).ok_or(NO_IDENTIFIER)?;
+    if scanned.first_present {
+        // Adding the cookie's id would repeat the field, and parsers disagree on which counts.
+        return Err(EMPTY_IDENTIFIER);
+    }
     let field = identifiers.first().ok_or(NO_IDENTIFIER)?;
     let body = with_member(&body, field, value);
     let found = Identifier {
@@ -97,9 +132,9 @@ pub fn cookie_value<'a>(
         })
 }
 
-/// `object` (a JSON object, already validated) with `"field": value` added last, so that it
-/// wins over an empty or null member of the same name for parsers that keep the last.
-fn with_member(object: &[u8], field: &str, value: &str) -> Bytes {
+/// `object` (a JSON object, already validated, without a member `field`) with `"field": value`
+/// added last.
+pub fn with_member(object: &[u8], field: &str, value: &str) -> Bytes {
     let trimmed = object.trim_ascii();
     let inner = &trimmed[1..trimmed.len() - 1];
     let member = format!(
@@ -117,18 +152,23 @@ fn with_member(object: &[u8], field: &str, value: &str) -> Bytes {
     Bytes::from(out)
 }
 
-struct Seed<'a>(&'a [String]);
+/// The top-level object: identifiers read, every other value checked by `Checked`.
+struct Top<'a> {
+    identifiers: &'a [String],
+    /// Set to the field's name when an identifier or `uuid` appears twice.
+    repeated: &'a std::cell::Cell<Option<String>>,
+}
 
-impl<'de> DeserializeSeed<'de> for Seed<'_> {
-    type Value = Option<Identifier>;
+impl<'de> DeserializeSeed<'de> for Top<'_> {
+    type Value = Scan;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Seed<'_> {
-    type Value = Option<Identifier>;
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = Scan;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -137,32 +177,118 @@ impl<'de> Visitor<'de> for Seed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Position in `identifiers` of the best field found so far: earlier wins.
         let mut best: Option<(usize, Identifier)> = None;
+        let mut seen = vec![false; self.identifiers.len()];
+        let mut has_uuid = false;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let rank = self.0.iter().position(|i| *i == key);
-            match rank {
-                Some(rank) if best.as_ref().is_none_or(|(r, _)| rank < *r) => {
-                    let value: serde_json::Value = map.next_value()?;
-                    let text = match value {
-                        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s),
-                        serde_json::Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    };
-                    if let Some(value) = text {
-                        best = Some((
-                            rank,
-                            Identifier {
-                                field: key.into_owned(),
-                                value,
-                            },
-                        ));
-                    }
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+            let rank = self.identifiers.iter().position(|i| *i == key);
+            let first = match rank {
+                Some(rank) => !std::mem::replace(&mut seen[rank], true),
+                None if key == UUID_FIELD => !std::mem::replace(&mut has_uuid, true),
+                None => true,
+            };
+            if !first {
+                self.repeated.set(Some(key.into_owned()));
+                return Err(serde::de::Error::custom("repeated field"));
+            }
+            let seed = Checked {
+                depth: 1,
+                keep: rank.is_some(),
+            };
+            let (Some(rank), Some(value)) = (rank, map.next_value_seed(seed)?) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((
+                    rank,
+                    Identifier {
+                        field: key.into_owned(),
+                        value,
+                    },
+                ));
             }
         }
-        Ok(best.map(|(_, id)| id))
+        Ok(Scan {
+            identifier: best.map(|(_, id)| id),
+            has_uuid,
+            first_present: seen.first() == Some(&true),
+        })
+    }
+}
+
+/// Any JSON value at nesting depth `depth`, checked as the upstream will parse it: strings
+/// decoded (valid UTF-8, escapes and surrogate pairs whole), depth bounded. serde_json's
+/// `IgnoredAny` skips strings without decoding them, so it is not used. With `keep`, a
+/// non-blank string or a number is returned as text (an identifier's value).
+struct Checked {
+    depth: usize,
+    keep: bool,
+}
+
+impl Checked {
+    fn inner(&self) -> Checked {
+        Checked {
+            depth: self.depth + 1,
+            keep: false,
+        }
+    }
+
+    fn number(&self, n: Option<serde_json::Number>) -> Option<String> {
+        n.filter(|_| self.keep).map(|n| n.to_string())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom("nested too deep"));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.number(Some(v.into())))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.number(Some(v.into())))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(self.number(serde_json::Number::from_f64(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((self.keep && !v.trim().is_empty()).then(|| v.to_owned()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element_seed(self.inner())?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_key::<Cow<'de, str>>()?.is_some() {
+            map.next_value_seed(self.inner())?;
+        }
+        Ok(None)
     }
 }
 
@@ -257,6 +383,83 @@ mod tests {
             let err = identify(bad, &ids()).unwrap_err();
             assert_eq!(err.code(), 3004, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_repeated_identifier_or_uuid_is_refused_whatever_its_values() {
+        for body in [
+            &br#"{"td_client_id":"victim","td_client_id":"attacker"}"#[..],
+            br#"{"td_client_id":"","td_client_id":"attacker"}"#,
+            br#"{"email":"a@b","td_client_id":"v","email":"c@d"}"#,
+            br#"{"td_client_id":"v","td_client\u005fid":"w"}"#,
+            br#"{"td_client_id":"v","uuid":"1","uuid":"2"}"#,
+        ] {
+            let err = scan(body, &ids()).unwrap_err();
+            assert!(
+                matches!(err, EdgeError::RepeatedField(_)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(err.code(), 3004);
+        }
+        // Other fields may repeat: they name nothing the proxy acts on.
+        let ok = scan(br#"{"td_client_id":"v","a":1,"a":2}"#, &ids()).unwrap();
+        assert_eq!(ok.identifier.unwrap().value, "v");
+    }
+
+    #[test]
+    fn every_string_is_checked_even_in_fields_the_proxy_skips() {
+        for bad in [
+            &br#"{"td_client_id":"v","x":"\ud800"}"#[..],
+            br#"{"td_client_id":"v","x":["\udc00 lone trail"]}"#,
+            br#"{"td_client_id":"v","x":{"y":"\ud800\u0041"}}"#,
+            b"{\"td_client_id\":\"v\",\"x\":\"\xff\"}",
+            b"{\"td_client_id\":\"v\",\"x\":{\"\xc3\":1}}",
+        ] {
+            assert!(
+                scan(bad, &ids()).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let pair = br#"{"td_client_id":"v","x":"\ud83d\ude00"}"#;
+        assert!(scan(pair, &ids()).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"td_client_id":"v","x":{}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(scan(nested(MAX_DEPTH - 1).as_bytes(), &ids()).is_ok());
+        assert!(scan(nested(MAX_DEPTH).as_bytes(), &ids()).is_err());
+        assert!(scan(nested(100_000).as_bytes(), &ids()).is_err());
+    }
+
+    #[test]
+    fn a_uuid_of_the_body_is_seen() {
+        assert!(
+            scan(br#"{"td_client_id":"v","uuid":"x"}"#, &ids())
+                .unwrap()
+                .has_uuid
+        );
+        assert!(!scan(br#"{"td_client_id":"v"}"#, &ids()).unwrap().has_uuid);
+    }
+
+    #[test]
+    fn an_empty_identifier_is_not_filled_from_the_cookie_into_a_second_member() {
+        let jar = cookies(&["_td=from-cookie"]);
+        let r = identify_with_cookie(
+            Bytes::from_static(br#"{"td_client_id":""}"#),
+            &ids(),
+            Some("_td"),
+            jar.iter(),
+        );
+        assert_eq!(r.unwrap_err(), EMPTY_IDENTIFIER);
     }
 
     #[test]

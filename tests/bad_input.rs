@@ -151,3 +151,45 @@ fn a_client_that_stalls_mid_body_is_cut_off_with_408() {
     raw_request(stack.proxy, raw).assert_error(408, 408);
     assert_eq!(stack.post("/demo_db/pageviews", EVENT).status, 200);
 }
+
+#[test]
+fn an_event_that_names_its_visitor_twice_is_refused_and_never_reaches_the_upstream() {
+    let stack = Stack::start("repeated_identifier");
+    // Warm the victim's offers, so a mix-up would have something to show.
+    let victim =
+        r#"{"td_client_id":"victim","td_path":"/retail/shop/women","product_category":"women"}"#;
+    assert_eq!(stack.post("/demo_db/pageviews", victim).status, 200);
+    for body in [
+        r#"{"td_client_id":"victim","td_client_id":"attacker"}"#,
+        r#"{"td_client_id":"victim","td_client\u005fid":"attacker"}"#,
+        r#"{"td_client_id":"victim","uuid":"a","uuid":"b"}"#,
+    ] {
+        let r = stack.post("/demo_db/pageviews", body);
+        r.assert_error(400, 3004);
+        assert!(r.text().contains("appears more than once"), "{}", r.text());
+    }
+    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+}
+
+#[test]
+fn a_skipped_field_the_upstream_could_not_parse_is_refused_here() {
+    let stack = Stack::start("unparseable_skipped_field");
+    let deep = format!(
+        r#"{{"td_client_id":"v","x":{}1{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    for body in [
+        r#"{"td_client_id":"v","td_url":"\ud800"}"#.to_string(),
+        r#"{"td_client_id":"v","list":["ok","\udc01"]}"#.to_string(),
+        deep,
+    ] {
+        stack
+            .post("/demo_db/pageviews", &body)
+            .assert_error(400, 3004);
+    }
+    let raw_bad_utf8 = b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n{\"td_client_id\":\"v\",\"x\":\"\xff\"}  ";
+    raw_request(stack.proxy, raw_bad_utf8).assert_error(400, 3004);
+    // Nothing was forwarded: the emulator was never asked.
+    assert_eq!(stack.emulator_stats()["requests"], 0);
+}
