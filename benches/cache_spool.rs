@@ -17,8 +17,15 @@ fn filled() -> (Arc<OfferCache>, Vec<CacheKey>) {
         max_bytes: 1 << 30,
     }));
     let service: Arc<str> = Arc::from("shop");
+    let route: Arc<str> = Arc::from("1/demo_db/pageviews/web");
     let keys: Vec<CacheKey> = (0..VISITORS)
-        .map(|i| CacheKey::new(&service, &format!("42a508e2-d9b1-4baa-9eb2-{i:012}")))
+        .map(|i| {
+            CacheKey::new(
+                &service,
+                &route,
+                &format!("42a508e2-d9b1-4baa-9eb2-{i:012}"),
+            )
+        })
         .collect();
     for k in &keys {
         cache.insert(k.clone(), offers());
@@ -93,6 +100,8 @@ fn spool(c: &mut Criterion) {
         max_bytes: 1 << 34,
         segment_bytes: 64 << 20,
         replay_concurrency: 8,
+        dead_letter_max_bytes: 1 << 20,
+        route_wait: Duration::from_secs(60),
     };
     let spool = Spool::open(settings).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -100,7 +109,11 @@ fn spool(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let key = CacheKey::new(&Arc::from("shop"), "42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16");
+    let key = CacheKey::new(
+        &Arc::from("shop"),
+        &Arc::from("1/demo_db/pageviews/web"),
+        "42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16",
+    );
     let body = Bytes::from_static(
         br#"{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/retail"}"#,
     );
@@ -108,8 +121,14 @@ fn spool(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("append, alone (one fdatasync)", |b| {
         b.iter(|| {
-            rt.block_on(spool.append(&key, "/demo_db/pageviews", body.clone(), false))
-                .unwrap()
+            rt.block_on(spool.append(
+                &key,
+                "/demo_db/pageviews",
+                spool.next_event(),
+                body.clone(),
+                false,
+            ))
+            .unwrap()
         })
     });
     g.bench_function("append, 64 at once (group commit), per batch", |b| {
@@ -118,7 +137,10 @@ fn spool(c: &mut Criterion) {
                 let appends = (0..64).map(|_| {
                     let (spool, key, body) = (spool.clone(), key.clone(), body.clone());
                     tokio::spawn(async move {
-                        spool.append(&key, "/demo_db/pageviews", body, false).await
+                        let event = spool.next_event();
+                        spool
+                            .append(&key, "/demo_db/pageviews", event, body, false)
+                            .await
                     })
                 });
                 for a in appends.collect::<Vec<_>>() {

@@ -44,6 +44,7 @@ impl Admin {
         for (route, why) in self.client.rejected_routes() {
             warnings.push(format!("route {route}: {why}"));
         }
+        warnings.extend(self.spool.warnings());
         (reasons, warnings)
     }
 }

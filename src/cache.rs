@@ -1,4 +1,4 @@
-//! The offer cache: the upstream's last answer per (service, visitor), kept whole so that a
+//! The offer cache: the upstream's last answer per (service, route, visitor), kept whole so that a
 //! repeat visitor is answered at memory speed and an upstream failure can be answered stale.
 //! Keys are stored in full (never a hash alone: a collision would show one visitor another's
 //! offers). Bounded by entries and bytes; entries past their stale limit are dropped; when full,
@@ -6,6 +6,7 @@
 
 use crate::lock;
 use crate::metrics;
+use crate::upstream::UpstreamResponse;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -16,18 +17,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bookkeeping bytes charged per entry beyond its key and body (map slot, queue slot, Arcs).
-pub const ENTRY_OVERHEAD: usize = 160;
+pub const ENTRY_OVERHEAD: usize = 176;
 
+/// What decides an answer: the route (its `Route::id`: account, database, table, token) and
+/// the visitor, within a service. Two routes of one service answer one visitor differently.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub service: Arc<str>,
+    pub route: Arc<str>,
     pub visitor: Box<str>,
 }
 
 impl CacheKey {
-    pub fn new(service: &Arc<str>, visitor: &str) -> Self {
+    pub fn new(service: &Arc<str>, route: &Arc<str>, visitor: &str) -> Self {
         CacheKey {
             service: service.clone(),
+            route: route.clone(),
             visitor: visitor.into(),
         }
     }
@@ -44,6 +49,18 @@ pub struct Offers {
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
     pub fetched: Instant,
+}
+
+impl From<&UpstreamResponse> for Offers {
+    /// The answer, fetched now.
+    fn from(r: &UpstreamResponse) -> Offers {
+        Offers {
+            status: r.status,
+            content_type: r.content_type.clone(),
+            body: r.body.clone(),
+            fetched: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -252,7 +269,11 @@ mod tests {
     }
 
     fn key(service: &str, visitor: &str) -> CacheKey {
-        CacheKey::new(&Arc::from(service), visitor)
+        CacheKey::new(
+            &Arc::from(service),
+            &Arc::from("1/db/pageviews/web"),
+            visitor,
+        )
     }
 
     const S: Duration = Duration::from_secs(1);
@@ -301,6 +322,25 @@ mod tests {
         cache.drop_service("a");
         assert!(cache.get(&key("a", "v1"), S, S, t).is_none());
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn two_routes_of_one_service_keep_their_own_answers_and_go_together() {
+        let cache = OfferCache::new(CacheLimits {
+            max_entries: 10,
+            max_bytes: 1 << 20,
+        });
+        let t = Instant::now();
+        let service: Arc<str> = Arc::from("a");
+        let views = CacheKey::new(&service, &Arc::from("1/db/pageviews/web"), "v1");
+        let checkout = CacheKey::new(&service, &Arc::from("1/db/checkout/web"), "v1");
+        cache.insert(views.clone(), offers("views", t));
+        assert!(cache.get(&checkout, S, S, t).is_none());
+        cache.insert(checkout.clone(), offers("checkout", t));
+        assert_eq!(cache.get(&views, S, S, t).unwrap().0.body, "views");
+        assert_eq!(cache.get(&checkout, S, S, t).unwrap().0.body, "checkout");
+        cache.drop_service("a");
+        assert!(cache.is_empty());
     }
 
     #[test]

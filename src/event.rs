@@ -93,10 +93,15 @@ pub fn identify_with_cookie<'a>(
     identifiers: &[String],
     cookie: Option<&str>,
     cookie_headers: impl Iterator<Item = &'a HeaderValue>,
-) -> Result<(Identifier, Bytes), EdgeError> {
+) -> Result<Event, EdgeError> {
     let scanned = scan(&body, identifiers)?;
-    if let Some(found) = scanned.identifier {
-        return Ok((found, body));
+    let has_uuid = scanned.has_uuid;
+    if let Some(visitor) = scanned.identifier {
+        return Ok(Event {
+            visitor,
+            body,
+            has_uuid,
+        });
     }
     let name = cookie.ok_or(NO_IDENTIFIER)?;
     let value = cookie_value(cookie_headers, name).ok_or(NO_IDENTIFIER)?;
@@ -106,11 +111,35 @@ pub fn identify_with_cookie<'a>(
     }
     let field = identifiers.first().ok_or(NO_IDENTIFIER)?;
     let body = with_member(&body, field, value);
-    let found = Identifier {
+    let visitor = Identifier {
         field: field.clone(),
         value: value.to_string(),
     };
-    Ok((found, body))
+    Ok(Event {
+        visitor,
+        body,
+        has_uuid,
+    })
+}
+
+/// A validated event: who it names, and its body as it goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub visitor: Identifier,
+    pub body: Bytes,
+    /// Whether the body has a `uuid` member of its own.
+    pub has_uuid: bool,
+}
+
+impl Event {
+    /// Give the event a `uuid` member, unless it has one.
+    pub fn with_uuid(mut self, uuid: &str) -> Event {
+        if !self.has_uuid {
+            self.body = with_member(&self.body, UUID_FIELD, uuid);
+            self.has_uuid = true;
+        }
+        self
+    }
 }
 
 /// The value of cookie `name`, if it looks like a visitor id: 1 to 128 of `[A-Za-z0-9._:-]`.
@@ -310,7 +339,9 @@ mod tests {
     #[test]
     fn the_cookie_names_the_visitor_when_the_body_does_not() {
         let jar = cookies(&["a=1; _td=0f7c-11ee", "_td_global=x"]);
-        let (id, body) = identify_with_cookie(
+        let Event {
+            visitor: id, body, ..
+        } = identify_with_cookie(
             Bytes::from_static(b" { \"td_path\":\"/\" } "),
             &ids(),
             Some("_td"),
@@ -321,19 +352,37 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["td_client_id"], "0f7c-11ee");
         assert_eq!(v["td_path"], "/");
-        let (_, body) =
+        let event =
             identify_with_cookie(Bytes::from_static(b"{}"), &ids(), Some("_td"), jar.iter())
                 .unwrap();
-        assert_eq!(&body[..], br#"{"td_client_id":"0f7c-11ee"}"#);
+        assert_eq!(&event.body[..], br#"{"td_client_id":"0f7c-11ee"}"#);
+        let with = event.with_uuid("u-1");
+        assert_eq!(
+            &with.body[..],
+            br#"{"td_client_id":"0f7c-11ee","uuid":"u-1"}"#
+        );
+        // A body's own uuid is kept.
+        let own = identify_with_cookie(
+            Bytes::from_static(br#"{"uuid":"mine"}"#),
+            &ids(),
+            Some("_td"),
+            jar.iter(),
+        )
+        .unwrap()
+        .with_uuid("u-2");
+        let v: serde_json::Value = serde_json::from_slice(&own.body).unwrap();
+        assert_eq!(v["uuid"], "mine");
     }
 
     #[test]
     fn the_body_wins_over_the_cookie_and_odd_cookies_are_ignored() {
         let jar = cookies(&["_td=from-cookie"]);
         let body = Bytes::from_static(br#"{"td_client_id":"from-body"}"#);
-        let (id, same) =
-            identify_with_cookie(body.clone(), &ids(), Some("_td"), jar.iter()).unwrap();
-        assert_eq!((id.value.as_str(), same), ("from-body", body));
+        let event = identify_with_cookie(body.clone(), &ids(), Some("_td"), jar.iter()).unwrap();
+        assert_eq!(
+            (event.visitor.value.as_str(), event.body),
+            ("from-body", body)
+        );
         for odd in ["_td=", "_td=a b", "_td=<script>", "x_td=abc", "_td=\"a,b\""] {
             let jar = cookies(&[odd]);
             let r =

@@ -8,7 +8,7 @@ use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
 use crate::config::{CacheMode, Config, Route};
 use crate::error::EdgeError;
 use crate::metrics;
-use crate::spool::Spool;
+use crate::spool::{EventId, Spool};
 use crate::upstream::{
     Call, CallLimits, ClientInfo, UpstreamClient, UpstreamError, UpstreamResponse,
 };
@@ -32,6 +32,7 @@ impl Flow {
         config: &Config,
         route: Arc<Route>,
         visitor: String,
+        event: EventId,
         body: Bytes,
         client: ClientInfo,
     ) -> Result<Answer, EdgeError> {
@@ -51,7 +52,7 @@ impl Flow {
                 .map(|r| Answer::relay(r, FWD_BYPASS))
                 .map_err(edge_error);
         }
-        let key = CacheKey::new(&service.id, &visitor);
+        let key = CacheKey::new(&service.id, &route.id, &visitor);
         let cached = self
             .cache
             .get(&key, policy.fresh, policy.stale, Instant::now());
@@ -68,7 +69,7 @@ impl Flow {
                 return Err(EdgeError::VisitorBacklog);
             };
             self.spool
-                .append(&key, &route.path, body, false)
+                .append(&key, &route.path, event, body, false)
                 .await
                 .map_err(|_| EdgeError::SpoolUnavailable)?;
             lookup(if freshness == Freshness::Fresh {
@@ -86,7 +87,7 @@ impl Flow {
         if policy.mode == CacheMode::Fast {
             if let Some((offers, Freshness::Fresh)) = &cached {
                 self.spool
-                    .append(&key, &route.path, body, false)
+                    .append(&key, &route.path, event, body, false)
                     .await
                     .map_err(|_| EdgeError::SpoolUnavailable)?;
                 lookup("hit");
@@ -123,7 +124,7 @@ impl Flow {
             Err(_) => {
                 let task = tokio::spawn(call);
                 return self
-                    .answer_past_deadline(key, &route, body, offers, task)
+                    .answer_past_deadline(key, &route, event, body, offers, task)
                     .await;
             }
         };
@@ -138,7 +139,7 @@ impl Flow {
         };
         // Stale-if-error: the event is spooled before the stale offers are sent.
         self.spool
-            .append(&key, &route.path, body, false)
+            .append(&key, &route.path, event, body, false)
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         lookup("stale_served");
@@ -158,7 +159,7 @@ impl Flow {
     ) -> Result<Answer, UpstreamError> {
         let response = result?;
         if response.status < 300 {
-            self.cache.insert(key.clone(), offers_of(&response));
+            self.cache.insert(key.clone(), Offers::from(&response));
             return Ok(Answer::relay(response, "p13n-edge; fwd=miss; stored"));
         }
         Ok(Answer::relay(response, FWD_MISS))
@@ -168,6 +169,7 @@ impl Flow {
         &self,
         key: CacheKey,
         route: &Route,
+        event: EventId,
         body: Bytes,
         offers: Offers,
         task: tokio::task::JoinHandle<Result<UpstreamResponse, UpstreamError>>,
@@ -176,7 +178,7 @@ impl Flow {
         // retry from it may then duplicate the event.
         let in_flight = self
             .spool
-            .append(&key, &route.path, body, true)
+            .append(&key, &route.path, event, body, true)
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         let cache = self.cache.clone();
@@ -184,7 +186,7 @@ impl Flow {
         tokio::spawn(async move {
             let delivered = match task.await {
                 Ok(Ok(r)) if r.status < 300 => {
-                    cache.insert(finished_key, offers_of(&r));
+                    cache.insert(finished_key, Offers::from(&r));
                     true
                 }
                 _ => false,
@@ -202,15 +204,6 @@ impl Flow {
             Some("deadline"),
             route.service.cache.fresh,
         ))
-    }
-}
-
-fn offers_of(r: &UpstreamResponse) -> Offers {
-    Offers {
-        status: r.status,
-        content_type: r.content_type.clone(),
-        body: r.body.clone(),
-        fetched: Instant::now(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `p13n-edge` command line: run, check-config, emulator, demo.
+//! The `p13n-edge` command line: run, check-config, spool, emulator, demo.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context};
@@ -43,6 +43,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Look into a spool directory (also a stopped daemon's), or requeue its dead letters.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
     /// Run the upstream emulator.
     Emulator {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -71,6 +76,41 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SpoolAction {
+    /// Events waiting for replay and dead letters: counts, oldest, per route (JSON).
+    Inspect {
+        #[command(flatten)]
+        at: SpoolDir,
+    },
+    /// Send every dead letter back to its lane for replay (the daemon must be stopped).
+    Requeue {
+        #[command(flatten)]
+        at: SpoolDir,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct SpoolDir {
+    /// The spool directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// A config file: its `spool.dir`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl SpoolDir {
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        match (self.dir, self.config) {
+            (Some(dir), _) => Ok(dir),
+            (None, Some(config)) => Ok(load(&config)?.spool.dir),
+            (None, None) => bail!("give --dir or --config"),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +143,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Spool { action } => match action {
+            SpoolAction::Inspect { at } => {
+                let report = p13n_edge::spool::tools::inspect(&at.resolve()?)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
+            SpoolAction::Requeue { at } => {
+                let dir = at.resolve()?;
+                let count = p13n_edge::spool::tools::requeue(&dir)?;
+                println!("{}: {count} dead letters requeued", dir.display());
+                Ok(())
+            }
+        },
         Command::Emulator {
             listen,
             rules,

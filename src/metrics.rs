@@ -165,11 +165,28 @@ pub static SPOOL_REPLAYED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_FAILED: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static SPOOL_HELD: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
-        "p13n_edge_spool_failed_total",
-        "Spooled events given up, by reason (rejected: a 4xx from the upstream; route_gone).",
-        &["reason"]
+        "p13n_edge_spool_held_total",
+        "Replay attempts held back for a fix on our side, by reason (credentials: 401, 403 or a token code; refused: another 4xx; route_gone: no route of the record's identity; dead_letter_full). The events wait; none is dropped.",
+        &["service", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_DEAD_LETTERED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_spool_dead_lettered_total",
+        "Spooled events moved to the dead-letter log, by reason (invalid_event: 3004; too_large: 413; route_gone: past spool.route_wait_seconds).",
+        &["service", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SPOOL_DEAD_LETTERS: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "p13n_edge_spool_dead_letters",
+        "Events in the dead-letter log (see `p13n-edge spool inspect`)."
     )
     .expect("metric registers once")
 });
@@ -299,7 +316,9 @@ pub fn init() {
     Lazy::force(&SPOOL_BYTES);
     Lazy::force(&SPOOL_OLDEST_AGE);
     Lazy::force(&SPOOL_REPLAYED);
-    Lazy::force(&SPOOL_FAILED);
+    Lazy::force(&SPOOL_HELD);
+    Lazy::force(&SPOOL_DEAD_LETTERED);
+    Lazy::force(&SPOOL_DEAD_LETTERS);
     Lazy::force(&SPOOL_REFUSED);
     Lazy::force(&SPOOL_CORRUPT);
     Lazy::force(&SPOOL_COMMITS);

@@ -176,18 +176,23 @@ impl Edge {
         };
         let body = read_body(session, config).await?;
         let service = &route.service;
-        let (visitor, body) = identify_with_cookie(
+        let mut event = identify_with_cookie(
             body,
             &service.identifiers,
             service.identifier_cookie.as_deref(),
             session.req_header().headers.get_all(header::COOKIE).iter(),
         )?;
         if let Some(spec) = config.rate.per_identifier {
-            let key = (service.id.clone(), Box::from(visitor.value.as_str()));
+            let key = (service.id.clone(), Box::from(event.visitor.value.as_str()));
             limit(&self.by_visitor, key, spec, "identifier")?;
         }
+        // One identity for every send of this event: the live call, a retry, the spool's replay.
+        let id = self.flow.spool.next_event();
+        if service.event_uuid {
+            event = event.with_uuid(&id.uuid());
+        }
         self.flow
-            .deliver(config, route, visitor.value, body, info)
+            .deliver(config, route, event.visitor.value, id, event.body, info)
             .await
     }
 }

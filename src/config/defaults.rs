@@ -79,6 +79,12 @@ pub(super) fn default_replay_concurrency() -> usize {
 pub(super) fn default_spool_bytes() -> u64 {
     1 << 30
 }
+pub(super) fn default_dead_letter_bytes() -> u64 {
+    64 << 20
+}
+pub(super) fn default_route_wait_seconds() -> u64 {
+    86_400
+}
 pub(super) fn default_segment_bytes() -> u64 {
     4 << 20
 }

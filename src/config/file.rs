@@ -213,6 +213,14 @@ pub struct SpoolSection {
     /// one after another, in order.
     #[serde(default = "default_replay_concurrency")]
     pub replay_concurrency: usize,
+    /// Most bytes of the dead-letter log (events the upstream refused as invalid, 3004 or 413,
+    /// and events whose route stayed gone). Past it, such events are held in the spool instead.
+    #[serde(default = "default_dead_letter_bytes")]
+    pub dead_letter_max_bytes: u64,
+    /// How long a spooled event whose route is gone (or now names another service, account,
+    /// table or token) waits for a reload to bring it back before it goes to the dead letters.
+    #[serde(default = "default_route_wait_seconds")]
+    pub route_wait_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +279,11 @@ pub struct ServiceSection {
     /// keeps it in `_td`). Its value is added to the body as the first identifier; the cookie
     /// itself is never forwarded.
     pub identifier_cookie: Option<String>,
+    /// Add a `uuid` member to every event that has none, derived from the event's spool
+    /// identity, so that a repeat (a retry after a send, a replay after `kill -9`) is the same
+    /// event to the upstream.
+    #[serde(default = "default_true")]
+    pub event_uuid: bool,
     /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50.
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,

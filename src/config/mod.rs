@@ -102,6 +102,8 @@ pub struct Service {
     pub identifiers: Vec<String>,
     /// Cookie read for the first identifier when the body has none.
     pub identifier_cookie: Option<String>,
+    /// Whether events without a `uuid` get one (see `event::UUID_FIELD`).
+    pub event_uuid: bool,
     pub tokens: Vec<(String, Secret)>,
     pub policy: CallPolicy,
     pub cache: CachePolicy,
@@ -127,6 +129,10 @@ pub struct CachePolicy {
 #[derive(Debug)]
 pub struct Route {
     pub service: Arc<Service>,
+    /// What decides an answer besides the visitor: `{account}/{database}/{table}/{token name}`.
+    /// Cache keys and spooled records carry it: `/db/t` and `/public/db/t` with one token share
+    /// answers, and replay sends a record only to a route of the same identity.
+    pub id: Arc<str>,
     pub database: String,
     pub table: String,
     pub public: bool,

@@ -112,6 +112,7 @@ pub(super) fn build_service(
         api_key: api_key?,
         identifiers: s.identifiers.clone(),
         identifier_cookie: s.identifier_cookie.clone(),
+        event_uuid: s.event_uuid,
         tokens,
         policy: policy?,
         cache: cache?,
@@ -259,6 +260,10 @@ pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Ro
     let authorization = sensitive(&format!("TD1 {}", service.api_key.expose()))?;
     let token = sensitive(token?.1.expose())?;
     Some(Route {
+        id: Arc::from(format!(
+            "{}/{}/{}/{}",
+            service.account_id, r.database, r.table, r.token
+        )),
         service: service.clone(),
         database: r.database.clone(),
         table: r.table.clone(),

@@ -172,6 +172,8 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
         sync_interval: (sp.sync_interval_ms > 0)
             .then(|| Duration::from_millis(sp.sync_interval_ms)),
         replay_concurrency: sp.replay_concurrency.clamp(1, 256),
+        dead_letter_max_bytes: sp.dead_letter_max_bytes,
+        route_wait: Duration::from_secs(sp.route_wait_seconds),
     }
 }
 

@@ -9,8 +9,11 @@
 //! read-once in order, which a log serves with one sequential write per batch and no compaction;
 //! the format is 60 lines, torn tails are detected by construction, and it adds no dependency.
 
+mod dead;
+mod lane;
 mod record;
 mod replay;
+pub mod tools;
 
 pub use record::{read_frame, Frame, Record};
 pub use replay::Replayer;
@@ -18,12 +21,15 @@ pub use replay::Replayer;
 use crate::cache::CacheKey;
 use crate::metrics;
 use dashmap::DashMap;
+use dead::DeadLetters;
+use lane::{open_segment, segments, Lane};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -43,25 +49,62 @@ pub struct SpoolSettings {
     /// `None`: `fdatasync` before acknowledging (survives power loss). `Some(d)`: acknowledge
     /// once written (survives a process crash) and `fdatasync` at most every `d`.
     pub sync_interval: Option<std::time::Duration>,
-    /// Records replay sends at once (a visitor's own records one after another).
+    /// Records replay sends at once in each lane (a visitor's own records one after another).
     pub replay_concurrency: usize,
+    /// Most bytes of the dead-letter log.
+    pub dead_letter_max_bytes: u64,
+    /// How long a record whose route is gone waits before it becomes a dead letter.
+    pub route_wait: std::time::Duration,
 }
 
-/// Where the writer has committed up to.
+/// Where the writer has committed up to, in one lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     pub segment: u64,
     pub offset: u64,
 }
 
+/// An accepted event's identity: the process run that accepted it and its number in that run.
+/// Its `uuid` goes upstream with the event, so every send of it is recognisably the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventId {
+    pub run: u64,
+    pub seq: u64,
+}
+
+impl EventId {
+    /// A UUID (version 8, RFC 9562) holding all 64 bits of the run and the low 58 of the
+    /// sequence: the same for every send of the event, distinct between events.
+    pub fn uuid(&self) -> String {
+        let payload = (u128::from(self.run) << 58) | (u128::from(self.seq) & ((1 << 58) - 1));
+        let high = (payload >> 74) & ((1 << 48) - 1);
+        let mid = (payload >> 62) & 0xfff;
+        let low = payload & ((1 << 62) - 1);
+        let u = (high << 80) | (0x8 << 76) | (mid << 64) | (0b10 << 62) | low;
+        let hex = format!("{u:032x}");
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+}
+
 struct Job {
+    lane: Arc<Lane>,
     frame: Vec<u8>,
     done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
 /// Largest number of appends waiting for the writer; past it appends are refused at once.
 const QUEUE: usize = 4096;
-const CHECKPOINT: &str = "checkpoint";
+const LANES: &str = "lanes";
+
+/// A visitor of a service: the unit whose events go upstream in order.
+type VisitorKey = (Arc<str>, Box<str>);
 
 pub struct Spool {
     settings: SpoolSettings,
@@ -71,11 +114,14 @@ pub struct Spool {
     run: u64,
     next_seq: AtomicU64,
     /// Undelivered events per visitor: their new events queue behind these.
-    pending: DashMap<CacheKey, u32>,
+    pending: DashMap<VisitorKey, u32>,
     depth: AtomicI64,
     disk_bytes: AtomicU64,
-    committed: Mutex<Position>,
-    wake: Notify,
+    lanes: DashMap<Arc<str>, Arc<Lane>>,
+    /// Lanes for the replayer to start, each sent once.
+    new_lanes: tokio::sync::mpsc::UnboundedSender<Arc<Lane>>,
+    lanes_to_start: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Lane>>>>,
+    dead: DeadLetters,
     /// Records whose live call still runs: the replayer waits for its outcome.
     inflight: DashMap<(u64, u64), watch::Receiver<Option<bool>>>,
 }
@@ -93,11 +139,11 @@ impl Spool {
     /// Open (or create) the spool in `settings.dir`, count what it holds, start the writer.
     pub fn open(settings: SpoolSettings) -> Result<Arc<Spool>, SpoolError> {
         let io = |e: std::io::Error| SpoolError::Io(format!("{}: {e}", settings.dir.display()));
-        std::fs::create_dir_all(&settings.dir).map_err(io)?;
+        std::fs::create_dir_all(settings.dir.join(LANES)).map_err(io)?;
         let lock = lock(&settings.dir).map_err(io)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let segments = segments(&settings.dir).map_err(io)?;
-        let first_new = segments.last().map_or(0, |s| s + 1);
+        let (new_lanes, lanes_to_start) = tokio::sync::mpsc::unbounded_channel();
+        let dead = DeadLetters::open(&settings.dir, settings.dead_letter_max_bytes).map_err(io)?;
         let spool = Arc::new(Spool {
             settings: settings.clone(),
             _lock: lock,
@@ -109,21 +155,40 @@ impl Spool {
             pending: DashMap::new(),
             depth: AtomicI64::new(0),
             disk_bytes: AtomicU64::new(0),
-            committed: Mutex::new(Position {
-                segment: first_new,
-                offset: 0,
-            }),
-            wake: Notify::new(),
+            lanes: DashMap::new(),
+            new_lanes,
+            lanes_to_start: Mutex::new(Some(lanes_to_start)),
+            dead,
             inflight: DashMap::new(),
         });
-        spool.recount(&segments).map_err(io)?;
-        let file = open_segment(&settings.dir, first_new).map_err(io)?;
+        if !segments(&settings.dir).map_err(io)?.is_empty() {
+            spool.add_lane(Lane::open("", settings.dir.clone(), false).map_err(io)?);
+        }
+        for entry in std::fs::read_dir(settings.dir.join(LANES)).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if let Some(name) = entry.file_name().to_str().filter(|n| !n.is_empty()) {
+                spool.add_lane(Lane::open(name, entry.path(), true).map_err(io)?);
+            }
+        }
+        for lane in spool.lanes.iter() {
+            spool.recount(&lane).map_err(io)?;
+        }
+        metrics::SPOOL_DEPTH.set(spool.depth());
+        metrics::SPOOL_BYTES.set(spool.disk_bytes.load(Ordering::Relaxed) as i64);
         let writer = spool.clone();
         std::thread::Builder::new()
             .name("p13n-edge spool".into())
-            .spawn(move || writer.write_loop(rx, file, first_new))
+            .spawn(move || writer.write_loop(rx))
             .map_err(io)?;
         Ok(spool)
+    }
+
+    /// A new event's identity (and so its `uuid`).
+    pub fn next_event(&self) -> EventId {
+        EventId {
+            run: self.run,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Append an event and wait until it is on disk. With `in_flight`, the caller's call is
@@ -132,28 +197,32 @@ impl Spool {
         &self,
         key: &CacheKey,
         route: &str,
+        event: EventId,
         body: bytes::Bytes,
         in_flight: bool,
     ) -> Result<Option<InFlight>, SpoolError> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let lane = self.lane(&key.service)?;
         let record = Record {
-            run: self.run,
-            seq,
+            run: event.run,
+            seq: event.seq,
             enqueued_ms: now_ms(),
             service: key.service.to_string(),
             route: route.to_string(),
             visitor: key.visitor.to_string(),
             body,
+            route_id: key.route.to_string(),
         };
         let handle = in_flight.then(|| {
             let (tx, rx) = watch::channel(None);
-            self.inflight.insert((self.run, seq), rx);
+            self.inflight.insert((event.run, event.seq), rx);
             InFlight(tx)
         });
+        let visitor = visitor_key(&key.service, &key.visitor);
         // Counted before the write, so the visitor's next event already queues behind it.
-        *self.pending.entry(key.clone()).or_insert(0) += 1;
+        *self.pending.entry(visitor.clone()).or_insert(0) += 1;
         let (done, wait) = oneshot::channel();
         let result = match self.jobs.try_send(Job {
+            lane: lane.clone(),
             frame: record.encode(),
             done,
         }) {
@@ -163,21 +232,25 @@ impl Spool {
         };
         match result {
             Ok(()) => {
+                lane.depth.fetch_add(1, Ordering::Relaxed);
                 metrics::SPOOL_DEPTH.set(self.depth.fetch_add(1, Ordering::Relaxed) + 1);
                 Ok(handle)
             }
             Err(e) => {
-                self.inflight.remove(&(self.run, seq));
-                self.unpend(key);
+                self.inflight.remove(&(event.run, event.seq));
+                self.unpend(&visitor);
                 metrics::SPOOL_REFUSED.inc();
                 Err(e)
             }
         }
     }
 
-    /// Whether the visitor has events waiting in the spool.
+    /// Whether the visitor has events waiting in the spool (in any of the service's routes).
     pub fn has_pending(&self, key: &CacheKey) -> bool {
-        !self.pending.is_empty() && self.pending.contains_key(key)
+        !self.pending.is_empty()
+            && self
+                .pending
+                .contains_key(&visitor_key(&key.service, &key.visitor))
     }
 
     pub fn depth(&self) -> i64 {
@@ -192,70 +265,116 @@ impl Spool {
         ok
     }
 
-    /// A record is delivered, or given up: it leaves the visitor's queue.
-    fn settle(&self, record: &Record) {
+    /// What an operator should know, for `/readyz`: lanes whose replay is held, dead letters.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .lanes
+            .iter()
+            .filter_map(|lane| {
+                let why = lane.waiting()?;
+                let name = if lane.name.is_empty() {
+                    "(root)"
+                } else {
+                    &lane.name
+                };
+                Some(format!(
+                    "spool lane {name}: {} events wait: {why}",
+                    lane.depth()
+                ))
+            })
+            .collect();
+        found.sort();
+        let letters = self.dead.count();
+        if letters > 0 {
+            found.push(format!(
+                "{letters} dead letters in {}: see `p13n-edge spool inspect`",
+                self.dead.path().display()
+            ));
+        }
+        found
+    }
+
+    /// The lane of `service`, made (and handed to the replayer) on first use.
+    fn lane(&self, service: &Arc<str>) -> Result<Arc<Lane>, SpoolError> {
+        if let Some(lane) = self.lanes.get(service) {
+            return Ok(lane.clone());
+        }
+        let dir = self.settings.dir.join(LANES).join(&**service);
+        let made = Lane::open(service, dir, true).and_then(|lane| {
+            // The lane's directory must survive a crash like the segment in it.
+            std::fs::File::open(self.settings.dir.join(LANES))?.sync_all()?;
+            Ok(lane)
+        });
+        let lane = made.map_err(|e| SpoolError::Io(e.to_string()))?;
+        Ok(self.add_lane(lane))
+    }
+
+    fn add_lane(&self, lane: Lane) -> Arc<Lane> {
+        let lane = Arc::new(lane);
+        match self.lanes.entry(lane.name.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(found) => found.get().clone(),
+            dashmap::mapref::entry::Entry::Vacant(slot) => {
+                slot.insert(lane.clone());
+                let _ = self.new_lanes.send(lane.clone());
+                lane
+            }
+        }
+    }
+
+    /// The lanes for the replayer to run: those present now and every one made later.
+    fn take_lanes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Lane>>> {
+        crate::lock(&self.lanes_to_start).take()
+    }
+
+    /// A record is delivered or dead-lettered: it leaves the visitor's queue.
+    fn settle(&self, lane: &Lane, record: &Record) {
         self.inflight.remove(&(record.run, record.seq));
-        self.unpend(&CacheKey::new(
+        self.unpend(&visitor_key(
             &Arc::from(record.service.as_str()),
             &record.visitor,
         ));
+        lane.depth.fetch_sub(1, Ordering::Relaxed);
         metrics::SPOOL_DEPTH.set(self.depth.fetch_sub(1, Ordering::Relaxed) - 1);
     }
 
-    fn unpend(&self, key: &CacheKey) {
+    fn unpend(&self, key: &VisitorKey) {
         self.pending.remove_if_mut(key, |_, n| {
             *n -= 1;
             *n == 0
         });
     }
 
-    fn position(&self) -> Position {
-        *crate::lock(&self.committed)
-    }
-
-    /// Count what a previous run left: pending per visitor, depth and bytes.
-    fn recount(&self, segments: &[u64]) -> std::io::Result<()> {
-        let start = read_checkpoint(&self.settings.dir);
-        for &segment in segments {
-            let data = std::fs::read(segment_path(&self.settings.dir, segment))?;
+    /// Count what a previous run left in a lane: pending per visitor, depth and bytes.
+    fn recount(&self, lane: &Lane) -> std::io::Result<()> {
+        let start = lane::read_checkpoint(&lane.dir);
+        for segment in segments(&lane.dir)? {
+            let data = std::fs::read(lane::segment_path(&lane.dir, segment))?;
             self.disk_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             if segment < start.segment {
                 continue;
             }
-            let mut offset = if segment == start.segment {
+            let from = if segment == start.segment {
                 start.offset as usize
             } else {
                 0
             };
-            loop {
-                match read_frame(&data, offset) {
-                    Frame::Record(r, next) => {
-                        let key = CacheKey::new(&Arc::from(r.service.as_str()), &r.visitor);
-                        *self.pending.entry(key).or_insert(0) += 1;
-                        self.depth.fetch_add(1, Ordering::Relaxed);
-                        offset = next;
-                    }
-                    Frame::Corrupt(next) => offset = next,
-                    Frame::End => break,
-                }
+            for r in records(&data, from) {
+                *self
+                    .pending
+                    .entry(visitor_key(&Arc::from(r.service.as_str()), &r.visitor))
+                    .or_insert(0) += 1;
+                self.depth.fetch_add(1, Ordering::Relaxed);
+                lane.depth.fetch_add(1, Ordering::Relaxed);
             }
         }
-        metrics::SPOOL_DEPTH.set(self.depth());
-        metrics::SPOOL_BYTES.set(self.disk_bytes.load(Ordering::Relaxed) as i64);
         Ok(())
     }
 
-    /// The writer thread: batch what is queued, write it, one `fdatasync`, then acknowledge.
-    fn write_loop(
-        self: Arc<Self>,
-        jobs: mpsc::Receiver<Job>,
-        mut file: std::fs::File,
-        mut segment: u64,
-    ) {
-        let mut size = 0u64;
-        // Written but not yet synced, in `sync_interval` mode: since when.
-        let mut dirty_since: Option<Instant> = None;
+    /// The writer thread: batch what is queued, write each lane's part, one `fdatasync` per
+    /// lane written, then acknowledge.
+    fn write_loop(self: Arc<Self>, jobs: mpsc::Receiver<Job>) {
+        let mut open: HashMap<Arc<str>, Segment> = HashMap::new();
         let interval = self.settings.sync_interval;
         loop {
             let first = match interval {
@@ -263,92 +382,167 @@ impl Spool {
                 Some(d) => match jobs.recv_timeout(d) {
                     Ok(job) => Some(job),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        sync_if_dirty(&file, &mut dirty_since);
+                        open.values_mut().for_each(Segment::sync_if_dirty);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
                 },
             };
             let Some(first) = first else {
-                sync_if_dirty(&file, &mut dirty_since);
+                open.values_mut().for_each(Segment::sync_if_dirty);
                 return;
             };
             let mut batch = vec![first];
             batch.extend(jobs.try_iter().take(QUEUE));
-            let mut buf = Vec::new();
-            let mut accepted = Vec::with_capacity(batch.len());
-            let on_disk = self.disk_bytes.load(Ordering::Relaxed);
+            // Each lane's frames, in arrival order, within the bound on disk.
+            let mut groups: Vec<(Arc<Lane>, Vec<u8>, Vec<Done>)> = Vec::new();
+            let mut total = self.disk_bytes.load(Ordering::Relaxed);
             for job in batch {
-                if on_disk + (buf.len() + job.frame.len()) as u64 > self.settings.max_bytes {
+                if total + job.frame.len() as u64 > self.settings.max_bytes {
                     let _ = job.done.send(Err(SpoolError::Full));
-                } else {
-                    buf.extend_from_slice(&job.frame);
-                    accepted.push(job.done);
+                    continue;
                 }
-            }
-            if accepted.is_empty() {
-                continue;
-            }
-            let written = file.write_all(&buf).and_then(|()| match interval {
-                None => file.sync_data(),
-                Some(d) => {
-                    let since = *dirty_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= d {
-                        dirty_since = None;
-                        file.sync_data()
-                    } else {
-                        Ok(())
+                total += job.frame.len() as u64;
+                match groups.iter_mut().find(|g| Arc::ptr_eq(&g.0, &job.lane)) {
+                    Some(group) => {
+                        group.1.extend_from_slice(&job.frame);
+                        group.2.push(job.done);
                     }
+                    None => groups.push((job.lane, job.frame, vec![job.done])),
                 }
-            });
-            if let Err(e) = written {
-                tracing::error!(error = %e, "spool write failed; refusing this batch");
-                let _ = file.set_len(size);
-                for done in accepted {
-                    let _ = done.send(Err(SpoolError::Io(e.to_string())));
-                }
-                continue;
             }
-            size += buf.len() as u64;
-            let total = self
-                .disk_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed)
-                + buf.len() as u64;
-            metrics::SPOOL_BYTES.set(total as i64);
-            metrics::SPOOL_COMMITS.inc();
-            self.publish(Position {
-                segment,
-                offset: size,
-            });
-            for done in accepted {
-                let _ = done.send(Ok(()));
-            }
-            if size >= self.settings.segment_bytes {
-                sync_if_dirty(&file, &mut dirty_since);
-                match open_segment(&self.settings.dir, segment + 1) {
-                    Ok(next) => {
-                        file = next;
-                        segment += 1;
-                        size = 0;
-                        self.publish(Position { segment, offset: 0 });
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
-                }
+            for (lane, buf, dones) in groups {
+                self.write_lane(&mut open, &lane, &buf, dones);
             }
         }
     }
 
-    fn publish(&self, position: Position) {
-        *crate::lock(&self.committed) = position;
-        self.wake.notify_one();
+    fn write_lane(
+        &self,
+        open: &mut HashMap<Arc<str>, Segment>,
+        lane: &Lane,
+        buf: &[u8],
+        dones: Vec<Done>,
+    ) {
+        let fail = |dones: Vec<Done>, e: &std::io::Error| {
+            for done in dones {
+                let _ = done.send(Err(SpoolError::Io(e.to_string())));
+            }
+        };
+        let segment = match open.entry(lane.name.clone()) {
+            std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let number = lane.position().segment;
+                match open_segment(&lane.dir, number) {
+                    Ok(file) => slot.insert(Segment::new(file, number)),
+                    Err(e) => {
+                        tracing::error!(error = %e, lane = %lane.name, "cannot open a spool segment; refusing this batch");
+                        return fail(dones, &e);
+                    }
+                }
+            }
+        };
+        if let Err(e) = segment.write(buf, self.settings.sync_interval) {
+            tracing::error!(error = %e, lane = %lane.name, "spool write failed; refusing this batch");
+            return fail(dones, &e);
+        }
+        let total = self
+            .disk_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed)
+            + buf.len() as u64;
+        metrics::SPOOL_BYTES.set(total as i64);
+        metrics::SPOOL_COMMITS.inc();
+        lane.publish(Position {
+            segment: segment.number,
+            offset: segment.size,
+        });
+        for done in dones {
+            let _ = done.send(Ok(()));
+        }
+        if segment.size >= self.settings.segment_bytes {
+            segment.sync_if_dirty();
+            match open_segment(&lane.dir, segment.number + 1) {
+                Ok(next) => {
+                    *segment = Segment::new(next, segment.number + 1);
+                    lane.publish(Position {
+                        segment: segment.number,
+                        offset: 0,
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
+            }
+        }
     }
 }
 
-/// In `sync_interval` mode: make what was written durable, if anything is pending.
-fn sync_if_dirty(file: &std::fs::File, dirty_since: &mut Option<Instant>) {
-    if dirty_since.take().is_some() {
-        if let Err(e) = file.sync_data() {
-            tracing::error!(error = %e, "spool fdatasync failed");
+type Done = oneshot::Sender<Result<(), SpoolError>>;
+
+fn visitor_key(service: &Arc<str>, visitor: &str) -> VisitorKey {
+    (service.clone(), Box::from(visitor))
+}
+
+/// Every whole record of a segment's bytes from `offset` on, corrupt frames skipped.
+pub(crate) fn records(data: &[u8], mut offset: usize) -> impl Iterator<Item = Record> + '_ {
+    std::iter::from_fn(move || loop {
+        match read_frame(data, offset) {
+            Frame::Record(r, next) => {
+                offset = next;
+                return Some(r);
+            }
+            Frame::Corrupt(next) => offset = next,
+            Frame::End => return None,
+        }
+    })
+}
+
+/// The segment a lane's writes go to.
+struct Segment {
+    file: std::fs::File,
+    number: u64,
+    size: u64,
+    /// Written but not yet synced, in `sync_interval` mode: since when.
+    dirty_since: Option<Instant>,
+}
+
+impl Segment {
+    fn new(file: std::fs::File, number: u64) -> Segment {
+        Segment {
+            file,
+            number,
+            size: 0,
+            dirty_since: None,
+        }
+    }
+
+    /// Append `buf` whole, durable now or (in `sync_interval` mode) within the interval.
+    fn write(&mut self, buf: &[u8], interval: Option<std::time::Duration>) -> std::io::Result<()> {
+        let written = self.file.write_all(buf).and_then(|()| match interval {
+            None => self.file.sync_data(),
+            Some(d) => {
+                let since = *self.dirty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= d {
+                    self.dirty_since = None;
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        if written.is_err() {
+            // Nothing of a failed batch may stay behind to be replayed.
+            let _ = self.file.set_len(self.size);
+        } else {
+            self.size += buf.len() as u64;
+        }
+        written
+    }
+
+    /// In `sync_interval` mode: make what was written durable, if anything is pending.
+    fn sync_if_dirty(&mut self) {
+        if self.dirty_since.take().is_some() {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!(error = %e, "spool fdatasync failed");
+            }
         }
     }
 }
@@ -372,92 +566,4 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
-    dir.join(format!("{segment:020}.seg"))
-}
-
-fn open_segment(dir: &Path, segment: u64) -> std::io::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, segment))?;
-    // The new name must survive a crash too.
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(file)
-}
-
-/// Segment numbers present in `dir`, in order.
-fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
-            found.push(n);
-        }
-    }
-    found.sort_unstable();
-    Ok(found)
-}
-
-/// Where replay resumes: `segment offset`, or the start.
-fn read_checkpoint(dir: &Path) -> Position {
-    let text = std::fs::read_to_string(dir.join(CHECKPOINT)).unwrap_or_default();
-    let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(segment), Some(offset)) => Position { segment, offset },
-        _ => Position {
-            segment: 0,
-            offset: 0,
-        },
-    }
-}
-
-/// Replay's progress, rewritten in place: a fixed-width `segment offset` line, so that an update
-/// is one 42-byte write at offset 0, within one disk sector, that never leaves part of an older
-/// line behind. It is not synced: a crash of the OS can repeat events, never lose them.
-struct CheckpointFile {
-    dir: PathBuf,
-    file: Option<std::fs::File>,
-}
-
-impl CheckpointFile {
-    /// The checkpoint file of `dir`, and where replay resumes.
-    fn open(dir: &Path) -> (CheckpointFile, Position) {
-        let at = read_checkpoint(dir);
-        let mut checkpoint = CheckpointFile {
-            dir: dir.to_path_buf(),
-            file: None,
-        };
-        // Rewritten at once, in the fixed width, whatever an older version left.
-        checkpoint.write(at);
-        (checkpoint, at)
-    }
-
-    fn write(&mut self, at: Position) {
-        use std::os::unix::fs::FileExt;
-        let line = format!("{:020} {:020}\n", at.segment, at.offset);
-        if self.file.is_none() {
-            self.file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(self.dir.join(CHECKPOINT))
-                .and_then(|f| f.set_len(line.len() as u64).map(|()| f))
-                .ok();
-        }
-        let written = self
-            .file
-            .as_ref()
-            .is_some_and(|f| f.write_all_at(line.as_bytes(), 0).is_ok());
-        if !written {
-            // Opened again next time.
-            self.file = None;
-            tracing::error!(
-                "cannot write the spool checkpoint; a restart may deliver events twice"
-            );
-        }
-    }
 }

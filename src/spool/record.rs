@@ -21,6 +21,8 @@ pub struct Record {
     pub route: String,
     pub visitor: String,
     pub body: Bytes,
+    /// The route's identity (`Route::id`); empty in records of versions before it was kept.
+    pub route_id: String,
 }
 
 impl Record {
@@ -35,6 +37,7 @@ impl Record {
             self.route.as_bytes(),
             self.visitor.as_bytes(),
             &self.body,
+            self.route_id.as_bytes(),
         ] {
             payload.extend_from_slice(&(field.len() as u32).to_le_bytes());
             payload.extend_from_slice(field);
@@ -54,8 +57,9 @@ impl Record {
             Some(u64::from_le_bytes(*head))
         };
         let (run, seq, enqueued_ms) = (u64_field()?, u64_field()?, u64_field()?);
-        let mut fields = Vec::with_capacity(4);
-        for _ in 0..4 {
+        // Four fields, and since the route's identity was kept, a fifth.
+        let mut fields = Vec::with_capacity(5);
+        while fields.len() < 5 && (fields.len() < 4 || !p.is_empty()) {
             let (len, rest) = p.split_first_chunk::<4>()?;
             let len = u32::from_le_bytes(*len) as usize;
             if rest.len() < len {
@@ -76,6 +80,7 @@ impl Record {
             route: text(fields[1])?,
             visitor: text(fields[2])?,
             body: Bytes::copy_from_slice(fields[3]),
+            route_id: fields.get(4).map_or(Some(String::new()), |f| text(f))?,
         })
     }
 }
@@ -128,7 +133,21 @@ mod tests {
             route: "/demo_db/pageviews".into(),
             visitor: "v1".into(),
             body: Bytes::from(body.to_string()),
+            route_id: "1/demo_db/pageviews/web".into(),
         }
+    }
+
+    #[test]
+    fn records_of_the_version_before_route_ids_still_read() {
+        let mut old = record(3, "{}");
+        old.route_id.clear();
+        // The frame as that version wrote it: four fields, no fifth.
+        let full = old.encode();
+        let payload = &full[8..full.len() - 4];
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        frame.extend_from_slice(payload);
+        assert_eq!(read_frame(&frame, 0), Frame::Record(old, frame.len()));
     }
 
     #[test]

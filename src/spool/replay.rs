@@ -1,21 +1,34 @@
 //! Spool replay: deliver spooled events through the same upstream client and retry policy as
-//! live traffic, refresh the visitor's cached offers, and advance the checkpoint. Records are
-//! taken in batches of up to `spool.replay_concurrency`; a batch's visitors are sent to at once,
+//! live traffic, refresh the visitor's cached offers, and advance the checkpoint. Each lane (a
+//! service's segments) replays on its own task, so a service whose upstream is down or refuses
+//! our credentials holds only its own events. A lane's records are taken in batches of up to
+//! `spool.replay_concurrency`; a batch's visitors are sent to at once,
 //! each visitor's own records one after another, so the upstream sees every visitor's events in
 //! order. A record waits for an upstream that fails; the next batch starts when the whole batch
 //! is delivered, so nothing overtakes it by more than one batch, and the checkpoint only ever
 //! moves past records delivered along with every record before them.
 //!
+//! A record is never given up. An upstream 429, 5xx or failure is retried with backoff; an
+//! answer that says our side is wrong (401, 403, a token code, any other 4xx) holds the lane
+//! and is retried until a reload fixes it, shown in `/readyz`; an answer that says the event is
+//! bad (3004, 413) sends it to the dead-letter log. A record goes only to a route with the
+//! service *and* identity it was accepted for; while there is none it waits, and after
+//! `spool.route_wait_seconds` it becomes a dead letter.
+//!
 //! Segments are read in chunks from an open file, up to what the writer has committed, and the
 //! checkpoint is one line rewritten in place (one `pwrite`): a record costs its upstream call and
 //! little more.
 
-use super::{segment_path, segments, CheckpointFile, Frame, Position, Record, Spool};
+use super::lane::{segment_path, segments, CheckpointFile, Lane};
+use super::{Frame, Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
-use crate::config::Config;
+use crate::config::{Config, Route};
+use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
-use crate::upstream::{Call, CallLimits, ClientInfo, UpstreamClient};
+use crate::upstream::{
+    Backoff, Call, CallLimits, ClientInfo, UpstreamClient, UpstreamError, UpstreamResponse,
+};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
@@ -25,9 +38,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
+#[derive(Clone)]
 pub struct Replayer {
     pub spool: Arc<Spool>,
     pub client: Arc<UpstreamClient>,
@@ -38,11 +52,17 @@ pub struct Replayer {
 #[async_trait]
 impl BackgroundService for Replayer {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let run = self.run();
-        tokio::pin!(run);
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = &mut run => return,
+        let Some(mut lanes) = self.spool.take_lanes() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                lane = lanes.recv() => match lane {
+                    Some(lane) => self.start_lane(lane),
+                    None => return,
+                },
+            }
         }
         // Shutting down: keep delivering until the spool is empty. Pingora stops the runtime at
         // the end of the grace period; what is left then stays on disk for the next start.
@@ -53,18 +73,68 @@ impl BackgroundService for Replayer {
                 return;
             }
             tokio::select! {
-                _ = &mut run => return,
+                Some(lane) = lanes.recv() => self.start_lane(lane),
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     }
 }
 
-/// What became of a record.
-enum Outcome {
+/// What replay does with a record after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
     Delivered,
-    /// The upstream refused it for good (a 4xx other than 429), or its route is gone.
-    Dropped(&'static str),
+    /// The upstream failed or is busy: try again after a backoff.
+    Retry,
+    /// The upstream refused our side (credentials, configuration) or the route is gone: hold
+    /// the record and try again after a backoff; the label and what `/readyz` says.
+    Hold(&'static str, String),
+    /// The upstream says the event itself is bad: a dead letter, with the label.
+    DeadLetter(&'static str),
+}
+
+/// How replay reads an upstream answer.
+fn verdict(result: &Result<UpstreamResponse, UpstreamError>) -> Verdict {
+    let r = match result {
+        Ok(r) => r,
+        Err(_) => return Verdict::Retry,
+    };
+    let code = vendor_code(&r.body);
+    match (r.status, code) {
+        (200..=299, _) => Verdict::Delivered,
+        (429, _) | (500.., _) => Verdict::Retry,
+        (413, _) => Verdict::DeadLetter("too_large"),
+        (400, Some(3004)) => Verdict::DeadLetter("invalid_event"),
+        (401 | 403, _) | (400, Some(3000..=3003 | 3006)) => Verdict::Hold(
+            "credentials",
+            format!(
+                "the upstream refuses our credentials ({} {}): fix the key or token, then reload",
+                r.status,
+                code.map_or(String::new(), |c| format!("code {c}"))
+            ),
+        ),
+        (status, code) => Verdict::Hold(
+            "refused",
+            format!(
+                "the upstream refuses the calls ({status} {}): fix the configuration, then reload",
+                code.map_or(String::new(), |c| format!("code {c}"))
+            ),
+        ),
+    }
+}
+
+/// The route a record may go to: the one at its path, if it belongs to the record's service
+/// and has the identity the record was accepted for (records of older versions carry none).
+fn route_for(config: &Config, record: &Record) -> Option<Arc<Route>> {
+    let route = config.route(&record.route)?;
+    let same = route.service.name == record.service
+        && (record.route_id.is_empty() || *route.id == *record.route_id);
+    same.then(|| route.clone())
+}
+
+/// Waits between attempts at one record: 100 ms doubling to 5 s.
+fn retry_backoff() -> Backoff {
+    Backoff::try_new(Duration::from_millis(100), Duration::from_secs(5)).expect("valid backoff")
 }
 
 /// Bytes read from a segment at a time.
@@ -212,13 +282,18 @@ enum Batch {
 }
 
 impl Replayer {
-    async fn run(&self) {
-        let dir = self.spool.settings.dir.clone();
+    fn start_lane(&self, lane: Arc<Lane>) {
+        let replayer = self.clone();
+        tokio::spawn(async move { replayer.run_lane(lane).await });
+    }
+
+    async fn run_lane(&self, lane: Arc<Lane>) {
+        let dir = lane.dir.clone();
         let (checkpoint, mut at) = CheckpointFile::open(&dir);
         let checkpoint = Mutex::new(checkpoint);
         let mut reader = SegmentReader::new(dir.clone());
         loop {
-            let writer = self.spool.position();
+            let writer = lane.position();
             if at.segment > writer.segment {
                 at = Position {
                     segment: writer.segment,
@@ -230,7 +305,8 @@ impl Replayer {
             let most = self.config.load().spool.replay_concurrency;
             match next_batch(&mut reader, at, limit, most).await {
                 Batch::Records(records, next) => {
-                    self.deliver_batch(records, at.segment, &checkpoint).await;
+                    self.deliver_batch(&lane, records, at.segment, &checkpoint)
+                        .await;
                     at.offset = next;
                     lock(&checkpoint).write(at);
                 }
@@ -238,12 +314,12 @@ impl Replayer {
                     tracing::error!(segment = at.segment, error = %e, "cannot read a spool segment; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                Batch::End if current && !lane.writes => return,
                 Batch::End if current => {
                     metrics::SPOOL_OLDEST_AGE.set(0.0);
                     // Caught up: wait for the writer (or look again soon, in case of a race).
                     let _ =
-                        tokio::time::timeout(Duration::from_secs(1), self.spool.wake.notified())
-                            .await;
+                        tokio::time::timeout(Duration::from_secs(1), lane.wake.notified()).await;
                 }
                 Batch::End => {
                     // A finished segment (torn tail, if any, skipped): drop it, go to the next.
@@ -273,6 +349,7 @@ impl Replayer {
     /// at most one record for each visitor of the batch.
     async fn deliver_batch(
         &self,
+        lane: &Lane,
         records: Vec<(Record, u64)>,
         segment: u64,
         checkpoint: &Mutex<CheckpointFile>,
@@ -303,7 +380,7 @@ impl Replayer {
             .for_each_concurrent(width, |queue| async move {
                 let last = queue.last().copied();
                 for i in queue {
-                    self.replay(&records[i].0).await;
+                    self.replay(lane, &records[i].0).await;
                     let caught_up = {
                         let mut p = lock(progress);
                         if let Some(upto) = p.finish(i) {
@@ -332,8 +409,8 @@ impl Replayer {
             .await;
     }
 
-    /// Deliver one record, waiting out upstream failures; then it leaves the visitor's queue.
-    async fn replay(&self, record: &Record) {
+    /// Deliver one record, or dead-letter it; then it leaves the visitor's queue.
+    async fn replay(&self, lane: &Lane, record: &Record) {
         let in_flight = self
             .spool
             .inflight
@@ -342,52 +419,100 @@ impl Replayer {
         let outcome = match in_flight {
             // The live call that accepted it may still deliver it itself.
             Some(mut rx) => match rx.wait_for(Option::is_some).await.map(|v| *v) {
-                Ok(Some(true)) => Outcome::Delivered,
-                _ => self.deliver(record).await,
+                Ok(Some(true)) => Ok(()),
+                _ => self.deliver(lane, record).await,
             },
-            None => self.deliver(record).await,
+            None => self.deliver(lane, record).await,
         };
         match outcome {
-            Outcome::Delivered => metrics::SPOOL_REPLAYED.inc(),
-            Outcome::Dropped(reason) => {
-                metrics::SPOOL_FAILED.with_label_values(&[reason]).inc();
-                tracing::error!(service = %record.service, route = %record.route, reason, "a spooled event could not be delivered and was dropped");
-            }
+            Ok(()) => metrics::SPOOL_REPLAYED.inc(),
+            Err(reason) => self.dead_letter(lane, record, reason).await,
         }
-        self.spool.settle(record);
+        lane.set_waiting(None);
+        self.spool.settle(lane, record);
     }
 
-    async fn deliver(&self, record: &Record) -> Outcome {
-        let mut wait = Duration::from_millis(100);
+    /// Send a record until the upstream takes it (`Ok`) or says it is bad (`Err(label)`).
+    async fn deliver(&self, lane: &Lane, record: &Record) -> Result<(), &'static str> {
+        let backoff = retry_backoff();
+        let mut attempt = 0;
         loop {
             let config = self.config.load_full();
-            let Some(route) = config.route(&record.route).cloned() else {
-                return Outcome::Dropped("route_gone");
-            };
-            let limits = CallLimits::new(&config, &route);
-            let call = Call {
-                route,
-                body: record.body.clone(),
-                client: ClientInfo::default(),
-            };
-            match self.client.send(&call, limits).await {
-                Ok(r) if r.status < 300 => {
-                    let key = CacheKey::new(&Arc::from(record.service.as_str()), &record.visitor);
-                    let offers = Offers {
-                        status: r.status,
-                        content_type: r.content_type,
-                        body: r.body,
-                        fetched: Instant::now(),
-                    };
-                    self.cache.insert(key, offers);
-                    return Outcome::Delivered;
+            let verdict = match route_for(&config, record) {
+                Some(route) => self.attempt(route, &config, record).await,
+                None if crate::spool::now_ms().saturating_sub(record.enqueued_ms)
+                    >= config.spool.route_wait.as_millis() as u64 =>
+                {
+                    Verdict::DeadLetter("route_gone")
                 }
-                Ok(r) if r.status != 429 && r.status < 500 => return Outcome::Dropped("rejected"),
-                _ => {}
+                None => Verdict::Hold(
+                    "route_gone",
+                    format!(
+                        "no route {} of service {} as accepted (gone or changed); a reload can bring it back",
+                        record.route, record.service
+                    ),
+                ),
+            };
+            match verdict {
+                Verdict::Delivered => return Ok(()),
+                Verdict::DeadLetter(reason) => return Err(reason),
+                Verdict::Retry => {}
+                Verdict::Hold(reason, why) => {
+                    metrics::SPOOL_HELD
+                        .with_label_values(&[&record.service, reason])
+                        .inc();
+                    lane.set_waiting(Some(why));
+                }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(backoff.ceiling(attempt)).await;
+            attempt += 1;
         }
+    }
+
+    async fn attempt(&self, route: Arc<Route>, config: &Config, record: &Record) -> Verdict {
+        let limits = CallLimits::new(config, &route);
+        let key = CacheKey::new(&route.service.id, &route.id, &record.visitor);
+        let call = Call {
+            route,
+            body: record.body.clone(),
+            client: ClientInfo::default(),
+        };
+        let result = self.client.send(&call, limits).await;
+        let verdict = verdict(&result);
+        if let (Verdict::Delivered, Ok(r)) = (&verdict, result) {
+            self.cache.insert(key, Offers::from(&r));
+        }
+        verdict
+    }
+
+    /// Keep a record the upstream will not take in the dead-letter log, waiting while the log
+    /// is full or failing: it is never dropped.
+    async fn dead_letter(&self, lane: &Lane, record: &Record, reason: &'static str) {
+        let backoff = retry_backoff();
+        let mut attempt = 0;
+        loop {
+            let spool = self.spool.clone();
+            let copy = record.clone();
+            let written = tokio::task::spawn_blocking(move || spool.dead.append(&copy)).await;
+            match written {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    metrics::SPOOL_HELD
+                        .with_label_values(&[&record.service, "dead_letter_full"])
+                        .inc();
+                    lane.set_waiting(Some(format!(
+                        "an event the upstream refused ({reason}) cannot be kept: {e}; requeue or raise spool.dead_letter_max_bytes"
+                    )));
+                }
+                Err(e) => tracing::error!(error = %e, "dead-letter append panicked"),
+            }
+            tokio::time::sleep(backoff.ceiling(attempt)).await;
+            attempt += 1;
+        }
+        metrics::SPOOL_DEAD_LETTERED
+            .with_label_values(&[&record.service, reason])
+            .inc();
+        tracing::warn!(service = %record.service, route = %record.route, reason, "a spooled event went to the dead-letter log");
     }
 }
 
@@ -496,6 +621,7 @@ mod tests {
             route: "/demo_db/pageviews".into(),
             visitor: "v".into(),
             body: body.into(),
+            route_id: String::new(),
         }
     }
 

@@ -1,0 +1,158 @@
+//! A replay lane: one service's segments, checkpoint and replay position, in a directory of
+//! its own (`lanes/{service}/`), so that a service whose upstream refuses or fails holds only
+//! its own events back. Segments that an older version left in the spool's root form a lane
+//! that is only read (`""`), its records routed by the service they name.
+
+use super::Position;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+const CHECKPOINT: &str = "checkpoint";
+
+pub(crate) struct Lane {
+    /// The service whose events it holds; `""` for the root's segments of an older version.
+    pub name: Arc<str>,
+    pub dir: PathBuf,
+    /// Whether the writer appends to it (every lane but the root's).
+    pub writes: bool,
+    /// Where the writer has committed up to.
+    committed: Mutex<Position>,
+    /// Woken when the writer commits.
+    pub wake: Notify,
+    /// Records accepted and not yet delivered or dead-lettered.
+    pub depth: AtomicI64,
+    /// Why replay is holding this lane's next record, for `/readyz`.
+    waiting: Mutex<Option<String>>,
+}
+
+impl Lane {
+    /// The lane in `dir`, writing (if `writes`) into a new segment after those present.
+    pub fn open(name: &str, dir: PathBuf, writes: bool) -> std::io::Result<Lane> {
+        std::fs::create_dir_all(&dir)?;
+        let next = segments(&dir)?.last().map_or(0, |s| s + 1);
+        Ok(Lane {
+            name: Arc::from(name),
+            dir,
+            writes,
+            committed: Mutex::new(Position {
+                segment: next,
+                offset: 0,
+            }),
+            wake: Notify::new(),
+            depth: AtomicI64::new(0),
+            waiting: Mutex::new(None),
+        })
+    }
+
+    pub fn position(&self) -> Position {
+        *crate::lock(&self.committed)
+    }
+
+    pub fn publish(&self, position: Position) {
+        *crate::lock(&self.committed) = position;
+        self.wake.notify_one();
+    }
+
+    /// Replay is holding the lane's next record, and why (`None`: it is not).
+    pub fn set_waiting(&self, why: Option<String>) {
+        *crate::lock(&self.waiting) = why;
+    }
+
+    pub fn waiting(&self) -> Option<String> {
+        crate::lock(&self.waiting).clone()
+    }
+
+    pub fn depth(&self) -> i64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.seg"))
+}
+
+pub(crate) fn open_segment(dir: &Path, segment: u64) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(segment_path(dir, segment))?;
+    // The new name must survive a crash too.
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+/// Segment numbers present in `dir`, in order.
+pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
+            found.push(n);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Where replay resumes: `segment offset`, or the start.
+pub(crate) fn read_checkpoint(dir: &Path) -> Position {
+    let text = std::fs::read_to_string(dir.join(CHECKPOINT)).unwrap_or_default();
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(segment), Some(offset)) => Position { segment, offset },
+        _ => Position {
+            segment: 0,
+            offset: 0,
+        },
+    }
+}
+
+/// Replay's progress, rewritten in place: a fixed-width `segment offset` line, so that an update
+/// is one 42-byte write at offset 0, within one disk sector, that never leaves part of an older
+/// line behind. It is not synced: a crash of the OS can repeat events, never lose them.
+pub(crate) struct CheckpointFile {
+    dir: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl CheckpointFile {
+    /// The checkpoint file of `dir`, and where replay resumes.
+    pub fn open(dir: &Path) -> (CheckpointFile, Position) {
+        let at = read_checkpoint(dir);
+        let mut checkpoint = CheckpointFile {
+            dir: dir.to_path_buf(),
+            file: None,
+        };
+        // Rewritten at once, in the fixed width, whatever an older version left.
+        checkpoint.write(at);
+        (checkpoint, at)
+    }
+
+    pub fn write(&mut self, at: Position) {
+        use std::os::unix::fs::FileExt;
+        let line = format!("{:020} {:020}\n", at.segment, at.offset);
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.dir.join(CHECKPOINT))
+                .and_then(|f| f.set_len(line.len() as u64).map(|()| f))
+                .ok();
+        }
+        let written = self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.write_all_at(line.as_bytes(), 0).is_ok());
+        if !written {
+            // Opened again next time.
+            self.file = None;
+            tracing::error!(
+                "cannot write the spool checkpoint; a restart may deliver events twice"
+            );
+        }
+    }
+}
