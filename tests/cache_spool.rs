@@ -7,8 +7,10 @@ use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// A page view, the `n`th of `visitor`, sent as a page sends it: without a `uuid`, so that
+/// the emulator's count of duplicates (by `uuid`) counts the proxy's own.
 fn view(visitor: &str, n: usize) -> String {
-    format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail/x","uuid":"{visitor}-{n}"}}"#)
+    format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail/x","n":{n}}}"#)
 }
 
 fn ingested(stack: &Stack) -> u64 {
@@ -307,7 +309,7 @@ fn kill_9_then_restart(name: &str, extra: &str, window: u64) {
     daemon.kill();
 
     // A torn write: half a frame at the end of the newest segment.
-    let spool = dir.join("spool");
+    let spool = dir.join("spool").join("lanes").join("shop");
     let mut segments: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -175,10 +175,12 @@ impl Spool {
         }
         metrics::SPOOL_DEPTH.set(spool.depth());
         metrics::SPOOL_BYTES.set(spool.disk_bytes.load(Ordering::Relaxed) as i64);
-        let writer = spool.clone();
+        // The writer holds the spool weakly: once the last user drops it, the job channel closes,
+        // the writer ends and the directory's lock is released (a test's server, stopped).
+        let writer = Arc::downgrade(&spool);
         std::thread::Builder::new()
             .name("p13n-edge spool".into())
-            .spawn(move || writer.write_loop(rx))
+            .spawn(move || write_loop(&writer, rx))
             .map_err(io)?;
         Ok(spool)
     }
@@ -371,49 +373,27 @@ impl Spool {
         Ok(())
     }
 
-    /// The writer thread: batch what is queued, write each lane's part, one `fdatasync` per
-    /// lane written, then acknowledge.
-    fn write_loop(self: Arc<Self>, jobs: mpsc::Receiver<Job>) {
-        let mut open: HashMap<Arc<str>, Segment> = HashMap::new();
-        let interval = self.settings.sync_interval;
-        loop {
-            let first = match interval {
-                None => jobs.recv().ok(),
-                Some(d) => match jobs.recv_timeout(d) {
-                    Ok(job) => Some(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        open.values_mut().for_each(Segment::sync_if_dirty);
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
-                },
-            };
-            let Some(first) = first else {
-                open.values_mut().for_each(Segment::sync_if_dirty);
-                return;
-            };
-            let mut batch = vec![first];
-            batch.extend(jobs.try_iter().take(QUEUE));
-            // Each lane's frames, in arrival order, within the bound on disk.
-            let mut groups: Vec<(Arc<Lane>, Vec<u8>, Vec<Done>)> = Vec::new();
-            let mut total = self.disk_bytes.load(Ordering::Relaxed);
-            for job in batch {
-                if total + job.frame.len() as u64 > self.settings.max_bytes {
-                    let _ = job.done.send(Err(SpoolError::Full));
-                    continue;
-                }
-                total += job.frame.len() as u64;
-                match groups.iter_mut().find(|g| Arc::ptr_eq(&g.0, &job.lane)) {
-                    Some(group) => {
-                        group.1.extend_from_slice(&job.frame);
-                        group.2.push(job.done);
-                    }
-                    None => groups.push((job.lane, job.frame, vec![job.done])),
-                }
+    /// Write a batch: each lane's part, one `fdatasync` per lane written, then acknowledge.
+    fn write_batch(&self, open: &mut HashMap<Arc<str>, Segment>, batch: Vec<Job>) {
+        // Each lane's frames, in arrival order, within the bound on disk.
+        let mut groups: Vec<(Arc<Lane>, Vec<u8>, Vec<Done>)> = Vec::new();
+        let mut total = self.disk_bytes.load(Ordering::Relaxed);
+        for job in batch {
+            if total + job.frame.len() as u64 > self.settings.max_bytes {
+                let _ = job.done.send(Err(SpoolError::Full));
+                continue;
             }
-            for (lane, buf, dones) in groups {
-                self.write_lane(&mut open, &lane, &buf, dones);
+            total += job.frame.len() as u64;
+            match groups.iter_mut().find(|g| Arc::ptr_eq(&g.0, &job.lane)) {
+                Some(group) => {
+                    group.1.extend_from_slice(&job.frame);
+                    group.2.push(job.done);
+                }
+                None => groups.push((job.lane, job.frame, vec![job.done])),
             }
+        }
+        for (lane, buf, dones) in groups {
+            self.write_lane(open, &lane, &buf, dones);
         }
     }
 
@@ -472,6 +452,35 @@ impl Spool {
                 Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
             }
         }
+    }
+}
+
+/// The writer thread: batch what is queued and hand it to `Spool::write_batch`, until the spool
+/// is dropped.
+fn write_loop(spool: &std::sync::Weak<Spool>, jobs: mpsc::Receiver<Job>) {
+    let mut open: HashMap<Arc<str>, Segment> = HashMap::new();
+    let Some(interval) = spool.upgrade().map(|s| s.settings.sync_interval) else {
+        return;
+    };
+    loop {
+        let first = match interval {
+            None => jobs.recv().ok(),
+            Some(d) => match jobs.recv_timeout(d) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    open.values_mut().for_each(Segment::sync_if_dirty);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let (Some(first), Some(spool)) = (first, spool.upgrade()) else {
+            open.values_mut().for_each(Segment::sync_if_dirty);
+            return;
+        };
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(QUEUE));
+        spool.write_batch(&mut open, batch);
     }
 }
 

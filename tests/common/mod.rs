@@ -272,6 +272,9 @@ pub struct Stack {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub emulator: SocketAddr,
+    /// The config in force and its file (for `reload`).
+    pub handles: p13n_edge::Handles,
+    pub config_path: PathBuf,
     _running: Running,
 }
 
@@ -292,10 +295,12 @@ impl Stack {
             // Metrics are per process: a service named after the test keeps its series apart.
             .replace("name = \"shop\"", &format!("name = \"{name}\""));
         let config = load_config(name, &toml);
+        let config_path = scratch(name).join("p13n-edge.toml");
+        std::fs::write(&config_path, &toml).unwrap();
         let (proxy, admin) = (config.listen, config.admin_listen);
         let mut server = Server::new_with_opt_and_conf(None, quick_conf());
         server.bootstrap();
-        p13n_edge::add_proxy(&mut server, config).unwrap();
+        let handles = p13n_edge::add_proxy(&mut server, config).unwrap();
         let rules = toml::from_str(&demo_rules()).unwrap();
         p13n_edge::add_emulator(&mut server, &emulator.to_string(), Emulator::new(rules));
         let running = Running::start(server, &[proxy, admin, emulator]);
@@ -304,8 +309,24 @@ impl Stack {
             proxy,
             admin,
             emulator,
+            handles,
+            config_path,
             _running: running,
         }
+    }
+
+    /// Rewrite the config file with `edit` and reload it, as SIGHUP does.
+    pub fn reload(&self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, edit(&text)).unwrap();
+        p13n_edge::config::reload(&self.config_path, &self.handles.config, &self.handles.cache)
+            .unwrap_or_else(|e| panic!("reload: {e}"));
+    }
+
+    /// The `warnings` of `/readyz`, joined.
+    pub fn readiness_warnings(&self) -> String {
+        let r = request(self.admin, "GET", "/readyz", &[], b"");
+        r.json()["warnings"].to_string()
     }
 
     /// A metric's value from a scrape, summed over this stack's series (its service or its

@@ -1,0 +1,225 @@
+//! The promises under attack and failure, over real sockets: a visitor sees only offers computed
+//! for that visitor and route; an event answered 2xx is delivered, held for a fix, or kept as a
+//! dead letter, never dropped; one service's failing upstream holds back only its own events.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const FAST: &str = "[service.cache]\nmode = \"fast\"\n";
+
+fn view(visitor: &str, n: usize) -> String {
+    format!(
+        r#"{{"td_client_id":"{visitor}","td_path":"/retail/shop/women","product_category":"women","n":{n}}}"#
+    )
+}
+
+fn ingested(stack: &Stack) -> u64 {
+    stack.emulator_stats()["events_ingested"].as_u64().unwrap()
+}
+
+fn spool_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+        .arg("spool")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_second_route_of_a_service_never_answers_with_the_first_routes_offers() {
+    let stack = Stack::start_with("per_route", FAST);
+    let warm = stack.post("/demo_db/pageviews", &view("v1", 0));
+    assert!(warm.text().contains("offer_for_women"), "{}", warm.text());
+    // Same service, same visitor, another table: not a hit on the pageviews entry.
+    let other = stack.post("/public/demo_db/clicks", &view("v1", 1));
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        other.header("cache-status").as_deref(),
+        Some("p13n-edge; fwd=miss; stored")
+    );
+    // Each route now answers from its own entry.
+    for path in ["/demo_db/pageviews", "/public/demo_db/clicks"] {
+        let hit = stack.post(path, &view("v1", 2));
+        assert!(hit.header("cache-status").unwrap().contains("; hit;"));
+    }
+}
+
+#[test]
+fn events_accepted_during_a_window_of_401s_are_held_then_delivered() {
+    let stack = Stack::start_with("held_401", FAST);
+    for v in ["a", "b", "c"] {
+        assert_eq!(stack.post("/demo_db/pageviews", &view(v, 0)).status, 200);
+    }
+    stack.set_faults(json!({"status": 401, "rate": 1.0, "seconds": 3}));
+    for v in ["a", "b", "c"] {
+        let r = stack.post("/demo_db/pageviews", &view(v, 1));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(eventually(Duration::from_secs(5), || stack
+        .readiness_warnings()
+        .contains("refuses our credentials")));
+    assert!(stack.metric("p13n_edge_spool_held_total", &["reason=\"credentials\""]) >= 1.0);
+    // Once the upstream takes our credentials again, every held event arrives, once.
+    assert!(
+        eventually(Duration::from_secs(20), || ingested(&stack) == 6),
+        "{}",
+        stack.emulator_stats()
+    );
+    assert_eq!(stack.emulator_stats()["duplicates"], 0);
+    assert!(eventually(Duration::from_secs(5), || !stack
+        .readiness_warnings()
+        .contains("spool lane")));
+}
+
+#[test]
+fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_it_again() {
+    let name = "dead_letter";
+    let spool = scratch(name).join("spool");
+    let spool_arg = spool.to_str().unwrap().to_string();
+    {
+        let stack = Stack::start_with(name, FAST);
+        assert_eq!(stack.post("/demo_db/pageviews", &view("d", 0)).status, 200);
+        stack.set_faults(json!({"status": 400, "code": 3004, "rate": 1.0}));
+        assert_eq!(stack.post("/demo_db/pageviews", &view("d", 1)).status, 200);
+        assert!(eventually(Duration::from_secs(10), || stack.metric(
+            "p13n_edge_spool_dead_lettered_total",
+            &["reason=\"invalid_event\""]
+        ) == 1.0));
+        assert!(stack.readiness_warnings().contains("1 dead letters"));
+        // Inspect works on a running daemon's spool; requeue refuses to.
+        let out = spool_cli(&["inspect", "--dir", &spool_arg]);
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["dead_letters"]["events"], 1, "{report}");
+        assert_eq!(
+            report["dead_letters"]["by_route"][0]["route"],
+            "/demo_db/pageviews"
+        );
+        assert_eq!(report["daemon_running"], true);
+        assert_eq!(report["pending"]["events"], 0);
+        let out = spool_cli(&["requeue", "--dir", &spool_arg]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    }
+    // Stopped: the dead letter goes back to its lane, and the next start delivers it.
+    let out = spool_cli(&["requeue", "--dir", &spool_arg]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 dead letters requeued"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&spool_cli(&["inspect", "--dir", &spool_arg]).stdout).unwrap();
+    assert_eq!(report["dead_letters"]["events"], 0, "{report}");
+    assert_eq!(report["pending"]["events"], 1, "{report}");
+    let stack = Stack::start_with(name, FAST);
+    assert!(
+        eventually(Duration::from_secs(10), || ingested(&stack) == 1),
+        "{}",
+        stack.emulator_stats()
+    );
+}
+
+#[test]
+fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_key() {
+    let name = "moved_route";
+    let stack = Stack::start_with(name, FAST);
+    assert_eq!(stack.post("/demo_db/pageviews", &view("m", 0)).status, 200);
+    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    assert_eq!(stack.post("/demo_db/pageviews", &view("m", 1)).status, 200);
+    // Replay has tried once and is waiting to try again.
+    assert!(eventually(Duration::from_secs(5), || !stack
+        .emulator_stats()["by_status"]["503"]
+        .is_null()));
+    // The path now belongs to another account's service.
+    std::fs::write(
+        scratch(name).join("key2"),
+        "2/0123456789abcdef0123456789abcdef01234567\n",
+    )
+    .unwrap();
+    let original = std::fs::read_to_string(&stack.config_path).unwrap();
+    let moved = |text: &str| {
+        text.replace(&format!("name = \"{name}\""), "name = \"someone_else\"")
+            .replace("account_id = \"1\"", "account_id = \"2\"")
+            .replace("api_key_file = \"key\"", "api_key_file = \"key2\"")
+            .replace(TOKEN, "2/1/00000000000000000000000000000001")
+    };
+    stack.reload(moved);
+    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    let before = stack.emulator_stats()["requests"].as_u64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(8), || stack
+            .readiness_warnings()
+            .contains("gone or changed")),
+        "{} {}",
+        stack.readiness_warnings(),
+        stack.emulator_stats()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = stack.emulator_stats();
+    assert_eq!(
+        stats["requests"].as_u64().unwrap(),
+        before,
+        "no record went out under another service: {stats}"
+    );
+    // Moved back, the record goes out with its own service's key.
+    stack.reload(|_| original.clone());
+    assert!(
+        eventually(Duration::from_secs(10), || ingested(&stack) == 2),
+        "{}",
+        stack.emulator_stats()
+    );
+}
+
+#[test]
+fn one_service_whose_upstream_fails_holds_back_only_its_own_events() {
+    let (_other_emulator, other) = start_emulator(&demo_rules());
+    let extra = format!(
+        r#"{FAST}
+[[service]]
+name = "failing_lane_b"
+base_url = "http://{other}"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+
+[service.tokens]
+web = "{TOKEN}"
+
+[[service.route]]
+database = "demo_db"
+table = "checkout"
+token = "web"
+
+[service.cache]
+mode = "fast"
+"#
+    );
+    let stack = Stack::start_with("failing_lane", &extra);
+    let other_faults = |plan: &str| {
+        request(other, "POST", "/_emulator/faults", &[], plan.as_bytes());
+    };
+    for v in ["x", "y"] {
+        assert_eq!(stack.post("/demo_db/pageviews", &view(v, 0)).status, 200);
+        assert_eq!(stack.post("/demo_db/checkout", &view(v, 0)).status, 200);
+    }
+    other_faults(r#"{"status":503,"rate":1.0}"#);
+    for n in 1..=3 {
+        for v in ["x", "y"] {
+            assert_eq!(stack.post("/demo_db/checkout", &view(v, n)).status, 200);
+            assert_eq!(stack.post("/demo_db/pageviews", &view(v, n)).status, 200);
+        }
+    }
+    // Service b's events wait; ours arrive meanwhile, all of them.
+    assert!(
+        eventually(Duration::from_secs(10), || ingested(&stack) == 8),
+        "{}",
+        stack.emulator_stats()
+    );
+    let other_stats = || request(other, "GET", "/_emulator/stats", &[], b"").json();
+    assert_eq!(other_stats()["events_ingested"], 2);
+    request(other, "DELETE", "/_emulator/faults", &[], b"");
+    assert!(eventually(Duration::from_secs(15), || other_stats()
+        ["events_ingested"]
+        == 8));
+}
