@@ -41,7 +41,7 @@ impl ServerApp for PublicApp {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let timeouts = self.config.load().timeouts;
-        let stream = slow::HeaderDeadline::wrap(stream, timeouts.client_header);
+        let stream = slow::http1(stream, timeouts.client_header);
         let mut session = ServerSession::new_http1(stream);
         // The first request gets the header timeout; those after it the idle one.
         let mut silence = timeouts.client_header;
