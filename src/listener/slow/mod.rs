@@ -1,12 +1,19 @@
-//! A whole-header deadline for HTTP/1 connections. Pingora times each read on its own, so a
-//! client that trickles a byte every few seconds could hold a connection (and up to 1 MiB of
-//! header buffer) for as long as it likes. This stream wrapper gives each request header, from
-//! its first byte (leading empty lines included) to its end as pingora's parser sees it
-//! ([`h1`]), `limit` in all; past it, reads fail and pingora closes the connection. After the
-//! header (body, answer) the watch is off until the answer has been written and the next
-//! request begins.
+//! Deadlines on the slow start of a request, for what pingora times only read by read. A
+//! client that trickles a byte every few seconds passes every per-read timeout, and pingora's
+//! HTTP/2 handshake has no timeout at all; both could hold a connection (and its buffers) for
+//! as long as they liked. This stream wrapper gives a watched part of the stream `limit` in
+//! all; past it, reads fail and pingora closes the connection.
+//!
+//! - HTTP/1 ([`http1`]): each request header, from its first byte (leading empty lines
+//!   included) to its end as pingora's parser sees it ([`h1`]). After it (body, answer) the
+//!   watch is off until the answer has been written and the next request begins.
+//! - HTTP/2 ([`http2`]): a new connection, from the moment it is handed over (after TLS) to the
+//!   end of its first request's header block ([`h2`]): the preface, settings and first
+//!   HEADERS. Then the watch is off for good; an established connection's streams come and go
+//!   under pingora's h2 idle timeout.
 
 mod h1;
+mod h2;
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -40,6 +47,13 @@ impl Watch for h1::Header {
     const EACH_REQUEST: bool = true;
 }
 
+impl Watch for h2::FirstRequest {
+    fn scan(self, bytes: &[u8]) -> Result<Self, usize> {
+        h2::FirstRequest::scan(self, bytes)
+    }
+    const EACH_REQUEST: bool = false;
+}
+
 #[derive(Debug)]
 enum Phase<W> {
     /// Between requests: the next byte starts a watched part.
@@ -65,6 +79,20 @@ pub fn http1(inner: Stream, limit: Duration) -> Stream {
         inner,
         limit,
         phase: Phase::Idle,
+        timer: None,
+    })
+}
+
+/// An HTTP/2 connection that must send its preface and first request header within `limit`
+/// from now.
+pub fn http2(inner: Stream, limit: Duration) -> Stream {
+    Box::new(Deadline::<h2::FirstRequest> {
+        inner,
+        limit,
+        phase: Phase::Watching {
+            deadline: Instant::now() + limit,
+            state: h2::FirstRequest::default(),
+        },
         timer: None,
     })
 }
