@@ -245,7 +245,7 @@ pub static RATE_LIMIT_TRACKED: Lazy<IntGaugeVec> = Lazy::new(|| {
 pub static SLOW_HEADERS: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
         "p13n_edge_slow_headers_total",
-        "HTTP/1 connections closed because a request header took longer than timeouts.client_header_ms."
+        "Connections closed because a request header (HTTP/2: the preface and first request header) took longer than timeouts.client_header_ms."
     )
     .expect("metric registers once")
 });

@@ -87,6 +87,43 @@ fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
     assert_eq!(post_json(addr, EVENT).status, 200);
 }
 
+/// Write `bytes` one at a time, every `every`, until the server cuts the connection or
+/// `give_up` has passed; then whether it was cut (or closes within a second after), after how
+/// many seconds, and whether an answer came.
+fn trickle(
+    addr: SocketAddr,
+    bytes: &[u8],
+    every: Duration,
+    give_up: Duration,
+) -> (bool, f64, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let start = Instant::now();
+    let mut cut = false;
+    for byte in bytes {
+        if s.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(every);
+        if start.elapsed() > give_up {
+            break;
+        }
+    }
+    let waited = start.elapsed().as_secs_f64();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let answered = read_message(&mut s).is_some_and(|m| m.starts_with(b"HTTP/1.1 200"));
+    (cut || seconds_until_closed(&mut s) < 1.0, waited, answered)
+}
+
+fn slow_headers_counted(admin: SocketAddr) -> u64 {
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("p13n_edge_slow_headers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("p13n_edge_slow_headers_total is exported")
+}
+
 #[test]
 fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
     let (_p, addr, admin, upstream) = proxy_with_admin(
@@ -99,35 +136,14 @@ fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
         "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
         EVENT.len()
     );
-    let mut s = TcpStream::connect(addr).unwrap();
-    let start = Instant::now();
-    let mut cut = false;
-    for byte in head.as_bytes() {
-        if s.write_all(&[*byte]).is_err() {
-            cut = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(150));
-        if start.elapsed() > Duration::from_secs(4) {
-            break;
-        }
-    }
-    let waited = start.elapsed().as_secs_f64();
-    let answered = read_message(&mut s).is_some_and(|m| m.starts_with(b"HTTP/1.1 200"));
+    let counted = slow_headers_counted(admin);
+    let every = Duration::from_millis(150);
+    let (cut, waited, answered) = trickle(addr, head.as_bytes(), every, Duration::from_secs(4));
     assert!(!answered, "the trickled request was served");
-    assert!(
-        cut || seconds_until_closed(&mut s) < 1.0,
-        "still open after {waited} s"
-    );
+    assert!(cut, "still open after {waited} s");
     assert!(waited < 4.0, "cut after {waited} s");
     assert!(upstream.seen.lock().unwrap().is_empty());
-    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("p13n_edge_slow_headers_total ") && !l.ends_with(" 0")),
-        "not counted"
-    );
+    assert!(slow_headers_counted(admin) > counted, "not counted");
     // A kept-alive connection gets a fresh allowance per request.
     let mut kept = TcpStream::connect(addr).unwrap();
     for _ in 0..3 {
@@ -326,4 +342,40 @@ fn an_early_error_is_still_readable_when_the_client_reads_late() {
         let answer = read_message(&mut s).expect("the 431 answer, not a reset");
         assert!(answer.starts_with(b"HTTP/1.1 431"));
     }
+}
+
+#[test]
+fn empty_lines_before_the_request_line_do_not_stop_the_whole_header_deadline() {
+    let (_p, addr, admin, upstream) = proxy_with_admin(
+        "blank_trickle",
+        "client_header_ms = 1000\nclient_idle_ms = 2000",
+        "",
+    );
+    // Pingora's parser skips empty lines before a request line; they are not a header's end.
+    for blank in ["\r\n\r\n", "\n\n", "\r\n\n\r\n"] {
+        let counted = slow_headers_counted(admin);
+        let head = format!(
+            "{blank}POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+            "a".repeat(1 << 20)
+        );
+        let every = Duration::from_millis(50);
+        let (cut, waited, answered) = trickle(addr, head.as_bytes(), every, Duration::from_secs(5));
+        assert!(!answered, "the trickled request was served");
+        assert!(cut, "{blank:?}: still open after {waited} s");
+        assert!(
+            (0.8..3.0).contains(&waited),
+            "{blank:?}: cut after {waited} s"
+        );
+        assert!(
+            slow_headers_counted(admin) > counted,
+            "{blank:?}: not counted"
+        );
+    }
+    assert!(upstream.seen.lock().unwrap().is_empty());
+    // A request with a blank line before it, sent whole, is still served.
+    let event = format!(
+        "\r\nPOST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
+        EVENT.len()
+    );
+    assert_eq!(raw_request(addr, event.as_bytes()).status, 200);
 }

@@ -128,11 +128,20 @@ async fn post_http1(addr: SocketAddr, ca: &std::path::Path) -> std::io::Result<S
     Ok(answer)
 }
 
-async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Option<Vec<u8>>) {
+/// An h2 client over TLS (offering h2 and http/1.1), and the protocol the server chose.
+async fn h2_client(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+) -> (h2::client::SendRequest<bytes::Bytes>, Option<Vec<u8>>) {
     let tls = tls_stream(addr, ca, &[b"h2", b"http/1.1"]).await.unwrap();
     let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(connection);
+    (client, alpn)
+}
+
+/// POST the event over `client`: the answer's status and body.
+async fn h2_post(client: &mut h2::client::SendRequest<bytes::Bytes>) -> (u16, Vec<u8>) {
     let request = http::Request::post("https://localhost/public/demo_db/clicks")
         .header("content-type", "application/vnd.treasuredata.v1+json")
         .header("origin", "https://shop.example")
@@ -150,6 +159,12 @@ async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Op
         stream.flow_control().release_capacity(chunk.len()).unwrap();
         data.extend_from_slice(&chunk);
     }
+    (status, data)
+}
+
+async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Option<Vec<u8>>) {
+    let (mut client, alpn) = h2_client(addr, ca).await;
+    let (status, data) = h2_post(&mut client).await;
     (status, data, alpn)
 }
 
@@ -207,4 +222,94 @@ fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate(
         .block_on(post_http1(tls_addr, &dir.join("ca2.pem")))
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Seconds until the server closes `stream` (end of stream or an error), reading whatever it
+/// sends; `None` if it is still open after 5 s.
+async fn seconds_until_closed(stream: &mut (impl AsyncReadExt + Unpin)) -> Option<f64> {
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .ok()
+        .map(|()| start.elapsed().as_secs_f64())
+}
+
+fn slow_headers_counted(admin: SocketAddr) -> u64 {
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("p13n_edge_slow_headers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("p13n_edge_slow_headers_total is exported")
+}
+
+#[test]
+fn an_h2_connection_gets_the_header_timeout_until_its_first_request_and_no_more() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let dir = scratch("tls_h2_slow");
+    certificates_named(&dir, "ca.pem", "edge.pem", "edge.key");
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{emulator}"),
+        &format!(
+            "[server.tls]\nlisten = \"{tls_addr}\"\ncert_file = \"edge.pem\"\nkey_file = \"edge.key\""
+        ),
+    )
+    .replace(
+        "client_body_ms = 1000",
+        "client_body_ms = 1000\nclient_header_ms = 300\nclient_idle_ms = 5000",
+    );
+    let config = load_config("tls_h2_slow", &toml);
+    let (plain, admin) = (config.listen, config.admin_listen);
+    let (server, _handles) = p13n_edge::build_server(config, None, false).unwrap();
+    let _proxy = Running::start(server, &[plain, admin, tls_addr]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = dir.join("ca.pem");
+    let counted = slow_headers_counted(admin);
+
+    // After TLS and ALPN h2: nothing, half the preface, or the preface and SETTINGS only.
+    let mut settings = H2_PREFACE.to_vec();
+    settings.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    for (what, sent) in [
+        ("nothing", &[][..]),
+        ("half a preface", &H2_PREFACE[..12]),
+        ("no request", &settings[..]),
+    ] {
+        let waited = rt.block_on(async {
+            let mut tls = tls_stream(tls_addr, &ca, &[b"h2"]).await.unwrap();
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            tls.write_all(sent).await.unwrap();
+            seconds_until_closed(&mut tls).await
+        });
+        assert!(
+            waited.is_some_and(|w| (0.25..2.0).contains(&w)),
+            "{what}: closed after {waited:?} s"
+        );
+    }
+    assert!(slow_headers_counted(admin) >= counted + 3, "not counted");
+
+    // A client that asks in time keeps its connection past the header timeout.
+    rt.block_on(async {
+        let (mut client, alpn) = h2_client(tls_addr, &ca).await;
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        for _ in 0..2 {
+            let (status, body) = h2_post(&mut client).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        }
+        let (status, _) = h2_post(&mut client).await;
+        assert_eq!(status, 200);
+    });
 }

@@ -152,8 +152,8 @@ pub struct TimeoutsSection {
     #[serde(default = "default_client_body_ms")]
     pub client_body_ms: u64,
     /// Longest silence allowed while a client sends a new connection's first request header,
-    /// and the most time any HTTP/1 request header may take in all; past it the connection is
-    /// closed.
+    /// and the most time any HTTP/1 request header may take in all (for HTTP/2: the preface and
+    /// first request header); past it the connection is closed.
     #[serde(default = "default_client_header_ms")]
     pub client_header_ms: u64,
     /// How long a kept-alive client connection may wait for its next request (and stay silent

@@ -1,10 +1,13 @@
 //! The accept step, before a request exists: how long a connection may stay silent. Pingora's
 //! HTTP/1 server gives every connection 60 s per read, with no setting to change it; this app
 //! wraps the proxy and applies `timeouts.client_header_ms` to a new connection's first request
-//! and `timeouts.client_idle_ms` between (and inside) the requests that follow. HTTP/2
-//! connections (negotiated by ALPN on the TLS listener) go to pingora as they are, with the
-//! idle timeout as its `h2_idle_timeout`. HTTP/1 connections are also wrapped in `slow`'s
-//! whole-header deadline, since per-read timeouts do not stop a client that trickles.
+//! and `timeouts.client_idle_ms` between (and inside) the requests that follow. HTTP/1
+//! connections are also wrapped in `slow`'s whole-header deadline, since per-read timeouts do
+//! not stop a client that trickles. HTTP/2 connections (negotiated by ALPN on the TLS
+//! listener) go to pingora wrapped in `slow`'s first-request deadline: pingora's h2 handshake
+//! has no timeout, so `client_header_ms` bounds the preface and first request header, and
+//! after that the idle timeout (as pingora's `h2_idle_timeout`) closes a connection left
+//! without streams.
 
 mod slow;
 
@@ -37,11 +40,12 @@ impl ServerApp for PublicApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let timeouts = self.config.load().timeouts;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let stream = slow::http2(stream, timeouts.client_header);
             return self.proxy.process_new(stream, shutdown).await;
         }
-        let timeouts = self.config.load().timeouts;
-        let stream = slow::HeaderDeadline::wrap(stream, timeouts.client_header);
+        let stream = slow::http1(stream, timeouts.client_header);
         let mut session = ServerSession::new_http1(stream);
         // The first request gets the header timeout; those after it the idle one.
         let mut silence = timeouts.client_header;

@@ -1,9 +1,19 @@
-//! A whole-header deadline for HTTP/1 connections. Pingora times each read on its own, so a
-//! client that trickles a byte every few seconds could hold a connection (and up to 1 MiB of
-//! header buffer) for as long as it likes. This stream wrapper gives each request header, from
-//! its first byte to its blank line, `limit` in all; past it, reads fail and pingora closes the
-//! connection. The header's end is found by watching for CRLF CRLF; after it (body, answer) the
-//! watch is off until the answer has been written and the next request begins.
+//! Deadlines on the slow start of a request, for what pingora times only read by read. A
+//! client that trickles a byte every few seconds passes every per-read timeout, and pingora's
+//! HTTP/2 handshake has no timeout at all; both could hold a connection (and its buffers) for
+//! as long as they liked. This stream wrapper gives a watched part of the stream `limit` in
+//! all; past it, reads fail and pingora closes the connection.
+//!
+//! - HTTP/1 ([`http1`]): each request header, from its first byte (leading empty lines
+//!   included) to its end as pingora's parser sees it ([`h1`]). After it (body, answer) the
+//!   watch is off until the answer has been written and the next request begins.
+//! - HTTP/2 ([`http2`]): a new connection, from the moment it is handed over (after TLS) to the
+//!   end of its first request's header block ([`h2`]): the preface, settings and first
+//!   HEADERS. Then the watch is off for good; an established connection's streams come and go
+//!   under pingora's h2 idle timeout.
+
+mod h1;
+mod h2;
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -12,6 +22,7 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
+use std::fmt::Debug;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,67 +32,87 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-#[derive(Debug)]
-enum Phase {
-    /// Between requests: the next byte starts a header.
-    Idle,
-    /// In a header; `matched` counts the bytes of CRLF CRLF seen last.
-    Header { deadline: Instant, matched: u8 },
-    /// Past the header, until the answer is written.
-    Rest,
+/// What a deadline watches for: the bytes read feed it until it says the part is complete.
+trait Watch: Copy + Default + Debug + Send + Sync + Unpin + 'static {
+    /// `Err(n)` once the watched part ends after `n` of `bytes`, else the state to go on from.
+    fn scan(self, bytes: &[u8]) -> Result<Self, usize>;
+    /// Whether writing an answer starts a new watched part with the next byte read.
+    const EACH_REQUEST: bool;
+}
+
+impl Watch for h1::Header {
+    fn scan(self, bytes: &[u8]) -> Result<Self, usize> {
+        h1::Header::scan(self, bytes)
+    }
+    const EACH_REQUEST: bool = true;
+}
+
+impl Watch for h2::FirstRequest {
+    fn scan(self, bytes: &[u8]) -> Result<Self, usize> {
+        h2::FirstRequest::scan(self, bytes)
+    }
+    const EACH_REQUEST: bool = false;
 }
 
 #[derive(Debug)]
-pub struct HeaderDeadline {
+enum Phase<W> {
+    /// Between requests: the next byte starts a watched part.
+    Idle,
+    /// In a watched part, which must end by `deadline`.
+    Watching { deadline: Instant, state: W },
+    /// Past it (until the answer is written, for HTTP/1).
+    Off,
+}
+
+#[derive(Debug)]
+struct Deadline<W> {
     inner: Stream,
     limit: Duration,
-    phase: Phase,
-    /// Armed while a header is pending, to wake the reader at the deadline.
+    phase: Phase<W>,
+    /// Armed while a part is pending, to wake the reader at the deadline.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl HeaderDeadline {
-    pub fn wrap(inner: Stream, limit: Duration) -> Stream {
-        Box::new(HeaderDeadline {
-            inner,
-            limit,
-            phase: Phase::Idle,
-            timer: None,
-        })
-    }
-
-    fn watch(&mut self, bytes: &[u8]) {
-        let (deadline, matched) = match self.phase {
-            Phase::Rest => return,
-            Phase::Idle if bytes.is_empty() => return,
-            Phase::Idle => (Instant::now() + self.limit, 0),
-            Phase::Header { deadline, matched } => (deadline, matched),
-        };
-        self.phase = match scan(matched, bytes) {
-            None => {
-                self.timer = None;
-                Phase::Rest
-            }
-            Some(matched) => Phase::Header { deadline, matched },
-        };
-    }
+/// An HTTP/1 connection whose every request header must arrive within `limit`.
+pub fn http1(inner: Stream, limit: Duration) -> Stream {
+    Box::new(Deadline::<h1::Header> {
+        inner,
+        limit,
+        phase: Phase::Idle,
+        timer: None,
+    })
 }
 
-/// Look for the blank line ending a header: `None` once CRLF CRLF is complete, else how many
-/// of its bytes the input ends with.
-fn scan(mut matched: u8, bytes: &[u8]) -> Option<u8> {
-    for &b in bytes {
-        matched = match (matched, b) {
-            (0 | 2, b'\r') => matched + 1,
-            (1 | 3, b'\n') => matched + 1,
-            (_, b'\r') => 1,
-            _ => 0,
+/// An HTTP/2 connection that must send its preface and first request header within `limit`
+/// from now.
+pub fn http2(inner: Stream, limit: Duration) -> Stream {
+    Box::new(Deadline::<h2::FirstRequest> {
+        inner,
+        limit,
+        phase: Phase::Watching {
+            deadline: Instant::now() + limit,
+            state: h2::FirstRequest::default(),
+        },
+        timer: None,
+    })
+}
+
+impl<W: Watch> Deadline<W> {
+    fn watch(&mut self, bytes: &[u8]) {
+        let (deadline, state) = match self.phase {
+            Phase::Off => return,
+            Phase::Idle if bytes.is_empty() => return,
+            Phase::Idle => (Instant::now() + self.limit, W::default()),
+            Phase::Watching { deadline, state } => (deadline, state),
         };
-        if matched == 4 {
-            return None;
-        }
+        self.phase = match state.scan(bytes) {
+            Err(_) => {
+                self.timer = None;
+                Phase::Off
+            }
+            Ok(state) => Phase::Watching { deadline, state },
+        };
     }
-    Some(matched)
 }
 
 fn too_slow() -> io::Error {
@@ -92,14 +123,14 @@ fn too_slow() -> io::Error {
     )
 }
 
-impl AsyncRead for HeaderDeadline {
+impl<W: Watch> AsyncRead for Deadline<W> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Phase::Header { deadline, .. } = this.phase {
+        if let Phase::Watching { deadline, .. } = this.phase {
             if Instant::now() >= deadline {
                 return Poll::Ready(Err(too_slow()));
             }
@@ -111,7 +142,7 @@ impl AsyncRead for HeaderDeadline {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let Phase::Header { deadline, .. } = this.phase else {
+                let Phase::Watching { deadline, .. } = this.phase else {
                     return Poll::Pending;
                 };
                 let timer = this
@@ -127,7 +158,7 @@ impl AsyncRead for HeaderDeadline {
     }
 }
 
-impl AsyncWrite for HeaderDeadline {
+impl<W: Watch> AsyncWrite for Deadline<W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -135,7 +166,7 @@ impl AsyncWrite for HeaderDeadline {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+        if W::EACH_REQUEST && matches!(written, Poll::Ready(Ok(n)) if n > 0) {
             // An answer is going out: the next byte read begins the next request.
             this.phase = Phase::Idle;
             this.timer = None;
@@ -153,19 +184,19 @@ impl AsyncWrite for HeaderDeadline {
 }
 
 #[async_trait]
-impl Shutdown for HeaderDeadline {
+impl<W: Watch> Shutdown for Deadline<W> {
     async fn shutdown(&mut self) {
         self.inner.shutdown().await
     }
 }
 
-impl UniqueID for HeaderDeadline {
+impl<W: Watch> UniqueID for Deadline<W> {
     fn id(&self) -> UniqueIDType {
         self.inner.id()
     }
 }
 
-impl Ssl for HeaderDeadline {
+impl<W: Watch> Ssl for Deadline<W> {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.inner.get_ssl()
     }
@@ -179,7 +210,7 @@ impl Ssl for HeaderDeadline {
     }
 }
 
-impl GetTimingDigest for HeaderDeadline {
+impl<W: Watch> GetTimingDigest for Deadline<W> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner.get_timing_digest()
     }
@@ -193,7 +224,7 @@ impl GetTimingDigest for HeaderDeadline {
     }
 }
 
-impl GetProxyDigest for HeaderDeadline {
+impl<W: Watch> GetProxyDigest for Deadline<W> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
@@ -203,7 +234,7 @@ impl GetProxyDigest for HeaderDeadline {
     }
 }
 
-impl GetSocketDigest for HeaderDeadline {
+impl<W: Watch> GetSocketDigest for Deadline<W> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.get_socket_digest()
     }
@@ -214,34 +245,8 @@ impl GetSocketDigest for HeaderDeadline {
 }
 
 #[async_trait]
-impl Peek for HeaderDeadline {
+impl<W: Watch> Peek for Deadline<W> {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scan;
-
-    fn ends(chunks: &[&[u8]]) -> bool {
-        let mut matched = 0;
-        for chunk in chunks {
-            match scan(matched, chunk) {
-                None => return true,
-                Some(m) => matched = m,
-            }
-        }
-        false
-    }
-
-    #[test]
-    fn the_header_ends_at_crlf_crlf_across_reads() {
-        assert!(!ends(&[b"POST / HTTP/1.1\r\nHost: x\r\n"]));
-        assert!(ends(&[b"POST / HTTP/1.1\r\nHost: x\r\n\r\n{}"]));
-        assert!(ends(&[b"POST / HTTP/1.1\r\nA: b\r", b"\n\r", b"\n"]));
-        assert!(!ends(&[b"GET / HTTP/1.1\r\n\r\r\n"]));
-        assert!(ends(&[b"GET / HTTP/1.1\r\r\n\r\n"]));
-        assert!(!ends(&[b"\n\n\n\n"]));
     }
 }
