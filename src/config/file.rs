@@ -271,9 +271,17 @@ pub struct ServiceSection {
     /// keeps it in `_td`). Its value is added to the body as the first identifier; the cookie
     /// itself is never forwarded.
     pub identifier_cookie: Option<String>,
-    /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50.
+    /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50, counting
+    /// `tokens_file` and `token_env` too; a name may be given by one source only.
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
+    /// A file of more tokens, one `name = value` a line (blank lines and `#` comments allowed),
+    /// so that the config can be shared without them. Relative to this config file; re-read on
+    /// reload.
+    pub tokens_file: Option<String>,
+    /// Tokens held in environment variables: token name = variable name.
+    #[serde(default)]
+    pub token_env: BTreeMap<String, String>,
     /// Deadline for a whole call, retries and backoff included: what a browser waits at most.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
