@@ -118,6 +118,9 @@ pub struct Service {
     /// Cookie read for the first identifier when the body has none.
     pub identifier_cookie: Option<String>,
     pub tokens: Vec<(String, Secret)>,
+    /// The secret parts of the key and of every token, lower-cased: what is scrubbed out of
+    /// the upstream's answers (`Service::scrub`).
+    pub secret_parts: Vec<Secret>,
     pub policy: CallPolicy,
     pub cache: CachePolicy,
     pub cors: CorsPolicy,
@@ -154,6 +157,17 @@ pub struct Route {
     pub authorization: HeaderValue,
     /// The route's token, marked sensitive.
     pub token: HeaderValue,
+}
+
+impl Service {
+    /// `body` without this service's credentials. With `any_secret`, every key- or token-shaped
+    /// run goes too, whoever's it is: for error answers, which have no business quoting one.
+    /// `None` when nothing was found: the body goes on untouched, uncopied.
+    pub fn scrub(&self, body: &[u8], any_secret: bool) -> Option<bytes::Bytes> {
+        secret::scrub(body, |run| {
+            any_secret || secret::contains_secret(run, &self.secret_parts)
+        })
+    }
 }
 
 impl Config {

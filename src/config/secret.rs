@@ -1,11 +1,12 @@
 //! Secrets (API keys, personalization tokens): held in a newtype that never prints itself, and
-//! scrubbed out of text that may carry one (config errors).
+//! scrubbed out of text that may carry one (config errors, upstream answers).
 //!
 //! A key is `{account}/{40 hex}` and a token `{account}/{instance}/{32 hex}`: the account and
 //! instance are ids found in the config anyway, so the secret part is a run of 32 or more hex
 //! digits. Scrubbing replaces such runs, which also catches a secret written without its
 //! prefix, in upper case, or with its `/` escaped as `\/` in JSON.
 
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,6 +29,12 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The part that is secret: the hex after the last `/`, lower-cased (ids are not secret).
+    pub fn secret_part(&self) -> Secret {
+        let tail = self.0.rsplit('/').next().unwrap_or_default();
+        Secret::new(tail.to_ascii_lowercase())
+    }
 }
 
 /// `text` with every run of 32 or more hex digits, and every one of `known` (each at least 8
@@ -44,6 +51,21 @@ pub fn redact_text(text: &str, known: &[Secret]) -> String {
         Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         None => text,
     }
+}
+
+/// `body` with the runs of 32 or more hex digits that `secret(run)` picks replaced by `***`;
+/// `None` when none is picked (the common case: the body goes on uncopied).
+pub fn scrub(body: &[u8], secret: impl Fn(&[u8]) -> bool) -> Option<Bytes> {
+    scrub_hex_runs(body, secret).map(Bytes::from)
+}
+
+/// Whether a hex run contains one of `known`'s secret parts, in any case.
+pub fn contains_secret(run: &[u8], known: &[Secret]) -> bool {
+    let run = run.to_ascii_lowercase();
+    known
+        .iter()
+        .map(Secret::expose)
+        .any(|k| k.len() >= SECRET_HEX && run.windows(k.len()).any(|w| w == k.as_bytes()))
 }
 
 fn scrub_hex_runs(bytes: &[u8], secret: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
@@ -109,5 +131,26 @@ mod tests {
             "key 1/***, upper 1/***, known ***"
         );
         assert_eq!(redact_text("line 3: deadbeef", &[]), "line 3: deadbeef");
+    }
+
+    #[test]
+    fn bodies_lose_only_picked_runs() {
+        let key = Secret::new(KEY);
+        let known = [key.secret_part()];
+        let body = Bytes::from(format!(
+            r#"{{"m":"1\/{}","id":"{}"}}"#,
+            &KEY[2..],
+            "f".repeat(32)
+        ));
+        let scrubbed = scrub(&body, |run| contains_secret(run, &known)).unwrap();
+        assert_eq!(
+            &scrubbed[..],
+            format!(r#"{{"m":"1\/***","id":"{}"}}"#, "f".repeat(32)).as_bytes()
+        );
+        assert!(scrub(b"{\"offers\":{}}", |_| true).is_none());
+        assert_eq!(
+            &scrub(&body, |_| true).unwrap()[..],
+            br#"{"m":"1\/***","id":"***"}"#
+        );
     }
 }

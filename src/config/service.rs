@@ -5,7 +5,7 @@ use super::credentials::Credentials;
 use super::file::{RouteSection, ServiceSection};
 use super::policy::{cache_policy, call_policy, cors_policy};
 use super::validate::{is_id, names_ok, REGIONS};
-use super::{Route, Service, UpstreamTarget};
+use super::{Route, Secret, Service, UpstreamTarget};
 use http::HeaderValue;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,6 +51,7 @@ pub(super) fn build_service(
     if problems.len() > before {
         return None;
     }
+    let secret_parts = credentials.secrets().map(Secret::secret_part).collect();
     Some(Service {
         name: s.name.clone(),
         upstream: upstream?,
@@ -59,6 +60,7 @@ pub(super) fn build_service(
         api_key: credentials.key?,
         identifiers: s.identifiers.clone(),
         identifier_cookie: s.identifier_cookie.clone(),
+        secret_parts,
         tokens: credentials.tokens.into_iter().collect(),
         policy: policy?,
         cache: cache?,
