@@ -25,6 +25,12 @@ fn debug_output_of_the_config_is_redacted() {
     let text = format!("{config:?}");
     assert!(text.contains("api_key: ***"), "{text}");
     assert_clean("Debug of Config", &text);
+    // The file's own types too: an inline token is a `Secret` from the moment it is read.
+    let text = config_toml(free_port(), free_port(), "http://127.0.0.1:9", "");
+    let file: p13n_edge::config::FileConfig = toml::from_str(&text).unwrap();
+    let text = format!("{file:?}");
+    assert!(text.contains("\"web\": ***"), "{text}");
+    assert_clean("Debug of FileConfig", &text);
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn load_tokens(
     let mut found: Vec<(String, Secret, &str)> = s
         .tokens
         .iter()
-        .map(|(name, value)| (name.clone(), Secret::new(value.as_str()), "tokens"))
+        .map(|(name, value)| (name.clone(), value.clone(), "tokens"))
         .collect();
     if let Some(file) = &s.tokens_file {
         let path = base_dir.join(file);

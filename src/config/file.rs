@@ -5,6 +5,7 @@
 //! serde stops at the first unknown key, and operators want every problem in one run.
 
 use super::defaults::*;
+use super::Secret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -274,7 +275,7 @@ pub struct ServiceSection {
     /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50, counting
     /// `tokens_file` and `token_env` too; a name may be given by one source only.
     #[serde(default)]
-    pub tokens: BTreeMap<String, String>,
+    pub tokens: BTreeMap<String, Secret>,
     /// A file of more tokens, one `name = value` a line (blank lines and `#` comments allowed),
     /// so that the config can be shared without them. Relative to this config file; re-read on
     /// reload.

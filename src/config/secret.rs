@@ -92,6 +92,14 @@ fn scrub_hex_runs(bytes: &[u8], secret: impl Fn(&[u8]) -> bool) -> Option<Vec<u8
     Some(out)
 }
 
+/// Inline tokens are read straight into a `Secret`, so that not even a `Debug` of the file's
+/// types shows one.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        String::deserialize(de).map(Secret::new)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
