@@ -169,3 +169,158 @@ fn exactly_fifty_tokens_are_allowed() {
     let config = load_config("fifty", &text);
     assert_eq!(config.services[0].tokens.len(), 50);
 }
+
+const OTHER_TOKEN: &str = "1/1/fedcba9876543210fedcba9876543210";
+
+/// A service whose `[service.tokens]` holds `tokens` and whose other keys are `keys`.
+fn with_tokens(keys: &str, tokens: &str) -> String {
+    format!(
+        r#"[[service]]
+name = "shop"
+region = "eu01"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+{keys}
+[service.tokens]
+{tokens}
+[[service.route]]
+database = "demo_db"
+table = "pageviews"
+token = "web"
+"#
+    )
+}
+
+fn assert_no_secret(what: &str, out: &str) {
+    for secret in [
+        &KEY[2..],
+        &TOKEN[4..],
+        &OTHER_TOKEN[4..],
+        "1234567890123456",
+    ] {
+        assert!(
+            !out.contains(secret),
+            "{what}: a secret was printed:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn no_config_error_prints_a_key_or_a_token() {
+    let dir = scratch("check_config_secrets");
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    let web = format!("web = \"{TOKEN}\"");
+    let cases = [
+        (
+            "duplicate",
+            with_tokens("", &format!("{web}\nweb = \"{OTHER_TOKEN}\"")),
+            "line 10, column 1: duplicate key `web` in table `service.tokens`",
+        ),
+        (
+            "integer",
+            with_tokens("", &format!("{web}\napp = 1234567890123456")),
+            "line 10, column 7: invalid type: integer, expected a string",
+        ),
+        (
+            "array",
+            with_tokens("", &format!("{web}\napp = [\"{OTHER_TOKEN}\"]")),
+            "line 10, column 7: invalid type: sequence, expected a string",
+        ),
+        (
+            "unquoted",
+            with_tokens("", &format!("{web}\napp = {OTHER_TOKEN}")),
+            "line 10, column",
+        ),
+        (
+            "misplaced",
+            with_tokens(&format!("deadline_ms = \"{OTHER_TOKEN}\""), &web),
+            "line 7, column 15: invalid type: string, expected u64",
+        ),
+        (
+            "as_a_key",
+            with_tokens(
+                "",
+                &format!("{web}\n[service.retry]\n\"{OTHER_TOKEN}\" = 1"),
+            ),
+            "unknown key `service.0.retry.1/1/***`",
+        ),
+        (
+            "bad_form",
+            with_tokens("", &format!("{web}\napp = \"{}\"", &OTHER_TOKEN[..30])),
+            "token \"app\" is not in {account_id}/{instance_id}/{32 hex} form",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (ok, out) = check(&path, &[]);
+        assert!(
+            !ok && out.contains(expected),
+            "{name}: want {expected:?} in:\n{out}"
+        );
+        assert_no_secret(name, &out);
+        assert!(!out.contains(&OTHER_TOKEN[4..30]), "{name}: {out}");
+    }
+}
+
+#[test]
+fn tokens_from_a_file_and_the_environment_are_checked_like_inline_ones() {
+    let dir = scratch("check_config_token_sources");
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    let sources = "tokens_file = \"tokens\"\n[service.token_env]\napp = \"P13N_TEST_APP_TOKEN\"\n";
+    let path = dir.join("good.toml");
+    std::fs::write(&path, with_tokens(sources, "")).unwrap();
+    std::fs::write(
+        dir.join("tokens"),
+        format!("# the web page's token\n\nweb = \"{TOKEN}\"\n"),
+    )
+    .unwrap();
+    let (ok, out) = check(&path, &[("P13N_TEST_APP_TOKEN", OTHER_TOKEN)]);
+    assert!(ok, "{out}");
+
+    // A name twice across sources, a bad line, a wrong account, an unset variable.
+    std::fs::write(
+        dir.join("tokens"),
+        format!(
+            "web = \"{TOKEN}\"\napp = {OTHER_TOKEN}\n{OTHER_TOKEN}\nother = 2/1/{}\n",
+            &TOKEN[4..]
+        ),
+    )
+    .unwrap();
+    let path = dir.join("bad.toml");
+    let inline = format!("web = \"{TOKEN}\"");
+    std::fs::write(&path, with_tokens(sources, &inline)).unwrap();
+    let (ok, out) = check(&path, &[("P13N_TEST_APP_TOKEN", OTHER_TOKEN)]);
+    assert!(!ok);
+    for expected in [
+        "token \"web\" is defined twice (tokens and tokens_file)",
+        "token \"app\" is defined twice (tokens_file and token_env)",
+        "line 3: expected `name = value`",
+        "token \"other\" belongs to account 2",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert_no_secret("bad tokens_file", &out);
+    let (ok, out) = check(&path, &[]);
+    assert!(
+        !ok && out.contains("P13N_TEST_APP_TOKEN (token_env.app) is not set"),
+        "{out}"
+    );
+
+    // At most 50, whatever the source.
+    let mut file = String::new();
+    for i in 0..50 {
+        file.push_str(&format!("t{i:03} = 1/1/{i:032x}\n"));
+    }
+    std::fs::write(dir.join("tokens"), file).unwrap();
+    std::fs::write(&path, with_tokens("tokens_file = \"tokens\"", &inline)).unwrap();
+    let (ok, out) = check(&path, &[]);
+    assert!(
+        !ok && out.contains("51 tokens, but a personalization service allows at most 50"),
+        "{out}"
+    );
+    std::fs::remove_file(dir.join("tokens")).unwrap();
+    let (ok, out) = check(&path, &[]);
+    assert!(!ok && out.contains("tokens_file"), "{out}");
+}

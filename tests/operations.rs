@@ -308,3 +308,93 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The token each request the fake upstream saw carried.
+fn tokens_seen(upstream: &Recorder) -> Vec<String> {
+    let seen = upstream.seen.lock().unwrap();
+    seen.iter()
+        .map(|r| r.to_ascii_lowercase())
+        .filter_map(|r| {
+            let at = r.find("\r\nwp13n-token: ")? + "\r\nwp13n-token: ".len();
+            Some(r[at..].split("\r\n").next()?.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn tokens_come_from_a_file_and_the_environment_and_a_reload_rereads_them() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let (path, proxy, admin) =
+        write_config("token_sources", &format!("http://{}", upstream.addr), "");
+    let tokens = path.parent().unwrap().join("tokens");
+    let (from_file, from_env, rotated) = (
+        "1/1/00000000000000000000000000000002",
+        "1/1/00000000000000000000000000000003",
+        "1/1/00000000000000000000000000000004",
+    );
+    // Nothing secret is left in the config: `web` is in a file, `app` in the environment.
+    edit(&path, &format!("web = \"{TOKEN}\"\n"), "");
+    edit(
+        &path,
+        "[service.tokens]",
+        "tokens_file = \"tokens\"\n[service.token_env]\napp = \"P13N_TEST_APP_TOKEN\"\n[service.tokens]",
+    );
+    edit(
+        &path,
+        "public = true\ntoken = \"web\"",
+        "public = true\ntoken = \"app\"",
+    );
+    std::fs::write(&tokens, format!("# private\n\nweb = {from_file}\n")).unwrap();
+    let daemon = Daemon::spawn(&path, proxy, admin, &[("P13N_TEST_APP_TOKEN", from_env)]);
+    assert_eq!(post(daemon.proxy, "v").status, 200);
+    let click = request(
+        daemon.proxy,
+        "POST",
+        "/public/demo_db/clicks",
+        &[("Content-Type", "application/json")],
+        br#"{"td_client_id":"v"}"#,
+    );
+    assert_eq!(click.status, 200);
+
+    // A reload re-reads the file.
+    std::fs::write(&tokens, format!("web = \"{rotated}\"\n")).unwrap();
+    signal(&daemon, "HUP");
+    assert!(eventually(Duration::from_secs(10), || reloads(
+        &daemon, "ok"
+    ) == 1));
+    assert_eq!(post(daemon.proxy, "w").status, 200);
+    assert_eq!(tokens_seen(&upstream), [from_file, from_env, rotated]);
+
+    // Bad reloads, refused without printing a token: a name twice in the file, then twice in
+    // the TOML (whose parse error would quote the line).
+    std::fs::write(&tokens, format!("web = {from_file}\nweb = {from_env}\n")).unwrap();
+    signal(&daemon, "HUP");
+    assert!(eventually(Duration::from_secs(10), || reloads(
+        &daemon, "error"
+    ) == 1));
+    std::fs::write(&tokens, format!("web = {rotated}\n")).unwrap();
+    edit(
+        &path,
+        "[service.tokens]",
+        &format!("[service.tokens]\ndup = \"{from_file}\"\ndup = \"{from_env}\""),
+    );
+    signal(&daemon, "HUP");
+    assert!(eventually(Duration::from_secs(10), || reloads(
+        &daemon, "error"
+    ) == 2));
+    assert_eq!(post(daemon.proxy, "x").status, 200);
+    assert_eq!(
+        tokens_seen(&upstream).last().map(String::as_str),
+        Some(rotated)
+    );
+    let logs = daemon.kill();
+    for expected in [
+        "token \"web\" is defined twice (tokens_file and tokens_file)",
+        "duplicate key `dup` in table `service.tokens`",
+    ] {
+        assert!(logs.contains(expected), "missing {expected:?} in:\n{logs}");
+    }
+    for secret in [from_file, from_env, rotated] {
+        assert!(!logs.contains(&secret[4..]), "a token was logged:\n{logs}");
+    }
+}

@@ -25,6 +25,12 @@ fn debug_output_of_the_config_is_redacted() {
     let text = format!("{config:?}");
     assert!(text.contains("api_key: ***"), "{text}");
     assert_clean("Debug of Config", &text);
+    // The file's own types too: an inline token is a `Secret` from the moment it is read.
+    let text = config_toml(free_port(), free_port(), "http://127.0.0.1:9", "");
+    let file: p13n_edge::config::FileConfig = toml::from_str(&text).unwrap();
+    let text = format!("{file:?}");
+    assert!(text.contains("\"web\": ***"), "{text}");
+    assert_clean("Debug of FileConfig", &text);
 }
 
 #[test]
@@ -174,4 +180,74 @@ per_identifier_burst = 5
         assert_clean("an answer", answer);
     }
     assert_clean("the logs", &logs);
+}
+
+/// The proxy on a fake upstream answering `reply`; the answer to one event.
+fn answer_from(name: &str, reply: &'static str) -> Response {
+    let upstream = Recorder::start(reply);
+    let config = load_config(
+        name,
+        &config_toml(
+            free_port(),
+            free_port(),
+            &format!("http://{}", upstream.addr),
+            "",
+        ),
+    );
+    let (_running, proxy) = start_proxy(config);
+    post_json(proxy, r#"{"td_client_id":"v"}"#)
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+fn reply(status: &str, body: &str) -> &'static str {
+    leak(format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+fn assert_length_right(r: &Response) {
+    let length = r.header("content-length").unwrap();
+    assert_eq!(length.parse::<usize>().unwrap(), r.body.len(), "{}", r.head);
+}
+
+#[test]
+fn an_upstream_error_echoing_the_credentials_reaches_the_browser_scrubbed() {
+    let body = format!(
+        r#"{{"code":3001,"message":"token {TOKEN} (sent with TD1 {KEY}, key {}) is not in configuration"}}"#,
+        KEY_SECRET.to_uppercase()
+    );
+    let r = answer_from("scrub_error", reply("400 Bad Request", &body));
+    assert_eq!(r.status, 400);
+    assert_clean("a relayed error", &r.text());
+    assert_clean("a relayed error", &r.text().to_lowercase());
+    assert_eq!(
+        r.json()["message"],
+        "token 1/1/*** (sent with TD1 1/***, key ***) is not in configuration"
+    );
+    assert_eq!(r.json()["code"], 3001);
+    assert_length_right(&r);
+}
+
+#[test]
+fn offers_lose_an_echoed_credential_and_nothing_else() {
+    // A 2xx (offers, passed through as is) changes only where it quotes this service's key or
+    // token; another 32-hex value is the upstream's business.
+    let other = "ffffffffffffffffffffffffffffffff";
+    let body = format!(
+        r#"{{"offers":{{"echo":{{"attributes":{{"auth":"TD1 1\/{KEY_SECRET}","id":"{other}"}}}}}}}}"#
+    );
+    let r = answer_from("scrub_offers", reply("200 OK", &body));
+    assert_eq!(r.status, 200);
+    assert_clean("relayed offers", &r.text());
+    assert_eq!(
+        r.text(),
+        format!(
+            r#"{{"offers":{{"echo":{{"attributes":{{"auth":"TD1 1\/***","id":"{other}"}}}}}}}}"#
+        )
+    );
+    assert_length_right(&r);
 }

@@ -5,6 +5,7 @@
 //! serde stops at the first unknown key, and operators want every problem in one run.
 
 use super::defaults::*;
+use super::Secret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -284,9 +285,17 @@ pub struct ServiceSection {
     /// event to the upstream.
     #[serde(default = "default_true")]
     pub event_uuid: bool,
-    /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50.
+    /// Named personalization tokens, `{account_id}/{instance_id}/{32 hex}`. At most 50, counting
+    /// `tokens_file` and `token_env` too; a name may be given by one source only.
     #[serde(default)]
-    pub tokens: BTreeMap<String, String>,
+    pub tokens: BTreeMap<String, Secret>,
+    /// A file of more tokens, one `name = value` a line (blank lines and `#` comments allowed),
+    /// so that the config can be shared without them. Relative to this config file; re-read on
+    /// reload.
+    pub tokens_file: Option<String>,
+    /// Tokens held in environment variables: token name = variable name.
+    #[serde(default)]
+    pub token_env: BTreeMap<String, String>,
     /// Deadline for a whole call, retries and backoff included: what a browser waits at most.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,

@@ -1,6 +1,7 @@
 //! Configuration: the TOML file (`file`), its validation into the internal `Config`
 //! (`validate`), and the secrets it loads (`secret`).
 
+mod credentials;
 mod defaults;
 mod file;
 mod policy;
@@ -28,10 +29,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Every problem found in a config file, in file order.
+/// Every problem found in a config file, in file order. Built only through `redacted`, so that
+/// no message carries a key or a token, whichever check wrote it.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
+
+impl ConfigErrors {
+    /// `problems` with every key-shaped or token-shaped text, and every value of `known`,
+    /// replaced by `***`.
+    pub(crate) fn redacted(problems: Vec<String>, known: &[Secret]) -> ConfigErrors {
+        ConfigErrors(
+            problems
+                .iter()
+                .map(|p| secret::redact_text(p, known))
+                .collect(),
+        )
+    }
+}
 
 /// The validated configuration. Built once per load or reload; shared behind `arc-swap`.
 #[derive(Debug)]
@@ -105,6 +120,9 @@ pub struct Service {
     /// Whether events without a `uuid` get one (see `event::UUID_FIELD`).
     pub event_uuid: bool,
     pub tokens: Vec<(String, Secret)>,
+    /// The secret parts of the key and of every token, lower-cased: what is scrubbed out of
+    /// the upstream's answers (`Service::scrub`).
+    pub secret_parts: Vec<Secret>,
     pub policy: CallPolicy,
     pub cache: CachePolicy,
     pub cors: CorsPolicy,
@@ -147,11 +165,22 @@ pub struct Route {
     pub token: HeaderValue,
 }
 
+impl Service {
+    /// `body` without this service's credentials. With `any_secret`, every key- or token-shaped
+    /// run goes too, whoever's it is: for error answers, which have no business quoting one.
+    /// `None` when nothing was found: the body goes on untouched, uncopied.
+    pub fn scrub(&self, body: &[u8], any_secret: bool) -> Option<bytes::Bytes> {
+        secret::scrub(body, |run| {
+            any_secret || secret::contains_secret(run, &self.secret_parts)
+        })
+    }
+}
+
 impl Config {
     /// Read, parse and validate a config file. Every problem is reported together.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+            .map_err(|e| ConfigErrors::redacted(vec![format!("{}: {e}", path.display())], &[]))?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::from_toml(&text, base_dir)
     }
@@ -162,11 +191,46 @@ impl Config {
         let de = toml::Deserializer::new(text);
         let file: FileConfig =
             serde_ignored::deserialize(de, |path| unknown.push(format!("unknown key `{path}`")))
-                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+                .map_err(|e| ConfigErrors::redacted(vec![parse_error(&e, text)], &[]))?;
         validate::build(file, base_dir, unknown)
     }
 
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.get(path)
     }
+}
+
+/// Where and what, but not the source line: toml's `Display` quotes it, and on a `[service.tokens]`
+/// line that is a token. serde's "invalid type/value" messages quote the value: it is dropped too.
+fn parse_error(e: &toml::de::Error, text: &str) -> String {
+    let message = without_value(e.message().trim());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    format!("TOML error at line {line}, column {column}: {message}")
+}
+
+/// `invalid type: integer `5`, expected a string` becomes `invalid type: integer, expected a
+/// string`.
+fn without_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let (unexpected, expected) = rest.split_once(", expected").unwrap_or((rest, ""));
+        let kind = unexpected
+            .split(['`', '"', '\''])
+            .next()
+            .unwrap_or_default();
+        let expected = if expected.is_empty() {
+            String::new()
+        } else {
+            format!(", expected{expected}")
+        };
+        return format!("{prefix}{}{expected}", kind.trim());
+    }
+    message.to_string()
 }

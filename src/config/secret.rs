@@ -1,7 +1,19 @@
-//! Secrets (API keys, personalization tokens): held in a newtype that never prints itself.
+//! Secrets (API keys, personalization tokens): held in a newtype that never prints itself, and
+//! scrubbed out of text that may carry one (config errors, upstream answers).
+//!
+//! A key is `{account}/{40 hex}` and a token `{account}/{instance}/{32 hex}`: the account and
+//! instance are ids found in the config anyway, so the secret part is a run of 32 or more hex
+//! digits. Scrubbing replaces such runs, which also catches a secret written without its
+//! prefix, in upper case, or with its `/` escaped as `\/` in JSON.
 
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
+
+/// What a scrubbed secret becomes.
+pub const REDACTED: &str = "***";
+/// The shortest secret part: a token's 32 hex digits.
+const SECRET_HEX: usize = 32;
 
 /// A secret string. `Debug` and `Display` print `***`, so a secret cannot leak through a
 /// `{:?}` in a log line or an error message by accident.
@@ -16,6 +28,75 @@ impl Secret {
     /// The secret's text. Call sites are few and easy to audit: header building only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The part that is secret: the hex after the last `/`, lower-cased (ids are not secret).
+    pub fn secret_part(&self) -> Secret {
+        let tail = self.0.rsplit('/').next().unwrap_or_default();
+        Secret::new(tail.to_ascii_lowercase())
+    }
+}
+
+/// `text` with every run of 32 or more hex digits, and every one of `known` (each at least 8
+/// bytes), replaced by `***`: what an error message may print of a config.
+pub fn redact_text(text: &str, known: &[Secret]) -> String {
+    let mut text = text.to_string();
+    for secret in known {
+        let value = secret.expose();
+        if value.len() >= 8 && text.contains(value) {
+            text = text.replace(value, REDACTED);
+        }
+    }
+    match scrub_hex_runs(text.as_bytes(), |_| true) {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => text,
+    }
+}
+
+/// `body` with the runs of 32 or more hex digits that `secret(run)` picks replaced by `***`;
+/// `None` when none is picked (the common case: the body goes on uncopied).
+pub fn scrub(body: &[u8], secret: impl Fn(&[u8]) -> bool) -> Option<Bytes> {
+    scrub_hex_runs(body, secret).map(Bytes::from)
+}
+
+/// Whether a hex run contains one of `known`'s secret parts, in any case.
+pub fn contains_secret(run: &[u8], known: &[Secret]) -> bool {
+    let run = run.to_ascii_lowercase();
+    known
+        .iter()
+        .map(Secret::expose)
+        .any(|k| k.len() >= SECRET_HEX && run.windows(k.len()).any(|w| w == k.as_bytes()))
+}
+
+fn scrub_hex_runs(bytes: &[u8], secret: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let (mut copied, mut i) = (0, 0);
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_hexdigit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_hexdigit() {
+            i += 1;
+        }
+        if i - start >= SECRET_HEX && secret(&bytes[start..i]) {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
+            out.extend_from_slice(&bytes[copied..start]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            copied = i;
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&bytes[copied..]);
+    Some(out)
+}
+
+/// Inline tokens are read straight into a `Secret`, so that not even a `Debug` of the file's
+/// types shows one.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        String::deserialize(de).map(Secret::new)
     }
 }
 
@@ -42,5 +123,42 @@ mod tests {
         assert_eq!(format!("{s}"), "***");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(***)");
         assert!(s.expose().starts_with("1/"));
+    }
+
+    const KEY: &str = "1/0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn text_loses_every_hex_run_and_every_known_value() {
+        let known = [Secret::new("short-but-known")];
+        let text = format!(
+            "key {KEY}, upper 1/{}, known short-but-known",
+            &KEY[2..].to_uppercase()
+        );
+        assert_eq!(
+            redact_text(&text, &known),
+            "key 1/***, upper 1/***, known ***"
+        );
+        assert_eq!(redact_text("line 3: deadbeef", &[]), "line 3: deadbeef");
+    }
+
+    #[test]
+    fn bodies_lose_only_picked_runs() {
+        let key = Secret::new(KEY);
+        let known = [key.secret_part()];
+        let body = Bytes::from(format!(
+            r#"{{"m":"1\/{}","id":"{}"}}"#,
+            &KEY[2..],
+            "f".repeat(32)
+        ));
+        let scrubbed = scrub(&body, |run| contains_secret(run, &known)).unwrap();
+        assert_eq!(
+            &scrubbed[..],
+            format!(r#"{{"m":"1\/***","id":"{}"}}"#, "f".repeat(32)).as_bytes()
+        );
+        assert!(scrub(b"{\"offers\":{}}", |_| true).is_none());
+        assert_eq!(
+            &scrub(&body, |_| true).unwrap()[..],
+            br#"{"m":"1\/***","id":"***"}"#
+        );
     }
 }

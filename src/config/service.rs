@@ -1,18 +1,19 @@
-//! One `[[service]]` and its routes: identity, upstream, key, tokens and policies checked, then
-//! built into `Service` and `Route`.
+//! One `[[service]]` and its routes: identity, upstream and policies checked, then built with
+//! the credentials (`credentials`) into `Service` and `Route`.
 
+use super::credentials::Credentials;
 use super::file::{RouteSection, ServiceSection};
 use super::policy::{cache_policy, call_policy, cors_policy};
-use super::validate::{is_hex, is_id, names_ok, MAX_TOKENS_PER_SERVICE, REGIONS};
+use super::validate::{is_id, names_ok, REGIONS};
 use super::{Route, Secret, Service, UpstreamTarget};
 use http::HeaderValue;
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 pub(super) fn build_service(
     s: &ServiceSection,
     at: &str,
-    base_dir: &Path,
+    credentials: Credentials,
     problems: &mut Vec<String>,
 ) -> Option<Service> {
     let before = problems.len();
@@ -26,22 +27,6 @@ pub(super) fn build_service(
         problems.push(format!("{at}: instance_id must be digits"));
     }
     let upstream = upstream_target(s, at, problems);
-    let api_key = load_key(s, at, base_dir, problems);
-    if let Some(key) = &api_key {
-        match key.expose().split_once('/') {
-            Some((account, rest)) if is_id(account) && is_hex(rest, 40) => {
-                if account != s.account_id {
-                    problems.push(format!(
-                        "{at}: the API key's account ({account}) is not account_id ({})",
-                        s.account_id
-                    ));
-                }
-            }
-            _ => problems.push(format!(
-                "{at}: the API key is not in {{account_id}}/{{40 hex}} form"
-            )),
-        }
-    }
     if s.identifier_cookie.as_ref().is_some_and(|c| {
         c.is_empty()
             || !c
@@ -57,44 +42,6 @@ pub(super) fn build_service(
             "{at}: identifiers must list 1 or more field names of 1 to 128 characters"
         ));
     }
-    if s.tokens.len() > MAX_TOKENS_PER_SERVICE {
-        problems.push(format!(
-            "{at}: {} tokens, but a personalization service allows at most {MAX_TOKENS_PER_SERVICE}",
-            s.tokens.len()
-        ));
-    }
-    let mut tokens = Vec::new();
-    for (name, value) in &s.tokens {
-        if !names_ok(name) {
-            problems.push(format!(
-                "{at}: token name {name:?} must match [0-9a-z_]{{3,128}}"
-            ));
-        }
-        // The value is never echoed: it is a credential.
-        let parts: Vec<&str> = value.split('/').collect();
-        match parts.as_slice() {
-            [account, instance, token]
-                if is_id(account) && is_id(instance) && is_hex(token, 32) =>
-            {
-                if *account != s.account_id {
-                    problems.push(format!(
-                        "{at}: token {name:?} belongs to account {account}, not to the key's account {}",
-                        s.account_id
-                    ));
-                }
-                if *instance != s.instance_id {
-                    problems.push(format!(
-                        "{at}: token {name:?} belongs to instance {instance}, not {}",
-                        s.instance_id
-                    ));
-                }
-            }
-            _ => problems.push(format!(
-                "{at}: token {name:?} is not in {{account_id}}/{{instance_id}}/{{32 hex}} form"
-            )),
-        }
-        tokens.push((name.clone(), Secret::new(value.as_str())));
-    }
     if s.routes.is_empty() {
         problems.push(format!("{at}: no [[service.route]] is configured"));
     }
@@ -104,16 +51,18 @@ pub(super) fn build_service(
     if problems.len() > before {
         return None;
     }
+    let secret_parts = credentials.secrets().map(Secret::secret_part).collect();
     Some(Service {
         name: s.name.clone(),
         upstream: upstream?,
         account_id: s.account_id.clone(),
         instance_id: s.instance_id.clone(),
-        api_key: api_key?,
+        api_key: credentials.key?,
         identifiers: s.identifiers.clone(),
         identifier_cookie: s.identifier_cookie.clone(),
         event_uuid: s.event_uuid,
-        tokens,
+        secret_parts,
+        tokens: credentials.tokens.into_iter().collect(),
         policy: policy?,
         cache: cache?,
         cors,
@@ -189,42 +138,6 @@ pub(crate) fn parse_base_url(url: &str) -> Option<UpstreamTarget> {
     })
 }
 
-fn load_key(
-    s: &ServiceSection,
-    at: &str,
-    base_dir: &Path,
-    problems: &mut Vec<String>,
-) -> Option<Secret> {
-    let raw = match (&s.api_key_env, &s.api_key_file) {
-        (Some(var), None) => match std::env::var(var) {
-            Ok(v) => v,
-            Err(_) => {
-                problems.push(format!(
-                    "{at}: environment variable {var} (api_key_env) is not set"
-                ));
-                return None;
-            }
-        },
-        (None, Some(file)) => {
-            let path = base_dir.join(file);
-            match std::fs::read_to_string(&path) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(format!("{at}: api_key_file {}: {e}", path.display()));
-                    return None;
-                }
-            }
-        }
-        _ => {
-            problems.push(format!(
-                "{at}: set exactly one of api_key_env and api_key_file (keys are never inline)"
-            ));
-            return None;
-        }
-    };
-    Some(Secret::new(raw.trim()))
-}
-
 fn sensitive(value: &str) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_str(value).ok()?;
     v.set_sensitive(true);
@@ -232,7 +145,7 @@ fn sensitive(value: &str) -> Option<HeaderValue> {
 }
 
 pub(super) fn check_route(
-    s: &ServiceSection,
+    tokens: &BTreeSet<String>,
     r: &RouteSection,
     at: &str,
     problems: &mut Vec<String>,
@@ -244,7 +157,7 @@ pub(super) fn check_route(
             ));
         }
     }
-    if !s.tokens.contains_key(&r.token) {
+    if !tokens.contains(&r.token) {
         problems.push(format!(
             "{at}: token {:?} is not among the service's tokens",
             r.token

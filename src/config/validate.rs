@@ -1,12 +1,13 @@
 //! `FileConfig` → `Config`: every check the daemon relies on, all problems collected at once.
 
+use super::credentials;
 use super::file::FileConfig;
 use super::policy::{client_policy, rate_limits};
 use super::service::{build_route, build_service, check_route};
-use super::{Config, ConfigErrors, Route, Service, Timeouts, TlsListener};
+use super::{Config, ConfigErrors, Route, Secret, Service, Timeouts, TlsListener};
 use crate::cache::CacheLimits;
 use crate::spool::SpoolSettings;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -60,9 +61,9 @@ pub(super) fn build(
         problems.push("cache.max_entries must be above 0 and cache.max_bytes at least 4096".into());
     }
     let spool = spool_settings(&file, base_dir, problems);
-    let (services, routes) = services_and_routes(&file, base_dir, problems);
+    let (services, routes, secrets) = services_and_routes(&file, base_dir, problems);
     if !problems.is_empty() {
-        return Err(ConfigErrors(std::mem::take(problems)));
+        return Err(ConfigErrors::redacted(std::mem::take(problems), &secrets));
     }
     let (server, limits, t) = (file.server, file.limits, file.timeouts);
     Ok(Config {
@@ -180,29 +181,34 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
 type Routes = HashMap<String, Arc<Route>>;
 
 /// Every service and its routes; a service with a problem is left out (its problems listed).
+/// Also every credential loaded, to be scrubbed out of the problems.
 fn services_and_routes(
     file: &FileConfig,
     base_dir: &Path,
     problems: &mut Vec<String>,
-) -> (Vec<Arc<Service>>, Routes) {
+) -> (Vec<Arc<Service>>, Routes, Vec<Secret>) {
     if file.services.is_empty() {
         problems.push("no [[service]] is configured: the proxy would serve nothing".into());
     }
     let mut services = Vec::new();
     let mut routes = Routes::new();
+    let mut secrets = Vec::new();
     let mut service_names = HashMap::new();
     for (i, section) in file.services.iter().enumerate() {
         let at = format!("service[{i}] ({:?})", section.name);
         if service_names.insert(section.name.clone(), i).is_some() {
             problems.push(format!("{at}: duplicate service name"));
         }
-        let service = build_service(section, &at, base_dir, problems);
+        let before = problems.len();
+        let credentials = credentials::load(section, &at, base_dir, problems);
+        secrets.extend(credentials.secrets().cloned());
+        let token_names: BTreeSet<String> = credentials.tokens.keys().cloned().collect();
+        let service = build_service(section, &at, credentials, problems);
         // Routes are checked even when the service is not, so every problem shows in one run.
-        let route_problems = problems.len();
         for (j, route) in section.routes.iter().enumerate() {
-            check_route(section, route, &format!("{at}: route[{j}]"), problems);
+            check_route(&token_names, route, &format!("{at}: route[{j}]"), problems);
         }
-        let Some(service) = service.filter(|_| problems.len() == route_problems) else {
+        let Some(service) = service.filter(|_| problems.len() == before) else {
             continue;
         };
         let service = Arc::new(service);
@@ -220,7 +226,7 @@ fn services_and_routes(
         }
         services.push(service);
     }
-    (services, routes)
+    (services, routes, secrets)
 }
 
 fn parse_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {

@@ -16,7 +16,7 @@ pub use circuit::{Circuit, CircuitSettings, CircuitState};
 pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError};
 
-use crate::config::{Route, Timeouts};
+use crate::config::{Route, Service, Timeouts};
 use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
@@ -228,7 +228,7 @@ impl UpstreamClient {
             match tokio::time::timeout(limits.timeouts.upstream, self.attempt_any(call, limits))
                 .await
             {
-                Ok(result) => result,
+                Ok(result) => result.map(|r| without_credentials(r, service)),
                 Err(_) => Err(UpstreamError::Timeout),
             };
         metrics::UPSTREAM_DURATION
@@ -344,6 +344,33 @@ fn shared<T>(map: &DashMap<String, Arc<T>>, key: &str, make: impl FnOnce() -> T)
     map.entry(key.to_string())
         .or_insert_with(|| Arc::new(make()))
         .clone()
+}
+
+/// The answer with the service's key and tokens replaced by `***`, before anything (the cache,
+/// the browser, a log) sees it: an upstream, or a `base_url` that is not one, may echo what it
+/// was sent. Error bodies lose every key- or token-shaped run; 2xx bodies (offers, promised to
+/// pass through as they are) only this service's own credentials, so they change only when
+/// they quote one. A header carrying one is dropped.
+fn without_credentials(mut r: UpstreamResponse, service: &Service) -> UpstreamResponse {
+    let error = r.status >= 300;
+    let mut scrubbed = false;
+    if let Some(body) = service.scrub(&r.body, error) {
+        r.body = body;
+        scrubbed = true;
+    }
+    for header in [&mut r.content_type, &mut r.retry_after] {
+        let carries = header
+            .as_ref()
+            .is_some_and(|v| v.len() >= 32 && service.scrub(v.as_bytes(), error).is_some());
+        if carries {
+            *header = None;
+            scrubbed = true;
+        }
+    }
+    if scrubbed {
+        tracing::warn!(service = %service.name, status = r.status, "the upstream's answer quoted a credential: replaced by ***");
+    }
+    r
 }
 
 /// The last answer once retrying stops. A 429 always carries a `Retry-After`, ours if the
