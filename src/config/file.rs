@@ -163,9 +163,17 @@ pub struct TimeoutsSection {
     /// How long an idle upstream connection is kept for reuse. Keep it below the upstream's own.
     #[serde(default = "default_upstream_idle_ms")]
     pub upstream_idle_ms: u64,
-    /// How long a resolved upstream address is reused before resolving again.
+    /// How long a resolved upstream address is used before it is looked up again.
     #[serde(default = "default_dns_ttl_ms")]
     pub dns_ttl_ms: u64,
+    /// Past the TTL, the last good addresses are still used this long while one background
+    /// lookup refreshes them; past it, calls wait for a lookup (and use the old addresses if it
+    /// fails).
+    #[serde(default = "default_dns_max_stale_ms")]
+    pub dns_max_stale_ms: u64,
+    /// A lookup not answered by then has failed, and another may start.
+    #[serde(default = "default_dns_timeout_ms")]
+    pub dns_timeout_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
