@@ -228,7 +228,7 @@ pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
 pub static RATE_LIMIT_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_rate_limit_overflow_total",
-        "Requests whose key could not be tracked (max_tracked reached) and shared the overflow bucket.",
+        "Requests whose key could not be tracked (max_tracked reached): an address shared the overflow bucket, a visitor was limited by its address only.",
         &["limiter"]
     )
     .expect("metric registers once")

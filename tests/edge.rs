@@ -265,6 +265,51 @@ fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
 }
 
 #[test]
+fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
+    let (_p, addr, admin, _up) = proxy_with_admin(
+        "rate_rotation",
+        "",
+        "[clients]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 1\nmax_tracked = 4\n\
+         per_address_per_second = 0.5\nper_address_burst = 10",
+    );
+    let from = |address: &str, id: &str| {
+        request(
+            addr,
+            "POST",
+            "/demo_db/pageviews",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", address),
+            ],
+            format!(r#"{{"td_client_id":"{id}"}}"#).as_bytes(),
+        )
+    };
+    // The attacker fills every tracked visitor slot, then keeps rotating: its address bucket
+    // is what stops it.
+    let statuses: Vec<u16> = (0..20)
+        .map(|i| from("198.51.100.66", &format!("rotating-{i}")).status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    // An honest visitor elsewhere, new to the full limiter, is still served.
+    let r = from("203.0.113.5", "honest");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let overflowed = metrics
+        .lines()
+        .find(|l| l.starts_with("p13n_edge_rate_limit_overflow_total{limiter=\"identifier\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    // The counter is per process: other tests add to it, this one adds 7.
+    assert!(overflowed >= 7.0, "{overflowed}");
+}
+
+#[test]
 fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
     let (_p, addr, upstream) = proxy("cookie", "", "");
     let anonymous = |addr| {

@@ -113,7 +113,8 @@ pub struct RateLimitSection {
     /// Events a visitor may send at once above its rate.
     #[serde(default = "default_identifier_burst")]
     pub per_identifier_burst: f64,
-    /// Most addresses, and most visitors, tracked; past it, new ones share one bucket.
+    /// Most addresses, and most visitors, tracked; past it, new addresses share one bucket and
+    /// new visitors are limited by their address only.
     #[serde(default = "default_max_tracked")]
     pub max_tracked: usize,
 }
