@@ -210,12 +210,9 @@ fn client_address(session: &Session, config: &Config) -> Result<IpAddr, EdgeErro
         .client_addr()
         .and_then(|a| a.as_inet())
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let headers = &session.req_header().headers;
-    let client = config.clients.client_address(
-        peer,
-        headers.get_all("x-forwarded-for").iter(),
-        headers.get_all("forwarded").iter(),
-    );
+    let client = config
+        .clients
+        .client_address(peer, &session.req_header().headers);
     if config.clients.permits(client) {
         Ok(client)
     } else {

@@ -197,7 +197,10 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
     let trusted = format!("{clients}\ntrusted_proxies = [\"127.0.0.1\"]");
     let (_p, addr, upstream) = proxy("trusted", "", &trusted);
     post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).assert_error(403, 3005);
-    post_from(addr, &[("Forwarded", "for=192.0.2.8")]).assert_error(403, 3005);
+    // The balancer writes X-Forwarded-For (the default): a Forwarded is the client's own.
+    let r = post_from(addr, &[("Forwarded", "for=192.0.2.8")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    upstream.seen.lock().unwrap().clear();
     // A client's own fake entry is skipped: the proxy appended the real address after it.
     let r = post_from(addr, &[("X-Forwarded-For", "192.0.2.7, 198.51.100.4")]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -221,6 +224,38 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
         seen[0].contains("X-Forwarded-For: 127.0.0.1\r\n"),
         "{}",
         seen[0]
+    );
+}
+
+#[test]
+fn behind_a_balancer_writing_forwarded_a_client_cannot_choose_its_address_by_x_forwarded_for() {
+    let clients = "[clients]\ndeny = [\"192.0.2.0/24\"]\nforward_address = true\n\
+                   trusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"";
+    let (_p, addr, upstream) = proxy("forwarded_only", "", clients);
+    post_from(addr, &[("Forwarded", "for=192.0.2.8")]).assert_error(403, 3005);
+    // The client's own X-Forwarded-For names a denied address, then one of its choosing: both
+    // ignored, the balancer's Forwarded names it.
+    let r = post_from(
+        addr,
+        &[
+            ("X-Forwarded-For", "192.0.2.7"),
+            ("Forwarded", "for=198.51.100.4"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_from(addr, &[("X-Forwarded-For", "203.0.113.9")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        "{}",
+        seen[1]
     );
 }
 

@@ -90,13 +90,25 @@ pub struct ClientsSection {
     /// CIDRs refused (403, code 3005), whatever `allow` says.
     #[serde(default)]
     pub deny: Vec<String>,
-    /// CIDRs of proxies in front of this one. Only their `X-Forwarded-For` / `Forwarded` is
-    /// read; from anyone else those headers are ignored.
+    /// CIDRs of proxies in front of this one. Only their `forwarded_header` is read; from
+    /// anyone else forwarding headers are ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies append the client's address to: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). The other one is never read: a client could write it itself.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeaderName,
     /// Send the client's address upstream as `X-Forwarded-For`.
     #[serde(default)]
     pub forward_address: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderName {
+    #[default]
+    XForwardedFor,
+    Forwarded,
 }
 
 #[derive(Debug, Deserialize)]
