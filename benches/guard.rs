@@ -2,7 +2,7 @@
 //! clients. Run: `cargo bench --bench guard`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use p13n_edge::guard::rate::{BucketSpec, Limiter};
+use p13n_edge::guard::rate::{BucketSpec, Limiter, Overflow, VisitorKey};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -65,6 +65,38 @@ fn decisions(c: &mut Criterion) {
             i += 1;
             black_box(limiter.check(address(i), spec, Instant::now()))
         })
+    });
+    // Visitors: a full limiter lets new ones pass (their address limit holds them) instead of
+    // sharing a bucket; and a long identifier becomes a digest.
+    let visitors = Limiter::with_overflow(TRACKED, Overflow::Pass);
+    for i in 0..TRACKED {
+        visitors.check(VisitorKey::new(&format!("visitor-{i}")), spec, now);
+    }
+    g.bench_function("new visitor at the cap", |b| {
+        let mut i = TRACKED;
+        b.iter(|| {
+            i += 1;
+            black_box(visitors.check(
+                VisitorKey::new(&format!("visitor-{i}")),
+                spec,
+                Instant::now(),
+            ))
+        })
+    });
+    let id = format!("{}-", "x".repeat(60))
+        .repeat(16)
+        .chars()
+        .take(1000)
+        .collect::<String>();
+    g.bench_function("visitor key of a 36-byte id", |b| {
+        b.iter(|| {
+            black_box(VisitorKey::new(black_box(
+                "6a8f0f4e-3c1d-4b8e-9a61-2f0c5d7e9b13",
+            )))
+        })
+    });
+    g.bench_function("visitor key of a 1000-byte id", |b| {
+        b.iter(|| black_box(VisitorKey::new(black_box(&id))))
     });
     g.finish();
 }

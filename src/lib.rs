@@ -83,6 +83,15 @@ pub fn build_server(
 /// Add the proxy, its spool replay and the admin listener to a server. Fails when the spool
 /// cannot be opened.
 pub fn add_proxy(server: &mut Server, config: Config) -> Result<Handles, SpoolError> {
+    add_proxy_resolving(server, config, Arc::new(upstream::SystemResolver))
+}
+
+/// `add_proxy`, with upstream names looked up by `resolver` (tests plug in slow or failing ones).
+pub fn add_proxy_resolving(
+    server: &mut Server,
+    config: Config,
+    resolver: Arc<dyn upstream::Resolve>,
+) -> Result<Handles, SpoolError> {
     metrics::init();
     metrics::CONFIG_GENERATION.set(1);
     let listen = config.listen.to_string();
@@ -90,7 +99,8 @@ pub fn add_proxy(server: &mut Server, config: Config) -> Result<Handles, SpoolEr
     let idle = config.timeouts.client_idle;
     let admin_listen = config.admin_listen.to_string();
     let client = Arc::new(upstream::UpstreamClient::new(
-        config.timeouts.dns_ttl,
+        config.timeouts.dns,
+        resolver,
         config.ca_file.clone(),
     ));
     let cache = Arc::new(cache::OfferCache::new(config.cache));

@@ -215,6 +215,24 @@ pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static DNS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_dns_lookups_total",
+        "Upstream name lookups ended, by host and result (ok, error, timeout).",
+        &["host", "result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static DNS_STALE: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_dns_stale_total",
+        "Upstream calls that used addresses past their TTL while a lookup refreshed them, by host.",
+        &["host"]
+    )
+    .expect("metric registers once")
+});
+
 pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_rate_limited_total",
@@ -227,7 +245,7 @@ pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
 pub static RATE_LIMIT_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_rate_limit_overflow_total",
-        "Requests whose key could not be tracked (max_tracked reached) and shared the overflow bucket.",
+        "Requests whose key could not be tracked (max_tracked reached): an address shared the overflow bucket, a visitor was limited by its address only.",
         &["limiter"]
     )
     .expect("metric registers once")
@@ -324,6 +342,8 @@ pub fn init() {
     Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&SLOW_HEADERS);
+    Lazy::force(&DNS_LOOKUPS);
+    Lazy::force(&DNS_STALE);
     for limiter in ["address", "identifier"] {
         RATE_LIMITED.with_label_values(&[limiter]);
         RATE_LIMIT_OVERFLOW.with_label_values(&[limiter]);

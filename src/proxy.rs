@@ -8,7 +8,7 @@ use crate::error::EdgeError;
 use crate::event::{content_type_ok, identify_with_cookie};
 use crate::flow::Flow;
 use crate::guard::clients::address_key;
-use crate::guard::rate::{BucketSpec, Limiter, Verdict};
+use crate::guard::rate::{BucketSpec, Limiter, Overflow, Verdict, VisitorKey};
 use crate::guard::OriginCheck;
 use crate::metrics;
 use crate::upstream::ClientInfo;
@@ -28,7 +28,7 @@ pub struct Edge {
     pub config: Arc<ArcSwap<Config>>,
     pub flow: Flow,
     by_address: Limiter<IpAddr>,
-    by_visitor: Limiter<(Arc<str>, Box<str>)>,
+    by_visitor: Limiter<(Arc<str>, VisitorKey)>,
 }
 
 /// Per-request facts for the `logging` phase.
@@ -126,7 +126,8 @@ impl Edge {
             config,
             flow,
             by_address: Limiter::new(max_tracked),
-            by_visitor: Limiter::new(max_tracked),
+            // Visitors past max_tracked have been through the address limit: that one holds.
+            by_visitor: Limiter::with_overflow(max_tracked, Overflow::Pass),
         }
     }
 
@@ -183,7 +184,7 @@ impl Edge {
             session.req_header().headers.get_all(header::COOKIE).iter(),
         )?;
         if let Some(spec) = config.rate.per_identifier {
-            let key = (service.id.clone(), Box::from(event.visitor.value.as_str()));
+            let key = (service.id.clone(), VisitorKey::new(&event.visitor.value));
             limit(&self.by_visitor, key, spec, "identifier")?;
         }
         // One identity for every send of this event: the live call, a retry, the spool's replay.
@@ -214,12 +215,9 @@ fn client_address(session: &Session, config: &Config) -> Result<IpAddr, EdgeErro
         .client_addr()
         .and_then(|a| a.as_inet())
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let headers = &session.req_header().headers;
-    let client = config.clients.client_address(
-        peer,
-        headers.get_all("x-forwarded-for").iter(),
-        headers.get_all("forwarded").iter(),
-    );
+    let client = config
+        .clients
+        .client_address(peer, &session.req_header().headers);
     if config.clients.permits(client) {
         Ok(client)
     } else {

@@ -213,7 +213,10 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
     let trusted = format!("{clients}\ntrusted_proxies = [\"127.0.0.1\"]");
     let (_p, addr, upstream) = proxy("trusted", "", &trusted);
     post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).assert_error(403, 3005);
-    post_from(addr, &[("Forwarded", "for=192.0.2.8")]).assert_error(403, 3005);
+    // The balancer writes X-Forwarded-For (the default): a Forwarded is the client's own.
+    let r = post_from(addr, &[("Forwarded", "for=192.0.2.8")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    upstream.seen.lock().unwrap().clear();
     // A client's own fake entry is skipped: the proxy appended the real address after it.
     let r = post_from(addr, &[("X-Forwarded-For", "192.0.2.7, 198.51.100.4")]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -237,6 +240,38 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
         seen[0].contains("X-Forwarded-For: 127.0.0.1\r\n"),
         "{}",
         seen[0]
+    );
+}
+
+#[test]
+fn behind_a_balancer_writing_forwarded_a_client_cannot_choose_its_address_by_x_forwarded_for() {
+    let clients = "[clients]\ndeny = [\"192.0.2.0/24\"]\nforward_address = true\n\
+                   trusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"";
+    let (_p, addr, upstream) = proxy("forwarded_only", "", clients);
+    post_from(addr, &[("Forwarded", "for=192.0.2.8")]).assert_error(403, 3005);
+    // The client's own X-Forwarded-For names a denied address, then one of its choosing: both
+    // ignored, the balancer's Forwarded names it.
+    let r = post_from(
+        addr,
+        &[
+            ("X-Forwarded-For", "192.0.2.7"),
+            ("Forwarded", "for=198.51.100.4"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_from(addr, &[("X-Forwarded-For", "203.0.113.9")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        "{}",
+        seen[1]
     );
 }
 
@@ -278,6 +313,51 @@ fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap();
     assert!(tracked <= 10.0, "{tracked}");
+}
+
+#[test]
+fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
+    let (_p, addr, admin, _up) = proxy_with_admin(
+        "rate_rotation",
+        "",
+        "[clients]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 1\nmax_tracked = 4\n\
+         per_address_per_second = 0.5\nper_address_burst = 10",
+    );
+    let from = |address: &str, id: &str| {
+        request(
+            addr,
+            "POST",
+            "/demo_db/pageviews",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", address),
+            ],
+            format!(r#"{{"td_client_id":"{id}"}}"#).as_bytes(),
+        )
+    };
+    // The attacker fills every tracked visitor slot, then keeps rotating: its address bucket
+    // is what stops it.
+    let statuses: Vec<u16> = (0..20)
+        .map(|i| from("198.51.100.66", &format!("rotating-{i}")).status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    // An honest visitor elsewhere, new to the full limiter, is still served.
+    let r = from("203.0.113.5", "honest");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let overflowed = metrics
+        .lines()
+        .find(|l| l.starts_with("p13n_edge_rate_limit_overflow_total{limiter=\"identifier\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    // The counter is per process: other tests add to it, this one adds 7.
+    assert!(overflowed >= 7.0, "{overflowed}");
 }
 
 #[test]

@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -173,4 +175,102 @@ fn a_refused_token_is_reported_not_retried() {
         scrape.contains(r#"p13n_edge_upstream_token_rejections_total{code="3001",route="demo_db/pageviews",service="shop",token="web"} 1"#),
         "{scrape}"
     );
+}
+
+/// Answers its first lookup with `addr`; every later one hangs until dropped.
+struct HangsAfterFirst {
+    addr: std::net::SocketAddr,
+    calls: AtomicUsize,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+struct Leaving<'a>(&'a AtomicUsize);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl p13n_edge::upstream::Resolve for HangsAfterFirst {
+    async fn lookup(&self, _: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        let _leaving = Leaving(&self.in_flight);
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Ok(vec![self.addr]);
+        }
+        std::future::pending().await
+    }
+}
+
+#[test]
+fn a_hanging_resolver_past_the_dns_ttl_costs_no_request_anything() {
+    let upstream = Recorder::start(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}",
+    );
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://dns-stale.test:{}", upstream.addr.port()),
+        "[service.cache]\nmode = \"off\"\n",
+    )
+    .replace(
+        "client_body_ms = 1000",
+        "client_body_ms = 1000\ndns_ttl_ms = 100\ndns_timeout_ms = 300",
+    );
+    let config = load_config("dns_stale", &toml);
+    let admin = config.admin_listen;
+    let resolver = Arc::new(HangsAfterFirst {
+        addr: upstream.addr,
+        calls: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        most_in_flight: AtomicUsize::new(0),
+    });
+    let (_proxy, addr) = start_proxy_resolving(config, resolver.clone());
+    let event = r#"{"td_client_id":"v"}"#;
+    assert_eq!(post_json(addr, event).status, 200);
+
+    // 1.5 s: 15 TTLs and 5 lookup timeouts, from three clients at once.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut slowest = Duration::ZERO;
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let r = post_json(addr, event);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    slowest = slowest.max(started.elapsed());
+                }
+                slowest
+            })
+        })
+        .collect();
+    for client in clients {
+        let slowest = client.join().unwrap();
+        assert!(
+            slowest < Duration::from_millis(800),
+            "a request took {slowest:?}"
+        );
+    }
+    let calls = resolver.calls.load(Ordering::SeqCst);
+    assert!((2..=7).contains(&calls), "{calls} lookups");
+    assert_eq!(resolver.most_in_flight.load(Ordering::SeqCst), 1);
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let value = |line: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        value(r#"p13n_edge_dns_lookups_total{host="dns-stale.test",result="ok"}"#),
+        1.0
+    );
+    assert!(value(r#"p13n_edge_dns_lookups_total{host="dns-stale.test",result="timeout"}"#) >= 2.0);
+    assert!(value(r#"p13n_edge_dns_stale_total{host="dns-stale.test"}"#) >= 10.0);
 }

@@ -58,6 +58,12 @@ pub(super) fn default_upstream_idle_ms() -> u64 {
 pub(super) fn default_dns_ttl_ms() -> u64 {
     30_000
 }
+pub(super) fn default_dns_max_stale_ms() -> u64 {
+    300_000
+}
+pub(super) fn default_dns_timeout_ms() -> u64 {
+    5_000
+}
 pub(super) fn default_true() -> bool {
     true
 }

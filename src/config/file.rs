@@ -91,13 +91,25 @@ pub struct ClientsSection {
     /// CIDRs refused (403, code 3005), whatever `allow` says.
     #[serde(default)]
     pub deny: Vec<String>,
-    /// CIDRs of proxies in front of this one. Only their `X-Forwarded-For` / `Forwarded` is
-    /// read; from anyone else those headers are ignored.
+    /// CIDRs of proxies in front of this one. Only their `forwarded_header` is read; from
+    /// anyone else forwarding headers are ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies append the client's address to: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). The other one is never read: a client could write it itself.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeaderName,
     /// Send the client's address upstream as `X-Forwarded-For`.
     #[serde(default)]
     pub forward_address: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderName {
+    #[default]
+    XForwardedFor,
+    Forwarded,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,7 +126,8 @@ pub struct RateLimitSection {
     /// Events a visitor may send at once above its rate.
     #[serde(default = "default_identifier_burst")]
     pub per_identifier_burst: f64,
-    /// Most addresses, and most visitors, tracked; past it, new ones share one bucket.
+    /// Most addresses, and most visitors, tracked; past it, new addresses share one bucket and
+    /// new visitors are limited by their address only.
     #[serde(default = "default_max_tracked")]
     pub max_tracked: usize,
 }
@@ -164,9 +177,17 @@ pub struct TimeoutsSection {
     /// How long an idle upstream connection is kept for reuse. Keep it below the upstream's own.
     #[serde(default = "default_upstream_idle_ms")]
     pub upstream_idle_ms: u64,
-    /// How long a resolved upstream address is reused before resolving again.
+    /// How long a resolved upstream address is used before it is looked up again.
     #[serde(default = "default_dns_ttl_ms")]
     pub dns_ttl_ms: u64,
+    /// Past the TTL, the last good addresses are still used this long while one background
+    /// lookup refreshes them; past it, calls wait for a lookup (and use the old addresses if it
+    /// fails).
+    #[serde(default = "default_dns_max_stale_ms")]
+    pub dns_max_stale_ms: u64,
+    /// A lookup not answered by then has failed, and another may start.
+    #[serde(default = "default_dns_timeout_ms")]
+    pub dns_timeout_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,7 +21,7 @@ use crate::cache::CacheLimits;
 use crate::guard::rate::BucketSpec;
 use crate::guard::{ClientPolicy, CorsPolicy};
 use crate::spool::SpoolSettings;
-use crate::upstream::CallPolicy;
+use crate::upstream::{CallPolicy, DnsPolicy};
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,7 +84,7 @@ pub struct Timeouts {
     pub client_header: Duration,
     pub client_idle: Duration,
     pub upstream_idle: Duration,
-    pub dns_ttl: Duration,
+    pub dns: DnsPolicy,
 }
 
 /// Token buckets; `None` is off.

@@ -2,10 +2,10 @@
 //! client addresses and rate limits. Each is checked here and built into the plain types its
 //! module runs on.
 
-use super::file::{ClientsSection, RateLimitSection, ServiceSection};
+use super::file::{ClientsSection, ForwardedHeaderName, RateLimitSection, ServiceSection};
 use super::{CacheMode, CachePolicy, RateLimits};
 use crate::guard::rate::BucketSpec;
-use crate::guard::{ClientPolicy, CorsPolicy, OriginPattern};
+use crate::guard::{ClientPolicy, CorsPolicy, ForwardedHeader, OriginPattern};
 use crate::upstream::{Backoff, BudgetSettings, CallPolicy, CircuitSettings};
 use std::time::Duration;
 
@@ -142,6 +142,10 @@ pub(super) fn client_policy(c: &ClientsSection, problems: &mut Vec<String>) -> C
         deny: nets("deny", &c.deny),
         trusted_proxies: nets("trusted_proxies", &c.trusted_proxies),
         forward_address: c.forward_address,
+        forwarded_header: match c.forwarded_header {
+            ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
+            ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
+        },
     }
 }
 

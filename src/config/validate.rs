@@ -7,6 +7,7 @@ use super::service::{build_route, build_service, check_route};
 use super::{Config, ConfigErrors, Route, Secret, Service, Timeouts, TlsListener};
 use crate::cache::CacheLimits;
 use crate::spool::SpoolSettings;
+use crate::upstream::DnsPolicy;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,6 +52,14 @@ pub(super) fn build(
             problems.push(format!("upstream.ca_file {}: {e}", path.display()));
         }
     }
+    let t = &file.timeouts;
+    let dns = DnsPolicy::try_new(
+        Duration::from_millis(t.dns_ttl_ms),
+        Duration::from_millis(t.dns_max_stale_ms),
+        Duration::from_millis(t.dns_timeout_ms),
+    )
+    .map_err(|e| problems.push(format!("timeouts.dns_timeout_ms: {e}")))
+    .ok();
     let clients = client_policy(&file.clients, problems);
     let rate = rate_limits(&file.rate_limit, problems);
     let cache = CacheLimits {
@@ -87,7 +96,7 @@ pub(super) fn build(
             client_header: Duration::from_millis(t.client_header_ms),
             client_idle: Duration::from_millis(t.client_idle_ms),
             upstream_idle: Duration::from_millis(t.upstream_idle_ms),
-            dns_ttl: Duration::from_millis(t.dns_ttl_ms),
+            dns: dns.expect("checked above"),
         },
         ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
         cache,

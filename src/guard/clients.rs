@@ -1,8 +1,10 @@
 //! Which client addresses may call: allow and deny lists by CIDR. Behind trusted proxies the
-//! client is the nearest untrusted address their `X-Forwarded-For` (or `Forwarded`) names;
-//! from anyone else those headers are ignored, so a client cannot choose its own address.
+//! client is the nearest untrusted address their forwarding header names: `X-Forwarded-For` or
+//! `Forwarded`, whichever the proxies write (a setting). The other header is never read: a
+//! client could send it itself. From anyone else both are ignored, so a client cannot choose
+//! its own address.
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -15,6 +17,17 @@ pub struct ClientPolicy {
     pub trusted_proxies: Vec<IpNet>,
     /// Send the client's address upstream as `X-Forwarded-For`.
     pub forward_address: bool,
+    /// The header the trusted proxies append to.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which forwarding header trusted proxies write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
 }
 
 fn listed(nets: &[IpNet], addr: IpAddr) -> bool {
@@ -26,29 +39,28 @@ impl ClientPolicy {
         !listed(&self.deny, addr) && (self.allow.is_empty() || listed(&self.allow, addr))
     }
 
-    /// The client's address. `forwarded_for` are the `X-Forwarded-For` values and `forwarded`
-    /// the `Forwarded` values, in header order; the first is used when both are present.
-    pub fn client_address<'a>(
-        &self,
-        peer: IpAddr,
-        forwarded_for: impl Iterator<Item = &'a HeaderValue>,
-        forwarded: impl Iterator<Item = &'a HeaderValue>,
-    ) -> IpAddr {
+    /// The client's address, from the peer's and, if the peer is a trusted proxy, from the
+    /// values of `forwarded_header` in `headers`, in header order.
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
         if !listed(&self.trusted_proxies, peer) {
             return peer;
         }
-        let mut hops: Vec<Option<IpAddr>> = forwarded_for
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|item| parse_hop(trim(item)))
-            .collect();
-        if hops.is_empty() {
-            hops = forwarded
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        let elements = |name| {
+            headers
+                .get_all(name)
+                .into_iter()
+                .flat_map(|v: &HeaderValue| v.as_bytes().split(|b| *b == b','))
+        };
+        let hops: Vec<Option<IpAddr>> = match self.forwarded_header {
+            ForwardedHeader::XForwardedFor => elements("x-forwarded-for")
+                .map(|item| parse_hop(trim(item)))
+                .collect(),
+            ForwardedHeader::Forwarded => elements("forwarded")
                 .filter_map(forwarded_for_param)
                 .map(parse_hop)
-                .collect();
-        }
+                .collect(),
+        };
         // Walk from the nearest hop outwards; stop at the first address we cannot vouch for.
         let mut client = peer;
         for hop in hops.into_iter().rev() {
@@ -116,15 +128,14 @@ mod tests {
     }
 
     fn client(p: &ClientPolicy, peer: &str, xff: &[&str], fwd: &[&str]) -> IpAddr {
-        let xff: Vec<HeaderValue> = xff
-            .iter()
-            .map(|v| HeaderValue::from_str(v).unwrap())
-            .collect();
-        let fwd: Vec<HeaderValue> = fwd
-            .iter()
-            .map(|v| HeaderValue::from_str(v).unwrap())
-            .collect();
-        p.client_address(addr(peer), xff.iter(), fwd.iter())
+        let mut headers = HeaderMap::new();
+        for v in xff {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        for v in fwd {
+            headers.append("forwarded", HeaderValue::from_str(v).unwrap());
+        }
+        p.client_address(addr(peer), &headers)
     }
 
     #[test]
@@ -155,8 +166,28 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_read_when_there_is_no_x_forwarded_for() {
-        let p = policy(&["10.0.0.0/8", "::1/128"]);
+    fn only_the_configured_header_is_read() {
+        let mut p = policy(&["10.0.0.0/8"]);
+        // The balancer writes X-Forwarded-For: a client's own Forwarded is ignored.
+        assert_eq!(
+            client(&p, "10.0.0.2", &[], &["for=6.6.6.6"]),
+            addr("10.0.0.2")
+        );
+        p.forwarded_header = ForwardedHeader::Forwarded;
+        // The balancer writes Forwarded: a client's own X-Forwarded-For is ignored.
+        assert_eq!(
+            client(&p, "10.0.0.2", &["6.6.6.6"], &["for=198.51.100.7"]),
+            addr("198.51.100.7")
+        );
+        assert_eq!(client(&p, "10.0.0.2", &["6.6.6.6"], &[]), addr("10.0.0.2"));
+    }
+
+    #[test]
+    fn forwarded_elements_name_the_hops() {
+        let p = ClientPolicy {
+            forwarded_header: ForwardedHeader::Forwarded,
+            ..policy(&["10.0.0.0/8", "::1/128"])
+        };
         let fwd = [r#"for=192.0.2.60;proto=https, For="[2001:db8:cafe::17]:4711""#];
         assert_eq!(client(&p, "::1", &[], &fwd), addr("2001:db8:cafe::17"));
         assert_eq!(

@@ -5,5 +5,5 @@ pub mod clients;
 mod cors;
 pub mod rate;
 
-pub use clients::ClientPolicy;
+pub use clients::{ClientPolicy, ForwardedHeader};
 pub use cors::{CorsPolicy, OriginCheck, OriginPattern};

@@ -1,13 +1,14 @@
 //! Rate limits as token buckets, per client address and per visitor identifier. Memory is
-//! bounded: at most `max_tracked` buckets per limiter; a full bucket is the same as no bucket,
-//! so those are swept first, and when every tracked key is busy, new keys share one overflow
-//! bucket rather than growing the map.
+//! bounded: at most `max_tracked` buckets per limiter, and visitor keys of at most
+//! `MAX_KEY_BYTES`. A full bucket is the same as no bucket, so those are swept first; when every
+//! tracked key is busy, what a new key gets is the limiter's `Overflow` policy.
 
 use crate::lock;
 use dashmap::DashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A bucket's shape: refill rate and capacity.
@@ -69,12 +70,56 @@ impl Bucket {
     }
 }
 
+/// Longest visitor identifier kept as is in a limiter key: the `_td` cookie's own cap.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// A visitor's limiter key, at most `MAX_KEY_BYTES` long whatever the body held. A longer
+/// identifier is kept as a 128-bit digest under a key chosen at random per process: cutting it
+/// to a prefix would make every visitor sharing that prefix one bucket (a site whose ids start
+/// with a long tenant prefix, or an attacker who picks a victim's), and a digest an outsider
+/// cannot compute cannot be aimed at another visitor's bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VisitorKey {
+    Id(Box<str>),
+    Digest(u128),
+}
+
+impl VisitorKey {
+    pub fn new(id: &str) -> Self {
+        if id.len() <= MAX_KEY_BYTES {
+            return VisitorKey::Id(id.into());
+        }
+        static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let key = KEY.get_or_init(Default::default);
+        // Two SipHash outputs of the same key, told apart by a first byte.
+        let half = |domain: u8| {
+            let mut h = key.build_hasher();
+            h.write_u8(domain);
+            h.write(id.as_bytes());
+            h.finish()
+        };
+        VisitorKey::Digest(u128::from(half(0)) << 64 | u128::from(half(1)))
+    }
+}
+
+/// What a limiter does with a new key once `max_tracked` keys are busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// New keys share one bucket. Right for addresses: nothing else limits them.
+    Shared,
+    /// New keys are not limited here: for visitors, whose requests have been through the
+    /// per-address limit already. A shared bucket would let one address rotating ids push every
+    /// new visitor, from anywhere, into 429.
+    Pass,
+}
+
 /// Buckets by key, at most `max_tracked` of them.
 pub struct Limiter<K: Hash + Eq> {
     buckets: DashMap<K, Bucket>,
     /// `buckets.len()`, kept here: the map's own count visits every shard, on every request.
     tracked: AtomicUsize,
     max_tracked: usize,
+    when_full: Overflow,
     overflow: Mutex<Option<Bucket>>,
     last_sweep: Mutex<Option<Instant>>,
 }
@@ -88,18 +133,24 @@ pub enum Verdict {
 }
 
 impl<K: Hash + Eq> Limiter<K> {
+    /// A limiter whose new keys share one bucket when it is full.
     pub fn new(max_tracked: usize) -> Self {
+        Self::with_overflow(max_tracked, Overflow::Shared)
+    }
+
+    pub fn with_overflow(max_tracked: usize, when_full: Overflow) -> Self {
         Limiter {
             buckets: DashMap::new(),
             tracked: AtomicUsize::new(0),
             max_tracked: max_tracked.max(1),
+            when_full,
             overflow: Mutex::new(None),
             last_sweep: Mutex::new(None),
         }
     }
 
-    /// Count one request of `key`. `overflowed` is true when the key could not be tracked and
-    /// shared the overflow bucket.
+    /// Count one request of `key`. `overflowed` is true when the key could not be tracked: it
+    /// then shared the overflow bucket, or passed (see `Overflow`).
     pub fn check(&self, key: K, spec: BucketSpec, now: Instant) -> (Verdict, bool) {
         let verdict = |r: Result<(), Duration>| match r {
             Ok(()) => Verdict::Allowed,
@@ -112,6 +163,9 @@ impl<K: Hash + Eq> Limiter<K> {
             self.sweep(spec, now);
         }
         if self.tracked() >= self.max_tracked {
+            if self.when_full == Overflow::Pass {
+                return (Verdict::Allowed, true);
+            }
             let mut overflow = lock(&self.overflow);
             let bucket = overflow.get_or_insert_with(|| Bucket::full(spec, now));
             return (verdict(bucket.take(spec, now)), true);
@@ -190,6 +244,52 @@ mod tests {
         let later = t0 + Duration::from_secs(2);
         assert_eq!(limiter.check(20_000, s, later), (Verdict::Allowed, false));
         assert_eq!(limiter.tracked(), 1);
+    }
+
+    #[test]
+    fn a_full_pass_limiter_lets_new_keys_through_and_still_limits_tracked_ones() {
+        let s = spec(1.0, 1.0);
+        let limiter = Limiter::with_overflow(2, Overflow::Pass);
+        let t0 = Instant::now();
+        assert_eq!(limiter.check(1, s, t0), (Verdict::Allowed, false));
+        assert_eq!(limiter.check(2, s, t0), (Verdict::Allowed, false));
+        for key in 3..100 {
+            assert_eq!(limiter.check(key, s, t0), (Verdict::Allowed, true));
+        }
+        assert!(matches!(
+            limiter.check(1, s, t0),
+            (Verdict::Limited(_), false)
+        ));
+        assert_eq!(limiter.tracked(), 2);
+    }
+
+    #[test]
+    fn long_visitor_ids_become_bounded_keys_that_stay_distinct() {
+        let short = "v".repeat(MAX_KEY_BYTES);
+        assert_eq!(
+            VisitorKey::new(&short),
+            VisitorKey::Id(short.clone().into())
+        );
+        let prefix = "x".repeat(10_000);
+        let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+        assert!(matches!(VisitorKey::new(&a), VisitorKey::Digest(_)));
+        assert_eq!(VisitorKey::new(&a), VisitorKey::new(&a));
+        assert_ne!(VisitorKey::new(&a), VisitorKey::new(&b));
+        let limiter = Limiter::new(10);
+        let s = spec(1.0, 1.0);
+        let t0 = Instant::now();
+        assert_eq!(
+            limiter.check(VisitorKey::new(&a), s, t0).0,
+            Verdict::Allowed
+        );
+        assert_eq!(
+            limiter.check(VisitorKey::new(&b), s, t0).0,
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            limiter.check(VisitorKey::new(&a), s, t0).0,
+            Verdict::Limited(_)
+        ));
     }
 
     #[test]

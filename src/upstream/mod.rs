@@ -14,7 +14,7 @@ pub use backoff::{parse_retry_after, Backoff, BackoffError};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use circuit::{Circuit, CircuitSettings, CircuitState};
 pub use connection::request_bytes;
-pub use dns::{DnsCache, DnsError};
+pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver};
 
 use crate::config::{Route, Service, Timeouts};
 use crate::error::vendor_code;
@@ -135,14 +135,15 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// `ca_file` replaces the system roots for `https` upstreams.
-    pub fn new(dns_ttl: Duration, ca_file: Option<String>) -> Self {
+    /// `ca_file` replaces the system roots for `https` upstreams; `resolver` looks up upstream
+    /// names under the `dns` policy.
+    pub fn new(dns: DnsPolicy, resolver: Arc<dyn Resolve>, ca_file: Option<String>) -> Self {
         let mut options = ConnectorOptions::new(POOL_SIZE);
         options.ca_file = ca_file;
         UpstreamClient {
             transport: TransportConnector::new(Some(options)),
             pool: pool::Pool::new(POOL_SIZE),
-            dns: DnsCache::new(dns_ttl),
+            dns: DnsCache::new(dns, resolver),
             budgets: DashMap::new(),
             circuits: DashMap::new(),
             rejected: DashMap::new(),

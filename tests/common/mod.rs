@@ -248,6 +248,18 @@ pub fn start_proxy(config: Config) -> (Running, SocketAddr) {
     (Running::start(server, &[addr, admin]), addr)
 }
 
+/// The proxy and its admin listener, looking upstream names up with `resolver`.
+pub fn start_proxy_resolving(
+    config: Config,
+    resolver: Arc<dyn p13n_edge::upstream::Resolve>,
+) -> (Running, SocketAddr) {
+    let (addr, admin) = (config.listen, config.admin_listen);
+    let mut server = Server::new_with_opt_and_conf(None, quick_conf());
+    server.bootstrap();
+    p13n_edge::add_proxy_resolving(&mut server, config, resolver).unwrap();
+    (Running::start(server, &[addr, admin]), addr)
+}
+
 fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
