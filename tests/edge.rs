@@ -394,10 +394,13 @@ fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream.seen.lock().unwrap().clone();
     let sent = &seen[0];
-    assert!(
-        sent.ends_with(r#"{"td_path":"/retail","td_client_id":"3f1c0b9e-visitor"}"#),
-        "{sent}"
-    );
+    // The id goes in as the first identifier, then the event's uuid (a version-8 UUID).
+    let body = sent.split("\r\n\r\n").nth(1).unwrap();
+    let prefix = r#"{"td_path":"/retail","td_client_id":"3f1c0b9e-visitor","uuid":""#;
+    assert!(body.starts_with(prefix), "{sent}");
+    let uuid = &body[prefix.len()..body.len() - 2];
+    assert_eq!(uuid.len(), 36, "{uuid}");
+    assert_eq!(&uuid[14..15], "8", "version 8: {uuid}");
     assert!(!sent.to_ascii_lowercase().contains("cookie"), "{sent}");
     assert!(!sent.contains("secret-session"), "{sent}");
 }

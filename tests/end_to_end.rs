@@ -157,7 +157,64 @@ fn client_credentials_are_replaced_and_cookies_dropped() {
     for gone in ["evil", "ffffffff", "cookie", "session=secret", "x-custom"] {
         assert!(!sent.contains(gone), "{gone} reached the upstream: {sent}");
     }
-    assert!(sent.ends_with(std::str::from_utf8(body).unwrap()));
+    // The body goes as sent, with the event's uuid added.
+    let sent_body = sent.split("\r\n\r\n").nth(1).unwrap();
+    assert!(
+        sent_body.starts_with(r#"{"td_client_id":"c1","td_path":"/x","uuid":""#),
+        "{sent}"
+    );
+}
+
+/// The body each request reached `upstream` with.
+fn bodies(upstream: &Recorder) -> Vec<String> {
+    upstream
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_no() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", upstream.addr),
+        "",
+    );
+    let (_on, addr) = start_proxy(load_config("uuid_on", &toml));
+    for body in [
+        r#"{"td_client_id":"u1"}"#,
+        r#"{"td_client_id":"u1"}"#,
+        r#"{"td_client_id":"u2","uuid":"mine-1"}"#,
+    ] {
+        assert_eq!(post_json(addr, body).status, 200);
+    }
+    let sent = bodies(&upstream);
+    let uuids: Vec<String> = sent
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["uuid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(uuids[0], uuids[1], "two events, two uuids");
+    assert!(uuids[..2]
+        .iter()
+        .all(|u| u.len() == 36 && &u[14..15] == "8"));
+    assert_eq!(
+        sent[2], r#"{"td_client_id":"u2","uuid":"mine-1"}"#,
+        "untouched"
+    );
+    drop(_on);
+
+    let off = toml.replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
+    let (_off, addr) = start_proxy(load_config("uuid_off", &off));
+    assert_eq!(post_json(addr, r#"{"td_client_id":"u3"}"#).status, 200);
+    assert_eq!(bodies(&upstream)[3], r#"{"td_client_id":"u3"}"#);
 }
 
 #[test]

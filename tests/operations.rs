@@ -47,31 +47,57 @@ fn post(addr: std::net::SocketAddr, visitor: &str) -> Response {
     )
 }
 
-/// Send requests from two threads until stopped; count the ones that did not get 200.
-fn load(
-    addr: std::net::SocketAddr,
-) -> (
-    Arc<AtomicBool>,
-    Arc<AtomicUsize>,
-    Arc<AtomicUsize>,
-    Vec<std::thread::JoinHandle<()>>,
-) {
+/// Two threads sending requests until stopped: how many went, how many did not get 200, and
+/// when each started and how long its answer took.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    timings: Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Stop and wait for the threads; the count of failed requests.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().for_each(|t| t.join().unwrap());
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The slowest answer to a request started before `at` (`before`) or from it on.
+    fn slowest(&self, at: std::time::Instant, before: bool) -> Duration {
+        let timings = self.timings.lock().unwrap();
+        timings
+            .iter()
+            .filter(|(start, _)| (*start < at) == before)
+            .map(|(_, took)| *took)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+fn load(addr: std::net::SocketAddr) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let timings = Arc::new(std::sync::Mutex::new(Vec::new()));
     let threads = (0..2)
         .map(|t| {
             let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            let timings = timings.clone();
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let body = format!(r#"{{"td_client_id":"load{t}-{n}","td_path":"/retail"}}"#);
+                    let started = std::time::Instant::now();
                     let r = try_request(
                         addr,
                         "/demo_db/pageviews",
                         "application/json",
                         body.as_bytes(),
                     );
+                    timings.lock().unwrap().push((started, started.elapsed()));
                     sent.fetch_add(1, Ordering::Relaxed);
                     match r {
                         Some(r) if r.status == 200 => {}
@@ -88,7 +114,13 @@ fn load(
             })
         })
         .collect();
-    (stop, sent, failed, threads)
+    Load {
+        stop,
+        sent,
+        failed,
+        timings,
+        threads,
+    }
 }
 
 fn edit(path: &Path, from: &str, to: &str) {
@@ -102,7 +134,7 @@ fn reload_under_load_fails_no_request_and_a_bad_file_keeps_the_old_config() {
     let (_emulator, emulator) = start_emulator(&demo_rules());
     let (path, proxy, admin) = write_config("reload", &format!("http://{emulator}"), "");
     let daemon = Daemon::spawn(&path, proxy, admin, &[]);
-    let (stop, sent, failed, threads) = load(daemon.proxy);
+    let traffic = load(daemon.proxy);
     for deadline in [2000, 2500, 3000, 3500, 4000] {
         edit(
             &path,
@@ -123,14 +155,9 @@ fn reload_under_load_fails_no_request_and_a_bad_file_keeps_the_old_config() {
         &daemon, "error"
     ) == 1));
     std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    threads.into_iter().for_each(|t| t.join().unwrap());
-    assert!(
-        sent.load(Ordering::Relaxed) > 20,
-        "too little load: {}",
-        sent.load(Ordering::Relaxed)
-    );
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let sent = traffic.sent.load(Ordering::Relaxed);
+    assert!(sent > 20, "too little load: {sent}");
+    assert_eq!(traffic.finish(), 0);
     assert_eq!(post(daemon.proxy, "after").status, 200);
     assert!(scrape(&daemon).contains("p13n_edge_config_generation 6"));
     let logs = daemon.kill();
@@ -190,19 +217,70 @@ fn sigterm_with_events_in_the_spool_loses_none() {
     assert_eq!(stats()["events_ingested"], 6, "{}", stats());
 }
 
+/// A spool record as every version writes it (the frame of `spool::Record` without the route
+/// identity newer versions add), for `service` at `route`.
+fn spool_frame(service: &str, route: &str, body: &str) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for n in [1u64, 0, 0] {
+        payload.extend_from_slice(&n.to_le_bytes());
+    }
+    for field in [service, route, "ghost", body] {
+        payload.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        payload.extend_from_slice(field.as_bytes());
+    }
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
 #[test]
-fn a_graceful_upgrade_drops_no_request() {
+fn a_graceful_upgrade_drops_no_request_and_the_new_process_serves_at_once() {
     let (_emulator, emulator) = start_emulator(&demo_rules());
-    let (path, proxy, admin) = write_config("upgrade", &format!("http://{emulator}"), "");
-    // As in production: in-flight requests get a grace period.
+    // A second service whose upstream is down, with an event in the spool: the old process
+    // spends its whole shutdown timeout trying to deliver it, holding the spool.
+    let dead = free_port();
+    let extra = format!(
+        r#"
+[[service]]
+name = "down"
+base_url = "http://127.0.0.1:{dead}"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+
+[service.tokens]
+web = "{TOKEN}"
+
+[[service.route]]
+database = "demo_db"
+table = "down_table"
+token = "web"
+"#
+    );
+    let (path, proxy, admin) = write_config("upgrade", &format!("http://{emulator}"), &extra);
+    let spool = path.parent().unwrap().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(
+        spool.join(format!("{:020}.seg", 0)),
+        spool_frame("down", "/demo_db/down_table", r#"{"td_client_id":"ghost"}"#),
+    )
+    .unwrap();
+    // As in production: in-flight requests get a grace period, and shutdown some time.
     edit(
         &path,
         "grace_period_seconds = 0",
         "grace_period_seconds = 1",
     );
+    edit(
+        &path,
+        "graceful_shutdown_timeout_seconds = 1",
+        "graceful_shutdown_timeout_seconds = 3",
+    );
     let old = Daemon::spawn(&path, proxy, admin, &[]);
-    let (stop, sent, failed, threads) = load(old.proxy);
-    std::thread::sleep(Duration::from_millis(200));
+    let traffic = load(old.proxy);
+    std::thread::sleep(Duration::from_millis(500));
+    let upgrade = std::time::Instant::now();
     // The new binary waits for the sockets; SIGQUIT makes the old one hand them over.
     let mut new = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
@@ -225,13 +303,18 @@ fn a_graceful_upgrade_drops_no_request() {
         "the old process did not exit"
     );
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    threads.into_iter().for_each(|t| t.join().unwrap());
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {}",
-        sent.load(Ordering::Relaxed)
+    let (before, during) = (
+        traffic.slowest(upgrade, true),
+        traffic.slowest(upgrade, false),
+    );
+    let sent = traffic.sent.load(Ordering::Relaxed);
+    println!("upgrade under load: {sent} requests, slowest answer {before:?} before, {during:?} during and after");
+    assert_eq!(traffic.finish(), 0, "of {sent}");
+    // The new process serves at once: no answer waits for the old one to exit (it used to, for
+    // the old one's grace period and more: seconds).
+    assert!(
+        during < before + Duration::from_secs(1),
+        "slowest answer {during:?} during the upgrade, {before:?} before"
     );
     assert!(
         new.0.try_wait().unwrap().is_none(),

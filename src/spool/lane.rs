@@ -11,6 +11,11 @@ use tokio::sync::Notify;
 
 const CHECKPOINT: &str = "checkpoint";
 
+/// How far above the segments present a lane starts while another process may still append
+/// to them (a graceful upgrade): that one moves up one segment at a time, so the two never
+/// write one file, and its segments (all before ours) are replayed first.
+pub(crate) const UPGRADE_GAP: u64 = 1 << 20;
+
 pub(crate) struct Lane {
     /// The service whose events it holds; `""` for the root's segments of an older version.
     pub name: Arc<str>,
@@ -28,10 +33,10 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
-    /// The lane in `dir`, writing (if `writes`) into a new segment after those present.
-    pub fn open(name: &str, dir: PathBuf, writes: bool) -> std::io::Result<Lane> {
+    /// The lane in `dir`, writing (if `writes`) into a new segment `gap` after those present.
+    pub fn open(name: &str, dir: PathBuf, writes: bool, gap: u64) -> std::io::Result<Lane> {
         std::fs::create_dir_all(&dir)?;
-        let next = segments(&dir)?.last().map_or(0, |s| s + 1);
+        let next = segments(&dir)?.last().map_or(0, |s| s + 1) + gap;
         Ok(Lane {
             name: Arc::from(name),
             dir,

@@ -26,7 +26,7 @@ use lane::{open_segment, segments, Lane};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
@@ -108,8 +108,11 @@ type VisitorKey = (Arc<str>, Box<str>);
 
 pub struct Spool {
     settings: SpoolSettings,
-    /// Held for the life of the process: one process per spool directory.
-    _lock: std::fs::File,
+    /// The directory's lock file. Its holder replays; during a graceful upgrade the new process
+    /// serves (and appends to segments of its own) at once, and replays once the old one exits.
+    lock: std::fs::File,
+    /// Whether this process holds the lock.
+    owns_lock: AtomicBool,
     jobs: mpsc::SyncSender<Job>,
     run: u64,
     next_seq: AtomicU64,
@@ -140,13 +143,18 @@ impl Spool {
     pub fn open(settings: SpoolSettings) -> Result<Arc<Spool>, SpoolError> {
         let io = |e: std::io::Error| SpoolError::Io(format!("{}: {e}", settings.dir.display()));
         std::fs::create_dir_all(settings.dir.join(LANES)).map_err(io)?;
-        let lock = lock(&settings.dir).map_err(io)?;
+        let lock = lock_file(&settings.dir).map_err(io)?;
+        let owns_lock = lock.try_lock().is_ok();
+        if !owns_lock {
+            tracing::warn!(dir = %settings.dir.display(), "another p13n-edge holds this spool: serving now, replaying once it exits");
+        }
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let (new_lanes, lanes_to_start) = tokio::sync::mpsc::unbounded_channel();
         let dead = DeadLetters::open(&settings.dir, settings.dead_letter_max_bytes).map_err(io)?;
         let spool = Arc::new(Spool {
             settings: settings.clone(),
-            _lock: lock,
+            lock,
+            owns_lock: AtomicBool::new(owns_lock),
             jobs: tx,
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -161,20 +169,13 @@ impl Spool {
             dead,
             inflight: DashMap::new(),
         });
-        if !segments(&settings.dir).map_err(io)?.is_empty() {
-            spool.add_lane(Lane::open("", settings.dir.clone(), false).map_err(io)?);
+        if owns_lock {
+            spool.adopt().map_err(io)?;
+        } else {
+            // Counted for the bound on disk now; what the other process leaves is counted
+            // when the lock is ours.
+            spool.measure().map_err(io)?;
         }
-        for entry in std::fs::read_dir(settings.dir.join(LANES)).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if let Some(name) = entry.file_name().to_str().filter(|n| !n.is_empty()) {
-                spool.add_lane(Lane::open(name, entry.path(), true).map_err(io)?);
-            }
-        }
-        for lane in spool.lanes.iter() {
-            spool.recount(&lane).map_err(io)?;
-        }
-        metrics::SPOOL_DEPTH.set(spool.depth());
-        metrics::SPOOL_BYTES.set(spool.disk_bytes.load(Ordering::Relaxed) as i64);
         // The writer holds the spool weakly: once the last user drops it, the job channel closes,
         // the writer ends and the directory's lock is released (a test's server, stopped).
         let writer = Arc::downgrade(&spool);
@@ -183,6 +184,74 @@ impl Spool {
             .spawn(move || write_loop(&writer, rx))
             .map_err(io)?;
         Ok(spool)
+    }
+
+    /// Wait until this process holds the spool's lock (at once, but during a graceful upgrade),
+    /// then take over what the previous holder left: its lanes and their records.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.owns_lock.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let file = self.lock.try_clone()?;
+        tokio::task::spawn_blocking(move || file.lock())
+            .await
+            .map_err(std::io::Error::other)??;
+        tracing::info!(dir = %self.settings.dir.display(), "the previous p13n-edge released the spool: replaying");
+        self.owns_lock.store(true, Ordering::Release);
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || spool.adopt())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Count what other processes left in the spool (their lanes, records and bytes), with
+    /// the lock held: nothing writes there any more but this process.
+    fn adopt(&self) -> std::io::Result<()> {
+        if !segments(&self.settings.dir)?.is_empty() && !self.lanes.contains_key("") {
+            self.add_lane(Lane::open("", self.settings.dir.clone(), false, 0)?);
+        }
+        for entry in std::fs::read_dir(self.settings.dir.join(LANES))? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str().filter(|n| !n.is_empty()) {
+                if !self.lanes.contains_key(name) {
+                    self.add_lane(Lane::open(name, entry.path(), true, 0)?);
+                }
+            }
+        }
+        let lanes: Vec<Arc<Lane>> = self.lanes.iter().map(|l| l.clone()).collect();
+        for lane in lanes {
+            self.recount(&lane)?;
+        }
+        self.measure()
+    }
+
+    /// Set the bytes on disk from the segments present.
+    fn measure(&self) -> std::io::Result<()> {
+        let mut total = 0;
+        let mut dirs = vec![self.settings.dir.clone()];
+        for entry in std::fs::read_dir(self.settings.dir.join(LANES))? {
+            dirs.push(entry?.path());
+        }
+        for dir in dirs {
+            for segment in segments(&dir)? {
+                total += std::fs::metadata(lane::segment_path(&dir, segment))?.len();
+            }
+        }
+        self.disk_bytes.store(total, Ordering::Relaxed);
+        metrics::SPOOL_DEPTH.set(self.depth());
+        metrics::SPOOL_BYTES.set(total as i64);
+        Ok(())
+    }
+
+    /// `len` bytes of segments were removed.
+    fn forget_bytes(&self, len: u64) {
+        let before = self
+            .disk_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(len))
+            })
+            .unwrap_or(0);
+        metrics::SPOOL_BYTES.set(before.saturating_sub(len) as i64);
     }
 
     /// A new event's identity (and so its `uuid`).
@@ -302,7 +371,13 @@ impl Spool {
             return Ok(lane.clone());
         }
         let dir = self.settings.dir.join(LANES).join(&**service);
-        let made = Lane::open(service, dir, true).and_then(|lane| {
+        // While another process may still write here, new segments start far above its own.
+        let gap = if self.owns_lock.load(Ordering::Acquire) {
+            0
+        } else {
+            lane::UPGRADE_GAP
+        };
+        let made = Lane::open(service, dir, true, gap).and_then(|lane| {
             // The lane's directory must survive a crash like the segment in it.
             std::fs::File::open(self.settings.dir.join(LANES))?.sync_all()?;
             Ok(lane)
@@ -346,22 +421,21 @@ impl Spool {
         });
     }
 
-    /// Count what a previous run left in a lane: pending per visitor, depth and bytes.
+    /// Count what other runs left in a lane: pending per visitor and depth (this run's own
+    /// records are counted as they are appended).
     fn recount(&self, lane: &Lane) -> std::io::Result<()> {
         let start = lane::read_checkpoint(&lane.dir);
         for segment in segments(&lane.dir)? {
-            let data = std::fs::read(lane::segment_path(&lane.dir, segment))?;
-            self.disk_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
             if segment < start.segment {
                 continue;
             }
+            let data = std::fs::read(lane::segment_path(&lane.dir, segment))?;
             let from = if segment == start.segment {
                 start.offset as usize
             } else {
                 0
             };
-            for r in records(&data, from) {
+            for r in records(&data, from).filter(|r| r.run != self.run) {
                 *self
                     .pending
                     .entry(visitor_key(&Arc::from(r.service.as_str()), &r.visitor))
@@ -556,19 +630,13 @@ impl Segment {
     }
 }
 
-/// Take the spool's lock, waiting while another process holds it: during a graceful upgrade the
-/// new process starts replaying only once the old one has exited.
-fn lock(dir: &Path) -> std::io::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
+/// The spool's lock file (not locked yet).
+fn lock_file(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("lock"))?;
-    if file.try_lock().is_err() {
-        tracing::warn!(dir = %dir.display(), "another p13n-edge holds this spool; waiting for it to exit");
-        file.lock()?;
-    }
-    Ok(file)
+        .open(dir.join("lock"))
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -36,7 +36,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -55,6 +54,14 @@ impl BackgroundService for Replayer {
         let Some(mut lanes) = self.spool.take_lanes() else {
             return;
         };
+        // During a graceful upgrade the old process replays until it exits; then this one.
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            taken = self.spool.acquire() => if let Err(e) = taken {
+                tracing::error!(error = %e, "cannot take the spool's lock: not replaying");
+                return;
+            },
+        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -327,8 +334,7 @@ impl Replayer {
                     let path = segment_path(&dir, at.segment);
                     let len = std::fs::metadata(&path).map_or(0, |m| m.len());
                     if std::fs::remove_file(&path).is_ok() {
-                        let left = self.spool.disk_bytes.fetch_sub(len, Ordering::Relaxed) - len;
-                        metrics::SPOOL_BYTES.set(left as i64);
+                        self.spool.forget_bytes(len);
                     }
                     let next = segments(&dir)
                         .ok()
