@@ -7,7 +7,7 @@ use http::{HeaderValue, Uri};
 use libfuzzer_sys::fuzz_target;
 use p13n_edge::config::Config;
 use p13n_edge::event::cookie_value;
-use p13n_edge::guard::ClientPolicy;
+use p13n_edge::guard::{ClientPolicy, ForwardedHeader};
 use std::sync::OnceLock;
 
 const CONFIG: &str = r#"
@@ -52,14 +52,19 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(value) = HeaderValue::from_bytes(data) {
-        let policy = ClientPolicy {
+        let mut policy = ClientPolicy {
             trusted_proxies: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
             ..ClientPolicy::default()
         };
         let peer = "127.0.0.1".parse().unwrap();
         let both = [value.clone()];
-        let _ = policy.client_address(peer, both.iter(), std::iter::empty());
-        let _ = policy.client_address(peer, std::iter::empty(), both.iter());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-forwarded-for", value.clone());
+        headers.insert("forwarded", value.clone());
+        for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+            policy.forwarded_header = header;
+            let _ = policy.client_address(peer, &headers);
+        }
         if let Some(id) = cookie_value(both.iter(), "_td") {
             assert!(id
                 .bytes()
