@@ -177,7 +177,7 @@ pub static SPOOL_HELD: Lazy<IntCounterVec> = Lazy::new(|| {
 pub static SPOOL_DEAD_LETTERED: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_spool_dead_lettered_total",
-        "Spooled events moved to the dead-letter log, by reason (invalid_event: 3004; too_large: 413; route_gone: past spool.route_wait_seconds).",
+        "Spooled events moved to the dead-letter log, by reason (invalid_event: 3004; too_large: 413; answer_too_large: an answer past limits.max_upstream_body_bytes; route_gone: past spool.route_wait_seconds).",
         &["service", "reason"]
     )
     .expect("metric registers once")

@@ -223,3 +223,80 @@ mode = "fast"
         ["events_ingested"]
         == 8));
 }
+
+#[test]
+fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
+    let name = "renumbered";
+    let lane = scratch(name).join("spool").join("lanes").join(name);
+    let segments = || {
+        std::fs::read_dir(&lane)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    // An incident: an event spooled, then delivered.
+    {
+        let stack = Stack::start_with(name, FAST);
+        assert_eq!(stack.post("/demo_db/pageviews", &view("r", 0)).status, 200);
+        stack.set_faults(json!({"status": 503, "rate": 1.0, "seconds": 0.3}));
+        assert_eq!(stack.post("/demo_db/pageviews", &view("r", 1)).status, 200);
+        assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 2));
+    }
+    // A quiet run: replay drops the delivered segment; the lane holds no segment now.
+    {
+        let _stack = Stack::start_with(name, FAST);
+        assert!(eventually(Duration::from_secs(10), || segments() == 0));
+    }
+    // Another incident, and a restart while the upstream still fails.
+    {
+        let stack = Stack::start_with(name, FAST);
+        assert_eq!(stack.post("/demo_db/pageviews", &view("r", 2)).status, 200);
+        stack.set_faults(json!({"status": 503, "rate": 1.0}));
+        for n in 3..6 {
+            assert_eq!(stack.post("/demo_db/pageviews", &view("r", n)).status, 200);
+        }
+    }
+    // The next run delivers them: they were not written below the checkpoint.
+    let stack = Stack::start_with(name, FAST);
+    assert!(
+        eventually(Duration::from_secs(10), || ingested(&stack) == 3),
+        "{}",
+        stack.emulator_stats()
+    );
+}
+
+#[test]
+fn requeue_into_a_drained_lane_writes_where_replay_reads() {
+    let dir = scratch("requeue_drained").join("spool");
+    let lane = dir.join("lanes").join("requeue_drained");
+    std::fs::create_dir_all(&lane).unwrap();
+    // Replay was past segment 7 when the daemon stopped; the lane holds no segment.
+    std::fs::write(lane.join("checkpoint"), format!("{:020} {:020}\n", 7, 0)).unwrap();
+    let record = p13n_edge::spool::Record {
+        run: 1,
+        seq: 2,
+        enqueued_ms: 1,
+        service: "requeue_drained".into(),
+        route: "/demo_db/pageviews".into(),
+        visitor: "q".into(),
+        body: bytes::Bytes::from_static(br#"{"td_client_id":"q"}"#),
+        route_id: "1/demo_db/pageviews/web".into(),
+    };
+    std::fs::write(dir.join("dead-letters.log"), record.encode()).unwrap();
+    let spool_arg = dir.to_str().unwrap();
+    assert!(spool_cli(&["requeue", "--dir", spool_arg]).status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&spool_cli(&["inspect", "--dir", spool_arg]).stdout).unwrap();
+    assert_eq!(report["pending"]["events"], 1, "{report}");
+    assert_eq!(report["dead_letters"]["events"], 0, "{report}");
+    // A directory that is not a spool is left alone.
+    let elsewhere = scratch("requeue_elsewhere");
+    let out = spool_cli(&["requeue", "--dir", elsewhere.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!elsewhere.join("lock").exists());
+}

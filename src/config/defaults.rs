@@ -89,7 +89,7 @@ pub(super) fn default_dead_letter_bytes() -> u64 {
     64 << 20
 }
 pub(super) fn default_route_wait_seconds() -> u64 {
-    86_400
+    600
 }
 pub(super) fn default_segment_bytes() -> u64 {
     4 << 20

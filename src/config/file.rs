@@ -241,6 +241,7 @@ pub struct SpoolSection {
     pub dead_letter_max_bytes: u64,
     /// How long a spooled event whose route is gone (or now names another service, account,
     /// table or token) waits for a reload to bring it back before it goes to the dead letters.
+    /// While it waits, its service's lane waits behind it.
     #[serde(default = "default_route_wait_seconds")]
     pub route_wait_seconds: u64,
 }

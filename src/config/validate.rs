@@ -175,6 +175,12 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
     if !(1..=256).contains(&sp.replay_concurrency) {
         problems.push("spool.replay_concurrency must be between 1 and 256".into());
     }
+    if sp.dead_letter_max_bytes < 1 << 20 {
+        problems.push("spool.dead_letter_max_bytes must be at least 1048576 (1 MiB)".into());
+    }
+    if sp.route_wait_seconds == 0 {
+        problems.push("spool.route_wait_seconds must be at least 1".into());
+    }
     SpoolSettings {
         dir: base_dir.join(&sp.dir),
         max_bytes: sp.max_bytes,

@@ -31,21 +31,30 @@ pub(crate) enum DeadLetterError {
 
 impl DeadLetters {
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<DeadLetters> {
-        let path = dir.join(FILE);
-        let data = match std::fs::read(&path) {
+        let letters = DeadLetters {
+            path: dir.join(FILE),
+            max_bytes,
+            bytes: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            writing: Mutex::new(()),
+        };
+        letters.recount()?;
+        Ok(letters)
+    }
+
+    /// Count what the log holds (at open, and once another process that wrote it is gone).
+    pub fn recount(&self) -> std::io::Result<()> {
+        let _one = crate::lock(&self.writing);
+        let data = match std::fs::read(&self.path) {
             Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
         let count = records(&data, 0).count() as u64;
+        self.bytes.store(data.len() as u64, Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
         crate::metrics::SPOOL_DEAD_LETTERS.set(count as i64);
-        Ok(DeadLetters {
-            path,
-            max_bytes,
-            bytes: AtomicU64::new(data.len() as u64),
-            count: AtomicU64::new(count),
-            writing: Mutex::new(()),
-        })
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -11,10 +11,11 @@ use tokio::sync::Notify;
 
 const CHECKPOINT: &str = "checkpoint";
 
-/// How far above the segments present a lane starts while another process may still append
-/// to them (a graceful upgrade): that one moves up one segment at a time, so the two never
-/// write one file, and its segments (all before ours) are replayed first.
-pub(crate) const UPGRADE_GAP: u64 = 1 << 20;
+/// Segment numbers come in epochs of this many. A process writes in one epoch: the highest in
+/// use when it opened the spool, or, when another process still held it (a graceful upgrade),
+/// the next one. Two processes then never write one file, and the old one's segments (all
+/// numbered below the new one's) are replayed first.
+pub(crate) const EPOCH: u64 = 1 << 20;
 
 pub(crate) struct Lane {
     /// The service whose events it holds; `""` for the root's segments of an older version.
@@ -30,13 +31,15 @@ pub(crate) struct Lane {
     pub depth: AtomicI64,
     /// Why replay is holding this lane's next record, for `/readyz`.
     waiting: Mutex<Option<String>>,
+    /// When the record replay is working on was accepted (ms since the epoch); 0 when caught up.
+    pub oldest_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Lane {
-    /// The lane in `dir`, writing (if `writes`) into a new segment `gap` after those present.
-    pub fn open(name: &str, dir: PathBuf, writes: bool, gap: u64) -> std::io::Result<Lane> {
+    /// The lane in `dir`, writing (if `writes`) into its next segment of `epoch`.
+    pub fn open(name: &str, dir: PathBuf, writes: bool, epoch: u64) -> std::io::Result<Lane> {
         std::fs::create_dir_all(&dir)?;
-        let next = segments(&dir)?.last().map_or(0, |s| s + 1) + gap;
+        let next = next_segment(&dir, epoch)?;
         Ok(Lane {
             name: Arc::from(name),
             dir,
@@ -48,6 +51,7 @@ impl Lane {
             wake: Notify::new(),
             depth: AtomicI64::new(0),
             waiting: Mutex::new(None),
+            oldest_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -72,6 +76,53 @@ impl Lane {
     pub fn depth(&self) -> i64 {
         self.depth.load(Ordering::Relaxed)
     }
+}
+
+/// The number of the next segment to write in `dir`, in `epoch`: past every segment of the
+/// epoch present, and never behind the checkpoint (segments there are all delivered and
+/// deleted; one numbered below it would never be read).
+pub(crate) fn next_segment(dir: &Path, epoch: u64) -> std::io::Result<u64> {
+    let base = epoch.saturating_mul(EPOCH);
+    let end = base.saturating_add(EPOCH);
+    let at = read_checkpoint(dir);
+    let after_checkpoint = at.segment + u64::from(at.offset > 0);
+    let after_files = segments(dir)?
+        .into_iter()
+        .filter(|s| *s < end)
+        .last()
+        .map_or(0, |s| s + 1);
+    Ok(base.max(after_checkpoint).max(after_files))
+}
+
+/// The highest segment number a spool in `dir` has used (in a file or a checkpoint), in its
+/// root or any lane.
+pub(crate) fn highest_segment(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut highest = None;
+    for lane in lane_dirs(dir)? {
+        let at = read_checkpoint(&lane);
+        let top = segments(&lane)?.last().copied().max(Some(at.segment));
+        highest = highest.max(top);
+    }
+    Ok(highest)
+}
+
+/// The directories of a spool's lanes: the root (segments of older versions) and each
+/// directory under `lanes/` (anything else there is ignored).
+pub(crate) fn lane_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = vec![dir.to_path_buf()];
+    match std::fs::read_dir(dir.join(super::LANES)) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    found.push(entry.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(found)
 }
 
 pub(crate) fn segment_path(dir: &Path, segment: u64) -> PathBuf {

@@ -113,6 +113,8 @@ pub struct Spool {
     lock: std::fs::File,
     /// Whether this process holds the lock.
     owns_lock: AtomicBool,
+    /// The epoch of segment numbers this process writes in (see `lane::EPOCH`).
+    epoch: u64,
     jobs: mpsc::SyncSender<Job>,
     run: u64,
     next_seq: AtomicU64,
@@ -145,6 +147,8 @@ impl Spool {
         std::fs::create_dir_all(settings.dir.join(LANES)).map_err(io)?;
         let lock = lock_file(&settings.dir).map_err(io)?;
         let owns_lock = lock.try_lock().is_ok();
+        let highest = lane::highest_segment(&settings.dir).map_err(io)?;
+        let epoch = highest.map_or(0, |h| h / lane::EPOCH) + u64::from(!owns_lock);
         if !owns_lock {
             tracing::warn!(dir = %settings.dir.display(), "another p13n-edge holds this spool: serving now, replaying once it exits");
         }
@@ -155,6 +159,7 @@ impl Spool {
             settings: settings.clone(),
             lock,
             owns_lock: AtomicBool::new(owns_lock),
+            epoch,
             jobs: tx,
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -192,10 +197,17 @@ impl Spool {
         if self.owns_lock.load(Ordering::Acquire) {
             return Ok(());
         }
-        let file = self.lock.try_clone()?;
-        tokio::task::spawn_blocking(move || file.lock())
-            .await
-            .map_err(std::io::Error::other)??;
+        loop {
+            let file = self.lock.try_clone()?;
+            match tokio::task::spawn_blocking(move || file.lock()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot take the spool's lock; trying again");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot take the spool's lock; trying again"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         tracing::info!(dir = %self.settings.dir.display(), "the previous p13n-edge released the spool: replaying");
         self.owns_lock.store(true, Ordering::Release);
         let spool = self.clone();
@@ -208,16 +220,21 @@ impl Spool {
     /// the lock held: nothing writes there any more but this process.
     fn adopt(&self) -> std::io::Result<()> {
         if !segments(&self.settings.dir)?.is_empty() && !self.lanes.contains_key("") {
-            self.add_lane(Lane::open("", self.settings.dir.clone(), false, 0)?);
+            self.add_lane(Lane::open(
+                "",
+                self.settings.dir.clone(),
+                false,
+                self.epoch,
+            )?);
         }
-        for entry in std::fs::read_dir(self.settings.dir.join(LANES))? {
-            let entry = entry?;
-            if let Some(name) = entry.file_name().to_str().filter(|n| !n.is_empty()) {
-                if !self.lanes.contains_key(name) {
-                    self.add_lane(Lane::open(name, entry.path(), true, 0)?);
-                }
+        for dir in lane::lane_dirs(&self.settings.dir)?.into_iter().skip(1) {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if !name.is_empty() && !self.lanes.contains_key(name) {
+                let lane = Lane::open(name, dir.clone(), true, self.epoch)?;
+                self.add_lane(lane);
             }
         }
+        self.dead.recount()?;
         let lanes: Vec<Arc<Lane>> = self.lanes.iter().map(|l| l.clone()).collect();
         for lane in lanes {
             self.recount(&lane)?;
@@ -228,11 +245,7 @@ impl Spool {
     /// Set the bytes on disk from the segments present.
     fn measure(&self) -> std::io::Result<()> {
         let mut total = 0;
-        let mut dirs = vec![self.settings.dir.clone()];
-        for entry in std::fs::read_dir(self.settings.dir.join(LANES))? {
-            dirs.push(entry?.path());
-        }
-        for dir in dirs {
+        for dir in lane::lane_dirs(&self.settings.dir)? {
             for segment in segments(&dir)? {
                 total += std::fs::metadata(lane::segment_path(&dir, segment))?.len();
             }
@@ -241,6 +254,18 @@ impl Spool {
         metrics::SPOOL_DEPTH.set(self.depth());
         metrics::SPOOL_BYTES.set(total as i64);
         Ok(())
+    }
+
+    /// Publish the age of the oldest record replay is working on, over every lane.
+    fn publish_oldest(&self) {
+        let oldest = self
+            .lanes
+            .iter()
+            .map(|l| l.oldest_ms.load(Ordering::Relaxed))
+            .filter(|&ms| ms > 0)
+            .min();
+        let age = oldest.map_or(0, |ms| now_ms().saturating_sub(ms));
+        metrics::SPOOL_OLDEST_AGE.set(age as f64 / 1000.0);
     }
 
     /// `len` bytes of segments were removed.
@@ -355,6 +380,12 @@ impl Spool {
             })
             .collect();
         found.sort();
+        if !self.owns_lock.load(Ordering::Acquire) {
+            found.push(
+                "spool: replay waits for the previous p13n-edge to release the spool (graceful upgrade)"
+                    .to_string(),
+            );
+        }
         let letters = self.dead.count();
         if letters > 0 {
             found.push(format!(
@@ -371,13 +402,7 @@ impl Spool {
             return Ok(lane.clone());
         }
         let dir = self.settings.dir.join(LANES).join(&**service);
-        // While another process may still write here, new segments start far above its own.
-        let gap = if self.owns_lock.load(Ordering::Acquire) {
-            0
-        } else {
-            lane::UPGRADE_GAP
-        };
-        let made = Lane::open(service, dir, true, gap).and_then(|lane| {
+        let made = Lane::open(service, dir, true, self.epoch).and_then(|lane| {
             // The lane's directory must survive a crash like the segment in it.
             std::fs::File::open(self.settings.dir.join(LANES))?.sync_all()?;
             Ok(lane)

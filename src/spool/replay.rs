@@ -104,6 +104,9 @@ enum Verdict {
 fn verdict(result: &Result<UpstreamResponse, UpstreamError>) -> Verdict {
     let r = match result {
         Ok(r) => r,
+        // The upstream answered, beyond what we read: it may well have ingested the event, so
+        // sending it again could repeat it for ever. Kept, for an operator to look at.
+        Err(UpstreamError::TooLarge(_)) => return Verdict::DeadLetter("answer_too_large"),
         Err(_) => return Verdict::Retry,
     };
     let code = vendor_code(&r.body);
@@ -130,13 +133,21 @@ fn verdict(result: &Result<UpstreamResponse, UpstreamError>) -> Verdict {
     }
 }
 
-/// The route a record may go to: the one at its path, if it belongs to the record's service
-/// and has the identity the record was accepted for (records of older versions carry none).
+/// The route a record may go to: one of the record's service with the identity the record was
+/// accepted for, at its path or (`/db/t` and `/public/db/t` share an identity) at the other;
+/// records of older versions carry no identity and go only to their path.
 fn route_for(config: &Config, record: &Record) -> Option<Arc<Route>> {
-    let route = config.route(&record.route)?;
-    let same = route.service.name == record.service
-        && (record.route_id.is_empty() || *route.id == *record.route_id);
-    same.then(|| route.clone())
+    let fits = |route: &Route| {
+        route.service.name == record.service
+            && (record.route_id.is_empty() || *route.id == *record.route_id)
+    };
+    if let Some(route) = config.route(&record.route).filter(|r| fits(r)) {
+        return Some(route.clone());
+    }
+    if record.route_id.is_empty() {
+        return None;
+    }
+    config.routes.values().find(|r| fits(r)).cloned()
 }
 
 /// Waits between attempts at one record: 100 ms doubling to 5 s.
@@ -323,7 +334,9 @@ impl Replayer {
                 }
                 Batch::End if current && !lane.writes => return,
                 Batch::End if current => {
-                    metrics::SPOOL_OLDEST_AGE.set(0.0);
+                    lane.oldest_ms
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                    self.spool.publish_oldest();
                     // Caught up: wait for the writer (or look again soon, in case of a race).
                     let _ =
                         tokio::time::timeout(Duration::from_secs(1), lane.wake.notified()).await;
@@ -336,9 +349,12 @@ impl Replayer {
                     if std::fs::remove_file(&path).is_ok() {
                         self.spool.forget_bytes(len);
                     }
-                    let next = segments(&dir)
-                        .ok()
-                        .and_then(|s| s.into_iter().find(|&s| s > at.segment));
+                    // Never a segment at or past this process's writer: during a graceful
+                    // upgrade those are the new process's, still being written.
+                    let next = segments(&dir).ok().and_then(|s| {
+                        s.into_iter()
+                            .find(|&s| s > at.segment && s < writer.segment)
+                    });
                     at = Position {
                         segment: next.unwrap_or(writer.segment),
                         offset: 0,
@@ -361,8 +377,11 @@ impl Replayer {
         checkpoint: &Mutex<CheckpointFile>,
     ) {
         if let Some((first, _)) = records.first() {
-            let age = crate::spool::now_ms().saturating_sub(first.enqueued_ms);
-            metrics::SPOOL_OLDEST_AGE.set(age as f64 / 1000.0);
+            lane.oldest_ms.store(
+                first.enqueued_ms.max(1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.spool.publish_oldest();
         }
         let mut visitors: Vec<Vec<usize>> = Vec::new();
         for (i, (record, _)) in records.iter().enumerate() {

@@ -4,7 +4,7 @@
 //! daemon's spool too; `requeue` insists on it, since it writes segments of its own.
 
 use super::dead::FILE as DEAD_LETTERS;
-use super::lane::{open_segment, read_checkpoint, segment_path, segments};
+use super::lane::{self, open_segment, read_checkpoint, segment_path, segments};
 use super::{now_ms, records, Record, LANES};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -19,6 +19,8 @@ pub enum ToolError {
     Running(String),
     #[error("a dead letter names service {0:?}, which cannot be a lane")]
     BadService(String),
+    #[error("{0} is not a p13n-edge spool (no lanes/ and no dead-letters.log)")]
+    NotASpool(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
@@ -58,20 +60,8 @@ impl Tally {
     }
 }
 
-/// The lane directories of a spool: the root (segments of older versions) and `lanes/*`.
 fn lane_dirs(dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
-    let mut found = vec![dir.to_path_buf()];
-    let lanes = dir.join(LANES);
-    match std::fs::read_dir(&lanes) {
-        Ok(entries) => {
-            for entry in entries {
-                found.push(entry.map_err(io(&lanes))?.path());
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&lanes)(e)),
-    }
-    Ok(found)
+    lane::lane_dirs(dir).map_err(io(dir))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ToolError> {
@@ -118,6 +108,9 @@ pub fn inspect(dir: &Path) -> Result<Value, ToolError> {
 /// Send every dead letter back to its service's lane, as a new segment after those there, and
 /// empty the dead-letter log; the number requeued. The daemon must be stopped.
 pub fn requeue(dir: &Path) -> Result<usize, ToolError> {
+    if !dir.join(LANES).is_dir() && !dir.join(DEAD_LETTERS).is_file() {
+        return Err(ToolError::NotASpool(dir.display().to_string()));
+    }
     let lock_path = dir.join("lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -130,6 +123,11 @@ pub fn requeue(dir: &Path) -> Result<usize, ToolError> {
     }
     let path = dir.join(DEAD_LETTERS);
     let data = read(&path)?;
+    // Written like a daemon that opens the spool: in the highest epoch in use, past every
+    // segment and checkpoint there.
+    let epoch = lane::highest_segment(dir)
+        .map_err(io(dir))?
+        .map_or(0, |h| h / lane::EPOCH);
     let mut by_service: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut count = 0;
     for record in records(&data, 0) {
@@ -150,10 +148,7 @@ pub fn requeue(dir: &Path) -> Result<usize, ToolError> {
     for (service, frames) in &by_service {
         let lane = dir.join(LANES).join(service);
         std::fs::create_dir_all(&lane).map_err(io(&lane))?;
-        let next = segments(&lane)
-            .map_err(io(&lane))?
-            .last()
-            .map_or(0, |s| s + 1);
+        let next = lane::next_segment(&lane, epoch).map_err(io(&lane))?;
         let mut file = open_segment(&lane, next).map_err(io(&lane))?;
         file.write_all(frames)
             .and_then(|()| file.sync_all())
