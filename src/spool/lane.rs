@@ -88,8 +88,7 @@ pub(crate) fn next_segment(dir: &Path, epoch: u64) -> std::io::Result<u64> {
     let after_checkpoint = at.segment + u64::from(at.offset > 0);
     let after_files = segments(dir)?
         .into_iter()
-        .filter(|s| *s < end)
-        .last()
+        .rfind(|s| *s < end)
         .map_or(0, |s| s + 1);
     Ok(base.max(after_checkpoint).max(after_files))
 }
