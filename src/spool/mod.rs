@@ -669,3 +669,55 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path) -> SpoolSettings {
+        SpoolSettings {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 24,
+            segment_bytes: 1 << 20,
+            sync_interval: None,
+            replay_concurrency: 4,
+            dead_letter_max_bytes: 1 << 20,
+            route_wait: std::time::Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_processes_during_an_upgrade_never_write_one_segment() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-epochs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The running process, and the new one started beside it (another open of the lock
+        // file, as another process's would be: it does not get the lock).
+        let old = Spool::open(settings(&dir)).unwrap();
+        let new = Spool::open(settings(&dir)).unwrap();
+        assert!(old.owns_lock.load(Ordering::Relaxed));
+        assert!(!new.owns_lock.load(Ordering::Relaxed));
+        // A service neither has spooled for yet: the new process writes first.
+        let key = CacheKey::new(&Arc::from("svc"), &Arc::from("1/db/t/web"), "v");
+        let body = bytes::Bytes::from_static(br#"{"td_client_id":"v"}"#);
+        for spool in [&new, &old] {
+            let event = spool.next_event();
+            spool
+                .append(&key, "/db/t", event, body.clone(), false)
+                .await
+                .unwrap();
+        }
+        let at = |s: &Spool| s.lanes.get("svc").unwrap().position();
+        let (old_at, new_at) = (at(&old), at(&new));
+        assert!(
+            old_at.segment < new_at.segment,
+            "old {old_at:?}, new {new_at:?}: the old one's segments come first"
+        );
+        let lane = dir.join(LANES).join("svc");
+        for at in [old_at, new_at] {
+            let data = std::fs::read(lane::segment_path(&lane, at.segment)).unwrap();
+            assert_eq!(records(&data, 0).count(), 1, "one writer per segment");
+        }
+        drop((old, new));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
