@@ -259,22 +259,8 @@ mode = "fast"
 [spool]
 dir = "spool"
 segment_bytes = 4096
-
-[[service]]
-name = "down"
-base_url = "http://127.0.0.1:{dead}"
-account_id = "1"
-instance_id = "1"
-api_key_file = "key"
-
-[service.tokens]
-web = "{TOKEN}"
-
-[[service.route]]
-database = "demo_db"
-table = "down_table"
-token = "web"
-"#
+{}"#,
+        another_service("down", &format!("http://127.0.0.1:{dead}"), "down_table")
     );
     let (path, proxy, admin) = write_config("upgrade", &format!("http://{emulator}"), &extra);
     let spool = path.parent().unwrap().join("spool");

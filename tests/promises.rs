@@ -175,25 +175,8 @@ fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_ke
 fn one_service_whose_upstream_fails_holds_back_only_its_own_events() {
     let (_other_emulator, other) = start_emulator(&demo_rules());
     let extra = format!(
-        r#"{FAST}
-[[service]]
-name = "failing_lane_b"
-base_url = "http://{other}"
-account_id = "1"
-instance_id = "1"
-api_key_file = "key"
-
-[service.tokens]
-web = "{TOKEN}"
-
-[[service.route]]
-database = "demo_db"
-table = "checkout"
-token = "web"
-
-[service.cache]
-mode = "fast"
-"#
+        "{FAST}{}{FAST}",
+        another_service("failing_lane_b", &format!("http://{other}"), "checkout")
     );
     let stack = Stack::start_with("failing_lane", &extra);
     let other_faults = |plan: &str| {

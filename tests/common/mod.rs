@@ -386,6 +386,40 @@ impl Stack {
     }
 }
 
+/// An unlabelled counter from a scrape of the admin listener at `admin`.
+pub fn counter(admin: SocketAddr, name: &str) -> u64 {
+    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let prefix = format!("{name} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is exported"))
+}
+
+/// TOML for one more `[[service]]`, `name`, on `base_url`, with one route `demo_db/{table}`
+/// (append it to a config: it must come after the tables of the service before it).
+pub fn another_service(name: &str, base_url: &str, table: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+base_url = "{base_url}"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+
+[service.tokens]
+web = "{TOKEN}"
+
+[[service.route]]
+database = "demo_db"
+table = "{table}"
+token = "web"
+"#
+    )
+}
+
 /// A fake upstream: records each request's raw head and body, answers with `reply`.
 pub struct Recorder {
     pub addr: SocketAddr,

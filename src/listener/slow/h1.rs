@@ -50,15 +50,7 @@ mod tests {
 
     /// Where the header ends, if it does, scanning `chunks` one after another.
     fn end(chunks: &[&[u8]]) -> Option<usize> {
-        let (mut state, mut offset) = (Header::default(), 0);
-        for chunk in chunks {
-            match state.scan(chunk) {
-                Err(n) => return Some(offset + n),
-                Ok(next) => state = next,
-            }
-            offset += chunk.len();
-        }
-        None
+        super::super::end_of::<Header>(chunks)
     }
 
     #[test]

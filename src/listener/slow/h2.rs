@@ -108,15 +108,7 @@ mod tests {
     }
 
     fn end(chunks: &[&[u8]]) -> Option<usize> {
-        let (mut state, mut offset) = (FirstRequest::default(), 0);
-        for chunk in chunks {
-            match state.scan(chunk) {
-                Err(n) => return Some(offset + n),
-                Ok(next) => state = next,
-            }
-            offset += chunk.len();
-        }
-        None
+        super::super::end_of::<FirstRequest>(chunks)
     }
 
     /// Preface, SETTINGS, a WINDOW_UPDATE, HEADERS without END_HEADERS, CONTINUATION with it.

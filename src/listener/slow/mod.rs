@@ -40,6 +40,20 @@ trait Watch: Copy + Default + Debug + Send + Sync + Unpin + 'static {
     const EACH_REQUEST: bool;
 }
 
+/// Where the watched part ends, if it does, when `chunks` are read one after another.
+#[cfg(test)]
+fn end_of<W: Watch>(chunks: &[&[u8]]) -> Option<usize> {
+    let (mut state, mut offset) = (W::default(), 0);
+    for chunk in chunks {
+        match state.scan(chunk) {
+            Err(n) => return Some(offset + n),
+            Ok(next) => state = next,
+        }
+        offset += chunk.len();
+    }
+    None
+}
+
 impl Watch for h1::Header {
     fn scan(self, bytes: &[u8]) -> Result<Self, usize> {
         h1::Header::scan(self, bytes)
