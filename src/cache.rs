@@ -94,9 +94,10 @@ pub struct CacheLimits {
 }
 
 pub struct OfferCache {
-    map: DashMap<CacheKey, Slot>,
+    /// Keys are shared with the eviction queue: one copy of each visitor id, not two.
+    map: DashMap<Arc<CacheKey>, Slot>,
     /// Insertion order, for eviction: (key, generation). Touched only when a visitor is new.
-    order: Mutex<VecDeque<(CacheKey, u64)>>,
+    order: Mutex<VecDeque<(Arc<CacheKey>, u64)>>,
     bytes: AtomicUsize,
     /// Entries in `map`, kept here: `DashMap::len` visits every shard.
     entries: AtomicUsize,
@@ -144,15 +145,35 @@ impl OfferCache {
             return;
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
-        match self.map.entry(key) {
-            // A returning visitor is marked, not queued again: re-queuing on every refresh grew
-            // the queue with dead items, and pruning them was a pass over millions of items
-            // under the queue's lock (a stall for every request waiting on it).
+        // A returning visitor: no new key is made.
+        if let Some(mut slot) = self.map.get_mut(&key) {
+            self.refresh(&mut slot, &key, offers);
+        } else {
+            self.insert_new(key, offers);
+        }
+        // Over a bound, evict; the queue's lock is taken only then, or for a new visitor.
+        if self.len() > self.limits.max_entries || self.bytes() > self.limits.max_bytes {
+            self.evict();
+        }
+        self.publish();
+    }
+
+    /// A returning visitor is marked, not queued again: re-queuing on every refresh grew the
+    /// queue with dead items, and pruning them was a pass over millions of items under the
+    /// queue's lock (a stall for every request waiting on it).
+    fn refresh(&self, slot: &mut Slot, key: &CacheKey, offers: Offers) {
+        slot.tag |= REFRESHED;
+        let old = std::mem::replace(&mut slot.offers, offers);
+        self.bytes
+            .fetch_sub(key.size() + old.body.len(), Ordering::Relaxed);
+    }
+
+    fn insert_new(&self, key: CacheKey, offers: Offers) {
+        match self.map.entry(Arc::new(key)) {
+            // Another request made it meanwhile.
             Entry::Occupied(mut slot) => {
-                slot.get_mut().tag |= REFRESHED;
-                let old = std::mem::replace(&mut slot.get_mut().offers, offers);
-                self.bytes
-                    .fetch_sub(slot.key().size() + old.body.len(), Ordering::Relaxed);
+                let key = slot.key().clone();
+                self.refresh(slot.get_mut(), &key, offers);
             }
             Entry::Vacant(vacant) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -173,11 +194,6 @@ impl OfferCache {
                 }
             }
         }
-        // Over a bound, evict; the queue's lock is taken only then, or for a new visitor.
-        if self.len() > self.limits.max_entries || self.bytes() > self.limits.max_bytes {
-            self.evict();
-        }
-        self.publish();
     }
 
     pub fn remove(&self, key: &CacheKey) {
@@ -189,7 +205,7 @@ impl OfferCache {
 
     /// Drop every entry of a service (its routes or tokens changed).
     pub fn drop_service(&self, service: &str) {
-        let keys: Vec<CacheKey> = self
+        let keys: Vec<Arc<CacheKey>> = self
             .map
             .iter()
             .filter(|e| &*e.key().service == service)
@@ -250,7 +266,7 @@ impl OfferCache {
         metrics::CACHE_BYTES.set(self.bytes() as i64);
     }
 
-    fn lock_order(&self) -> std::sync::MutexGuard<'_, VecDeque<(CacheKey, u64)>> {
+    fn lock_order(&self) -> std::sync::MutexGuard<'_, VecDeque<(Arc<CacheKey>, u64)>> {
         lock(&self.order)
     }
 }
