@@ -11,11 +11,80 @@ use tokio::sync::Notify;
 
 const CHECKPOINT: &str = "checkpoint";
 
-/// Segment numbers come in epochs of this many. A process writes in one epoch: the highest in
-/// use when it opened the spool, or, when another process still held it (a graceful upgrade),
-/// the next one. Two processes then never write one file, and the old one's segments (all
-/// numbered below the new one's) are replayed first.
+/// Segment numbers come in epochs of this many. Each process (and each `spool requeue`) writes
+/// in an epoch of its own, claimed when it opens the spool: above every epoch claimed or used
+/// before, by a file created exclusively in `epochs/`. During a graceful upgrade two processes
+/// then never write one file, and the old one's segments, numbered below the new one's, are
+/// replayed first; replay never goes to a segment at or past its own writer's.
 pub(crate) const EPOCH: u64 = 1 << 20;
+const EPOCHS: &str = "epochs";
+
+/// Claim an epoch of segment numbers in the spool at `dir`, above every one claimed or used.
+pub(crate) fn claim_epoch(dir: &Path) -> std::io::Result<u64> {
+    let claims = dir.join(EPOCHS);
+    std::fs::create_dir_all(&claims)?;
+    let used = highest_segment(dir)?.map_or(0, |h| h / EPOCH + 1);
+    let mut epoch = claimed(&claims)?.last().map_or(0, |c| c + 1).max(used);
+    loop {
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(claims.join(epoch.to_string()));
+        match made {
+            Ok(_) => {
+                std::fs::File::open(&claims)?.sync_all()?;
+                return Ok(epoch);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => epoch += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Forget the claims of epochs below `epoch` (their processes are gone: this one holds the
+/// spool); the highest claim stays, so later claims stay above it.
+pub(crate) fn forget_epochs_below(dir: &Path, epoch: u64) -> std::io::Result<()> {
+    let claims = dir.join(EPOCHS);
+    for old in claimed(&claims)?.into_iter().filter(|&c| c < epoch) {
+        std::fs::remove_file(claims.join(old.to_string()))?;
+    }
+    Ok(())
+}
+
+fn claimed(claims: &Path) -> std::io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    match std::fs::read_dir(claims) {
+        Ok(entries) => {
+            for entry in entries {
+                if let Some(n) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    found.push(n);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Where replay of a lane resumes: its checkpoint, or a segment still present below it. Replay
+/// deletes a segment before its checkpoint moves past it, so such a segment was never
+/// delivered (a failed delete, or a spool from before `next_segment`): it is read again, at the
+/// price of duplicates, never skipped.
+pub(crate) fn resume_point(dir: &Path) -> std::io::Result<Position> {
+    let at = read_checkpoint(dir);
+    match segments(dir)?.first() {
+        Some(&first) if first < at.segment => {
+            tracing::warn!(dir = %dir.display(), segment = first, "a spool segment below the checkpoint: replaying it");
+            Ok(Position {
+                segment: first,
+                offset: 0,
+            })
+        }
+        _ => Ok(at),
+    }
+}
 
 pub(crate) struct Lane {
     /// The service whose events it holds; `""` for the root's segments of an older version.
@@ -128,9 +197,10 @@ pub(crate) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.seg"))
 }
 
+/// Create segment `segment` in `dir`: a new file, never one another writer has.
 pub(crate) fn open_segment(dir: &Path, segment: u64) -> std::io::Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .append(true)
         .open(segment_path(dir, segment))?;
     // The new name must survive a crash too.
@@ -142,7 +212,11 @@ pub(crate) fn open_segment(dir: &Path, segment: u64) -> std::io::Result<std::fs:
 pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
         let name = name.to_string_lossy();
         if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
             found.push(n);
@@ -176,7 +250,7 @@ pub(crate) struct CheckpointFile {
 impl CheckpointFile {
     /// The checkpoint file of `dir`, and where replay resumes.
     pub fn open(dir: &Path) -> (CheckpointFile, Position) {
-        let at = read_checkpoint(dir);
+        let at = resume_point(dir).unwrap_or_else(|_| read_checkpoint(dir));
         let mut checkpoint = CheckpointFile {
             dir: dir.to_path_buf(),
             file: None,

@@ -113,8 +113,9 @@ pub struct Spool {
     lock: std::fs::File,
     /// Whether this process holds the lock.
     owns_lock: AtomicBool,
-    /// The epoch of segment numbers this process writes in (see `lane::EPOCH`).
-    epoch: u64,
+    /// The epoch of segment numbers this process writes in (see `lane::EPOCH`); a new one is
+    /// claimed if a lane's writer reaches its end.
+    epoch: AtomicU64,
     jobs: mpsc::SyncSender<Job>,
     run: u64,
     next_seq: AtomicU64,
@@ -147,8 +148,7 @@ impl Spool {
         std::fs::create_dir_all(settings.dir.join(LANES)).map_err(io)?;
         let lock = lock_file(&settings.dir).map_err(io)?;
         let owns_lock = lock.try_lock().is_ok();
-        let highest = lane::highest_segment(&settings.dir).map_err(io)?;
-        let epoch = highest.map_or(0, |h| h / lane::EPOCH) + u64::from(!owns_lock);
+        let epoch = lane::claim_epoch(&settings.dir).map_err(io)?;
         if !owns_lock {
             tracing::warn!(dir = %settings.dir.display(), "another p13n-edge holds this spool: serving now, replaying once it exits");
         }
@@ -159,7 +159,7 @@ impl Spool {
             settings: settings.clone(),
             lock,
             owns_lock: AtomicBool::new(owns_lock),
-            epoch,
+            epoch: AtomicU64::new(epoch),
             jobs: tx,
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -209,11 +209,38 @@ impl Spool {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         tracing::info!(dir = %self.settings.dir.display(), "the previous p13n-edge released the spool: replaying");
+        loop {
+            let spool = self.clone();
+            match tokio::task::spawn_blocking(move || spool.adopt()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot take over the spool's records; trying again");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take over the spool's records; trying again")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        // Only now: until then `/readyz` says replay waits.
         self.owns_lock.store(true, Ordering::Release);
-        let spool = self.clone();
-        tokio::task::spawn_blocking(move || spool.adopt())
-            .await
-            .map_err(std::io::Error::other)?
+        Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// The segment after `number` for a writer: the next one, or, at the end of this process's
+    /// epoch, the first of a newly claimed one.
+    fn segment_after(&self, number: u64) -> std::io::Result<u64> {
+        let next = number + 1;
+        if !next.is_multiple_of(lane::EPOCH) {
+            return Ok(next);
+        }
+        let epoch = lane::claim_epoch(&self.settings.dir)?;
+        self.epoch.store(epoch, Ordering::Relaxed);
+        Ok(epoch * lane::EPOCH)
     }
 
     /// Count what other processes left in the spool (their lanes, records and bytes), with
@@ -224,17 +251,18 @@ impl Spool {
                 "",
                 self.settings.dir.clone(),
                 false,
-                self.epoch,
+                self.epoch(),
             )?);
         }
         for dir in lane::lane_dirs(&self.settings.dir)?.into_iter().skip(1) {
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if !name.is_empty() && !self.lanes.contains_key(name) {
-                let lane = Lane::open(name, dir.clone(), true, self.epoch)?;
+                let lane = Lane::open(name, dir.clone(), true, self.epoch())?;
                 self.add_lane(lane);
             }
         }
         self.dead.recount()?;
+        lane::forget_epochs_below(&self.settings.dir, self.epoch())?;
         let lanes: Vec<Arc<Lane>> = self.lanes.iter().map(|l| l.clone()).collect();
         for lane in lanes {
             self.recount(&lane)?;
@@ -247,7 +275,12 @@ impl Spool {
         let mut total = 0;
         for dir in lane::lane_dirs(&self.settings.dir)? {
             for segment in segments(&dir)? {
-                total += std::fs::metadata(lane::segment_path(&dir, segment))?.len();
+                // Another process's replay may have just deleted it.
+                match std::fs::metadata(lane::segment_path(&dir, segment)) {
+                    Ok(m) => total += m.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         self.disk_bytes.store(total, Ordering::Relaxed);
@@ -402,7 +435,7 @@ impl Spool {
             return Ok(lane.clone());
         }
         let dir = self.settings.dir.join(LANES).join(&**service);
-        let made = Lane::open(service, dir, true, self.epoch).and_then(|lane| {
+        let made = Lane::open(service, dir, true, self.epoch()).and_then(|lane| {
             // The lane's directory must survive a crash like the segment in it.
             std::fs::File::open(self.settings.dir.join(LANES))?.sync_all()?;
             Ok(lane)
@@ -449,7 +482,7 @@ impl Spool {
     /// Count what other runs left in a lane: pending per visitor and depth (this run's own
     /// records are counted as they are appended).
     fn recount(&self, lane: &Lane) -> std::io::Result<()> {
-        let start = lane::read_checkpoint(&lane.dir);
+        let start = lane::resume_point(&lane.dir)?;
         for segment in segments(&lane.dir)? {
             if segment < start.segment {
                 continue;
@@ -540,9 +573,12 @@ impl Spool {
         }
         if segment.size >= self.settings.segment_bytes {
             segment.sync_if_dirty();
-            match open_segment(&lane.dir, segment.number + 1) {
-                Ok(next) => {
-                    *segment = Segment::new(next, segment.number + 1);
+            let opened = self
+                .segment_after(segment.number)
+                .and_then(|number| open_segment(&lane.dir, number).map(|file| (file, number)));
+            match opened {
+                Ok((next, number)) => {
+                    *segment = Segment::new(next, number);
                     lane.publish(Position {
                         segment: segment.number,
                         offset: 0,
@@ -718,6 +754,45 @@ mod tests {
             assert_eq!(records(&data, 0).count(), 1, "one writer per segment");
         }
         drop((old, new));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_process_claims_an_epoch_of_its_own_even_before_it_writes() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-claims-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Nothing is ever spooled: no segment tells the epochs apart.
+        let first = Spool::open(settings(&dir)).unwrap();
+        let second = Spool::open(settings(&dir)).unwrap();
+        drop(first);
+        let third = Spool::open(settings(&dir)).unwrap();
+        let (b, c) = (second.epoch(), third.epoch());
+        assert!(
+            c > b,
+            "the third process ({c}) shares no epoch with the second ({b})"
+        );
+        // A writer at the end of its epoch moves to a newly claimed one, never into another's.
+        let last = (c + 1) * lane::EPOCH - 1;
+        let next = third.segment_after(last).unwrap();
+        assert!(next / lane::EPOCH > c && third.epoch() == next / lane::EPOCH);
+        assert_eq!(third.segment_after(next).unwrap(), next + 1);
+        drop((second, third));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_below_the_checkpoint_is_replayed_not_skipped() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-below-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut checkpoint, _) = lane::CheckpointFile::open(&dir);
+        checkpoint.write(Position {
+            segment: 5,
+            offset: 0,
+        });
+        std::fs::write(lane::segment_path(&dir, 2), b"").unwrap();
+        let at = lane::resume_point(&dir).unwrap();
+        assert_eq!((at.segment, at.offset), (2, 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,7 +4,7 @@
 //! daemon's spool too; `requeue` insists on it, since it writes segments of its own.
 
 use super::dead::FILE as DEAD_LETTERS;
-use super::lane::{self, open_segment, read_checkpoint, segment_path, segments};
+use super::lane::{self, open_segment, segment_path, segments};
 use super::{now_ms, records, Record, LANES};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -81,7 +81,7 @@ fn running(dir: &Path) -> bool {
 pub fn inspect(dir: &Path) -> Result<Value, ToolError> {
     let mut pending = Tally::default();
     for lane in lane_dirs(dir)? {
-        let start = read_checkpoint(&lane);
+        let start = lane::resume_point(&lane).map_err(io(&lane))?;
         for segment in segments(&lane).map_err(io(&lane))? {
             if segment < start.segment {
                 continue;
@@ -123,11 +123,8 @@ pub fn requeue(dir: &Path) -> Result<usize, ToolError> {
     }
     let path = dir.join(DEAD_LETTERS);
     let data = read(&path)?;
-    // Written like a daemon that opens the spool: in the highest epoch in use, past every
-    // segment and checkpoint there.
-    let epoch = lane::highest_segment(dir)
-        .map_err(io(dir))?
-        .map_or(0, |h| h / lane::EPOCH);
+    // Written like a daemon that opens the spool: in an epoch of its own, after all before.
+    let epoch = lane::claim_epoch(dir).map_err(io(dir))?;
     let mut by_service: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut count = 0;
     for record in records(&data, 0) {
