@@ -90,6 +90,13 @@ fn a_chunked_upstream_answer_is_relayed_whole_and_sized() {
         assert_eq!(r.header("content-length").as_deref(), Some("14"));
     }
     assert_eq!(upstream.seen.lock().unwrap().len(), 3);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one connection served the three calls"
+    );
 }
 
 #[test]

@@ -420,10 +420,12 @@ token = "web"
     )
 }
 
-/// A fake upstream: records each request's raw head and body, answers with `reply`.
+/// A fake upstream: records each request's raw head and body, answers with `reply`, and counts
+/// the connections it accepted.
 pub struct Recorder {
     pub addr: SocketAddr,
     pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -431,10 +433,12 @@ impl Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, accepted) = (seen.clone(), connections.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let log = log.clone();
                 std::thread::spawn(move || loop {
                     let Some(req) = read_message(&mut stream) else {
@@ -449,7 +453,11 @@ impl Recorder {
                 });
             }
         });
-        Recorder { addr, seen }
+        Recorder {
+            addr,
+            seen,
+            connections,
+        }
     }
 }
 
