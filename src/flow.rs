@@ -86,17 +86,22 @@ impl Flow {
         }
         if policy.mode == CacheMode::Fast {
             if let Some((offers, Freshness::Fresh)) = &cached {
-                self.spool
-                    .append(&key, &route.path, event, body, false)
-                    .await
-                    .map_err(|_| EdgeError::SpoolUnavailable)?;
-                lookup("hit");
-                return Ok(Answer::cached(
-                    offers.clone(),
-                    Freshness::Fresh,
-                    None,
-                    policy.fresh,
-                ));
+                // A spool that cannot take the event (full, say, of another service's events
+                // while its upstream is down) does not fail the hit: the event goes upstream
+                // now, as in pass-through.
+                let spooled = self
+                    .spool
+                    .append(&key, &route.path, event, body.clone(), false)
+                    .await;
+                if spooled.is_ok() {
+                    lookup("hit");
+                    return Ok(Answer::cached(
+                        offers.clone(),
+                        Freshness::Fresh,
+                        None,
+                        policy.fresh,
+                    ));
+                }
             }
         }
         lookup("miss");

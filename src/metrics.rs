@@ -194,7 +194,7 @@ pub static SPOOL_DEAD_LETTERS: Lazy<IntGauge> = Lazy::new(|| {
 pub static SPOOL_REFUSED: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
         "p13n_edge_spool_refused_total",
-        "Events refused because the spool was full or could not write (the client got an error)."
+        "Events the spool could not take (full, or failing to write): the client got an error, or, for a fast-mode hit, the event went to the upstream at once."
     )
     .expect("metric registers once")
 });

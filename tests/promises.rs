@@ -283,3 +283,39 @@ fn requeue_into_a_drained_lane_writes_where_replay_reads() {
     assert!(!out.status.success());
     assert!(!elsewhere.join("lock").exists());
 }
+
+#[test]
+fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
+    let (_other_emulator, other) = start_emulator(&demo_rules());
+    let extra = format!(
+        "{FAST}[spool]\ndir = \"spool\"\nsegment_bytes = 4096\nmax_bytes = 8192\n{}{FAST}",
+        another_service("full_spool_b", &format!("http://{other}"), "checkout")
+    );
+    let stack = Stack::start_with("full_spool", &extra);
+    assert_eq!(stack.post("/demo_db/pageviews", &view("a", 0)).status, 200);
+    assert_eq!(stack.post("/demo_db/checkout", &view("b", 0)).status, 200);
+    // Service b's upstream fails: its fast hits fill the spool, until it refuses them.
+    request(
+        other,
+        "POST",
+        "/_emulator/faults",
+        &[],
+        br#"{"status":503,"rate":1.0}"#,
+    );
+    let mut n = 1;
+    while stack.post("/demo_db/checkout", &view("b", n)).status == 200 {
+        n += 1;
+        assert!(n < 500, "the spool never filled");
+    }
+    // Our service's hits still succeed: the spool cannot take them, so they go upstream now.
+    let before = ingested(&stack);
+    for n in 1..=3 {
+        let r = stack.post("/demo_db/pageviews", &view("a", n));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("p13n-edge; fwd=miss; stored")
+        );
+    }
+    assert_eq!(ingested(&stack), before + 3);
+}
