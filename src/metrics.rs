@@ -165,6 +165,15 @@ pub static SPOOL_REPLAYED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static SPOOL_REPLAY_WINDOW: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "p13n_edge_spool_replay_window",
+        "Records a replay lane sends at once now: it adapts to the upstream, up to spool.replay_concurrency.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SPOOL_HELD: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_spool_held_total",

@@ -368,3 +368,45 @@ fn kill_9_then_restart(name: &str, extra: &str, window: u64) {
     );
     daemon.kill();
 }
+
+#[test]
+fn replay_adapts_its_window_to_the_upstreams_reserved_concurrency() {
+    let stack = Stack::start_with(
+        "adaptive",
+        "[service.cache]\nmode = \"fast\"\n[spool]\ndir = \"spool\"\nreplay_concurrency = 128\n",
+    );
+    let visitors = 200;
+    for v in 0..visitors {
+        assert_eq!(
+            stack
+                .post("/demo_db/pageviews", &view(&format!("w{v}"), 0))
+                .status,
+            200
+        );
+    }
+    // The upstream fails for a moment while every visitor's next event is spooled.
+    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    for v in 0..visitors {
+        assert_eq!(
+            stack
+                .post("/demo_db/pageviews", &view(&format!("w{v}"), 1))
+                .status,
+            200
+        );
+    }
+    // Back, 50 ms away, with a reserved concurrency of 16: more at once get 429/2013.
+    stack.set_faults(json!({"status": 0, "latency_ms": 50, "max_in_flight": 16}));
+    assert!(
+        eventually(Duration::from_secs(30), || ingested(&stack) == 2 * visitors),
+        "{}",
+        stack.emulator_stats()
+    );
+    let stats = stack.emulator_stats();
+    let refused = stats["by_code"]["2013"].as_u64().unwrap_or(0);
+    println!("adaptive replay: {visitors} events, {refused} answers 429/2013, {stats}");
+    // A fixed window of 128 would send 128 at once: 112 refused in its first batch alone.
+    assert!(refused < 60, "{refused} refused: {stats}");
+    assert_eq!(stats["duplicates"], 0);
+    let window = stack.metric("p13n_edge_spool_replay_window", &[]);
+    assert!((1.0..=40.0).contains(&window), "window {window}");
+}

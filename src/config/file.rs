@@ -231,8 +231,8 @@ pub struct SpoolSection {
     /// often; an OS crash or power loss can lose that window.
     #[serde(default)]
     pub sync_interval_ms: u64,
-    /// Spooled events sent to the upstream at once by replay; a visitor's own events still go
-    /// one after another, in order.
+    /// The most spooled events a lane's replay sends at once; below it the window adapts to
+    /// the upstream. A visitor's own events still go one after another, in order.
     #[serde(default = "default_replay_concurrency")]
     pub replay_concurrency: usize,
     /// Most bytes of the dead-letter log (events the upstream refused as invalid, 3004 or 413,

@@ -24,6 +24,9 @@ pub struct FaultSpec {
     pub latency_ms: u64,
     /// A `Retry-After` header value to send with faulted answers.
     pub retry_after: Option<String>,
+    /// The vendor's reserved concurrency: while more than this many ingestion calls are being
+    /// answered at once, a call gets 429 with code 2013 and is not ingested.
+    pub max_in_flight: Option<u64>,
 }
 
 fn default_status() -> u16 {
@@ -107,6 +110,7 @@ mod tests {
             seconds: None,
             latency_ms: 0,
             retry_after: None,
+            max_in_flight: None,
         })
     }
 

@@ -204,7 +204,14 @@ impl Emulator {
 
         let plan = self.faults.load_full().filter(|p| p.active(Instant::now()));
         if let Some(plan) = &plan {
+            let crowded = plan
+                .spec
+                .max_in_flight
+                .is_some_and(|most| self.stats.in_flight.load(Ordering::Relaxed) > most);
             tokio::time::sleep(plan.latency()).await;
+            if crowded {
+                return Reply::error(429, 2013, vendor_message(2013));
+            }
             if plan.strikes() {
                 let code = plan.spec.code();
                 let mut reply = Reply::error(plan.spec.status, code, vendor_message(code));

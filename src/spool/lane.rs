@@ -102,6 +102,8 @@ pub(crate) struct Lane {
     waiting: Mutex<Option<String>>,
     /// When the record replay is working on was accepted (ms since the epoch); 0 when caught up.
     pub oldest_ms: std::sync::atomic::AtomicU64,
+    /// What the upstream did during the batch replay is sending, for its window.
+    pub sample: Mutex<super::window::Sample>,
 }
 
 impl Lane {
@@ -121,6 +123,7 @@ impl Lane {
             depth: AtomicI64::new(0),
             waiting: Mutex::new(None),
             oldest_ms: std::sync::atomic::AtomicU64::new(0),
+            sample: Mutex::new(Default::default()),
         })
     }
 

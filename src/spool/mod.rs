@@ -14,6 +14,7 @@ mod lane;
 mod record;
 mod replay;
 pub mod tools;
+mod window;
 
 pub use record::{read_frame, Frame, Record};
 pub use replay::Replayer;

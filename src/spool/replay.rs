@@ -20,6 +20,7 @@
 //! little more.
 
 use super::lane::{segment_path, segments, CheckpointFile, Lane};
+use super::window::{Sample, Window};
 use super::{Frame, Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
 use crate::config::{Config, Route};
@@ -310,6 +311,7 @@ impl Replayer {
         let (checkpoint, mut at) = CheckpointFile::open(&dir);
         let checkpoint = Mutex::new(checkpoint);
         let mut reader = SegmentReader::new(dir.clone());
+        let mut window = Window::new();
         loop {
             let writer = lane.position();
             if at.segment > writer.segment {
@@ -320,11 +322,16 @@ impl Replayer {
             }
             let current = at.segment == writer.segment;
             let limit = if current { writer.offset } else { u64::MAX };
-            let most = self.config.load().spool.replay_concurrency;
-            match next_batch(&mut reader, at, limit, most).await {
+            let ceiling = self.config.load().spool.replay_concurrency;
+            match next_batch(&mut reader, at, limit, window.size(ceiling)).await {
                 Batch::Records(records, next) => {
+                    *lock(&lane.sample) = Sample::default();
                     self.deliver_batch(&lane, records, at.segment, &checkpoint)
                         .await;
+                    window.record(*lock(&lane.sample), ceiling);
+                    metrics::SPOOL_REPLAY_WINDOW
+                        .with_label_values(&[&lane.name])
+                        .set(window.size(ceiling) as i64);
                     at.offset = next;
                     lock(&checkpoint).write(at);
                 }
@@ -464,7 +471,7 @@ impl Replayer {
         loop {
             let config = self.config.load_full();
             let verdict = match route_for(&config, record) {
-                Some(route) => self.attempt(route, &config, record).await,
+                Some(route) => self.attempt(lane, route, &config, record).await,
                 None if crate::spool::now_ms().saturating_sub(record.enqueued_ms)
                     >= config.spool.route_wait.as_millis() as u64 =>
                 {
@@ -494,7 +501,13 @@ impl Replayer {
         }
     }
 
-    async fn attempt(&self, route: Arc<Route>, config: &Config, record: &Record) -> Verdict {
+    async fn attempt(
+        &self,
+        lane: &Lane,
+        route: Arc<Route>,
+        config: &Config,
+        record: &Record,
+    ) -> Verdict {
         let limits = CallLimits::new(config, &route);
         let key = CacheKey::new(&route.service.id, &route.id, &record.visitor);
         let call = Call {
@@ -502,7 +515,16 @@ impl Replayer {
             body: record.body.clone(),
             client: ClientInfo::default(),
         };
+        let started = std::time::Instant::now();
         let result = self.client.send(&call, limits).await;
+        {
+            let mut sample = lock(&lane.sample);
+            sample.latency = sample.latency.max(started.elapsed());
+            sample.pushed_back |= match &result {
+                Ok(r) => r.status == 429 || r.status >= 500,
+                Err(e) => matches!(e, UpstreamError::Timeout | UpstreamError::CircuitOpen),
+            };
+        }
         let verdict = verdict(&result);
         if let (Verdict::Delivered, Ok(r)) = (&verdict, result) {
             self.cache.insert(key, Offers::from(&r));
