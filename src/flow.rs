@@ -88,7 +88,9 @@ impl Flow {
             if let Some((offers, Freshness::Fresh)) = &cached {
                 // A spool that cannot take the event (full, say, of another service's events
                 // while its upstream is down) does not fail the hit: the event goes upstream
-                // now, as in pass-through.
+                // now, and the client waits for its answer. Not with the cached offers as a
+                // fallback: that would spool again, and past the deadline answer an error
+                // while the call goes on (a client's retry would then repeat the event).
                 let spooled = self
                     .spool
                     .append(&key, &route.path, event, body.clone(), false)
@@ -102,6 +104,14 @@ impl Flow {
                         policy.fresh,
                     ));
                 }
+                lookup("miss");
+                let call = Call {
+                    route: route.clone(),
+                    body,
+                    client,
+                };
+                let result = self.client.send(&call, limits).await;
+                return self.settle(&key, result).map_err(edge_error);
             }
         }
         lookup("miss");

@@ -20,7 +20,9 @@ pub(crate) const EPOCH: u64 = 1 << 20;
 const EPOCHS: &str = "epochs";
 
 /// Claim an epoch of segment numbers in the spool at `dir`, above every one claimed or used.
-pub(crate) fn claim_epoch(dir: &Path) -> std::io::Result<u64> {
+/// The claim file comes back locked: its process holds it for its whole life, so others can
+/// tell a live writer's epoch from a dead one's (`epoch_alive`).
+pub(crate) fn claim_epoch(dir: &Path) -> std::io::Result<(u64, std::fs::File)> {
     let claims = dir.join(EPOCHS);
     std::fs::create_dir_all(&claims)?;
     let used = highest_segment(dir)?.map_or(0, |h| h / EPOCH + 1);
@@ -31,9 +33,10 @@ pub(crate) fn claim_epoch(dir: &Path) -> std::io::Result<u64> {
             .create_new(true)
             .open(claims.join(epoch.to_string()));
         match made {
-            Ok(_) => {
+            Ok(file) => {
+                file.try_lock().map_err(std::io::Error::other)?;
                 std::fs::File::open(&claims)?.sync_all()?;
-                return Ok(epoch);
+                return Ok((epoch, file));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => epoch += 1,
             Err(e) => return Err(e),
@@ -41,14 +44,35 @@ pub(crate) fn claim_epoch(dir: &Path) -> std::io::Result<u64> {
     }
 }
 
-/// Forget the claims of epochs below `epoch` (their processes are gone: this one holds the
-/// spool); the highest claim stays, so later claims stay above it.
-pub(crate) fn forget_epochs_below(dir: &Path, epoch: u64) -> std::io::Result<()> {
-    let claims = dir.join(EPOCHS);
-    for old in claimed(&claims)?.into_iter().filter(|&c| c < epoch) {
-        std::fs::remove_file(claims.join(old.to_string()))?;
+/// Whether another live process writes in `epoch`: its claim file is locked. (This process's
+/// own claims are locked too: callers ask only about epochs not their own.)
+pub(crate) fn epoch_alive(dir: &Path, epoch: u64) -> bool {
+    match std::fs::File::open(dir.join(EPOCHS).join(epoch.to_string())) {
+        Ok(file) => file.try_lock_shared().is_err(),
+        Err(_) => false,
     }
-    Ok(())
+}
+
+/// Forget the claims of epochs below `epoch` whose processes are gone (a live one, say the
+/// middle of two upgrades in a row, keeps its claim); the highest claim stays, so later claims
+/// stay above it. Best effort: what cannot be removed stays.
+pub(crate) fn forget_epochs_below(dir: &Path, epoch: u64) {
+    let claims = dir.join(EPOCHS);
+    for old in claimed(&claims)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&c| c < epoch)
+    {
+        let path = claims.join(old.to_string());
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old epoch claim");
+            }
+        }
+    }
 }
 
 fn claimed(claims: &Path) -> std::io::Result<Vec<u64>> {
@@ -56,9 +80,12 @@ fn claimed(claims: &Path) -> std::io::Result<Vec<u64>> {
     match std::fs::read_dir(claims) {
         Ok(entries) => {
             for entry in entries {
-                if let Some(n) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-                    found.push(n);
-                }
+                let name = entry?.file_name();
+                // Only names this code writes: digits, no leading zero.
+                let parsed = name
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok().filter(|p| p.to_string() == n));
+                found.extend(parsed);
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -202,12 +229,17 @@ pub(crate) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 
 /// Create segment `segment` in `dir`: a new file, never one another writer has.
 pub(crate) fn open_segment(dir: &Path, segment: u64) -> std::io::Result<std::fs::File> {
+    let path = segment_path(dir, segment);
     let file = std::fs::OpenOptions::new()
         .create_new(true)
         .append(true)
-        .open(segment_path(dir, segment))?;
-    // The new name must survive a crash too.
-    std::fs::File::open(dir)?.sync_all()?;
+        .open(&path)?;
+    // The new name must survive a crash too; if that cannot be made sure, the empty file goes,
+    // so that the next attempt can create it again.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(file)
 }
 
@@ -216,8 +248,12 @@ pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if !entry.file_type()?.is_file() {
-            continue;
+        match entry.file_type() {
+            Ok(kind) if kind.is_file() => {}
+            // Not a file, or just deleted (by another process's replay).
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         }
         let name = entry.file_name();
         let name = name.to_string_lossy();

@@ -117,6 +117,8 @@ pub struct Spool {
     /// The epoch of segment numbers this process writes in (see `lane::EPOCH`); a new one is
     /// claimed if a lane's writer reaches its end.
     epoch: AtomicU64,
+    /// The claim files of the epochs this process has written in, locked for its life.
+    claims: Mutex<Vec<(u64, std::fs::File)>>,
     jobs: mpsc::SyncSender<Job>,
     run: u64,
     next_seq: AtomicU64,
@@ -149,7 +151,7 @@ impl Spool {
         std::fs::create_dir_all(settings.dir.join(LANES)).map_err(io)?;
         let lock = lock_file(&settings.dir).map_err(io)?;
         let owns_lock = lock.try_lock().is_ok();
-        let epoch = lane::claim_epoch(&settings.dir).map_err(io)?;
+        let (epoch, claim) = lane::claim_epoch(&settings.dir).map_err(io)?;
         if !owns_lock {
             tracing::warn!(dir = %settings.dir.display(), "another p13n-edge holds this spool: serving now, replaying once it exits");
         }
@@ -161,6 +163,7 @@ impl Spool {
             lock,
             owns_lock: AtomicBool::new(owns_lock),
             epoch: AtomicU64::new(epoch),
+            claims: Mutex::new(vec![(epoch, claim)]),
             jobs: tx,
             run: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -232,6 +235,15 @@ impl Spool {
         self.epoch.load(Ordering::Relaxed)
     }
 
+    /// Whether replay may read (and, once done, delete) `segment`: it is this process's own, or
+    /// its writer is gone. During two upgrades in a row the middle process may still write
+    /// while this one already holds the spool.
+    fn may_replay(&self, segment: u64) -> bool {
+        let epoch = segment / lane::EPOCH;
+        crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch)
+            || !lane::epoch_alive(&self.settings.dir, epoch)
+    }
+
     /// The segment after `number` for a writer: the next one, or, at the end of this process's
     /// epoch, the first of a newly claimed one.
     fn segment_after(&self, number: u64) -> std::io::Result<u64> {
@@ -239,7 +251,8 @@ impl Spool {
         if !next.is_multiple_of(lane::EPOCH) {
             return Ok(next);
         }
-        let epoch = lane::claim_epoch(&self.settings.dir)?;
+        let (epoch, claim) = lane::claim_epoch(&self.settings.dir)?;
+        crate::lock(&self.claims).push((epoch, claim));
         self.epoch.store(epoch, Ordering::Relaxed);
         Ok(epoch * lane::EPOCH)
     }
@@ -263,12 +276,25 @@ impl Spool {
             }
         }
         self.dead.recount()?;
-        lane::forget_epochs_below(&self.settings.dir, self.epoch())?;
+        lane::forget_epochs_below(&self.settings.dir, self.epoch());
+        // Everything is read before anything is counted: a retry after an error counts once.
         let lanes: Vec<Arc<Lane>> = self.lanes.iter().map(|l| l.clone()).collect();
+        let mut found = Vec::with_capacity(lanes.len());
         for lane in lanes {
-            self.recount(&lane)?;
+            let visitors = self.left_by_others(&lane)?;
+            found.push((lane, visitors));
         }
-        self.measure()
+        self.measure()?;
+        for (lane, visitors) in found {
+            let n = visitors.len() as i64;
+            for visitor in visitors {
+                *self.pending.entry(visitor).or_insert(0) += 1;
+            }
+            self.depth.fetch_add(n, Ordering::Relaxed);
+            lane.depth.fetch_add(n, Ordering::Relaxed);
+        }
+        metrics::SPOOL_DEPTH.set(self.depth());
+        Ok(())
     }
 
     /// Set the bytes on disk from the segments present.
@@ -480,9 +506,10 @@ impl Spool {
         });
     }
 
-    /// Count what other runs left in a lane: pending per visitor and depth (this run's own
+    /// The visitors of the records other runs left in a lane, one per record (this run's own
     /// records are counted as they are appended).
-    fn recount(&self, lane: &Lane) -> std::io::Result<()> {
+    fn left_by_others(&self, lane: &Lane) -> std::io::Result<Vec<VisitorKey>> {
+        let mut visitors = Vec::new();
         let start = lane::resume_point(&lane.dir)?;
         for segment in segments(&lane.dir)? {
             if segment < start.segment {
@@ -494,16 +521,13 @@ impl Spool {
             } else {
                 0
             };
-            for r in records(&data, from).filter(|r| r.run != self.run) {
-                *self
-                    .pending
-                    .entry(visitor_key(&Arc::from(r.service.as_str()), &r.visitor))
-                    .or_insert(0) += 1;
-                self.depth.fetch_add(1, Ordering::Relaxed);
-                lane.depth.fetch_add(1, Ordering::Relaxed);
-            }
+            visitors.extend(
+                records(&data, from)
+                    .filter(|r| r.run != self.run)
+                    .map(|r| visitor_key(&Arc::from(r.service.as_str()), &r.visitor)),
+            );
         }
-        Ok(())
+        Ok(visitors)
     }
 
     /// Write a batch: each lane's part, one `fdatasync` per lane written, then acknowledge.
@@ -778,6 +802,32 @@ mod tests {
         assert!(next / lane::EPOCH > c && third.epoch() == next / lane::EPOCH);
         assert_eq!(third.segment_after(next).unwrap(), next + 1);
         drop((second, third));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_upgrades_in_a_row_leave_the_middle_processs_segments_alone_while_it_lives() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-middle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = Spool::open(settings(&dir)).unwrap();
+        let middle = Spool::open(settings(&dir)).unwrap();
+        let last = Spool::open(settings(&dir)).unwrap();
+        let of = |s: &Spool| s.epoch() * lane::EPOCH;
+        assert!(last.may_replay(of(&last)), "its own");
+        assert!(
+            !last.may_replay(of(&middle)),
+            "the middle one still writes there"
+        );
+        // The first one exits; the last one takes over, but the middle one still lives.
+        drop(first);
+        last.adopt().unwrap();
+        assert!(!last.may_replay(of(&middle)));
+        assert!(dir.join("epochs").join(middle.epoch().to_string()).exists());
+        // Once the middle one is gone too, what it left is the last one's to replay.
+        let middle_epoch = of(&middle);
+        drop(middle);
+        assert!(last.may_replay(middle_epoch));
+        drop(last);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

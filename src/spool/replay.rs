@@ -320,6 +320,10 @@ impl Replayer {
                     offset: 0,
                 };
             }
+            if !self.spool.may_replay(at.segment) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             let current = at.segment == writer.segment;
             let limit = if current { writer.offset } else { u64::MAX };
             let ceiling = self.config.load().spool.replay_concurrency;
@@ -357,11 +361,16 @@ impl Replayer {
                         self.spool.forget_bytes(len);
                     }
                     // Never a segment at or past this process's writer: during a graceful
-                    // upgrade those are the new process's, still being written.
+                    // upgrade those are the new process's, still being written. Nor one whose
+                    // writer still lives (two upgrades in a row): wait for it to exit.
                     let next = segments(&dir).ok().and_then(|s| {
                         s.into_iter()
                             .find(|&s| s > at.segment && s < writer.segment)
                     });
+                    if next.is_some_and(|s| !self.spool.may_replay(s)) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     at = Position {
                         segment: next.unwrap_or(writer.segment),
                         offset: 0,

@@ -124,7 +124,7 @@ pub fn requeue(dir: &Path) -> Result<usize, ToolError> {
     let path = dir.join(DEAD_LETTERS);
     let data = read(&path)?;
     // Written like a daemon that opens the spool: in an epoch of its own, after all before.
-    let epoch = lane::claim_epoch(dir).map_err(io(dir))?;
+    let (epoch, _claim) = lane::claim_epoch(dir).map_err(io(dir))?;
     let mut by_service: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut count = 0;
     for record in records(&data, 0) {
