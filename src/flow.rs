@@ -130,6 +130,8 @@ impl Flow {
         // cached offers, and the call goes on in the background.
         let mut background = limits;
         background.deadline = background.deadline.max(policy.background_deadline);
+        // Past the quota, the cached offers answer at once rather than after a wait.
+        background.wait_for_quota = false;
         let client = self.client.clone();
         // Polled here, and moved to a task of its own only if the deadline passes: no spawn on
         // the common path.

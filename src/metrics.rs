@@ -165,6 +165,24 @@ pub static SPOOL_REPLAYED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static QUOTA_SPENT: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_quota_spent_total",
+        "Upstream calls let through by the service's max_events_per_second, live and replayed.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
+pub static QUOTA_DEFERRED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_quota_deferred_total",
+        "Upstream calls that found the service's quota spent: they waited, or were answered 429 (or from the cache) without being sent.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SPOOL_REPLAY_WINDOW: Lazy<IntGaugeVec> = Lazy::new(|| {
     register_int_gauge_vec!(
         "p13n_edge_spool_replay_window",

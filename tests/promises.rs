@@ -319,3 +319,31 @@ fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
     }
     assert_eq!(ingested(&stack), before + 3);
 }
+
+#[test]
+fn a_service_quota_is_shaped_before_the_upstream_never_hit() {
+    let stack = Stack::start_with("quota", "max_events_per_second = 2\ndeadline_ms = 200\n");
+    // A burst of two goes; the third new visitor would wait past the deadline: 429/2003.
+    assert_eq!(stack.post("/demo_db/pageviews", &view("q0", 0)).status, 200);
+    assert_eq!(stack.post("/demo_db/pageviews", &view("q1", 0)).status, 200);
+    let refused = stack.post("/demo_db/pageviews", &view("q2", 0));
+    refused.assert_error(429, 2003);
+    assert!(refused.header("retry-after").is_some());
+    // A visitor with cached offers gets them at once, and its event is spooled.
+    let known = stack.post("/demo_db/pageviews", &view("q0", 1));
+    assert_eq!(known.status, 200);
+    assert_eq!(
+        known.header("cache-status").as_deref(),
+        Some("p13n-edge; fwd=stale; detail=upstream-429")
+    );
+    // Replay delivers it within the quota; the upstream never answered a 429.
+    assert!(
+        eventually(Duration::from_secs(10), || ingested(&stack) == 3),
+        "{}",
+        stack.emulator_stats()
+    );
+    let stats = stack.emulator_stats();
+    assert_eq!(stats["by_status"].as_object().unwrap().len(), 1, "{stats}");
+    assert!(stack.metric("p13n_edge_quota_deferred_total", &[]) >= 2.0);
+    assert!(stack.metric("p13n_edge_quota_spent_total", &[]) >= 3.0);
+}

@@ -318,6 +318,12 @@ pub struct ServiceSection {
     /// Tokens held in environment variables: token name = variable name.
     #[serde(default)]
     pub token_env: BTreeMap<String, String>,
+    /// The most calls a second this service makes to its upstream, live and replayed together
+    /// (the vendor allows about 2,000 ingested events a second per customer by default). A
+    /// call past it is treated like a 429 before it is sent: a visitor with cached offers gets
+    /// them (the event spooled), another waits within the deadline or gets 429/2003 with
+    /// `Retry-After`; replay waits. Unset (the default): no limit.
+    pub max_events_per_second: Option<f64>,
     /// Deadline for a whole call, retries and backoff included: what a browser waits at most.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,

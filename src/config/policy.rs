@@ -54,6 +54,11 @@ pub(super) fn call_policy(
         }
     };
     check(s.deadline_ms > 0, "deadline_ms must be above 0");
+    check(
+        s.max_events_per_second
+            .is_none_or(|n| n.is_finite() && (0.1..=1_000_000.0).contains(&n)),
+        "max_events_per_second must be between 0.1 and 1000000",
+    );
     check(r.max_retries <= 10, "retry.max_retries must be at most 10");
     check(
         (0.0..=1.0).contains(&r.budget_ratio),
@@ -96,6 +101,9 @@ pub(super) fn call_policy(
             window: ms(r.budget_window_ms),
         },
         retry_after_send: r.after_send,
+        quota: s
+            .max_events_per_second
+            .and_then(|n| BucketSpec::try_new(n, n.max(1.0)).ok()),
         circuit: CircuitSettings {
             consecutive_failures: c.consecutive_failures,
             failure_rate: c.failure_rate,

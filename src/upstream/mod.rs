@@ -18,6 +18,7 @@ pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver}
 
 use crate::config::{Route, Service, Timeouts};
 use crate::error::vendor_code;
+use crate::guard::rate::{Bucket, BucketSpec};
 use crate::lock;
 use crate::metrics;
 use bytes::Bytes;
@@ -93,6 +94,9 @@ pub struct CallLimits {
     pub max_body: usize,
     /// Bounds the whole call, retries and backoff included.
     pub deadline: Duration,
+    /// Whether a call past the service's quota waits for it (within the deadline) or is
+    /// answered 429 at once (the caller has cached offers to fall back on).
+    pub wait_for_quota: bool,
 }
 
 impl CallLimits {
@@ -102,6 +106,7 @@ impl CallLimits {
             timeouts: config.timeouts,
             max_body: config.max_upstream_body_bytes,
             deadline: route.service.policy.deadline,
+            wait_for_quota: true,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct CallPolicy {
     /// Retry timeouts and I/O errors after the request was sent (the upstream may have ingested).
     pub retry_after_send: bool,
     pub circuit: CircuitSettings,
+    /// Calls a second to the upstream, live and replayed together; `None`: no limit.
+    pub quota: Option<BucketSpec>,
 }
 
 /// Idle upstream connections kept per upstream peer.
@@ -129,6 +136,8 @@ pub struct UpstreamClient {
     pool: pool::Pool,
     dns: DnsCache,
     budgets: DashMap<String, Arc<RetryBudget>>,
+    /// Token buckets of the services with a quota.
+    quotas: DashMap<String, Arc<Mutex<Bucket>>>,
     circuits: DashMap<String, Arc<Mutex<Circuit>>>,
     /// Routes whose token the upstream refused, until a call on them succeeds.
     rejected: DashMap<String, String>,
@@ -145,6 +154,7 @@ impl UpstreamClient {
             pool: pool::Pool::new(POOL_SIZE),
             dns: DnsCache::new(dns, resolver),
             budgets: DashMap::new(),
+            quotas: DashMap::new(),
             circuits: DashMap::new(),
             rejected: DashMap::new(),
         }
@@ -165,6 +175,12 @@ impl UpstreamClient {
         let circuit = self.circuit(&service.upstream.authority);
         let mut retry = 0;
         loop {
+            // Every attempt, a retry too, is a call the quota counts.
+            if let Some(spec) = policy.quota {
+                if let Err(wait) = self.take_quota(&service.name, spec, deadline, limits).await {
+                    return Ok(quota_answer(wait));
+                }
+            }
             if !lock(&circuit).allow(&policy.circuit, Instant::now()) {
                 metrics::UPSTREAM_ERRORS
                     .with_label_values(&[&service.name, "circuit_open"])
@@ -308,6 +324,35 @@ impl UpstreamClient {
         }
     }
 
+    /// Take one token of the service's quota, waiting for it when `limits` say so and it comes
+    /// before `deadline`; otherwise how long until one is there.
+    async fn take_quota(
+        &self,
+        service: &str,
+        spec: BucketSpec,
+        deadline: Instant,
+        limits: CallLimits,
+    ) -> Result<(), Duration> {
+        let bucket = shared(&self.quotas, service, || {
+            Mutex::new(Bucket::full(spec, Instant::now()))
+        });
+        loop {
+            let taken = lock(&bucket).take(spec, Instant::now());
+            let wait = match taken {
+                Ok(()) => {
+                    metrics::QUOTA_SPENT.with_label_values(&[service]).inc();
+                    return Ok(());
+                }
+                Err(wait) => wait,
+            };
+            metrics::QUOTA_DEFERRED.with_label_values(&[service]).inc();
+            if !limits.wait_for_quota || Instant::now() + wait >= deadline {
+                return Err(wait);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     fn budget(&self, service: &str) -> Arc<RetryBudget> {
         shared(&self.budgets, service, || RetryBudget::new(Instant::now()))
     }
@@ -372,6 +417,20 @@ fn without_credentials(mut r: UpstreamResponse, service: &Service) -> UpstreamRe
         tracing::warn!(service = %service.name, status = r.status, "the upstream's answer quoted a credential: replaced by ***");
     }
     r
+}
+
+/// What a call past the quota gets instead of being sent: the vendor's 429 for an ingestion
+/// limit (2003), with `Retry-After`.
+fn quota_answer(wait: Duration) -> UpstreamResponse {
+    UpstreamResponse {
+        status: 429,
+        content_type: Some(HeaderValue::from_static("application/json")),
+        retry_after: Some(HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)),
+        body: crate::error::error_body(
+            2003,
+            "Too many events a second for this service's quota (max_events_per_second); retry later",
+        ),
+    }
 }
 
 /// The last answer once retrying stops. A 429 always carries a `Retry-After`, ours if the
