@@ -84,13 +84,9 @@ impl Flow {
                 policy.fresh,
             ));
         }
+        let mut fallback = cached;
         if policy.mode == CacheMode::Fast {
-            if let Some((offers, Freshness::Fresh)) = &cached {
-                // A spool that cannot take the event (full, say, of another service's events
-                // while its upstream is down) does not fail the hit: the event goes upstream
-                // now, and the client waits for its answer. Not with the cached offers as a
-                // fallback: that would spool again, and past the deadline answer an error
-                // while the call goes on (a client's retry would then repeat the event).
+            if let Some((offers, Freshness::Fresh)) = &fallback {
                 let spooled = self
                     .spool
                     .append(&key, &route.path, event, body.clone(), false)
@@ -104,14 +100,12 @@ impl Flow {
                         policy.fresh,
                     ));
                 }
-                lookup("miss");
-                let call = Call {
-                    route: route.clone(),
-                    body,
-                    client,
-                };
-                let result = self.client.send(&call, limits).await;
-                return self.settle(&key, result).map_err(edge_error);
+                // A spool that cannot take the event (full, say, of another service's events
+                // while its upstream is down) does not fail the hit: the event goes upstream
+                // now, and the client waits for its answer. Not with the cached offers as a
+                // fallback: that would spool again, and past the deadline answer an error
+                // while the call goes on (a client's retry would then repeat the event).
+                fallback = None;
             }
         }
         lookup("miss");
@@ -120,7 +114,7 @@ impl Flow {
             body: body.clone(),
             client,
         };
-        let Some((offers, _)) = cached else {
+        let Some((offers, _)) = fallback else {
             // Nothing to fall back on: the client waits for the upstream, within the deadline.
             let result = self.client.send(&call, limits).await;
             return self.settle(&key, result).map_err(edge_error);
