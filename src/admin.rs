@@ -45,6 +45,17 @@ impl Admin {
             warnings.push(format!("route {route}: {why}"));
         }
         warnings.extend(self.spool.warnings());
+        for service in &config.services {
+            let lag = self.spool.lag(&service.name);
+            if lag > service.cache.max_lag {
+                warnings.push(format!(
+                    "spool lane {}: lags, the event replay is on waited {:.1} s (cache.max_lag_ms {})",
+                    service.name,
+                    lag.as_secs_f64(),
+                    service.cache.max_lag.as_millis()
+                ));
+            }
+        }
         (reasons, warnings)
     }
 }

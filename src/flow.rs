@@ -85,7 +85,15 @@ impl Flow {
             ));
         }
         let mut fallback = cached;
-        if policy.mode == CacheMode::Fast {
+        // While the lane lags, the service may rather go upstream than answer from an entry
+        // that replay will not refresh soon (nothing of this visitor's is queued: order holds).
+        let lagging = policy.pass_through_on_lag && self.spool.lag(&service.name) > policy.max_lag;
+        if lagging {
+            metrics::SPOOL_LAG_PASSED
+                .with_label_values(&[&service.name])
+                .inc();
+        }
+        if policy.mode == CacheMode::Fast && !lagging {
             if let Some((offers, Freshness::Fresh)) = &fallback {
                 let spooled = self
                     .spool

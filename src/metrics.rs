@@ -183,6 +183,15 @@ pub static QUOTA_DEFERRED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static SPOOL_LAG_PASSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_spool_lag_passed_total",
+        "Fast-mode events sent upstream at once because the service's spool lane lagged past cache.max_lag_ms (cache.on_lag = pass-through).",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SPOOL_REPLAY_WINDOW: Lazy<IntGaugeVec> = Lazy::new(|| {
     register_int_gauge_vec!(
         "p13n_edge_spool_replay_window",

@@ -410,3 +410,35 @@ fn replay_adapts_its_window_to_the_upstreams_reserved_concurrency() {
     let window = stack.metric("p13n_edge_spool_replay_window", &[]);
     assert!((1.0..=40.0).contains(&window), "window {window}");
 }
+
+#[test]
+fn a_lagging_spool_sends_fast_hits_upstream_when_the_service_says_so() {
+    for on_lag in ["pass-through", "serve-cached"] {
+        let name = format!("lag_{}", on_lag.replace('-', "_"));
+        let stack = Stack::start_with(
+            &name,
+            &format!("[service.cache]\nmode = \"fast\"\nmax_lag_ms = 200\non_lag = \"{on_lag}\"\n"),
+        );
+        for v in ["l1", "l2"] {
+            assert_eq!(stack.post("/demo_db/pageviews", &view(v, 0)).status, 200);
+        }
+        // Replay's call takes 800 ms: its event waits longer than max_lag_ms meanwhile.
+        stack.set_faults(json!({"status": 0, "latency_ms": 800}));
+        assert_eq!(stack.post("/demo_db/pageviews", &view("l1", 1)).status, 200);
+        assert!(
+            eventually(Duration::from_secs(3), || stack
+                .readiness_warnings()
+                .contains("lags")),
+            "{}",
+            stack.readiness_warnings()
+        );
+        let r = stack.post("/demo_db/pageviews", &view("l2", 1));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let status = r.header("cache-status").unwrap();
+        match on_lag {
+            "pass-through" => assert_eq!(status, "p13n-edge; fwd=miss; stored"),
+            _ => assert!(status.starts_with("p13n-edge; hit; ttl="), "{status}"),
+        }
+        assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 4));
+    }
+}

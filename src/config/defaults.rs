@@ -85,6 +85,12 @@ pub(super) fn default_replay_concurrency() -> usize {
 pub(super) fn default_spool_bytes() -> u64 {
     1 << 30
 }
+pub(super) fn default_max_lag_ms() -> u64 {
+    30_000
+}
+pub(super) fn default_on_lag() -> String {
+    "serve-cached".into()
+}
 pub(super) fn default_dead_letter_bytes() -> u64 {
     64 << 20
 }

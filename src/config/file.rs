@@ -276,6 +276,15 @@ pub struct ServiceCacheSection {
     /// cached offers and the call goes on in the background for up to this long.
     #[serde(default = "default_background_deadline_ms")]
     pub background_deadline_ms: u64,
+    /// The spool lags when the event replay is working on for this service waited longer than
+    /// this: `/readyz` warns, and `on_lag` decides what fast-mode hits do.
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+    /// While the spool lags: `serve-cached` (fast-mode hits keep answering from the cache, their
+    /// events queued) or `pass-through` (new events of visitors with nothing queued go to the
+    /// upstream at once, as in pass-through mode, and refresh their offers).
+    #[serde(default = "default_on_lag")]
+    pub on_lag: String,
 }
 
 #[derive(Debug, Deserialize)]

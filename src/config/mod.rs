@@ -142,6 +142,10 @@ pub struct CachePolicy {
     pub fresh: Duration,
     pub stale: Duration,
     pub background_deadline: Duration,
+    /// Past this, the service's spool lane lags.
+    pub max_lag: Duration,
+    /// While it lags, fast-mode hits of visitors with nothing queued go upstream at once.
+    pub pass_through_on_lag: bool,
 }
 
 #[derive(Debug)]

@@ -26,6 +26,16 @@ pub(super) fn cache_policy(
             return None;
         }
     };
+    let pass_through_on_lag = match c.on_lag.as_str() {
+        "serve-cached" => false,
+        "pass-through" => true,
+        other => {
+            problems.push(format!(
+                "{at}: cache.on_lag {other:?} is not serve-cached or pass-through"
+            ));
+            return None;
+        }
+    };
     if c.fresh_ms > c.stale_ms {
         problems.push(format!(
             "{at}: cache.fresh_ms must not exceed cache.stale_ms"
@@ -37,6 +47,8 @@ pub(super) fn cache_policy(
         fresh: Duration::from_millis(c.fresh_ms),
         stale: Duration::from_millis(c.stale_ms),
         background_deadline: Duration::from_millis(c.background_deadline_ms),
+        max_lag: Duration::from_millis(c.max_lag_ms.max(1)),
+        pass_through_on_lag,
     })
 }
 

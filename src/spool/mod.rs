@@ -316,6 +316,21 @@ impl Spool {
         Ok(())
     }
 
+    /// How long the record replay is working on in `service`'s lane has waited (zero when the
+    /// lane is caught up).
+    pub fn lag(&self, service: &str) -> std::time::Duration {
+        let oldest = self
+            .lanes
+            .get(service)
+            .map_or(0, |l| l.oldest_ms.load(Ordering::Relaxed));
+        let ms = if oldest == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(oldest)
+        };
+        std::time::Duration::from_millis(ms)
+    }
+
     /// Publish the age of the oldest record replay is working on, over every lane.
     fn publish_oldest(&self) {
         let oldest = self
