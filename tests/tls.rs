@@ -168,13 +168,11 @@ async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Op
     (status, data, alpn)
 }
 
-#[test]
-fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let dir = scratch("tls_listener");
-    certificates_named(&dir, "ca.pem", "edge.pem", "edge.key");
-    let tls_port = free_port();
-    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+/// A certificate in `dir` and a config on free ports whose TLS listener serves it, in front of
+/// `emulator`; the TLS listener's address.
+fn tls_listener_config(dir: &std::path::Path, emulator: SocketAddr) -> (String, SocketAddr) {
+    certificates_named(dir, "ca.pem", "edge.pem", "edge.key");
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let toml = config_toml(
         free_port(),
         free_port(),
@@ -183,6 +181,14 @@ fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate(
             "[server.tls]\nlisten = \"{tls_addr}\"\ncert_file = \"edge.pem\"\nkey_file = \"edge.key\""
         ),
     );
+    (toml, tls_addr)
+}
+
+#[test]
+fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let dir = scratch("tls_listener");
+    let (toml, tls_addr) = tls_listener_config(&dir, emulator);
     let config_path = dir.join("edge.toml");
     std::fs::write(&config_path, &toml).unwrap();
     let config = load_config("tls_listener", &toml);
@@ -252,17 +258,8 @@ fn slow_headers_counted(admin: SocketAddr) -> u64 {
 fn an_h2_connection_gets_the_header_timeout_until_its_first_request_and_no_more() {
     let (_emulator, emulator) = start_emulator(&demo_rules());
     let dir = scratch("tls_h2_slow");
-    certificates_named(&dir, "ca.pem", "edge.pem", "edge.key");
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{emulator}"),
-        &format!(
-            "[server.tls]\nlisten = \"{tls_addr}\"\ncert_file = \"edge.pem\"\nkey_file = \"edge.key\""
-        ),
-    )
-    .replace(
+    let (toml, tls_addr) = tls_listener_config(&dir, emulator);
+    let toml = toml.replace(
         "client_body_ms = 1000",
         "client_body_ms = 1000\nclient_header_ms = 300\nclient_idle_ms = 5000",
     );
