@@ -43,6 +43,11 @@ struct Stats {
     /// plan.
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Ingest calls received in the current wall-clock second (the second in the high 32 bits,
+    /// the count in the low), and the most in any one second since the last reset or fault plan:
+    /// what a quota on the vendor's side would see.
+    this_second: AtomicU64,
+    max_per_second: AtomicU64,
 }
 
 /// One ingest request being answered: counted in `in_flight` until dropped.
@@ -52,7 +57,36 @@ impl Stats {
     fn answering(&self) -> Answering<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() & 0xffff_ffff);
+        let mut seen = self.this_second.load(Ordering::Relaxed);
+        let count = loop {
+            let next = if seen >> 32 == second {
+                seen + 1
+            } else {
+                (second << 32) | 1
+            };
+            match self.this_second.compare_exchange_weak(
+                seen,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break next & 0xffff_ffff,
+                Err(actual) => seen = actual,
+            }
+        };
+        self.max_per_second.fetch_max(count, Ordering::Relaxed);
         Answering(self)
+    }
+
+    /// The peaks are counted again from now.
+    fn restart_peaks(&self) {
+        self.max_in_flight
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.this_second.store(0, Ordering::Relaxed);
+        self.max_per_second.store(0, Ordering::Relaxed);
     }
 }
 
@@ -107,6 +141,7 @@ impl Emulator {
             "events_ingested": s.events_ingested.load(Ordering::Relaxed),
             "duplicates": s.duplicates.load(Ordering::Relaxed),
             "max_in_flight": s.max_in_flight.load(Ordering::Relaxed),
+            "max_per_second": s.max_per_second.load(Ordering::Relaxed),
             "profiles": self.profiles.len(),
             "by_status": by_status,
             "by_code": by_code,
@@ -120,8 +155,7 @@ impl Emulator {
         s.requests.store(0, Ordering::Relaxed);
         s.events_ingested.store(0, Ordering::Relaxed);
         s.duplicates.store(0, Ordering::Relaxed);
-        s.max_in_flight
-            .store(s.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.restart_peaks();
         s.by_status.clear();
         s.by_code.clear();
         s.uuids.clear();
@@ -153,10 +187,8 @@ impl Emulator {
                 }
                 self.faults
                     .store(Some(std::sync::Arc::new(FaultPlan::new(spec))));
-                // The peak is counted again under each plan.
-                let s = &self.stats;
-                s.max_in_flight
-                    .store(s.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+                // The peaks are counted again under each plan.
+                self.stats.restart_peaks();
                 json_reply(&serde_json::json!({"faults": "set"}))
             }
             _ => Reply::error(404, 404, "unknown emulator control route"),
