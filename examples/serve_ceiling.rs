@@ -31,7 +31,8 @@ impl HttpServerApp for Ceiling {
         while session.read_request_body().await.ok()?.is_some() {}
         session.set_keepalive((!*shutdown.borrow()).then_some(60));
         let mut resp = ResponseHeader::build(200, Some(2)).ok()?;
-        resp.insert_header("Content-Type", "application/json").ok()?;
+        resp.insert_header("Content-Type", "application/json")
+            .ok()?;
         resp.insert_header("Content-Length", OFFERS.len()).ok()?;
         session.write_response_header(Box::new(resp)).await.ok()?;
         session

@@ -102,6 +102,7 @@ pub fn add_proxy_resolving(
         config.timeouts.dns,
         resolver,
         config.ca_file.clone(),
+        config.protocol,
     ));
     let cache = Arc::new(cache::OfferCache::new(config.cache));
     let spool = spool::Spool::open(config.spool.clone())?;
@@ -151,9 +152,14 @@ pub fn add_proxy_resolving(
     })
 }
 
-/// Add the upstream emulator on `listen`.
+/// Add the upstream emulator on `listen`. It speaks HTTP/1.1 and, with prior knowledge,
+/// cleartext HTTP/2 (h2c), as an `upstream.protocol = "h2"` proxy calls an `http://` upstream.
 pub fn add_emulator(server: &mut Server, listen: &str, emulator: emulator::Emulator) {
-    let mut service = Service::new("p13n-edge emulator".into(), emulator);
+    let mut app = pingora::apps::http_app::HttpServer::new_app(emulator);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    let mut service = Service::new("p13n-edge emulator".into(), app);
     service.add_tcp(listen);
     server.add_service(service);
 }

@@ -41,6 +41,15 @@ pub static UPSTREAM_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static UPSTREAM_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_upstream_connections_opened_total",
+        "Connections opened to upstreams, by protocol (h1, h2): churn shows here.",
+        &["protocol"]
+    )
+    .expect("metric registers once")
+});
+
 pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_upstream_errors_total",
@@ -356,6 +365,7 @@ pub fn init() {
     Lazy::force(&REQUEST_DURATION);
     Lazy::force(&UPSTREAM_REQUESTS);
     Lazy::force(&UPSTREAM_ERRORS);
+    Lazy::force(&UPSTREAM_CONNECTIONS);
     Lazy::force(&UPSTREAM_DURATION);
     Lazy::force(&TOKEN_REJECTIONS);
     Lazy::force(&UPSTREAM_RETRIES);

@@ -36,28 +36,7 @@ fn certificates_named(dir: &std::path::Path, ca_file: &str, leaf_file: &str, key
 fn https_upstreams_are_verified_against_the_configured_roots() {
     let dir = scratch("tls");
     certificates(&dir);
-    let emu = free_port();
-    let mut server = Server::new_with_opt_and_conf(
-        None,
-        ServerConf {
-            threads: 1,
-            ..ServerConf::default()
-        },
-    );
-    server.bootstrap();
-    let mut tls = Service::new(
-        "tls emulator".into(),
-        Emulator::new(toml::from_str(&demo_rules()).unwrap()),
-    );
-    let (cert, key) = (dir.join("leaf.pem"), dir.join("leaf.key"));
-    tls.add_tls(
-        &format!("127.0.0.1:{emu}"),
-        cert.to_str().unwrap(),
-        key.to_str().unwrap(),
-    )
-    .unwrap();
-    server.add_service(tls);
-    let _emulator = Running::start(server, &[format!("127.0.0.1:{emu}").parse().unwrap()]);
+    let (_emulator, emu) = tls_emulator(&dir, false);
 
     // Trusting the test CA, by host name: SNI and verification succeed.
     let upstream = format!("https://localhost:{emu}");
@@ -89,6 +68,59 @@ fn https_upstreams_are_verified_against_the_configured_roots() {
     std::fs::copy(dir.join("ca.pem"), scratch("tls_mismatch").join("ca.pem")).unwrap();
     let (_proxy, addr) = start_proxy(load_config("tls_mismatch", &mismatched));
     post_json(addr, event).assert_error(502, 502);
+}
+
+/// An emulator on TLS (certificate for `localhost` from `dir`), offering HTTP/2 by ALPN or not.
+fn tls_emulator(dir: &std::path::Path, h2: bool) -> (Running, u16) {
+    let port = free_port();
+    let mut server = Server::new_with_opt_and_conf(
+        None,
+        ServerConf {
+            threads: 1,
+            ..ServerConf::default()
+        },
+    );
+    server.bootstrap();
+    let mut service = Service::new(
+        "tls emulator".into(),
+        Emulator::new(toml::from_str(&demo_rules()).unwrap()),
+    );
+    let (cert, key) = (dir.join("leaf.pem"), dir.join("leaf.key"));
+    let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    )
+    .unwrap();
+    if h2 {
+        settings.enable_h2();
+    }
+    service.add_tls_with_settings(&format!("127.0.0.1:{port}"), None, settings);
+    server.add_service(service);
+    let running = Running::start(server, &[format!("127.0.0.1:{port}").parse().unwrap()]);
+    (running, port)
+}
+
+#[test]
+fn an_h2_upstream_over_tls_is_agreed_by_alpn_and_one_without_h2_is_refused() {
+    let dir = scratch("tls_h2");
+    certificates(&dir);
+    let event = r#"{"td_client_id":"v","td_path":"/retail"}"#;
+    for (name, offers_h2, status) in [("tls_h2_yes", true, 200), ("tls_h2_no", false, 502)] {
+        let (_emulator, port) = tls_emulator(&dir, offers_h2);
+        let toml = config_toml(
+            free_port(),
+            free_port(),
+            &format!("https://localhost:{port}"),
+            "[upstream]\nca_file = \"ca.pem\"\nprotocol = \"h2\"",
+        );
+        std::fs::copy(dir.join("ca.pem"), scratch(name).join("ca.pem")).unwrap();
+        let (_proxy, addr) = start_proxy(load_config(name, &toml));
+        let r = post_json(addr, event);
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        if status == 502 {
+            r.assert_error(502, 502);
+        }
+    }
 }
 
 /// A TLS client for `localhost` trusting only the CA in `ca`, offering `alpn`.

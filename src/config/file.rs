@@ -195,6 +195,19 @@ pub struct UpstreamSection {
     /// PEM file of the CAs trusted for `https` upstreams, instead of the system roots (a private
     /// endpoint's CA). Relative to this config file. Read at start.
     pub ca_file: Option<String>,
+    /// `"http1.1"` (a pool of connections, one call each at a time) or `"h2"` (every call a
+    /// stream on one connection per upstream address). Read at start.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    #[default]
+    #[serde(rename = "http1.1")]
+    Http1,
+    #[serde(rename = "h2")]
+    H2,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,6 +68,8 @@ pub struct Config {
     pub rate: RateLimits,
     /// CAs for `https` upstreams instead of the system roots.
     pub ca_file: Option<String>,
+    /// How calls travel to upstreams.
+    pub protocol: crate::upstream::Protocol,
     pub cache: CacheLimits,
     pub spool: SpoolSettings,
     pub access_log: bool,

@@ -50,6 +50,7 @@ pub fn reload(
                 || old.cache.max_bytes != new.cache.max_bytes,
         ),
         ("upstream.ca_file", old.ca_file != new.ca_file),
+        ("upstream.protocol", old.protocol != new.protocol),
         ("timeouts.dns_*", old.timeouts.dns != new.timeouts.dns),
         (
             "server.tls.listen",

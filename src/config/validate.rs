@@ -99,6 +99,10 @@ pub(super) fn build(
             dns: dns.expect("checked above"),
         },
         ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
+        protocol: match file.upstream.protocol {
+            super::file::UpstreamProtocol::Http1 => crate::upstream::Protocol::Http1,
+            super::file::UpstreamProtocol::H2 => crate::upstream::Protocol::Http2,
+        },
         cache,
         spool,
         access_log: file.log.access,

@@ -9,12 +9,15 @@ use super::response::{self, ReadError};
 use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
 use crate::config::{Timeouts, UpstreamTarget};
 use crate::event::VENDOR_CONTENT_TYPE;
+use crate::metrics;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::connectors::TransportConnector;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::upstreams::peer::HttpPeer;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use tokio::io::AsyncWriteExt;
 
 /// Send `call` to `addr`. A pooled connection that the upstream closed while idle fails before
@@ -34,11 +37,7 @@ pub(super) async fn attempt(
         let reused = pooled.is_some();
         let stream = match pooled.take() {
             Some(stream) => stream,
-            // Boxed: the connector's future (TLS included) is kilobytes, and inline it would
-            // make every call's future that large, copied whenever it moves.
-            None => Box::pin(transport.new_stream(&peer(addr, target, &limits.timeouts)))
-                .await
-                .map_err(|e| UpstreamError::Connect(e.to_string()))?,
+            None => connect(transport, addr, target, &limits.timeouts, ALPN::H1).await?,
         };
         match exchange(stream, &request, limits.max_body).await {
             Ok((response, reusable)) => {
@@ -54,8 +53,46 @@ pub(super) async fn attempt(
     }
 }
 
+/// A new connection to `addr`, offering `alpn` over TLS; an HTTP/2 one must get it.
+/// Boxed: the connector's future (TLS included) is kilobytes, and inline it would make every
+/// call's future that large, copied whenever it moves.
+pub(super) fn connect<'a>(
+    transport: &'a TransportConnector,
+    addr: SocketAddr,
+    target: &'a UpstreamTarget,
+    timeouts: &'a Timeouts,
+    alpn: ALPN,
+) -> Pin<Box<dyn Future<Output = Result<Stream, UpstreamError>> + Send + 'a>> {
+    Box::pin(connect_now(transport, addr, target, timeouts, alpn))
+}
+
+async fn connect_now(
+    transport: &TransportConnector,
+    addr: SocketAddr,
+    target: &UpstreamTarget,
+    timeouts: &Timeouts,
+    alpn: ALPN,
+) -> Result<Stream, UpstreamError> {
+    let mut peer = peer(addr, target, timeouts);
+    peer.options.alpn = alpn.clone();
+    let stream = transport
+        .new_stream(&peer)
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let h2 = matches!(alpn, ALPN::H2);
+    if h2 && target.tls && stream.selected_alpn_proto() != Some(ALPN::H2) {
+        return Err(UpstreamError::Connect(
+            "the upstream did not agree to HTTP/2 (ALPN)".into(),
+        ));
+    }
+    metrics::UPSTREAM_CONNECTIONS
+        .with_label_values(&[if h2 { "h2" } else { "h1" }])
+        .inc();
+    Ok(stream)
+}
+
 /// Connections to the same address, with the same TLS and host name, are interchangeable.
-fn pool_key(addr: SocketAddr, target: &UpstreamTarget) -> u64 {
+pub(super) fn pool_key(addr: SocketAddr, target: &UpstreamTarget) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (addr, target.tls, &target.host).hash(&mut hasher);
     hasher.finish()

@@ -7,6 +7,7 @@ mod budget;
 mod circuit;
 mod connection;
 mod dns;
+mod h2;
 mod pool;
 pub mod response;
 
@@ -28,6 +29,16 @@ use pingora::connectors::ConnectorOptions;
 use pingora::connectors::TransportConnector;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+/// How calls travel to the upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// A pool of HTTP/1.1 connections, one call on each at a time.
+    #[default]
+    Http1,
+    /// One HTTP/2 connection per upstream address, every call a stream on it.
+    Http2,
+}
 
 /// What an upstream call can fail with, before an answer arrived.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +145,8 @@ const POOL_SIZE: usize = 256;
 pub struct UpstreamClient {
     transport: TransportConnector,
     pool: pool::Pool,
+    h2: h2::H2Pool,
+    protocol: Protocol,
     dns: DnsCache,
     budgets: DashMap<String, Arc<RetryBudget>>,
     /// Token buckets of the services with a quota.
@@ -146,12 +159,19 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// `ca_file` replaces the system roots for `https` upstreams; `resolver` looks up upstream
     /// names under the `dns` policy.
-    pub fn new(dns: DnsPolicy, resolver: Arc<dyn Resolve>, ca_file: Option<String>) -> Self {
+    pub fn new(
+        dns: DnsPolicy,
+        resolver: Arc<dyn Resolve>,
+        ca_file: Option<String>,
+        protocol: Protocol,
+    ) -> Self {
         let mut options = ConnectorOptions::new(POOL_SIZE);
         options.ca_file = ca_file;
         UpstreamClient {
             transport: TransportConnector::new(Some(options)),
             pool: pool::Pool::new(POOL_SIZE),
+            h2: h2::H2Pool::default(),
+            protocol,
             dns: DnsCache::new(dns, resolver),
             budgets: DashMap::new(),
             quotas: DashMap::new(),
@@ -283,13 +303,36 @@ impl UpstreamClient {
         let target = &call.route.service.upstream;
         let mut last = None;
         for addr in self.dns.resolve(&target.host, target.port).await? {
-            match connection::attempt(&self.transport, &self.pool, addr, call, limits).await {
+            match self.attempt_on(addr, call, limits).await {
                 // Nothing was sent: the next address of the host may answer.
                 Err(e @ UpstreamError::Connect(_)) => last = Some(e),
                 other => return other,
             }
         }
         Err(last.expect("resolve returns at least one address"))
+    }
+
+    /// One attempt at one address, in the configured protocol.
+    async fn attempt_on(
+        &self,
+        addr: std::net::SocketAddr,
+        call: &Call,
+        limits: CallLimits,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        match self.protocol {
+            Protocol::Http1 => {
+                connection::attempt(&self.transport, &self.pool, addr, call, limits).await
+            }
+            Protocol::Http2 => {
+                let target = &call.route.service.upstream;
+                let connect = || {
+                    let alpn = pingora::protocols::ALPN::H2;
+                    connection::connect(&self.transport, addr, target, &limits.timeouts, alpn)
+                };
+                let key = connection::pool_key(addr, target);
+                self.h2.attempt(key, connect, call, limits).await
+            }
+        }
     }
 
     /// Metrics for an answer, and the token rejections that retries cannot fix.

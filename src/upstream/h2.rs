@@ -1,0 +1,222 @@
+//! One attempt over HTTP/2 (`upstream.protocol = "h2"`): every call to an upstream address is a
+//! stream on one shared connection (TLS with ALPN `h2`, or cleartext with prior knowledge for an
+//! `http://` base URL), so that a replay window of hundreds of calls needs one connection, not
+//! hundreds. The connection is made by pingora's transport connector, like HTTP/1.1's, and
+//! driven by a task of its own; callers wait on its flow control and the server's stream limit.
+//!
+//! A call that fails before the server could have processed it (the connection was gone when
+//! the stream opened, or the server refused the stream) moves to a new connection once, as an
+//! HTTP/1.1 call on a stale pooled connection does.
+
+use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
+use crate::event::VENDOR_CONTENT_TYPE;
+use crate::lock;
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{HeaderValue, Method, Request};
+use pingora::protocols::Stream;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The connection to one upstream address, made at most once at a time.
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+#[derive(Clone)]
+struct Connection {
+    send: SendRequest<Bytes>,
+    /// Which connection of the slot this is, so that a caller that saw it fail forgets only
+    /// that one, not a newer one made meanwhile.
+    id: u64,
+}
+
+/// Shared HTTP/2 connections, one per pool key (address, TLS, host).
+#[derive(Default)]
+pub(super) struct H2Pool {
+    slots: Mutex<HashMap<u64, Slot>>,
+    made: AtomicU64,
+}
+
+/// Why an exchange failed.
+enum Failure {
+    /// The server cannot have processed the request: safe on a new connection.
+    Unsent(String),
+    Sent(String),
+    TooLarge,
+}
+
+impl H2Pool {
+    /// Send `call` on the shared connection for `key`, made with `connect` when there is none.
+    pub(super) async fn attempt<C, F>(
+        &self,
+        key: u64,
+        connect: C,
+        call: &Call,
+        limits: CallLimits,
+    ) -> Result<UpstreamResponse, UpstreamError>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<Stream, UpstreamError>>,
+    {
+        let slot = lock(&self.slots).entry(key).or_default().clone();
+        let mut fresh_tried = false;
+        loop {
+            let (connection, fresh) = self.connection(&slot, &connect).await?;
+            match exchange(connection.send.clone(), call, limits.max_body).await {
+                Ok(response) => return Ok(response),
+                Err(Failure::Unsent(e)) => {
+                    self.forget(&slot, connection.id).await;
+                    if fresh || fresh_tried {
+                        return Err(UpstreamError::Connect(e));
+                    }
+                    fresh_tried = true;
+                }
+                Err(Failure::Sent(e)) => return Err(UpstreamError::Io(e)),
+                Err(Failure::TooLarge) => return Err(UpstreamError::TooLarge(limits.max_body)),
+            }
+        }
+    }
+
+    /// The slot's connection, made now if it has none (whether it was made now is the second
+    /// value). Callers arriving while it is being made wait for it instead of making their own.
+    async fn connection<C, F>(
+        &self,
+        slot: &Slot,
+        connect: &C,
+    ) -> Result<(Connection, bool), UpstreamError>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<Stream, UpstreamError>>,
+    {
+        let mut held = slot.lock().await;
+        if let Some(connection) = held.as_ref() {
+            return Ok((connection.clone(), false));
+        }
+        let stream = connect().await?;
+        let (send, driver) = h2::client::Builder::new()
+            // Answers are small; a window as large as the most we read keeps a big one from
+            // stalling on flow control.
+            .initial_window_size(1 << 20)
+            .handshake(stream)
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let connection = Connection {
+            send,
+            id: self.made.fetch_add(1, Ordering::Relaxed),
+        };
+        *held = Some(connection.clone());
+        Ok((connection, true))
+    }
+
+    async fn forget(&self, slot: &Slot, id: u64) {
+        let mut held = slot.lock().await;
+        if held.as_ref().is_some_and(|c| c.id == id) {
+            *held = None;
+        }
+    }
+}
+
+/// One stream: the request header and body, then the whole answer.
+async fn exchange(
+    send: SendRequest<Bytes>,
+    call: &Call,
+    max_body: usize,
+) -> Result<UpstreamResponse, Failure> {
+    let mut send = send
+        .ready()
+        .await
+        .map_err(|e| Failure::Unsent(e.to_string()))?;
+    let (answer, mut body) = send
+        .send_request(request(call), false)
+        .map_err(|e| unsent_if_refused(e, true))?;
+    body.send_data(call.body.clone(), true)
+        .map_err(|e| unsent_if_refused(e, false))?;
+    let answer = answer.await.map_err(|e| unsent_if_refused(e, false))?;
+    let (parts, mut stream) = answer.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Failure::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk.map_err(|e| Failure::Sent(e.to_string()))?;
+        let _ = stream.flow_control().release_capacity(chunk.len());
+        let read = first.as_ref().map_or(0, Bytes::len) + rest.len() + chunk.len();
+        if read > max_body {
+            return Err(Failure::TooLarge);
+        }
+        // One DATA frame (the usual answer) is kept as it came, without a copy.
+        match &first {
+            None => first = Some(chunk),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    let body = if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    };
+    Ok(UpstreamResponse {
+        status: parts.status.as_u16(),
+        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+        retry_after: parts.headers.get(RETRY_AFTER).cloned(),
+        body,
+    })
+}
+
+/// A stream the server refused (`REFUSED_STREAM`, or past the last one a `GOAWAY` accepted) was
+/// not processed; `opening` says the stream was never sent at all.
+fn unsent_if_refused(e: h2::Error, opening: bool) -> Failure {
+    if opening || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Failure::Unsent(e.to_string())
+    } else {
+        Failure::Sent(e.to_string())
+    }
+}
+
+/// The request header: the same fresh header set as HTTP/1.1's (`connection::request_bytes`),
+/// with the authority as a pseudo-header instead of `Host`.
+fn request(call: &Call) -> Request<()> {
+    let route = &call.route;
+    let target = &route.service.upstream;
+    let scheme = if target.tls { "https" } else { "http" };
+    let mut request = Request::new(());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = http::Uri::builder()
+        .scheme(scheme)
+        .authority(target.authority.as_str())
+        .path_and_query(route.path.as_str())
+        .build()
+        .expect("the route's path and authority were checked when the config was read");
+    let headers = request.headers_mut();
+    headers.insert(AUTHORIZATION, route.authorization.clone());
+    headers.insert("wp13n-token", route.token.clone());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(VENDOR_CONTENT_TYPE));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(call.body.len()));
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    if let Some(ua) = &call.client.user_agent {
+        headers.insert(USER_AGENT, ua.clone());
+    }
+    if let Some(address) = call.client.address {
+        if let Ok(v) = HeaderValue::from_str(&address.to_string()) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    request
+}
