@@ -7,7 +7,7 @@ use crate::upstream::UpstreamResponse;
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use std::time::Instant;
 
 const JSON: &str = "application/json";
@@ -138,7 +138,7 @@ impl Answer {
         }
     }
 
-    pub async fn write(self, session: &mut Session) -> pingora::Result<()> {
+    pub async fn write(self, session: &mut ServerSession) -> pingora::Result<()> {
         let mut resp = ResponseHeader::build(self.status, Some(8))?;
         if !self.body.is_empty() {
             resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
@@ -177,10 +177,9 @@ impl Answer {
                 )?;
             }
         }
-        let empty = self.body.is_empty();
-        session.write_response_header(Box::new(resp), empty).await?;
-        if !empty {
-            session.write_response_body(Some(self.body), true).await?;
+        session.write_response_header(Box::new(resp)).await?;
+        if !self.body.is_empty() {
+            session.write_response_body(self.body, true).await?;
         }
         Ok(())
     }

@@ -113,13 +113,11 @@ pub fn add_proxy_resolving(
         cache: cache.clone(),
         spool: spool.clone(),
     };
-    let edge = proxy::Edge::new(shared.clone(), flow);
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, edge);
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(idle);
-    proxy.server_options = Some(options);
+    let edge = proxy::Edge::new(shared.clone(), flow, options);
     let app = listener::PublicApp {
-        proxy: Arc::new(proxy),
+        edge: Arc::new(edge),
         config: shared.clone(),
     };
     let mut public = Service::new("p13n-edge".into(), app);

@@ -1,6 +1,14 @@
-//! The `ProxyHttp` implementation. Every request is answered in `request_filter`: route, guard,
-//! read, validate, then the cache step and the shared upstream client (`flow`). Pingora's own
-//! upstream phase is never reached, so no client text can ever choose an upstream.
+//! The request step, on pingora-core's `HttpServerApp`: pingora's own HTTP/1 and HTTP/2
+//! sessions, without pingora-proxy's phases, which p13n-edge never used past `request_filter`
+//! and which cost a request about 15,000 instructions (a future of some 14 KB copied into a box
+//! per request, among the rest; `benches/` measures both). Every request is answered here:
+//! route, guard, read, validate, then the cache step and the shared upstream client (`flow`).
+//! Nothing here can send a request anywhere but to a configured route's upstream.
+//!
+//! A request's path: read the header (a malformed one gets pingora's 400 and the connection
+//! closes) → `handle` (form checks, client address, route, CORS, method, address limit, content
+//! type, body, identifier, visitor limit, uuid) → `Flow::deliver` (cache, upstream, spool) →
+//! the answer written → one metric update and the access line → the connection back for reuse.
 
 use crate::answer::Answer;
 use crate::config::{Config, Route};
@@ -16,11 +24,15 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{header, Method};
-use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType::InvalidHTTPHeader;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 
 /// The proxy's state: the config in force (swapped whole on reload), the request flow, and the
 /// rate limiters (which outlive reloads; the config gives their rates).
@@ -29,9 +41,13 @@ pub struct Edge {
     pub flow: Flow,
     by_address: Limiter<IpAddr>,
     by_visitor: Limiter<(Arc<str>, VisitorKey)>,
+    options: HttpServerOptions,
+    /// Set when the service shuts down: connections waiting for their next request close.
+    stopping: AtomicBool,
+    stop: Notify,
 }
 
-/// Per-request facts for the `logging` phase.
+/// Per-request facts for the metrics and the access line.
 pub struct RequestCtx {
     start: Instant,
     route: Option<Arc<Route>>,
@@ -43,20 +59,127 @@ pub struct RequestCtx {
 }
 
 #[async_trait]
-impl ProxyHttp for Edge {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+impl HttpServerApp for Edge {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            // Biased: a request already buffered is served, not dropped.
+            biased;
+            read = session.read_request() => read,
+            _ = self.stopped() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // As pingora-proxy does: a malformed header gets a plain 400, anything else
+                // means the connection is broken.
+                if matches!(e.etype, InvalidHTTPHeader) {
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        // CONNECT changes how the message is framed: refused, and the connection closed.
+        if session.req_header().method == Method::CONNECT {
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx {
             start: Instant::now(),
             route: None,
             code: None,
             cors_origin: None,
             access: None,
+        };
+        let written = self.serve(&mut session, &mut ctx).await;
+        log(&session, &ctx);
+        if written.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let stream = session.finish().await.ok()??;
+        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    async fn http_cleanup(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+}
+
+/// One metric update per request, and the access line when it is on.
+fn log(session: &ServerSession, ctx: &RequestCtx) {
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let (service, route) = match &ctx.route {
+        Some(r) => (r.service.name.as_str(), r.label.as_str()),
+        None => ("", ""),
+    };
+    let code = metrics::code_label(ctx.code);
+    metrics::REQUESTS
+        .with_label_values(&[service, route, metrics::status_class(status), &code])
+        .inc();
+    let elapsed = ctx.start.elapsed();
+    metrics::REQUEST_DURATION
+        .with_label_values(&[service])
+        .observe(elapsed.as_secs_f64());
+    if let Some((cache_status, upstream_status)) = &ctx.access {
+        // Never the client id, the body or a header: nothing here identifies a visitor.
+        tracing::info!(
+            target: "p13n_edge::access",
+            service,
+            route,
+            status,
+            cache_status = cache_status.as_deref().unwrap_or("-"),
+            upstream_status = upstream_status.unwrap_or(0),
+            ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+impl Edge {
+    /// `options` are pingora's for each connection (the HTTP/2 idle timeout).
+    pub fn new(config: Arc<ArcSwap<Config>>, flow: Flow, options: HttpServerOptions) -> Self {
+        let max_tracked = config.load().rate.max_tracked;
+        Edge {
+            config,
+            flow,
+            by_address: Limiter::new(max_tracked),
+            // Visitors past max_tracked have been through the address limit: that one holds.
+            by_visitor: Limiter::with_overflow(max_tracked, Overflow::Pass),
+            options,
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// Resolves once the service is shutting down.
+    async fn stopped(&self) {
+        let notified = self.stop.notified();
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Answer one request, whatever it is; an error here is only the client gone.
+    async fn serve(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
         // In-flight requests keep the config they started with, whatever a reload swaps in.
         let config = self.config.load_full();
         let mut answer = match self.handle(session, ctx, &config).await {
@@ -73,67 +196,12 @@ impl ProxyHttp for Edge {
             ctx.access = Some((answer.cache_status.clone(), answer.upstream_status));
         }
         write_soon().await;
-        answer.write(session).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        // request_filter answers every request; reaching this is a bug, never a forward.
-        Error::e_explain(
-            InternalError,
-            "p13n-edge never proxies through pingora's upstream phase",
-        )
-    }
-
-    async fn logging(
-        &self,
-        session: &mut Session,
-        _e: Option<&pingora::Error>,
-        ctx: &mut RequestCtx,
-    ) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let (service, route) = match &ctx.route {
-            Some(r) => (r.service.name.as_str(), r.label.as_str()),
-            None => ("", ""),
-        };
-        let code = metrics::code_label(ctx.code);
-        metrics::REQUESTS
-            .with_label_values(&[service, route, metrics::status_class(status), &code])
-            .inc();
-        let elapsed = ctx.start.elapsed();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[service])
-            .observe(elapsed.as_secs_f64());
-        if let Some((cache_status, upstream_status)) = &ctx.access {
-            // Never the client id, the body or a header: nothing here identifies a visitor.
-            tracing::info!(
-                target: "p13n_edge::access",
-                service,
-                route,
-                status,
-                cache_status = cache_status.as_deref().unwrap_or("-"),
-                upstream_status = upstream_status.unwrap_or(0),
-                ms = elapsed.as_secs_f64() * 1000.0,
-            );
-        }
-    }
-}
-
-impl Edge {
-    pub fn new(config: Arc<ArcSwap<Config>>, flow: Flow) -> Self {
-        let max_tracked = config.load().rate.max_tracked;
-        Edge {
-            config,
-            flow,
-            by_address: Limiter::new(max_tracked),
-            // Visitors past max_tracked have been through the address limit: that one holds.
-            by_visitor: Limiter::with_overflow(max_tracked, Overflow::Pass),
-        }
+        answer.write(session).await
     }
 
     async fn handle(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         config: &Config,
     ) -> Result<Answer, EdgeError> {
@@ -210,7 +278,7 @@ pub(crate) async fn write_soon() {
 }
 
 /// The client's address (see `ClientPolicy::client_address`), if the client lists admit it.
-fn client_address(session: &Session, config: &Config) -> Result<IpAddr, EdgeError> {
+fn client_address(session: &ServerSession, config: &Config) -> Result<IpAddr, EdgeError> {
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -283,7 +351,7 @@ fn header_block_len(req: &pingora::http::RequestHeader) -> usize {
 }
 
 /// Read the whole body, refusing more than the limit or a client slower than the timeout.
-async fn read_body(session: &mut Session, config: &Config) -> Result<Bytes, EdgeError> {
+async fn read_body(session: &mut ServerSession, config: &Config) -> Result<Bytes, EdgeError> {
     let limit = config.max_body_bytes;
     let declared = session
         .req_header()

@@ -1,5 +1,5 @@
 //! Upstream resilience against the emulator's fault plans: retries, Retry-After, the budget,
-//! the deadline and the circuit breaker.
+//! the deadline and the circuit breaker; an HTTP/2 upstream that closes its connections.
 
 mod common;
 
@@ -273,4 +273,69 @@ fn a_hanging_resolver_past_the_dns_ttl_costs_no_request_anything() {
     );
     assert!(value(r#"p13n_edge_dns_lookups_total{host="dns-stale.test",result="timeout"}"#) >= 2.0);
     assert!(value(r#"p13n_edge_dns_stale_total{host="dns-stale.test"}"#) >= 10.0);
+}
+
+/// An HTTP/2 upstream that answers one request per connection and then closes it (GOAWAY),
+/// counting the connections it accepted.
+fn one_request_per_connection() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    if let Some(Ok((request, mut respond))) = conn.accept().await {
+                        drop(request);
+                        let answer = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json")
+                            .body(())
+                            .unwrap();
+                        let mut body = respond.send_response(answer, false).unwrap();
+                        body.send_data(bytes::Bytes::from_static(br#"{"offers":{}}"#), true)
+                            .unwrap();
+                    }
+                    conn.graceful_shutdown();
+                    while conn.accept().await.is_some() {}
+                });
+            }
+        });
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
+    let (upstream, accepted) = one_request_per_connection();
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{upstream}"),
+        "[upstream]\nprotocol = \"h2\"",
+    );
+    let (_proxy, addr) = start_proxy(load_config("h2_closed", &toml));
+    for n in 0..5 {
+        let r = post_json(
+            addr,
+            &format!(r#"{{"td_client_id":"c{n}","td_path":"/x"}}"#),
+        );
+        assert_eq!(r.status, 200, "call {n}: {}", r.text());
+        assert_eq!(r.text(), r#"{"offers":{}}"#);
+        // Sometimes the next call starts before the GOAWAY arrives, sometimes after.
+        if n % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 5);
 }

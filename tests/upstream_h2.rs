@@ -1,7 +1,7 @@
 //! HTTP/2 to the upstream (`upstream.protocol = "h2"`), cleartext with prior knowledge against
 //! the emulator: many calls at once share one connection, answers (errors and `Retry-After`
-//! included) arrive whole, and replay delivers over it too. A test binary of its own: the
-//! connection counter is per process.
+//! included) arrive whole, and replay delivers over it too. A test binary with one test: the
+//! connection counter is per process. (A connection the upstream closes: `resilience.rs`.)
 
 mod common;
 
@@ -78,74 +78,4 @@ fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
         stack.emulator_stats()
     );
     assert_eq!(opened(&stack, "h2"), 1);
-}
-
-/// An HTTP/2 upstream that answers one request per connection and then closes it (GOAWAY),
-/// counting the connections it accepted.
-fn one_request_per_connection() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(AtomicU64::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(tcp).await.unwrap();
-                    if let Some(Ok((request, mut respond))) = conn.accept().await {
-                        drop(request);
-                        let answer = http::Response::builder()
-                            .status(200)
-                            .header("content-type", "application/json")
-                            .body(())
-                            .unwrap();
-                        let mut body = respond.send_response(answer, false).unwrap();
-                        body.send_data(bytes::Bytes::from_static(br#"{"offers":{}}"#), true)
-                            .unwrap();
-                    }
-                    conn.graceful_shutdown();
-                    while conn.accept().await.is_some() {}
-                });
-            }
-        });
-    });
-    (addr, accepted)
-}
-
-#[test]
-fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
-    use std::sync::atomic::Ordering;
-    let (upstream, accepted) = one_request_per_connection();
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{upstream}"),
-        "[upstream]\nprotocol = \"h2\"",
-    );
-    let (_proxy, addr) = start_proxy(load_config("h2_closed", &toml));
-    for n in 0..5 {
-        let r = post_json(
-            addr,
-            &format!(r#"{{"td_client_id":"c{n}","td_path":"/x"}}"#),
-        );
-        assert_eq!(r.status, 200, "call {n}: {}", r.text());
-        assert_eq!(r.text(), r#"{"offers":{}}"#);
-        // Sometimes the next call starts before the GOAWAY arrives, sometimes after.
-        if n % 2 == 1 {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    assert_eq!(accepted.load(Ordering::Relaxed), 5);
 }

@@ -80,7 +80,7 @@ pub(super) fn default_spool_dir() -> String {
     "/var/lib/p13n-edge/spool".into()
 }
 pub(super) fn default_replay_concurrency() -> usize {
-    128
+    512
 }
 pub(super) fn default_spool_bytes() -> u64 {
     1 << 30

@@ -176,8 +176,8 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
     if sp.sync_interval_ms > 10_000 {
         problems.push("spool.sync_interval_ms must be at most 10000".into());
     }
-    if !(1..=256).contains(&sp.replay_concurrency) {
-        problems.push("spool.replay_concurrency must be between 1 and 256".into());
+    if !(1..=1024).contains(&sp.replay_concurrency) {
+        problems.push("spool.replay_concurrency must be between 1 and 1024".into());
     }
     if sp.dead_letter_max_bytes < 1 << 20 {
         problems.push("spool.dead_letter_max_bytes must be at least 1048576 (1 MiB)".into());
@@ -191,7 +191,7 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
         segment_bytes: sp.segment_bytes,
         sync_interval: (sp.sync_interval_ms > 0)
             .then(|| Duration::from_millis(sp.sync_interval_ms)),
-        replay_concurrency: sp.replay_concurrency.clamp(1, 256),
+        replay_concurrency: sp.replay_concurrency.clamp(1, 1024),
         dead_letter_max_bytes: sp.dead_letter_max_bytes,
         route_wait: Duration::from_secs(sp.route_wait_seconds),
     }

@@ -18,13 +18,12 @@ use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct PublicApp {
-    pub proxy: Arc<HttpProxy<Edge>>,
+    pub edge: Arc<Edge>,
     pub config: Arc<ArcSwap<Config>>,
 }
 
@@ -43,7 +42,7 @@ impl ServerApp for PublicApp {
         let timeouts = self.config.load().timeouts;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let stream = slow::http2(stream, timeouts.client_header);
-            return self.proxy.process_new(stream, shutdown).await;
+            return self.edge.process_new(stream, shutdown).await;
         }
         let stream = slow::http1(stream, timeouts.client_header);
         let mut session = ServerSession::new_http1(stream);
@@ -52,7 +51,7 @@ impl ServerApp for PublicApp {
         loop {
             // A server shutting down lets no connection be reused.
             session.set_keepalive((!*shutdown.borrow()).then(|| whole_seconds(silence)));
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let reused = self.edge.process_new_http(session, shutdown).await?;
             let (stream, settings) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
@@ -63,7 +62,7 @@ impl ServerApp for PublicApp {
     }
 
     async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
+        self.edge.http_cleanup().await;
     }
 }
 

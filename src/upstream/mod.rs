@@ -138,7 +138,7 @@ pub struct CallPolicy {
 }
 
 /// Idle upstream connections kept per upstream peer.
-const POOL_SIZE: usize = 256;
+const POOL_SIZE: usize = 512;
 
 /// Connection pool, DNS cache, retry budgets (per service) and circuits (per upstream), shared
 /// by every call for the life of the process: they survive config reloads.
