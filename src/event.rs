@@ -166,17 +166,17 @@ pub fn cookie_value<'a>(
 pub fn with_member(object: &[u8], field: &str, value: &str) -> Bytes {
     let trimmed = object.trim_ascii();
     let inner = &trimmed[1..trimmed.len() - 1];
-    let member = format!(
-        "{}:{}",
-        serde_json::Value::from(field),
-        serde_json::Value::from(value)
-    );
-    let mut out = Vec::with_capacity(trimmed.len() + member.len() + 1);
+    let mut out = Vec::with_capacity(trimmed.len() + field.len() + value.len() + 8);
     out.extend_from_slice(&trimmed[..trimmed.len() - 1]);
     if !inner.trim_ascii().is_empty() {
         out.push(b',');
     }
-    out.extend_from_slice(member.as_bytes());
+    // serde_json escapes the strings as JSON strings, without building a `Value` or a `format!`.
+    let written = serde_json::to_writer(&mut out, field).and_then(|()| {
+        out.push(b':');
+        serde_json::to_writer(&mut out, value)
+    });
+    written.expect("writing a string into a Vec cannot fail");
     out.push(b'}');
     Bytes::from(out)
 }

@@ -7,7 +7,7 @@ use crate::answer::Answer;
 use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
 use crate::config::{CacheMode, Config, Route};
 use crate::error::EdgeError;
-use crate::metrics;
+use crate::metrics::{self, CacheLookup};
 use crate::spool::{EventId, Spool};
 use crate::upstream::{
     Call, CallLimits, ClientInfo, UpstreamClient, UpstreamError, UpstreamResponse,
@@ -56,11 +56,7 @@ impl Flow {
         let cached = self
             .cache
             .get(&key, policy.fresh, policy.stale, Instant::now());
-        let lookup = |result: &str| {
-            metrics::CACHE_LOOKUPS
-                .with_label_values(&[&service.name, result])
-                .inc()
-        };
+        let lookup = |result| route.series.lookup(result);
 
         // A visitor with events still in the spool queues behind them, so the upstream sees
         // each visitor's events in order.
@@ -73,9 +69,9 @@ impl Flow {
                 .await
                 .map_err(|_| EdgeError::SpoolUnavailable)?;
             lookup(if freshness == Freshness::Fresh {
-                "hit"
+                CacheLookup::Hit
             } else {
-                "stale_served"
+                CacheLookup::StaleServed
             });
             return Ok(Answer::cached(
                 offers,
@@ -100,7 +96,7 @@ impl Flow {
                     .append(&key, &route.path, event, body.clone(), false)
                     .await;
                 if spooled.is_ok() {
-                    lookup("hit");
+                    lookup(CacheLookup::Hit);
                     return Ok(Answer::cached(
                         offers.clone(),
                         Freshness::Fresh,
@@ -116,7 +112,7 @@ impl Flow {
                 fallback = None;
             }
         }
-        lookup("miss");
+        lookup(CacheLookup::Miss);
         let call = Call {
             route: route.clone(),
             body: body.clone(),
@@ -161,7 +157,7 @@ impl Flow {
             .append(&key, &route.path, event, body, false)
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
-        lookup("stale_served");
+        lookup(CacheLookup::StaleServed);
         Ok(Answer::cached(
             offers,
             Freshness::Stale,
@@ -214,9 +210,7 @@ impl Flow {
                 in_flight.finish(delivered);
             }
         });
-        metrics::CACHE_LOOKUPS
-            .with_label_values(&[&route.service.name, "stale_served"])
-            .inc();
+        route.series.lookup(CacheLookup::StaleServed);
         Ok(Answer::cached(
             offers,
             Freshness::Stale,

@@ -8,6 +8,10 @@ use p13n_edge::emulator::Emulator;
 use p13n_edge::site::DemoSite;
 use std::path::{Path, PathBuf};
 
+/// mimalloc instead of glibc's allocator: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "p13n-edge",

@@ -127,14 +127,24 @@ fn log(session: &ServerSession, ctx: &RequestCtx) {
         Some(r) => (r.service.name.as_str(), r.label.as_str()),
         None => ("", ""),
     };
-    let code = metrics::code_label(ctx.code);
-    metrics::REQUESTS
-        .with_label_values(&[service, route, metrics::status_class(status), &code])
-        .inc();
+    let class = metrics::status_class(status);
+    let series = ctx.route.as_ref().map(|r| &r.series);
+    match series {
+        Some(series) if class == "2xx" && ctx.code.is_none() => series.answered_2xx.inc(),
+        _ => {
+            let code = metrics::code_label(ctx.code);
+            metrics::REQUESTS
+                .with_label_values(&[service, route, class, &code])
+                .inc();
+        }
+    }
     let elapsed = ctx.start.elapsed();
-    metrics::REQUEST_DURATION
-        .with_label_values(&[service])
-        .observe(elapsed.as_secs_f64());
+    match series {
+        Some(series) => series.duration.observe(elapsed.as_secs_f64()),
+        None => metrics::REQUEST_DURATION
+            .with_label_values(&[service])
+            .observe(elapsed.as_secs_f64()),
+    }
     if let Some((cache_status, upstream_status)) = &ctx.access {
         // Never the client id, the body or a header: nothing here identifies a visitor.
         tracing::info!(

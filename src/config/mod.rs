@@ -169,6 +169,8 @@ pub struct Route {
     pub authorization: HeaderValue,
     /// The route's token, marked sensitive.
     pub token: HeaderValue,
+    /// Its metric series, resolved once.
+    pub series: crate::metrics::RouteSeries,
 }
 
 impl Service {

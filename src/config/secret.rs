@@ -68,16 +68,27 @@ pub fn contains_secret(run: &[u8], known: &[Secret]) -> bool {
         .any(|k| k.len() >= SECRET_HEX && run.windows(k.len()).any(|w| w == k.as_bytes()))
 }
 
+/// Every upstream answer passes here, so it looks at one byte in `SECRET_HEX` where it can: a
+/// run of that many hex digits starting at or after `i` must cover byte `i + SECRET_HEX - 1`,
+/// so when that byte is not a hex digit the scan jumps past it. Only a hex digit there is
+/// widened into its whole run.
 fn scrub_hex_runs(bytes: &[u8], secret: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    let hex = |i: usize| bytes[i].is_ascii_hexdigit();
     let mut out: Option<Vec<u8>> = None;
     let (mut copied, mut i) = (0, 0);
-    while i < bytes.len() {
-        if !bytes[i].is_ascii_hexdigit() {
-            i += 1;
+    while i + SECRET_HEX <= bytes.len() {
+        let probe = i + SECRET_HEX - 1;
+        if !hex(probe) {
+            i = probe + 1;
             continue;
         }
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_hexdigit() {
+        // Bytes before `i` were seen: the one at `i - 1`, if any, ends a run or is not hex.
+        let mut start = probe;
+        while start > i && hex(start - 1) {
+            start -= 1;
+        }
+        i = probe + 1;
+        while i < bytes.len() && hex(i) {
             i += 1;
         }
         if i - start >= SECRET_HEX && secret(&bytes[start..i]) {
@@ -139,6 +150,43 @@ mod tests {
             "key 1/***, upper 1/***, known ***"
         );
         assert_eq!(redact_text("line 3: deadbeef", &[]), "line 3: deadbeef");
+    }
+
+    /// The maximal runs of at least `SECRET_HEX` hex digits, found one byte at a time.
+    fn runs_by_every_byte(bytes: &[u8]) -> Vec<Vec<u8>> {
+        bytes
+            .split(|b| !b.is_ascii_hexdigit())
+            .filter(|run| run.len() >= SECRET_HEX)
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The scan that skips ahead is offered exactly the runs a byte-by-byte scan finds, and
+        /// redacts each one picked.
+        #[test]
+        fn skipping_ahead_misses_no_run(
+            parts in proptest::collection::vec((0usize..70, proptest::sample::select(vec![b'"', b' ', b'x', b'/'])), 0..12)
+        ) {
+            let mut body = Vec::new();
+            for (n, (run, sep)) in parts.iter().enumerate() {
+                body.extend((0..*run).map(|k| b"0123456789abcdefABCDEF"[(k + n) % 22]));
+                body.push(*sep);
+            }
+            // Half the bodies end in a run.
+            if parts.len() % 2 == 1 {
+                body.pop();
+            }
+            let seen = std::cell::RefCell::new(Vec::new());
+            let scrubbed = scrub_hex_runs(&body, |run| {
+                seen.borrow_mut().push(run.to_vec());
+                true
+            });
+            let runs = runs_by_every_byte(&body);
+            proptest::prop_assert_eq!(&*seen.borrow(), &runs);
+            let redacted = scrubbed.unwrap_or_else(|| body.clone());
+            proptest::prop_assert!(runs_by_every_byte(&redacted).is_empty());
+        }
     }
 
     #[test]

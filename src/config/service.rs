@@ -182,6 +182,7 @@ pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Ro
         table: r.table.clone(),
         public: r.public,
         token_name: r.token.clone(),
+        series: crate::metrics::RouteSeries::new(&service.name, &path[1..]),
         label: path[1..].to_string(),
         path,
         authorization,

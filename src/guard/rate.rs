@@ -115,7 +115,8 @@ pub enum Overflow {
 
 /// Buckets by key, at most `max_tracked` of them.
 pub struct Limiter<K: Hash + Eq> {
-    buckets: DashMap<K, Bucket>,
+    /// Keyed by what clients send: ahash's randomly keyed hasher, like the offer cache's.
+    buckets: DashMap<K, Bucket, ahash::RandomState>,
     /// `buckets.len()`, kept here: the map's own count visits every shard, on every request.
     tracked: AtomicUsize,
     max_tracked: usize,
@@ -140,7 +141,7 @@ impl<K: Hash + Eq> Limiter<K> {
 
     pub fn with_overflow(max_tracked: usize, when_full: Overflow) -> Self {
         Limiter {
-            buckets: DashMap::new(),
+            buckets: DashMap::with_hasher(ahash::RandomState::new()),
             tracked: AtomicUsize::new(0),
             max_tracked: max_tracked.max(1),
             when_full,

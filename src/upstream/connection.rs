@@ -149,7 +149,10 @@ pub fn request_bytes(call: &Call) -> Bytes {
     header(b"Authorization", route.authorization.as_bytes());
     header(b"WP13n-Token", route.token.as_bytes());
     header(b"Content-Type", VENDOR_CONTENT_TYPE.as_bytes());
-    header(b"Content-Length", call.body.len().to_string().as_bytes());
+    header(
+        b"Content-Length",
+        itoa::Buffer::new().format(call.body.len()).as_bytes(),
+    );
     header(b"Accept", b"application/json");
     if let Some(ua) = &call.client.user_agent {
         header(b"User-Agent", ua.as_bytes());

@@ -268,8 +268,9 @@ impl UpstreamClient {
                 Ok(result) => result.map(|r| without_credentials(r, service)),
                 Err(_) => Err(UpstreamError::Timeout),
             };
-        metrics::UPSTREAM_DURATION
-            .with_label_values(&[&service.name])
+        call.route
+            .series
+            .upstream_duration
             .observe(started.elapsed().as_secs_f64());
         let healthy = match &result {
             Ok(r) => {
@@ -343,13 +344,17 @@ impl UpstreamClient {
         } else {
             None
         };
-        metrics::UPSTREAM_REQUESTS
-            .with_label_values(&[
-                service,
-                metrics::status_class(r.status),
-                &metrics::code_label(code),
-            ])
-            .inc();
+        if (200..300).contains(&r.status) {
+            route.series.upstream_2xx.inc();
+        } else {
+            metrics::UPSTREAM_REQUESTS
+                .with_label_values(&[
+                    service,
+                    metrics::status_class(r.status),
+                    &metrics::code_label(code),
+                ])
+                .inc();
+        }
         if let Some(code @ (3000..=3003 | 3006)) = code {
             metrics::TOKEN_REJECTIONS
                 .with_label_values(&[service, &route.label, &route.token_name, &code.to_string()])
