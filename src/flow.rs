@@ -10,7 +10,7 @@ use crate::error::EdgeError;
 use crate::metrics::{self, CacheLookup};
 use crate::spool::{EventId, Spool};
 use crate::upstream::{
-    Call, CallLimits, ClientInfo, UpstreamClient, UpstreamError, UpstreamResponse,
+    Call, CallLimits, ClientInfo, QuotaWait, UpstreamClient, UpstreamError, UpstreamResponse,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ impl Flow {
         let mut background = limits;
         background.deadline = background.deadline.max(policy.background_deadline);
         // Past the quota, the cached offers answer at once rather than after a wait.
-        background.wait_for_quota = false;
+        background.quota_wait = QuotaWait::Never;
         let client = self.client.clone();
         // Polled here, and moved to a task of its own only if the deadline passes: no spawn on
         // the common path.

@@ -60,8 +60,31 @@ pub struct RequestCtx {
 
 #[async_trait]
 impl HttpServerApp for Edge {
+    /// HTTP/2 streams come here, from pingora; HTTP/1 requests call `serve_http` directly.
     async fn process_new_http(
         self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.serve_http(session, shutdown).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    async fn http_cleanup(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+}
+
+impl Edge {
+    /// One request on `session`, and the connection back when it can serve another. Not the
+    /// trait method for HTTP/1: `async_trait` boxes its future, a copy of some kilobytes per
+    /// request, where the connection's own future (boxed once) can hold this one.
+    pub async fn serve_http(
+        &self,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
@@ -108,15 +131,6 @@ impl HttpServerApp for Edge {
         let settings = HttpPersistentSettings::for_session(&session);
         let stream = session.finish().await.ok()??;
         Some(ReusedHttpStream::from_reusable_stream(stream, settings))
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        Some(&self.options)
-    }
-
-    async fn http_cleanup(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.stop.notify_waiters();
     }
 }
 

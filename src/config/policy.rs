@@ -113,9 +113,7 @@ pub(super) fn call_policy(
             window: ms(r.budget_window_ms),
         },
         retry_after_send: r.after_send,
-        quota: s
-            .max_events_per_second
-            .and_then(|n| BucketSpec::try_new(n, n.max(1.0)).ok()),
+        quota: s.max_events_per_second,
         circuit: CircuitSettings {
             consecutive_failures: c.consecutive_failures,
             failure_rate: c.failure_rate,

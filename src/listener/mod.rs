@@ -51,7 +51,7 @@ impl ServerApp for PublicApp {
         loop {
             // A server shutting down lets no connection be reused.
             session.set_keepalive((!*shutdown.borrow()).then(|| whole_seconds(silence)));
-            let reused = self.edge.process_new_http(session, shutdown).await?;
+            let reused = self.edge.serve_http(session, shutdown).await?;
             let (stream, settings) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {

@@ -28,7 +28,8 @@ use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
 use crate::upstream::{
-    Backoff, Call, CallLimits, ClientInfo, UpstreamClient, UpstreamError, UpstreamResponse,
+    Backoff, Call, CallLimits, ClientInfo, QuotaWait, UpstreamClient, UpstreamError,
+    UpstreamResponse,
 };
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -517,7 +518,8 @@ impl Replayer {
         config: &Config,
         record: &Record,
     ) -> Verdict {
-        let limits = CallLimits::new(config, &route);
+        let mut limits = CallLimits::new(config, &route);
+        limits.quota_wait = QuotaWait::Behind;
         let key = CacheKey::new(&route.service.id, &route.id, &record.visitor);
         let call = Call {
             route,

@@ -9,6 +9,7 @@ mod connection;
 mod dns;
 mod h2;
 mod pool;
+mod quota;
 pub mod response;
 
 pub use backoff::{parse_retry_after, Backoff, BackoffError};
@@ -16,10 +17,10 @@ pub use budget::{BudgetSettings, RetryBudget};
 pub use circuit::{Circuit, CircuitSettings, CircuitState};
 pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver};
+pub use quota::QuotaWait;
 
 use crate::config::{Route, Service, Timeouts};
 use crate::error::vendor_code;
-use crate::guard::rate::{Bucket, BucketSpec};
 use crate::lock;
 use crate::metrics;
 use bytes::Bytes;
@@ -105,9 +106,8 @@ pub struct CallLimits {
     pub max_body: usize,
     /// Bounds the whole call, retries and backoff included.
     pub deadline: Duration,
-    /// Whether a call past the service's quota waits for it (within the deadline) or is
-    /// answered 429 at once (the caller has cached offers to fall back on).
-    pub wait_for_quota: bool,
+    /// Whether a call that finds the service's quota spent waits for its slot, and behind whom.
+    pub quota_wait: QuotaWait,
 }
 
 impl CallLimits {
@@ -117,7 +117,7 @@ impl CallLimits {
             timeouts: config.timeouts,
             max_body: config.max_upstream_body_bytes,
             deadline: route.service.policy.deadline,
-            wait_for_quota: true,
+            quota_wait: QuotaWait::UntilDeadline,
         }
     }
 }
@@ -134,7 +134,13 @@ pub struct CallPolicy {
     pub retry_after_send: bool,
     pub circuit: CircuitSettings,
     /// Calls a second to the upstream, live and replayed together; `None`: no limit.
-    pub quota: Option<BucketSpec>,
+    pub quota: Option<f64>,
+}
+
+/// A service's quota: its schedule, and the queue of replayed calls waiting for a turn.
+struct Quota {
+    pacer: Mutex<quota::Pacer>,
+    replay_turn: tokio::sync::Mutex<()>,
 }
 
 /// Idle upstream connections kept per upstream peer.
@@ -149,8 +155,8 @@ pub struct UpstreamClient {
     protocol: Protocol,
     dns: DnsCache,
     budgets: DashMap<String, Arc<RetryBudget>>,
-    /// Token buckets of the services with a quota.
-    quotas: DashMap<String, Arc<Mutex<Bucket>>>,
+    /// The schedules of the services with a quota.
+    quotas: DashMap<String, Arc<Quota>>,
     circuits: DashMap<String, Arc<Mutex<Circuit>>>,
     /// Routes whose token the upstream refused, until a call on them succeeds.
     rejected: DashMap<String, String>,
@@ -196,8 +202,8 @@ impl UpstreamClient {
         let mut retry = 0;
         loop {
             // Every attempt, a retry too, is a call the quota counts.
-            if let Some(spec) = policy.quota {
-                if let Err(wait) = self.take_quota(&service.name, spec, deadline, limits).await {
+            if let Some(rate) = policy.quota {
+                if let Err(wait) = self.take_quota(&service.name, rate, deadline, limits).await {
                     return Ok(quota_answer(wait));
                 }
             }
@@ -377,28 +383,51 @@ impl UpstreamClient {
     async fn take_quota(
         &self,
         service: &str,
-        spec: BucketSpec,
+        rate: f64,
         deadline: Instant,
         limits: CallLimits,
     ) -> Result<(), Duration> {
-        let bucket = shared(&self.quotas, service, || {
-            Mutex::new(Bucket::full(spec, Instant::now()))
+        let quota = shared(&self.quotas, service, || Quota {
+            pacer: Mutex::new(quota::Pacer::new(rate)),
+            replay_turn: tokio::sync::Mutex::new(()),
         });
-        loop {
-            let taken = lock(&bucket).take(spec, Instant::now());
-            let wait = match taken {
-                Ok(()) => {
-                    metrics::QUOTA_SPENT.with_label_values(&[service]).inc();
-                    return Ok(());
+        let until_deadline = || deadline.saturating_duration_since(Instant::now());
+        let wait = match limits.quota_wait {
+            QuotaWait::Never => lock(&quota.pacer).reserve(Instant::now(), Duration::ZERO),
+            QuotaWait::UntilDeadline => {
+                lock(&quota.pacer).reserve(Instant::now(), until_deadline())
+            }
+            QuotaWait::Behind => {
+                // One replayed call at a time looks for a slot; it takes only one that starts
+                // within an interval, so live calls keep theirs.
+                let _turn = quota.replay_turn.lock().await;
+                loop {
+                    let (reserved, interval) = {
+                        let mut pacer = lock(&quota.pacer);
+                        let interval = pacer.interval();
+                        (pacer.reserve(Instant::now(), interval), interval)
+                    };
+                    match reserved {
+                        Ok(wait) => break Ok(wait),
+                        Err(wait) if wait >= until_deadline() => break Err(wait),
+                        Err(wait) => tokio::time::sleep(wait - interval).await,
+                    }
                 }
-                Err(wait) => wait,
-            };
-            metrics::QUOTA_DEFERRED.with_label_values(&[service]).inc();
-            if !limits.wait_for_quota || Instant::now() + wait >= deadline {
+            }
+        };
+        match wait {
+            Ok(Duration::ZERO) => {}
+            Ok(wait) => {
+                metrics::QUOTA_DEFERRED.with_label_values(&[service]).inc();
+                tokio::time::sleep(wait).await;
+            }
+            Err(wait) => {
+                metrics::QUOTA_DEFERRED.with_label_values(&[service]).inc();
                 return Err(wait);
             }
-            tokio::time::sleep(wait).await;
         }
+        metrics::QUOTA_SPENT.with_label_values(&[service]).inc();
+        Ok(())
     }
 
     fn budget(&self, service: &str) -> Arc<RetryBudget> {

@@ -29,7 +29,16 @@ impl Header {
     /// Feed `bytes`; `Err(n)` when the header ends after `n` of them, else the state to go on
     /// from.
     pub(super) fn scan(mut self, bytes: &[u8]) -> Result<Header, usize> {
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            // Inside a line only LF matters: jump to it (most of a header's bytes are here).
+            if self == Header::InLine {
+                match memchr::memchr(b'\n', &bytes[i..]) {
+                    Some(lf) => i += lf,
+                    None => return Ok(Header::InLine),
+                }
+            }
+            let b = bytes[i];
             self = match (self, b) {
                 (Header::Leading | Header::LeadingCr, b'\n') => Header::Leading,
                 (Header::Leading, b'\r') => Header::LeadingCr,
@@ -38,6 +47,7 @@ impl Header {
                 (_, b'\n') => Header::LineStart,
                 _ => Header::InLine,
             };
+            i += 1;
         }
         Ok(self)
     }

@@ -1,0 +1,106 @@
+//! A service's quota (`max_events_per_second`): calls spaced evenly, at least `1.01 / rate`
+//! seconds apart, so that no second of the upstream's sees more than `rate` of them (the 1%
+//! absorbs jitter on the way). A token bucket with a second's burst let through twice the rate
+//! in the second after an idle spell.
+//!
+//! A call reserves its slot and sleeps once until it comes (no retry loop: with hundreds of
+//! replay calls waiting, a loop woke them all for every slot). Live calls reserve directly;
+//! replay calls queue behind one another for a turn, and a turn takes only a slot that starts
+//! within one interval, so live calls arriving meanwhile go first: replay fills what the quota
+//! leaves.
+
+use std::time::{Duration, Instant};
+
+/// When a call may wait for its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaWait {
+    /// Within the call's deadline (a visitor waits for its offers).
+    UntilDeadline,
+    /// Not at all: a slot free now, or a 429 (the caller has cached offers to answer with).
+    Never,
+    /// Behind the other replayed calls and after live ones, within the deadline.
+    Behind,
+}
+
+/// The schedule of one service's calls.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    interval: Duration,
+    /// The earliest start of the next slot.
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(per_second: f64) -> Pacer {
+        Pacer {
+            interval: Duration::from_secs_f64(1.01 / per_second),
+            next: None,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Take the next slot if it starts within `max_wait` of `now`: `Ok(wait until it)`, else
+    /// `Err(the wait it would take)` and nothing is taken.
+    pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+        let slot = self.next.map_or(now, |next| next.max(now));
+        let wait = slot - now;
+        if wait > max_wait {
+            return Err(wait);
+        }
+        self.next = Some(slot + self.interval);
+        Ok(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_second_slot_waits_an_interval_and_a_refused_one_takes_nothing() {
+        let t = Instant::now();
+        let mut p = Pacer::new(100.0);
+        assert_eq!(p.reserve(t, Duration::ZERO), Ok(Duration::ZERO));
+        let gap = p.interval();
+        assert_eq!(p.reserve(t, Duration::ZERO), Err(gap));
+        assert_eq!(p.reserve(t, gap), Ok(gap));
+        // Idle for a while: the next call goes at once, and only one.
+        let later = t + Duration::from_secs(5);
+        assert_eq!(p.reserve(later, Duration::ZERO), Ok(Duration::ZERO));
+        assert!(p.reserve(later, Duration::ZERO).is_err());
+    }
+
+    proptest! {
+        /// However calls arrive and however long they may wait, the slots granted are an
+        /// interval apart, and no window of one second holds more than the rate.
+        #[test]
+        fn no_second_holds_more_than_the_rate(
+            rate in 1u32..3000,
+            arrivals in proptest::collection::vec((0u64..2_000_000, 0u64..3_000_000), 1..400),
+        ) {
+            let t0 = Instant::now();
+            let mut p = Pacer::new(f64::from(rate));
+            let mut at = 0;
+            let mut slots = Vec::new();
+            for (gap_us, max_wait_us) in arrivals {
+                at += gap_us / 64;
+                let now = t0 + Duration::from_micros(at);
+                if let Ok(wait) = p.reserve(now, Duration::from_micros(max_wait_us)) {
+                    prop_assert!(wait <= Duration::from_micros(max_wait_us));
+                    slots.push(now + wait);
+                }
+            }
+            for pair in slots.windows(2) {
+                prop_assert!(pair[1] >= pair[0] + p.interval());
+            }
+            for (i, start) in slots.iter().enumerate() {
+                let in_second = slots[i..].iter().take_while(|s| **s < *start + Duration::from_secs(1)).count();
+                prop_assert!(in_second <= rate as usize, "{in_second} slots in a second at {rate}/s");
+            }
+        }
+    }
+}
