@@ -39,9 +39,10 @@ upstream=""; current=""  # the upstream nginx, and the server under callgrind wh
 cleanup() { for p in $current $upstream; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Free ports on 127.0.0.1, all distinct: each socket stays bound until all are picked.
+ports() { python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "$1"; }
 listening() { (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-UP=$(port)
+UP=$(ports 1)
 OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
 KEY=1/0123456789abcdef0123456789abcdef01234567
 TOKEN=1/1/00000000000000000000000000000001
@@ -125,10 +126,10 @@ for _ in $(seq 100); do listening "$UP" && break; sleep 0.1; done
 
 # One server under callgrind answering n requests, stopped gracefully: its Ir total in IR.
 count() { # target n
-  local p out cmd sig=TERM file="$work/callgrind.$1.$2.out"
-  p=$(port)
+  local p admin out cmd sig=TERM file="$work/callgrind.$1.$2.out"
+  read -r p admin <<< "$(ports 2)"  # the upstream listens: neither can be its port
   case $1 in
-    pass) pass_conf "$p" "$(port)"; rm -rf "$work/pass-spool"
+    pass) pass_conf "$p" "$admin"; rm -rf "$work/pass-spool"
       cmd=("$BIN_DIR/p13n-edge" run --config "$work/pass.toml") ;;
     ceiling) cmd=("$BIN_DIR/examples/ceiling" "127.0.0.1:$p") ;;
     serve-ceiling) cmd=("$BIN_DIR/examples/serve_ceiling" "127.0.0.1:$p") ;;
