@@ -231,9 +231,9 @@ RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.to
 RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!); EMUP_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$FAR" --rules conf/demo-rules.toml --threads 1 2>"$work/far.log" & pids+=($!)
 RUST_LOG=warn $BIN run --config "$work/farpass.toml" 2>"$work/farpass.log" & pids+=($!)
-RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!); FARFAST_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$QEMU" --rules conf/demo-rules.toml --threads 1 2>"$work/qemu.log" & pids+=($!)
-RUST_LOG=warn $BIN run --config "$work/quota.toml" 2>"$work/quota.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/quota.toml" 2>"$work/quota.log" & pids+=($!); QUOTA_PID=$!
 RUST_LOG=warn $BIN run --config "$work/tlspass.toml" 2>"$work/tlspass.log" & pids+=($!); TLSPASS_PID=$!
 for p in $UP $NGX $HAP $PASS $FAST $FSYNC $CEIL $SCEIL $EMU $EMUP $FAR $FARPASS $FARFAST $QEMU $QUOTA \
   $TLSPASS $NGX_TLS $HAP_TLS; do
@@ -259,6 +259,8 @@ per_req_us() { # ticks before, after, requests: CPU µs per request
 }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 spool_depth() { metric "$1" p13n_edge_spool_depth; }
+# A counter's total over all its labels.
+counter() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($1, m "{") == 1 || $1 == m {n += $2} END {print n + 0}'; }
 # Cache lookups that were not hits (misses, stale answers), over all labels.
 not_hits() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^p13n_edge_cache_lookups_total/ && !/result="hit"/ {n += $2} END {print n + 0}'; }
 # Wait until the spool is empty (every accepted event delivered); prints the seconds it took.
@@ -474,19 +476,23 @@ fi
 
 # One paced run against a fast proxy in front of a 50 ms emulator: the answers by status, the
 # spool when the load ended, the time it took to drain, the events the upstream counted, and its
-# peaks (the most calls in one second, the most at once). Sets RUN_* for the caller.
-far_run() { # proxy port, admin port, emulator port, offered events/s, seconds
+# peaks (the most calls in one second, the most at once), the proxy's CPU time per answer over
+# the run and the drain, and the calls its quota deferred. Sets RUN_* for the caller.
+far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, proxy pid
   # Each connection waits 10 ms between requests: about 11 ms a cycle with a hit.
   local conns out before
   conns=$(awk -v r="$4" 'BEGIN {c = int(r * 0.011 + 0.5); print (c < 1 ? 1 : c)}')
   # Setting the fault plan again restarts the emulator's peaks (max_per_second, max_in_flight).
   curl -sf -X POST -d "$FAULT" "http://127.0.0.1:$3/_emulator/faults" >/dev/null
   local dup0 miss0; read -r before dup0 <<< "$(emu_stat "$3" events_ingested duplicates)"
-  miss0=$(not_hits "$2")
+  miss0=$(not_hits "$2"); local deferred0 cpu0; deferred0=$(counter "$2" p13n_edge_quota_deferred_total)
+  cpu0=$(cpu_ticks "$6")
   out=$(wrk -t1 -c"$conns" -d"$5s" --latency -s benches/load/paced_status.lua "http://127.0.0.1:$1/demo_db/pageviews")
   RUN_DEPTH=$(spool_depth "$2")
   RUN_NOT_HITS=$(( $(not_hits "$2") - miss0 ))
   RUN_DRAIN=$(drain "$2")
+  RUN_DEFERRED=$(( $(counter "$2" p13n_edge_quota_deferred_total) - deferred0 ))
+  local cpu1; cpu1=$(cpu_ticks "$6")
   local after dup1
   read -r after dup1 RUN_PEAK RUN_IN_FLIGHT <<< "$(emu_stat "$3" events_ingested duplicates max_per_second max_in_flight)"
   RUN_DUPS=$((dup1 - dup0)); RUN_EVENTS=$((after - before - RUN_DUPS))
@@ -497,22 +503,23 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds
   RUN_OTHER=$(echo "$out" | awk '/^status [013-9][0-9][0-9]:/ {n += $3} END {print n + 0}')
   RUN_STATUSES=$(echo "$out" | awk '/^status / {sub(":", ""); printf "%s%s: %s", sep, $2, $3; sep = ", "}')
   RUN_ERRORS=$(echo "$out" | wrk_errors)
+  RUN_CPU=$(per_req_us "$cpu0" "$cpu1" "$((RUN_2XX + RUN_OTHER))")
 }
 
 # The issue's rates in front of the distant upstream, default settings (farfast as it is):
 # 2,000 and 5,000 events/s offered for RATE_SECONDS each. Targets: the spool drains within 3 s
 # of the load ending, every 2xx answer's event counted at the upstream, p99 < 5 ms.
 if has rates; then
-  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT
+  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
       # Every visitor cached and fresh (fast mode's fresh_ms is 60 s), so every answer is a hit.
       warm_once "$FARFAST" 2 64; drain "$FARFAST_ADMIN" >/dev/null
-      far_run "$FARFAST" "$FARFAST_ADMIN" "$FAR" "$rate" "$RATE_SECS"
+      far_run "$FARFAST" "$FARFAST_ADMIN" "$FAR" "$rate" "$RATE_SECS" "$FARFAST_PID"
       check_events "fast at $rate/s" "$RUN_2XX" "$RUN_EVENTS"
       RRPS[$rate]+="$RUN_RPS "; RP50[$rate]+="$RUN_P50 "; RP99[$rate]+="$RUN_P99 "
       R2XX[$rate]+="$RUN_2XX "; ROTHER[$rate]+="$RUN_OTHER "; RERR[$rate]+="$RUN_ERRORS "
-      RDEPTH[$rate]+="$RUN_DEPTH "; RDRAIN[$rate]+="$RUN_DRAIN "; REVENTS[$rate]+="$RUN_EVENTS "; RDUPS[$rate]+="$RUN_DUPS "; RNOTHIT[$rate]+="$RUN_NOT_HITS "
+      RDEPTH[$rate]+="$RUN_DEPTH "; RDRAIN[$rate]+="$RUN_DRAIN "; REVENTS[$rate]+="$RUN_EVENTS "; RDUPS[$rate]+="$RUN_DUPS "; RNOTHIT[$rate]+="$RUN_NOT_HITS "; RCPU[$rate]+="$RUN_CPU "
       RPEAK[$rate]+="$RUN_PEAK "; RIN[$rate]+="$RUN_IN_FLIGHT "; RCONNS[$rate]=$RUN_CONNS
       echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms, statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once" >&2
     done
@@ -523,14 +530,15 @@ if has rates; then
     echo "10 ms between requests), 1024 visitors warmed first so that every answer is a hit; medians of"
     echo "$ROUNDS runs, answers and events totals. *Spool at end* is p13n_edge_spool_depth when the load"
     echo "ended, *drain* the time from then to an empty spool; the upstream's peaks are the emulator's"
-    echo "max_per_second and max_in_flight over the run and the drain; events are counted once each"
+    echo "max_per_second and max_in_flight over the run and the drain, and the proxy's CPU (user +"
+    echo "system) over the run and the drain per answer; events are counted once each"
     echo "(a repeated uuid is shown apart, not counted). The issue's target: drained"
     echo "within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
     echo
-    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for rate in $RATES; do
-      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) |"
+      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) |"
     done
     echo
   } | out rates
@@ -546,20 +554,22 @@ if has quota; then
   cached=$(metric "$QUOTA_ADMIN" p13n_edge_cache_entries)
   [ "${cached:-0}" -ge 1024 ] || { echo "quota: only ${cached:-0} of 1024 visitors cached after the warm-up" >&2; exit 1; }
   drain "$QUOTA_ADMIN" >/dev/null
-  far_run "$QUOTA" "$QUOTA_ADMIN" "$QEMU" "$QUOTA_RATE" "$RATE_SECS"
+  far_run "$QUOTA" "$QUOTA_ADMIN" "$QEMU" "$QUOTA_RATE" "$RATE_SECS" "$QUOTA_PID"
   check_events "quota" "$RUN_2XX" "$RUN_EVENTS"
   peak=$RUN_PEAK
   verdict=$([ "$peak" -le 500 ] && echo "within the quota" || echo "OVER the quota")
-  echo "quota: $RUN_RPS req/s, statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream max $peak/s ($verdict)" >&2
+  echo "quota: $RUN_RPS req/s, statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream max $peak/s ($verdict), $RUN_DEFERRED quota deferrals, $RUN_CPU µs CPU an answer" >&2
   {
     echo "The quota: \`fast\` with \`max_events_per_second = 500\` in front of an emulator of its own"
     echo "answering after 50 ms, $QUOTA_RATE events/s offered for ${RATE_SECS}s (paced, $RUN_CONNS connections, 1024"
     echo "visitors warmed first, then the emulator's peaks restarted); one run. *Most calls in a second*"
     echo "is the emulator's max_per_second over the run and the drain: it must stay at or below 500."
+    echo "*Deferred* counts p13n_edge_quota_deferred_total (calls held back by the quota, each time one"
+    echo "is); CPU is the proxy's over the run and the drain, per answer."
     echo
-    echo "| req/s | p50 ms | p99 ms | answers by status | socket errors | not cache hits | spool at end | drain | events at the upstream | most calls in a second at the upstream | most at once |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
-    echo "| $RUN_RPS | $RUN_P50 | $RUN_P99 | $RUN_STATUSES | $RUN_ERRORS | $RUN_NOT_HITS | $RUN_DEPTH | $RUN_DRAIN s | $RUN_EVENTS ($RUN_DUPS repeated) | $peak ($verdict) | $RUN_IN_FLIGHT |"
+    echo "| req/s | p50 ms | p99 ms | answers by status | socket errors | not cache hits | spool at end | drain | events at the upstream | most calls in a second at the upstream | most at once | deferred | proxy CPU µs/answer |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| $RUN_RPS | $RUN_P50 | $RUN_P99 | $RUN_STATUSES | $RUN_ERRORS | $RUN_NOT_HITS | $RUN_DEPTH | $RUN_DRAIN s | $RUN_EVENTS ($RUN_DUPS repeated) | $peak ($verdict) | $RUN_IN_FLIGHT | $RUN_DEFERRED | $RUN_CPU |"
     echo
   } | out quota
   took quota
