@@ -667,7 +667,7 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
   echo "Measured $(date -u +%Y-%m-%d) on $machine."
   echo
   for s in main half far rates quota tls memory callgrind; do
-    [ -f "$work/results-$s.md" ] && cat "$work/results-$s.md"
+    if [ -f "$work/results-$s.md" ]; then cat "$work/results-$s.md"; fi
   done
 } | sed '$ { /^$/d }' | tee benches/results.md
 echo "the whole run took $((SECONDS - started)) s" >&2
