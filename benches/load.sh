@@ -1,50 +1,87 @@
 #!/usr/bin/env bash
-# Side-by-side load benchmark: a direct call to a static upstream, nginx as the equivalent proxy,
-# p13n-edge pass-through, p13n-edge fast (cache hit; spool fdatasync per group commit, and with
-# spool.sync_interval_ms = 100), a bare pingora proxy answering from memory (the ceiling of a
-# hit, examples/ceiling.rs), and p13n-edge in front of its emulator. Alternating, over ROUNDS
-# rounds; after a `fast` run the spool is left to drain (every hit's event delivered) before the
-# next run, and that time counts in its sustained rate. Each run also reports the CPU time per
-# request of the server under test and of the upstream. Prints medians and ratios and writes
-# benches/results.md. Then p99 at half of the
-# pass-through peak (direct, nginx, pass-through at the same offered rate), pass-through and fast
-# in front of an upstream 50 ms away (latency, and every event counted at the upstream), and RSS
-# per cached visitor at 100k and 1M visitors. One command, from a fresh checkout:
+# Side-by-side load benchmark: a direct call to a static upstream, nginx and HAProxy as the
+# equivalent proxies, p13n-edge pass-through, p13n-edge fast (cache hit; spool fdatasync per
+# group commit, and with spool.sync_interval_ms = 100), a bare pingora proxy answering from memory
+# (the ceiling of a hit, examples/ceiling.rs), the same on pingora-core's HttpServerApp without
+# pingora-proxy (examples/serve_ceiling.rs), and p13n-edge in front of its emulator. Alternating,
+# over ROUNDS rounds; after a `fast` run the spool is left to drain (every hit's event delivered)
+# before the next run, and that time counts in its sustained rate. Each run also reports the CPU
+# time per request of the server under test and of the upstream. Prints medians and ratios and
+# writes benches/results.md. Then, by section:
+#   main      the table above
+#   half      p99 at half of the pass-through peak (direct, nginx, pass-through, same offered rate)
+#   far       pass-through and fast in front of an upstream 50 ms away, ~500 req/s (latency, and
+#             every event counted at the upstream)
+#   rates     fast in front of that upstream at 2,000 and 5,000 events/s for RATE_SECONDS (10)
+#             each, default settings: spool depth when the load ends, time to drain, events lost
+#   quota     fast with max_events_per_second = 500 in front of its own 50 ms emulator, 2,000
+#             events/s offered: the most calls the upstream saw in one second
+#   tls       the browser-facing path, TLS + HTTP/2 (h2load): p13n-edge, nginx, HAProxy
+#   memory    RSS per cached visitor at 100k and 1M visitors
+#   callgrind instructions per request, machine-independent (benches/callgrind.sh)
+# One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
+# SECTIONS="far rates" runs only those (default: all); SKIP_BUILD=1 skips `cargo build` and
+# BIN_DIR (default target/release) says where the binaries are. The script fails on a lost event
+# (more 2xx answers than events at the upstream), not on a target missed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-5}
 VISITORS=${VISITORS:-"100000 1000000"}
+SECTIONS=${SECTIONS:-"main half far rates quota tls memory callgrind"}
+RATES=${RATES:-"2000 5000"}
+RATE_SECS=${RATE_SECONDS:-10}
+BIN_DIR=${BIN_DIR:-target/release}
 CONNS=32
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)  # TLS + HTTP/2, and callgrind's counts
+command -v valgrind >/dev/null || need+=(valgrind)      # callgrind
+command -v openssl >/dev/null || need+=(openssl)        # the TLS section's throwaway certificate
+command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)  # free ports, the emulator's stats, the README
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-scripts/setup
-cargo build --release -q --bins --example ceiling
-BIN=target/release/p13n-edge
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  scripts/setup
+  cargo build --release -q --bins --example ceiling --example serve_ceiling
+fi
+BIN=$BIN_DIR/p13n-edge
 
 work=$(mktemp -d /tmp/p13n-edge-load.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+started=$SECONDS
+section_start=$SECONDS
+took() { echo "section $1 took $((SECONDS - section_start)) s" >&2; section_start=$SECONDS; }
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port); NGX=$(port); PASS=$(port); PASS_ADMIN=$(port); FAST=$(port); FAST_ADMIN=$(port)
-FSYNC=$(port); FSYNC_ADMIN=$(port); CEIL=$(port)
-EMU=$(port); EMUP=$(port); EMUP_ADMIN=$(port)
-FAR=$(port); FARPASS=$(port); FARPASS_ADMIN=$(port); FARFAST=$(port); FARFAST_ADMIN=$(port)
+# Free ports on 127.0.0.1, all distinct: each socket stays bound until all are picked.
+ports() { python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "$1"; }
+read -r UP NGX HAP PASS PASS_ADMIN FAST FAST_ADMIN FSYNC FSYNC_ADMIN CEIL SCEIL \
+  EMU EMUP EMUP_ADMIN FAR FARPASS FARPASS_ADMIN FARFAST FARFAST_ADMIN QEMU QUOTA QUOTA_ADMIN \
+  TLSPASS TLSPASS_PLAIN TLSPASS_ADMIN NGX_TLS HAP_TLS <<< "$(ports 27)"
 OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
 KEY=1/0123456789abcdef0123456789abcdef01234567
 TOKEN=1/1/00000000000000000000000000000001
 echo "$KEY" > "$work/key"
+# One visitor's event, for the tools that post a file (h2load), and the warm-up check.
+BODY='{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/retail"}'
+printf '%s' "$BODY" > "$work/body.json"
+# A throwaway certificate for the TLS listeners (h2load does not verify it).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$work/edge.key" -out "$work/edge.pem" 2>/dev/null
+cat "$work/edge.pem" "$work/edge.key" > "$work/edge-haproxy.pem"  # HAProxy wants both in one
 
 # The static upstream, and nginx doing p13n-edge's job (keepalive upstream, credentials injected,
 # client credentials and cookies dropped): two nginx instances with one worker each, so that the
@@ -71,10 +108,12 @@ nginx_conf upstream <<NGX
     location / { default_type application/json; return 200 '$OFFERS'; }
   }
 NGX
-nginx_conf nginx <<NGX
+nginx_proxy() { # the listen directive's arguments: nginx doing p13n-edge's job behind them
+  cat <<NGX
   upstream p13n { server 127.0.0.1:$UP; keepalive 64; }
   server {
-    listen 127.0.0.1:$NGX;
+    listen $1;
+    $2
     location = /demo_db/pageviews {
       proxy_pass http://p13n;
       proxy_http_version 1.1;
@@ -87,10 +126,56 @@ nginx_conf nginx <<NGX
     }
   }
 NGX
+}
+nginx_proxy "127.0.0.1:$NGX" "" | nginx_conf nginx
+# The same behind TLS and HTTP/2: `http2 on;` from nginx 1.25.1, `listen ... http2` before. nginx
+# ends a client connection after keepalive_requests (1000) requests, with a GOAWAY on HTTP/2;
+# h2load does not reconnect, so the connection would be lost for the rest of the run.
+ngx_version=$("$NGINX" -v 2>&1 | sed 's|.*nginx/||')
+tls_directives="ssl_certificate $work/edge.pem; ssl_certificate_key $work/edge.key; keepalive_requests 100000000;"
+if [ "$(printf '%s\n1.25.1\n' "$ngx_version" | sort -V | head -1)" = 1.25.1 ]; then
+  nginx_proxy "127.0.0.1:$NGX_TLS ssl" "http2 on; $tls_directives" | nginx_conf nginxtls
+else
+  nginx_proxy "127.0.0.1:$NGX_TLS ssl http2" "$tls_directives" | nginx_conf nginxtls
+fi
 "$NGINX" -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!); UP_MASTER=$!
 "$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!); NGX_MASTER=$!
+"$NGINX" -c "$work/nginxtls.conf" -g 'daemon off;' & pids+=($!); NGX_TLS_MASTER=$!
 
-proxy_config() { # name port admin upstream mode [spool sync interval ms]
+# HAProxy doing nginx's job: one thread, a keepalive pool to the same upstream (any idle
+# connection reused), the credentials set, cookies dropped, only POST /demo_db/pageviews routed
+# (404 otherwise), no logging. Its own process (-db: in the foreground, no master).
+haproxy_conf() { # name bind-arguments
+  cat > "$work/$1.cfg" <<HAP
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 30s
+frontend edge
+  bind $2
+  http-request return status 404 unless { method POST } { path /demo_db/pageviews }
+  default_backend p13n
+backend p13n
+  http-reuse always
+  http-request set-header Host 127.0.0.1:$UP
+  http-request set-header Authorization "TD1 $KEY"
+  http-request set-header WP13n-Token "$TOKEN"
+  http-request set-header Content-Type application/vnd.treasuredata.v1+json
+  http-request del-header Cookie
+  server upstream 127.0.0.1:$UP
+HAP
+}
+haproxy_conf haproxy "127.0.0.1:$HAP"
+haproxy_conf haproxytls "127.0.0.1:$HAP_TLS ssl crt $work/edge-haproxy.pem alpn h2,http/1.1"
+"$HAPROXY" -db -f "$work/haproxy.cfg" 2>"$work/haproxy.log" & pids+=($!); HAP_PID=$!
+"$HAPROXY" -db -f "$work/haproxytls.cfg" 2>"$work/haproxytls.log" & pids+=($!); HAP_TLS_PID=$!
+
+proxy_config() { # name port admin upstream mode [spool sync interval ms] [[service] keys] [more TOML]
   cat > "$work/$1.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
@@ -110,6 +195,7 @@ base_url = "http://127.0.0.1:$4"
 account_id = "1"
 instance_id = "1"
 api_key_file = "key"
+${7:-}
 [service.tokens]
 web = "$TOKEN"
 [service.cache]
@@ -118,6 +204,7 @@ mode = "$5"
 database = "demo_db"
 table = "pageviews"
 token = "web"
+${8:-}
 TOML
 }
 proxy_config pass "$PASS" "$PASS_ADMIN" "$UP" pass-through
@@ -127,29 +214,55 @@ proxy_config emu "$EMUP" "$EMUP_ADMIN" "$EMU" pass-through
 # In front of an emulator that takes 50 ms to answer, as a distant region would.
 proxy_config farpass "$FARPASS" "$FARPASS_ADMIN" "$FAR" pass-through
 proxy_config farfast "$FARFAST" "$FARFAST_ADMIN" "$FAR" fast
+# The same at a quota of 500 calls a second, in front of an emulator of its own (clean stats).
+proxy_config quota "$QUOTA" "$QUOTA_ADMIN" "$QEMU" fast 0 "max_events_per_second = 500"
+# Pass-through with the browser-facing TLS listener (HTTP/2 offered by ALPN).
+proxy_config tlspass "$TLSPASS_PLAIN" "$TLSPASS_ADMIN" "$UP" pass-through 0 "" "[server.tls]
+listen = \"127.0.0.1:$TLSPASS\"
+cert_file = \"edge.pem\"
+key_file = \"edge.key\"
+h2 = true"
 RUST_LOG=warn $BIN run --config "$work/pass.toml" 2>"$work/pass.log" & pids+=($!); PASS_PID=$!
 RUST_LOG=warn $BIN run --config "$work/fast.toml" 2>"$work/fast.log" & pids+=($!); FAST_PID=$!
 RUST_LOG=warn $BIN run --config "$work/fastsync.toml" 2>"$work/fastsync.log" & pids+=($!); FSYNC_PID=$!
-RUST_LOG=warn target/release/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" & pids+=($!); CEIL_PID=$!
+RUST_LOG=warn $BIN_DIR/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" & pids+=($!); CEIL_PID=$!
+RUST_LOG=warn $BIN_DIR/examples/serve_ceiling "127.0.0.1:$SCEIL" 2>"$work/serve_ceiling.log" & pids+=($!); SCEIL_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!); EMU_PID=$!
 RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!); EMUP_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$FAR" --rules conf/demo-rules.toml --threads 1 2>"$work/far.log" & pids+=($!)
 RUST_LOG=warn $BIN run --config "$work/farpass.toml" 2>"$work/farpass.log" & pids+=($!)
-RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!)
-for p in $UP $NGX $PASS $FAST $FSYNC $CEIL $EMU $EMUP $FAR $FARPASS $FARFAST; do
+RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!); FARFAST_PID=$!
+RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$QEMU" --rules conf/demo-rules.toml --threads 1 2>"$work/qemu.log" & pids+=($!)
+RUST_LOG=warn $BIN run --config "$work/quota.toml" 2>"$work/quota.log" & pids+=($!); QUOTA_PID=$!
+RUST_LOG=warn $BIN run --config "$work/tlspass.toml" 2>"$work/tlspass.log" & pids+=($!); TLSPASS_PID=$!
+for p in $UP $NGX $HAP $PASS $FAST $FSYNC $CEIL $SCEIL $EMU $EMUP $FAR $FARPASS $FARFAST $QEMU $QUOTA \
+  $TLSPASS $NGX_TLS $HAP_TLS; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+  (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "nothing listens on port $p; logs in $work:"; tail -n 5 "$work"/*.log; exit 1; }
 done
-UP_WORKER=$(pgrep -P "$UP_MASTER"); NGX_WORKER=$(pgrep -P "$NGX_MASTER")
+UP_WORKER=$(pgrep -P "$UP_MASTER"); NGX_WORKER=$(pgrep -P "$NGX_MASTER"); NGX_TLS_WORKER=$(pgrep -P "$NGX_TLS_MASTER")
+# Both emulators of the distant upstream answer after 50 ms (latency only, until cleared).
+FAULT='{"status":0,"latency_ms":50}'
+for e in $FAR $QEMU; do curl -sf -X POST -d "$FAULT" "http://127.0.0.1:$e/_emulator/faults" >/dev/null; done
 
 # The process under test for each target and its upstream, for CPU time per request; and the
 # admin listener of the targets whose hits go through the spool.
-declare -A SERVER=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [pass]=$PASS_PID [fast]=$FAST_PID
-  [fastsync]=$FSYNC_PID [ceiling]=$CEIL_PID [emulator]=$EMUP_PID)
-declare -A UPSTREAM=([direct]="" [nginx]=$UP_WORKER [pass]=$UP_WORKER [fast]=$UP_WORKER
-  [fastsync]=$UP_WORKER [ceiling]="" [emulator]=$EMU_PID)
+declare -A SERVER=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [haproxy]=$HAP_PID [pass]=$PASS_PID
+  [fast]=$FAST_PID [fastsync]=$FSYNC_PID [ceiling]=$CEIL_PID [serve-ceiling]=$SCEIL_PID
+  [emulator]=$EMUP_PID)
+declare -A UPSTREAM=([direct]="" [nginx]=$UP_WORKER [haproxy]=$UP_WORKER [pass]=$UP_WORKER
+  [fast]=$UP_WORKER [fastsync]=$UP_WORKER [ceiling]="" [serve-ceiling]="" [emulator]=$EMU_PID)
 declare -A SPOOL_ADMIN=([fast]=$FAST_ADMIN [fastsync]=$FSYNC_ADMIN)
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-spool_depth() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^p13n_edge_spool_depth / {print $2}'; }
+per_req_us() { # ticks before, after, requests: CPU µs per request
+  awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (n > 0) ? (b - a) / hz * 1e6 / n : 0}'
+}
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+spool_depth() { metric "$1" p13n_edge_spool_depth; }
+# A counter's total over all its labels.
+counter() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($1, m "{") == 1 || $1 == m {n += $2} END {print n + 0}'; }
+# Cache lookups that were not hits (misses, stale answers), over all labels.
+not_hits() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^p13n_edge_cache_lookups_total/ && !/result="hit"/ {n += $2} END {print n + 0}'; }
 # Wait until the spool is empty (every accepted event delivered); prints the seconds it took.
 drain() {
   local start=$(date +%s.%N)
@@ -157,176 +270,407 @@ drain() {
   [ "$(spool_depth "$1")" = 0 ] || { echo "the spool did not drain" >&2; exit 1; }
   awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}'
 }
+emu_stat() { # port key...: the emulator's stats, space-separated
+  curl -s "http://127.0.0.1:$1/_emulator/stats" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(*[d[k] for k in sys.argv[1:]])' "${@:2}"
+}
+# Events at the upstream, once each: a repeated uuid (event_uuid is on) counts once.
+unique_events() { emu_stat "$1" events_ingested duplicates | awk '{print $1 - $2}'; }
+# From wrk's output: requests answered, non-2xx (or 3xx) answers, socket errors, and latencies.
+wrk_n() { awk '/requests in/ {print $1}'; }
+wrk_non2xx() { awk '/Non-2xx/ {n = $NF} END {print n + 0}'; }
+wrk_errors() { awk '/Socket errors/ {gsub(",", ""); n = $4 + $6 + $8 + $10} END {print n + 0}'; }
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
+wrk_pct() { awk -v p="$1" '$1==p {print $2}' | to_ms; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+total() { tr ' ' '\n' | awk '{s += $1} END {print s + 0}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+added() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
+# Lost events fail the run: an upstream must count at least every event answered 2xx, once each
+# (it can count more: requests still in flight when wrk stopped).
+check_events() { # what, 2xx answers, events at the upstream
+  [ "$2" -le "$3" ] || { echo "$1: $2 answers 2xx but only $3 events at the upstream: events lost" >&2; exit 1; }
+}
+# Warm a fast proxy: each of the 1024 visitors once (benches/load/once.lua); the seconds bound
+# wrk's run, the connections its rate (each miss waits for the upstream).
+warm_once() { # port seconds connections
+  wrk -t1 -c"$3" -d"$2s" -s benches/load/once.lua "http://127.0.0.1:$1/demo_db/pageviews" >/dev/null
+}
+# Each section's table goes to a file of its own; they are put together at the end.
+out() { cat >> "$work/results-$1.md"; }
 
 declare -A TARGET=(
   [direct]="http://127.0.0.1:$UP/demo_db/pageviews"
   [nginx]="http://127.0.0.1:$NGX/demo_db/pageviews"
+  [haproxy]="http://127.0.0.1:$HAP/demo_db/pageviews"
   [pass]="http://127.0.0.1:$PASS/demo_db/pageviews"
   [fast]="http://127.0.0.1:$FAST/demo_db/pageviews"
   [fastsync]="http://127.0.0.1:$FSYNC/demo_db/pageviews"
   [ceiling]="http://127.0.0.1:$CEIL/demo_db/pageviews"
+  [serve-ceiling]="http://127.0.0.1:$SCEIL/demo_db/pageviews"
   [emulator]="http://127.0.0.1:$EMUP/demo_db/pageviews"
 )
-ORDER=(direct nginx pass fast fastsync ceiling emulator)
-for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    -d '{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/retail"}' "${TARGET[$t]}")
-  [ "$code" = 200 ] || { echo "$t answered $code"; exit 1; }
-  wrk -t1 -c$CONNS -d1s -s benches/load/post.lua "${TARGET[$t]}" >/dev/null
-done
-
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
-for t in fast fastsync; do drain "${SPOOL_ADMIN[$t]}" >/dev/null; done
-declare -A RPS SUST P50 P99 CPU UCPU
-for round in $(seq "$ROUNDS"); do
-  for t in "${ORDER[@]}"; do
-    s0=$(cpu_ticks "${SERVER[$t]}"); u0=$(cpu_ticks "${UPSTREAM[$t]}")
-    out=$(wrk -t1 -c$CONNS -d"${SECS}s" --latency -s benches/load/post.lua "${TARGET[$t]}")
-    if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
-    waited=0
-    [ -n "${SPOOL_ADMIN[$t]:-}" ] && waited=$(drain "${SPOOL_ADMIN[$t]}")
-    s1=$(cpu_ticks "${SERVER[$t]}"); u1=$(cpu_ticks "${UPSTREAM[$t]}")
-    n=$(echo "$out" | awk '/requests in/ {print $1}')
-    took=$(echo "$out" | awk '/requests in/ {print $4}' | tr -d , | to_ms)
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    RPS[$t]+="$rps "
-    SUST[$t]+="$(awk -v n="$n" -v ms="$took" -v w="$waited" 'BEGIN {printf "%.2f", n / (ms / 1000 + w)}') "
-    P50[$t]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "
-    P99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
-    CPU[$t]+="$(awk -v a="$s0" -v b="$s1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}') "
-    UCPU[$t]+="$(awk -v a="$u0" -v b="$u1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / hz * 1e6 / n}') "
-    echo "round $round $t: $rps req/s (spool drained in ${waited}s)" >&2
+ORDER=(direct nginx haproxy pass fast fastsync ceiling serve-ceiling emulator)
+declare -A RPS SUST P50 P99 CPU UCPU M S
+if has main || has half; then
+  for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+      -d "$BODY" "${TARGET[$t]}")
+    [ "$code" = 200 ] || { echo "$t answered $code"; exit 1; }
+    wrk -t1 -c$CONNS -d1s -s benches/load/post.lua "${TARGET[$t]}" >/dev/null
   done
-done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A M S
-for t in "${ORDER[@]}"; do M[$t]=$(echo "${RPS[$t]}" | median); S[$t]=$(echo "${SUST[$t]}" | median); done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+  # HAProxy routes only what nginx and p13n-edge route.
+  for probe in "-X GET http://127.0.0.1:$HAP/demo_db/pageviews" "-X POST http://127.0.0.1:$HAP/other_db/pageviews"; do
+    # shellcheck disable=SC2086
+    code=$(curl -s -o /dev/null -w '%{http_code}' $probe)
+    [ "$code" = 404 ] || { echo "haproxy answered $code to $probe"; exit 1; }
+  done
+  for t in fast fastsync; do drain "${SPOOL_ADMIN[$t]}" >/dev/null; done
+fi
+
+if has main; then
+  for round in $(seq "$ROUNDS"); do
+    for t in "${ORDER[@]}"; do
+      s0=$(cpu_ticks "${SERVER[$t]}"); u0=$(cpu_ticks "${UPSTREAM[$t]}")
+      out=$(wrk -t1 -c$CONNS -d"${SECS}s" --latency -s benches/load/post.lua "${TARGET[$t]}")
+      if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
+      waited=0
+      [ -n "${SPOOL_ADMIN[$t]:-}" ] && waited=$(drain "${SPOOL_ADMIN[$t]}")
+      s1=$(cpu_ticks "${SERVER[$t]}"); u1=$(cpu_ticks "${UPSTREAM[$t]}")
+      n=$(echo "$out" | wrk_n)
+      took=$(echo "$out" | awk '/requests in/ {print $4}' | tr -d , | to_ms)
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      RPS[$t]+="$rps "
+      SUST[$t]+="$(awk -v n="$n" -v ms="$took" -v w="$waited" 'BEGIN {printf "%.2f", n / (ms / 1000 + w)}') "
+      P50[$t]+="$(echo "$out" | wrk_pct 50%) "
+      P99[$t]+="$(echo "$out" | wrk_pct 99%) "
+      CPU[$t]+="$(per_req_us "$s0" "$s1" "$n") "
+      UCPU[$t]+="$(per_req_us "$u0" "$u1" "$n") "
+      echo "round $round $t: $rps req/s (spool drained in ${waited}s)" >&2
+    done
+  done
+  declare -A C
+  for t in "${ORDER[@]}"; do
+    M[$t]=$(echo "${RPS[$t]}" | median); S[$t]=$(echo "${SUST[$t]}" | median); C[$t]=$(echo "${CPU[$t]}" | median)
+  done
+  {
+    echo "Side by side: wrk 1 thread, $CONNS connections, ${SECS}s x $ROUNDS rounds, alternating targets; medians."
+    echo "Every server has one worker (HAProxy one thread), and the upstream (nginx returning a"
+    echo "fixed offers JSON) is a process of its own. \`haproxy\` does nginx's job (keepalive pool with"
+    echo "\`http-reuse always\`, credentials set, cookies dropped). \`fast\` answers cache hits (its spool"
+    echo "fdatasyncs each group commit before answering), \`fastsync\` the same with"
+    echo "\`spool.sync_interval_ms = 100\`; after their runs the spool drains before the next run, and"
+    echo "*sustained* counts that time: hits answered and their events delivered. \`ceiling\` is a bare"
+    echo "pingora proxy answering from memory (examples/ceiling.rs), \`serve-ceiling\` the same on"
+    echo "pingora-core's HttpServerApp without pingora-proxy (examples/serve_ceiling.rs); \`emulator\` is"
+    echo "p13n-edge in front of its own emulator. CPU is the user + system time per request of the"
+    echo "server under test and of its upstream, over the run and the drain."
+    echo
+    echo "| target | req/s | sustained req/s | p50 ms | p99 ms | server CPU µs/req | upstream CPU µs/req |"
+    echo "|---|---|---|---|---|---|---|"
+    for t in "${ORDER[@]}"; do
+      echo "| $t | ${M[$t]} | ${S[$t]} | $(echo "${P50[$t]}" | median) | $(echo "${P99[$t]}" | median) | ${C[$t]} | $(echo "${UCPU[$t]}" | median) |"
+    done
+    echo
+    echo "| ratio | value |"
+    echo "|---|---|"
+    echo "| p13n-edge pass-through / nginx | $(ratio "${M[pass]}" "${M[nginx]}") |"
+    echo "| p13n-edge pass-through / HAProxy | $(ratio "${M[pass]}" "${M[haproxy]}") |"
+    echo "| HAProxy / nginx | $(ratio "${M[haproxy]}" "${M[nginx]}") |"
+    echo "| p13n-edge pass-through / direct | $(ratio "${M[pass]}" "${M[direct]}") |"
+    echo "| nginx / direct | $(ratio "${M[nginx]}" "${M[direct]}") |"
+    echo "| p13n-edge fast (hit) / pass-through | $(ratio "${M[fast]}" "${M[pass]}") |"
+    echo "| p13n-edge fast (hit) / nginx | $(ratio "${M[fast]}" "${M[nginx]}") |"
+    echo "| p13n-edge fast (hit) / ceiling | $(ratio "${M[fast]}" "${M[ceiling]}") |"
+    echo "| p13n-edge fast, sustained / nginx | $(ratio "${S[fast]}" "${M[nginx]}") |"
+    echo "| p13n-edge fast, sync 100 ms / nginx | $(ratio "${M[fastsync]}" "${M[nginx]}") |"
+    echo "| p13n-edge fast, sync 100 ms / ceiling | $(ratio "${M[fastsync]}" "${M[ceiling]}") |"
+    echo "| p13n-edge fast, sync 100 ms, sustained / nginx | $(ratio "${S[fastsync]}" "${M[nginx]}") |"
+    echo "| serve-ceiling / ceiling | $(ratio "${M[serve-ceiling]}" "${M[ceiling]}") |"
+    echo "| serve-ceiling / ceiling, CPU µs/req | $(ratio "${C[serve-ceiling]}" "${C[ceiling]}") |"
+    echo
+  } | out main
+  took main
+fi
 
 # p99 at half of the pass-through peak: the same offered rate for direct, nginx and pass-through.
-HALF=$(awk -v r="${M[pass]}" 'BEGIN {printf "%d", r / 2}')
-PACED_CONNS=$(awk -v r="$HALF" 'BEGIN {c = int(r * 0.010 + 0.5); print (c < 1 ? 1 : c)}')
-declare -A HRPS HP99
-for round in $(seq "$ROUNDS"); do
-  for t in direct nginx pass; do
-    out=$(wrk -t1 -c"$PACED_CONNS" -d"${SECS}s" --latency -s benches/load/paced.lua "${TARGET[$t]}")
-    HRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
-    HP99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
+if has half; then
+  if [ -z "${M[pass]:-}" ]; then  # without the main section, measure the peak here
+    M[pass]=$(wrk -t1 -c$CONNS -d"${SECS}s" -s benches/load/post.lua "${TARGET[pass]}" | awk '/Requests\/sec/ {print $2}')
+  fi
+  HALF=$(awk -v r="${M[pass]}" 'BEGIN {printf "%d", r / 2}')
+  PACED_CONNS=$(awk -v r="$HALF" 'BEGIN {c = int(r * 0.010 + 0.5); print (c < 1 ? 1 : c)}')
+  declare -A HRPS HP99 H
+  for round in $(seq "$ROUNDS"); do
+    for t in direct nginx pass; do
+      out=$(wrk -t1 -c"$PACED_CONNS" -d"${SECS}s" --latency -s benches/load/paced.lua "${TARGET[$t]}")
+      HRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+      HP99[$t]+="$(echo "$out" | wrk_pct 99%) "
+    done
   done
-done
-declare -A H
-for t in direct nginx pass; do H[$t]=$(echo "${HP99[$t]}" | median); done
-added() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
+  for t in direct nginx pass; do H[$t]=$(echo "${HP99[$t]}" | median); done
+  {
+    echo "p99 at half of the pass-through peak: $PACED_CONNS connections each waiting 10 ms between"
+    echo "requests (wrk), the same for each target; medians of $ROUNDS runs."
+    echo
+    echo "| target | req/s | p99 ms | added p99 over direct |"
+    echo "|---|---|---|---|"
+    for t in direct nginx pass; do
+      echo "| $t | $(echo "${HRPS[$t]}" | median) | ${H[$t]} | $(added "${H[$t]}" "${H[direct]}") ms |"
+    done
+    echo
+  } | out half
+  took half
+fi
 
 # A distant upstream (the emulator answering after 50 ms): pass-through and fast at the same
 # offered rate, paced connections sized for it, and every event counted at the upstream.
-FAR_RATE=500
-curl -s -X POST -d '{"status":0,"latency_ms":50}' "http://127.0.0.1:$FAR/_emulator/faults" >/dev/null
-# Warm up: every visitor of post.lua cached, connections open. One second: `fast` answers hits
-# far faster than replay can deliver them 50 ms away (about 640 a second), and the spool must
-# drain before the runs.
-for t in farpass farfast; do
-  port_var=${t^^}; wrk -t1 -c64 -d1s -s benches/load/post.lua "http://127.0.0.1:${!port_var}/demo_db/pageviews" >/dev/null
-done
-drain "$FARFAST_ADMIN" >/dev/null
-far_ingested() { curl -s "http://127.0.0.1:$FAR/_emulator/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_ingested"])'; }
-declare -A FRPS FP50 FP99 FANSWERED FINGESTED FDRAIN
-for round in $(seq "$ROUNDS"); do
+if has far; then
+  FAR_RATE=500
+  # Warm up: every visitor of post.lua cached, connections open. One second: `fast` answers hits
+  # far faster than replay can deliver them 50 ms away (about 640 a second), and the spool must
+  # drain before the runs.
   for t in farpass farfast; do
-    port_var=${t^^}
-    # Each connection waits 10 ms between requests: 60 ms a cycle through the upstream, about
-    # 10 from the cache.
-    cycle=$([ "$t" = farpass ] && echo 0.060 || echo 0.0105)
-    conns=$(awk -v r="$FAR_RATE" -v c="$cycle" 'BEGIN {printf "%d", r * c + 0.5}')
-    before=$(far_ingested)
-    out=$(wrk -t1 -c"$conns" -d"${SECS}s" --latency -s benches/load/paced.lua "http://127.0.0.1:${!port_var}/demo_db/pageviews")
-    if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
-    waited=0
-    [ "$t" = farfast ] && waited=$(drain "$FARFAST_ADMIN")
-    n=$(echo "$out" | awk '/requests in/ {print $1}')
-    FRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
-    FP50[$t]+="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms) "
-    FP99[$t]+="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms) "
-    FANSWERED[$t]+="$n "
-    FINGESTED[$t]+="$(( $(far_ingested) - before )) "
-    FDRAIN[$t]+="$waited "
+    port_var=${t^^}; wrk -t1 -c64 -d1s -s benches/load/post.lua "http://127.0.0.1:${!port_var}/demo_db/pageviews" >/dev/null
   done
-done
+  drain "$FARFAST_ADMIN" >/dev/null
+  declare -A FRPS FP50 FP99 FANSWERED FINGESTED FDRAIN
+  for round in $(seq "$ROUNDS"); do
+    for t in farpass farfast; do
+      port_var=${t^^}
+      # Each connection waits 10 ms between requests: 60 ms a cycle through the upstream, about
+      # 10 from the cache.
+      cycle=$([ "$t" = farpass ] && echo 0.060 || echo 0.0105)
+      conns=$(awk -v r="$FAR_RATE" -v c="$cycle" 'BEGIN {printf "%d", r * c + 0.5}')
+      admin_var=${t^^}_ADMIN; miss0=$(not_hits "${!admin_var}")
+      before=$(unique_events "$FAR")
+      out=$(wrk -t1 -c"$conns" -d"${SECS}s" --latency -s benches/load/paced.lua "http://127.0.0.1:${!port_var}/demo_db/pageviews")
+      if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
+      waited=0
+      [ "$t" = farfast ] && waited=$(drain "$FARFAST_ADMIN")
+      n=$(echo "$out" | wrk_n); events=$(( $(unique_events "$FAR") - before ))
+      check_events "$t" "$n" "$events"
+      FRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+      FP50[$t]+="$(echo "$out" | wrk_pct 50%) "
+      FP99[$t]+="$(echo "$out" | wrk_pct 99%) "
+      FANSWERED[$t]+="$n "
+      FINGESTED[$t]+="$events "
+      FDRAIN[$t]+="$waited "
+      echo "round $round $t: $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s, p99 $(echo "$out" | wrk_pct 99%) ms, $(( $(not_hits "${!admin_var}") - miss0 )) not cache hits, drained in ${waited}s" >&2
+    done
+  done
+  {
+    echo "With a distant upstream: the emulator answering after 50 ms, about $FAR_RATE requests/s offered"
+    echo "to each (paced connections, 1024 visitors); medians of $ROUNDS runs. Answers and events are"
+    echo "totals over the runs; the upstream counts its events, once each, once the spool has drained (it"
+    echo "can count a few more: requests still in flight when wrk stopped)."
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | spool drained after | 2xx answers | events at the upstream |"
+    echo "|---|---|---|---|---|---|---|"
+    for t in farpass farfast; do
+      echo "| ${t#far} | $(echo "${FRPS[$t]}" | median) | $(echo "${FP50[$t]}" | median) | $(echo "${FP99[$t]}" | median) | $(echo "${FDRAIN[$t]}" | median) s | $(echo "${FANSWERED[$t]}" | total) | $(echo "${FINGESTED[$t]}" | total) |"
+    done
+    echo
+  } | out far
+  took far
+fi
+
+# One paced run against a fast proxy in front of a 50 ms emulator: the answers by status, the
+# spool when the load ended, the time it took to drain, the events the upstream counted, and its
+# peaks (the most calls in one second, the most at once), the proxy's CPU time per answer over
+# the run and the drain, and the calls its quota deferred. Sets RUN_* for the caller.
+far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, proxy pid
+  # Each connection waits 10 ms between requests: about 11 ms a cycle with a hit.
+  local conns out before
+  conns=$(awk -v r="$4" 'BEGIN {c = int(r * 0.011 + 0.5); print (c < 1 ? 1 : c)}')
+  # Setting the fault plan again restarts the emulator's peaks (max_per_second, max_in_flight).
+  curl -sf -X POST -d "$FAULT" "http://127.0.0.1:$3/_emulator/faults" >/dev/null
+  local dup0 miss0; read -r before dup0 <<< "$(emu_stat "$3" events_ingested duplicates)"
+  miss0=$(not_hits "$2"); local deferred0 cpu0; deferred0=$(counter "$2" p13n_edge_quota_deferred_total)
+  cpu0=$(cpu_ticks "$6")
+  out=$(wrk -t1 -c"$conns" -d"$5s" --latency -s benches/load/paced_status.lua "http://127.0.0.1:$1/demo_db/pageviews")
+  RUN_DEPTH=$(spool_depth "$2")
+  RUN_NOT_HITS=$(( $(not_hits "$2") - miss0 ))
+  RUN_DRAIN=$(drain "$2")
+  RUN_DEFERRED=$(( $(counter "$2" p13n_edge_quota_deferred_total) - deferred0 ))
+  local cpu1; cpu1=$(cpu_ticks "$6")
+  local after dup1
+  read -r after dup1 RUN_PEAK RUN_IN_FLIGHT <<< "$(emu_stat "$3" events_ingested duplicates max_per_second max_in_flight)"
+  RUN_DUPS=$((dup1 - dup0)); RUN_EVENTS=$((after - before - RUN_DUPS))
+  RUN_CONNS=$conns
+  RUN_RPS=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  RUN_P50=$(echo "$out" | wrk_pct 50%); RUN_P99=$(echo "$out" | wrk_pct 99%)
+  RUN_2XX=$(echo "$out" | awk '/^status 2[0-9][0-9]:/ {n += $3} END {print n + 0}')
+  RUN_OTHER=$(echo "$out" | awk '/^status [013-9][0-9][0-9]:/ {n += $3} END {print n + 0}')
+  RUN_STATUSES=$(echo "$out" | awk '/^status / {sub(":", ""); printf "%s%s: %s", sep, $2, $3; sep = ", "}')
+  RUN_ERRORS=$(echo "$out" | wrk_errors)
+  RUN_CPU=$(per_req_us "$cpu0" "$cpu1" "$((RUN_2XX + RUN_OTHER))")
+}
+
+# The issue's rates in front of the distant upstream, default settings (farfast as it is):
+# 2,000 and 5,000 events/s offered for RATE_SECONDS each. Targets: the spool drains within 3 s
+# of the load ending, every 2xx answer's event counted at the upstream, p99 < 5 ms.
+if has rates; then
+  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU
+  for round in $(seq "$ROUNDS"); do
+    for rate in $RATES; do
+      # Every visitor cached and fresh (fast mode's fresh_ms is 60 s), so every answer is a hit.
+      warm_once "$FARFAST" 2 64; drain "$FARFAST_ADMIN" >/dev/null
+      far_run "$FARFAST" "$FARFAST_ADMIN" "$FAR" "$rate" "$RATE_SECS" "$FARFAST_PID"
+      check_events "fast at $rate/s" "$RUN_2XX" "$RUN_EVENTS"
+      RRPS[$rate]+="$RUN_RPS "; RP50[$rate]+="$RUN_P50 "; RP99[$rate]+="$RUN_P99 "
+      R2XX[$rate]+="$RUN_2XX "; ROTHER[$rate]+="$RUN_OTHER "; RERR[$rate]+="$RUN_ERRORS "
+      RDEPTH[$rate]+="$RUN_DEPTH "; RDRAIN[$rate]+="$RUN_DRAIN "; REVENTS[$rate]+="$RUN_EVENTS "; RDUPS[$rate]+="$RUN_DUPS "; RNOTHIT[$rate]+="$RUN_NOT_HITS "; RCPU[$rate]+="$RUN_CPU "
+      RPEAK[$rate]+="$RUN_PEAK "; RIN[$rate]+="$RUN_IN_FLIGHT "; RCONNS[$rate]=$RUN_CONNS
+      echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms, statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once" >&2
+    done
+  done
+  {
+    echo "\`fast\` at the issue's rates, default settings (no quota, the default replay window), in front"
+    echo "of the emulator answering after 50 ms: ${RATE_SECS}s per run, paced connections (each waiting"
+    echo "10 ms between requests), 1024 visitors warmed first so that every answer is a hit; medians of"
+    echo "$ROUNDS runs, answers and events totals. *Spool at end* is p13n_edge_spool_depth when the load"
+    echo "ended, *drain* the time from then to an empty spool; the upstream's peaks are the emulator's"
+    echo "max_per_second and max_in_flight over the run and the drain, and the proxy's CPU (user +"
+    echo "system) over the run and the drain per answer; events are counted once each"
+    echo "(a repeated uuid is shown apart, not counted). The issue's target: drained"
+    echo "within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
+    echo
+    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    for rate in $RATES; do
+      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) |"
+    done
+    echo
+  } | out rates
+  took rates
+fi
+
+# The quota: fast mode with max_events_per_second = 500, 2,000 events/s offered. The upstream
+# must never see more than 500 calls in a second; every event still arrives, later.
+if has quota; then
+  QUOTA_RATE=2000
+  # The misses of the warm-up are live calls under the quota: 16 connections, 50 ms each.
+  warm_once "$QUOTA" 5 16
+  cached=$(metric "$QUOTA_ADMIN" p13n_edge_cache_entries)
+  [ "${cached:-0}" -ge 1024 ] || { echo "quota: only ${cached:-0} of 1024 visitors cached after the warm-up" >&2; exit 1; }
+  drain "$QUOTA_ADMIN" >/dev/null
+  far_run "$QUOTA" "$QUOTA_ADMIN" "$QEMU" "$QUOTA_RATE" "$RATE_SECS" "$QUOTA_PID"
+  check_events "quota" "$RUN_2XX" "$RUN_EVENTS"
+  peak=$RUN_PEAK
+  verdict=$([ "$peak" -le 500 ] && echo "within the quota" || echo "OVER the quota")
+  echo "quota: $RUN_RPS req/s, statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream max $peak/s ($verdict), $RUN_DEFERRED quota deferrals, $RUN_CPU µs CPU an answer" >&2
+  {
+    echo "The quota: \`fast\` with \`max_events_per_second = 500\` in front of an emulator of its own"
+    echo "answering after 50 ms, $QUOTA_RATE events/s offered for ${RATE_SECS}s (paced, $RUN_CONNS connections, 1024"
+    echo "visitors warmed first, then the emulator's peaks restarted); one run. *Most calls in a second*"
+    echo "is the emulator's max_per_second over the run and the drain: it must stay at or below 500."
+    echo "*Deferred* counts p13n_edge_quota_deferred_total (calls held back by the quota, each time one"
+    echo "is); CPU is the proxy's over the run and the drain, per answer."
+    echo
+    echo "| req/s | p50 ms | p99 ms | answers by status | socket errors | not cache hits | spool at end | drain | events at the upstream | most calls in a second at the upstream | most at once | deferred | proxy CPU µs/answer |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| $RUN_RPS | $RUN_P50 | $RUN_P99 | $RUN_STATUSES | $RUN_ERRORS | $RUN_NOT_HITS | $RUN_DEPTH | $RUN_DRAIN s | $RUN_EVENTS ($RUN_DUPS repeated) | $peak ($verdict) | $RUN_IN_FLIGHT | $RUN_DEFERRED | $RUN_CPU |"
+    echo
+  } | out quota
+  took quota
+fi
+
+# The browser-facing path: TLS and HTTP/2 (h2load, 32 connections of 8 streams each, one
+# visitor's event) to p13n-edge pass-through's TLS listener, nginx and HAProxy terminating TLS
+# and doing the same job, all in front of the same static upstream.
+if has tls; then
+  declare -A TLS_URL=([pass]="https://127.0.0.1:$TLSPASS/demo_db/pageviews"
+    [nginx]="https://127.0.0.1:$NGX_TLS/demo_db/pageviews" [haproxy]="https://127.0.0.1:$HAP_TLS/demo_db/pageviews")
+  declare -A TLS_PID=([pass]=$TLSPASS_PID [nginx]=$NGX_TLS_WORKER [haproxy]=$HAP_TLS_PID)
+  TLS_ORDER=(nginx haproxy pass)
+  h2() { h2load -c 32 -m 8 -d "$work/body.json" -H 'Content-Type: application/json' "$@"; }
+  for t in "${TLS_ORDER[@]}"; do  # warm up, and check each answers 2xx over HTTP/2
+    out=$(h2 -n 2000 "${TLS_URL[$t]}")
+    echo "$out" | grep -q "Application protocol: h2" || { echo "$t: no HTTP/2"; echo "$out"; exit 1; }
+    echo "$out" | grep -q "status codes: 2000 2xx" || { echo "$t: not every answer 2xx"; echo "$out"; exit 1; }
+  done
+  declare -A TRPS TMEAN TMAX TCPU TBAD
+  for round in $(seq "$ROUNDS"); do
+    for t in "${TLS_ORDER[@]}"; do
+      s0=$(cpu_ticks "${TLS_PID[$t]}")
+      out=$(h2 -D "$SECS" "${TLS_URL[$t]}")
+      s1=$(cpu_ticks "${TLS_PID[$t]}")
+      n=$(echo "$out" | awk '/^requests:/ {print $6}')  # done
+      ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+      TRPS[$t]+="$(echo "$out" | awk '/^finished in/ {print $4}') "
+      TMEAN[$t]+="$(echo "$out" | awk '/^time for request:/ {print $6}' | to_ms) "
+      TMAX[$t]+="$(echo "$out" | awk '/^time for request:/ {print $5}' | to_ms) "
+      TCPU[$t]+="$(per_req_us "$s0" "$s1" "$n") "
+      TBAD[$t]+="$(( n - ok )) "
+      echo "round $round tls $t: $(echo "$out" | awk '/^finished in/ {print $4}') req/s" >&2
+    done
+  done
+  {
+    echo "The browser-facing path: TLS (a P-256 certificate) and HTTP/2, h2load 1 thread, 32"
+    echo "connections of 8 streams each, one visitor's event, ${SECS}s x $ROUNDS rounds, alternating;"
+    echo "medians. p13n-edge is pass-through behind its \`[server.tls]\` listener (rustls); nginx"
+    echo "($ngx_version) and HAProxy terminate TLS (OpenSSL) and do the job of the first table; all in front"
+    echo "of the same static upstream over plain HTTP/1.1. h2load gives no percentiles: mean and max of"
+    echo "its time for request. CPU is the TLS server's, per request."
+    echo
+    echo "| target | req/s | mean ms | max ms | non-2xx or failed | server CPU µs/req |"
+    echo "|---|---|---|---|---|---|"
+    declare -A TM TC
+    for t in "${TLS_ORDER[@]}"; do
+      TM[$t]=$(echo "${TRPS[$t]}" | median); TC[$t]=$(echo "${TCPU[$t]}" | median)
+      echo "| $t | ${TM[$t]} | $(echo "${TMEAN[$t]}" | median) | $(echo "${TMAX[$t]}" | median) | $(echo "${TBAD[$t]}" | total) | ${TC[$t]} |"
+    done
+    echo
+    echo "| ratio over TLS + HTTP/2 | req/s | CPU µs/req |"
+    echo "|---|---|---|"
+    echo "| p13n-edge pass-through / nginx | $(ratio "${TM[pass]}" "${TM[nginx]}") | $(ratio "${TC[pass]}" "${TC[nginx]}") |"
+    echo "| p13n-edge pass-through / HAProxy | $(ratio "${TM[pass]}" "${TM[haproxy]}") | $(ratio "${TC[pass]}" "${TC[haproxy]}") |"
+    echo
+  } | out tls
+  took tls
+fi
 
 # Memory per cached visitor: RSS of the pass-through proxy before and after N new visitors.
-rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
-entries() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_entries / {print $2}'; }
-cache_bytes() { curl -s "http://127.0.0.1:$PASS_ADMIN/metrics" | awk '/^p13n_edge_cache_bytes / {print $2}'; }
-MEM=""
-base_rss=$(rss "$PASS_PID"); base_entries=$(entries); offset=0
-for n in $VISITORS; do
-  while [ "$(entries)" -lt "$n" ]; do
-    wrk -t1 -c$CONNS -d5s -s benches/load/visitors.lua "${TARGET[pass]}" -- $offset >/dev/null
-    offset=$((offset + 10000000))
+if has memory; then
+  rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
+  MEM=""
+  base_rss=$(rss "$PASS_PID"); base_entries=$(metric "$PASS_ADMIN" p13n_edge_cache_entries); offset=0
+  for n in $VISITORS; do
+    while [ "$(metric "$PASS_ADMIN" p13n_edge_cache_entries)" -lt "$n" ]; do
+      wrk -t1 -c$CONNS -d5s -s benches/load/visitors.lua "${TARGET[pass]}" -- $offset >/dev/null
+      offset=$((offset + 10000000))
+    done
+    now_rss=$(rss "$PASS_PID"); now_entries=$(metric "$PASS_ADMIN" p13n_edge_cache_entries); payload=${#OFFERS}
+    per=$(( (now_rss - base_rss) / (now_entries - base_entries) ))
+    MEM+="| $now_entries | $(( now_rss / 1048576 )) MiB | $per B | $(( per - payload - 35 )) B |"$'\n'
   done
-  now_rss=$(rss "$PASS_PID"); now_entries=$(entries); payload=${#OFFERS}
-  per=$(( (now_rss - base_rss) / (now_entries - base_entries) ))
-  MEM+="| $now_entries | $(( now_rss / 1048576 )) MiB | $per B | $(( per - payload - 35 )) B |"$'\n'
-done
+  {
+    echo "Memory per cached visitor (pass-through proxy, RSS growth over the visitors added; the"
+    echo "payload is a ${#OFFERS}-byte offers body plus a 35-byte visitor id):"
+    echo
+    echo "| visitors cached | RSS | RSS per visitor | overhead beyond payload and id |"
+    echo "|---|---|---|---|"
+    printf "%s" "$MEM"
+    echo
+  } | out memory
+  took memory
+fi
+
+# Instructions per request under callgrind: counts, not times, so they hold on a noisy machine.
+if has callgrind; then
+  SKIP_BUILD=1 BIN_DIR="$BIN_DIR" benches/callgrind.sh | out callgrind
+  took callgrind
+fi
 
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 {
-  echo "Measured $(date -u +%Y-%m-%d) on $machine; wrk 1 thread, $CONNS connections, ${SECS}s x $ROUNDS rounds,"
-  echo "alternating targets; medians. Every server has one worker, and the upstream (nginx returning a"
-  echo "fixed offers JSON) is a process of its own. \`fast\` answers cache hits (its spool fdatasyncs each"
-  echo "group commit before answering), \`fastsync\` the same with \`spool.sync_interval_ms = 100\`; after"
-  echo "their runs the spool drains before the next run, and *sustained* counts that time: hits answered"
-  echo "and their events delivered. \`ceiling\` is a bare pingora proxy answering from memory"
-  echo "(examples/ceiling.rs); \`emulator\` is p13n-edge in front of its own emulator. CPU is the user +"
-  echo "system time per request of the server under test and of its upstream, over the run and the drain."
+  echo "Measured $(date -u +%Y-%m-%d) on $machine."
   echo
-  echo "| target | req/s | sustained req/s | p50 ms | p99 ms | server CPU µs/req | upstream CPU µs/req |"
-  echo "|---|---|---|---|---|---|---|"
-  for t in "${ORDER[@]}"; do
-    echo "| $t | ${M[$t]} | ${S[$t]} | $(echo "${P50[$t]}" | median) | $(echo "${P99[$t]}" | median) | $(echo "${CPU[$t]}" | median) | $(echo "${UCPU[$t]}" | median) |"
+  for s in main half far rates quota tls memory callgrind; do
+    if [ -f "$work/results-$s.md" ]; then cat "$work/results-$s.md"; fi
   done
-  echo
-  echo "| ratio | value |"
-  echo "|---|---|"
-  echo "| p13n-edge pass-through / nginx | $(ratio "${M[pass]}" "${M[nginx]}") |"
-  echo "| p13n-edge pass-through / direct | $(ratio "${M[pass]}" "${M[direct]}") |"
-  echo "| nginx / direct | $(ratio "${M[nginx]}" "${M[direct]}") |"
-  echo "| p13n-edge fast (hit) / pass-through | $(ratio "${M[fast]}" "${M[pass]}") |"
-  echo "| p13n-edge fast (hit) / nginx | $(ratio "${M[fast]}" "${M[nginx]}") |"
-  echo "| p13n-edge fast (hit) / ceiling | $(ratio "${M[fast]}" "${M[ceiling]}") |"
-  echo "| p13n-edge fast, sustained / nginx | $(ratio "${S[fast]}" "${M[nginx]}") |"
-  echo "| p13n-edge fast, sync 100 ms / nginx | $(ratio "${M[fastsync]}" "${M[nginx]}") |"
-  echo "| p13n-edge fast, sync 100 ms / ceiling | $(ratio "${M[fastsync]}" "${M[ceiling]}") |"
-  echo "| p13n-edge fast, sync 100 ms, sustained / nginx | $(ratio "${S[fastsync]}" "${M[nginx]}") |"
-  echo
-  echo "p99 at half of the pass-through peak: $PACED_CONNS connections each waiting 10 ms between"
-  echo "requests (wrk), the same for each target; medians of $ROUNDS runs."
-  echo
-  echo "| target | req/s | p99 ms | added p99 over direct |"
-  echo "|---|---|---|---|"
-  for t in direct nginx pass; do
-    echo "| $t | $(echo "${HRPS[$t]}" | median) | ${H[$t]} | $(added "${H[$t]}" "${H[direct]}") ms |"
-  done
-  echo
-  echo "With a distant upstream: the emulator answering after 50 ms, about $FAR_RATE requests/s offered"
-  echo "to each (paced connections, 1024 visitors); medians of $ROUNDS runs. Answers and events are"
-  echo "totals over the runs; the upstream counts its events once the spool has drained (it can count"
-  echo "a few more: requests still in flight when wrk stopped)."
-  echo
-  echo "| target | req/s | p50 ms | p99 ms | spool drained after | 2xx answers | events at the upstream |"
-  echo "|---|---|---|---|---|---|---|"
-  total() { tr ' ' '\n' | awk '{s += $1} END {print s}'; }
-  for t in farpass farfast; do
-    echo "| ${t#far} | $(echo "${FRPS[$t]}" | median) | $(echo "${FP50[$t]}" | median) | $(echo "${FP99[$t]}" | median) | $(echo "${FDRAIN[$t]}" | median) s | $(echo "${FANSWERED[$t]}" | total) | $(echo "${FINGESTED[$t]}" | total) |"
-  done
-  echo
-  echo "Memory per cached visitor (pass-through proxy, RSS growth over the visitors added; the"
-  echo "payload is a ${#OFFERS}-byte offers body plus a 35-byte visitor id):"
-  echo
-  echo "| visitors cached | RSS | RSS per visitor | overhead beyond payload and id |"
-  echo "|---|---|---|---|"
-  printf "%s" "$MEM"
-} | tee benches/results.md
+} | sed '$ { /^$/d }' | tee benches/results.md
+echo "the whole run took $((SECONDS - started)) s" >&2
 
 # Show the latest figures in the README, between its benchmark markers.
 python3 - <<'PY'

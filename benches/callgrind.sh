@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind: unlike req/s or CPU time, the count does not
+# depend on the machine's speed or on its neighbours' load. For each server (p13n-edge
+# pass-through in front of a static nginx upstream, examples/ceiling, examples/serve_ceiling,
+# and nginx doing p13n-edge's job in front of the same upstream), a fresh process under
+# `valgrind --tool=callgrind` answers N1 requests and stops; another answers N2. Both see the
+# same start, connections and shutdown, so (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost of one
+# request: every thread of the server counted (pingora's worker, p13n-edge's admin and
+# background threads too), the upstream not (it runs natively). The requests come from h2load
+# over HTTP/1.1, 4 connections, one visitor's event. Prints a markdown table on stdout, progress
+# on stderr. benches/load.sh runs it as its `callgrind` section; alone:
+#   benches/callgrind.sh       (N1=2000 N2=6000 by default; SKIP_BUILD=1, BIN_DIR as load.sh)
+# Background work that ticks with time (timers, replay polling) is counted too, and the N2 run
+# lasts longer; it is small against the requests' instructions, but it is not zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N1=${N1:-2000}
+N2=${N2:-6000}
+TARGETS=${CALLGRIND_TARGETS:-"pass ceiling serve-ceiling nginx"}
+BIN_DIR=${BIN_DIR:-target/release}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v python3 >/dev/null || need+=(python3)  # free ports
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  scripts/setup
+  cargo build --release -q --bins --example ceiling --example serve_ceiling
+fi
+
+work=$(mktemp -d /tmp/p13n-edge-callgrind.XXXXXX)
+upstream=""; current=""  # the upstream nginx, and the server under callgrind while it runs
+cleanup() { for p in $current $upstream; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Free ports on 127.0.0.1, all distinct: each socket stays bound until all are picked.
+ports() { python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "$1"; }
+listening() { (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+UP=$(ports 1)
+OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
+KEY=1/0123456789abcdef0123456789abcdef01234567
+TOKEN=1/1/00000000000000000000000000000001
+echo "$KEY" > "$work/key"
+printf '%s' '{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/retail"}' > "$work/body.json"
+
+# The same configurations as load.sh: the static upstream (native, not counted), nginx doing
+# p13n-edge's job in one process (no master: valgrind follows that process only), p13n-edge
+# pass-through with one worker and no grace period, so that SIGTERM stops it at once.
+nginx_conf() { # name; the http block's servers come on stdin
+  {
+    cat <<NGX
+worker_processes 1;
+pid $work/$1.pid;
+error_log $work/$1-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
+NGX
+    cat
+    echo "}"
+  } > "$work/$1.conf"
+}
+nginx_conf upstream <<NGX
+  server {
+    listen 127.0.0.1:$UP;
+    location / { default_type application/json; return 200 '$OFFERS'; }
+  }
+NGX
+nginx_proxy_conf() { # port
+  nginx_conf nginx <<NGX
+  upstream p13n { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$1;
+    location = /demo_db/pageviews {
+      proxy_pass http://p13n;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$UP;
+      proxy_set_header Authorization "TD1 $KEY";
+      proxy_set_header WP13n-Token "$TOKEN";
+      proxy_set_header Content-Type application/vnd.treasuredata.v1+json;
+      proxy_set_header Cookie "";
+    }
+  }
+NGX
+}
+pass_conf() { # port admin-port
+  cat > "$work/pass.toml" <<TOML
+[server]
+listen = "127.0.0.1:$1"
+threads = 1
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+upgrade_sock = "$work/pass.sock"
+pid_file = "$work/pass.pid"
+[admin]
+listen = "127.0.0.1:$2"
+[spool]
+dir = "$work/pass-spool"
+[[service]]
+name = "bench"
+base_url = "http://127.0.0.1:$UP"
+account_id = "1"
+instance_id = "1"
+api_key_file = "key"
+[service.tokens]
+web = "$TOKEN"
+[service.cache]
+mode = "pass-through"
+[[service.route]]
+database = "demo_db"
+table = "pageviews"
+token = "web"
+TOML
+}
+"$NGINX" -c "$work/upstream.conf" -g 'daemon off;' & upstream=$!
+for _ in $(seq 100); do listening "$UP" && break; sleep 0.1; done
+
+# One server under callgrind answering n requests, stopped gracefully: its Ir total in IR.
+count() { # target n
+  local p admin out cmd sig=TERM file="$work/callgrind.$1.$2.out"
+  read -r p admin <<< "$(ports 2)"  # the upstream listens: neither can be its port
+  case $1 in
+    pass) pass_conf "$p" "$admin"; rm -rf "$work/pass-spool"
+      cmd=("$BIN_DIR/p13n-edge" run --config "$work/pass.toml") ;;
+    ceiling) cmd=("$BIN_DIR/examples/ceiling" "127.0.0.1:$p") ;;
+    serve-ceiling) cmd=("$BIN_DIR/examples/serve_ceiling" "127.0.0.1:$p") ;;
+    nginx) nginx_proxy_conf "$p"; sig=QUIT  # nginx's graceful shutdown
+      cmd=("$NGINX" -c "$work/nginx.conf" -g 'daemon off; master_process off;') ;;
+  esac
+  RUST_LOG=warn valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$file" \
+    "${cmd[@]}" 2>"$work/$1.$2.log" & current=$!
+  for _ in $(seq 600); do listening "$p" && break; sleep 0.1; done
+  listening "$p" || { echo "$1 under callgrind does not listen" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
+  out=$(h2load --h1 -n "$2" -c 4 -d "$work/body.json" -H 'Content-Type: application/json' \
+    "http://127.0.0.1:$p/demo_db/pageviews")
+  echo "$out" | grep -q "status codes: $2 2xx" || { echo "$1: not every answer 2xx"; echo "$out"; exit 1; } >&2
+  kill -"$sig" "$current"
+  wait "$current" || true
+  current=""
+  [ -s "$file" ] || { echo "$1: callgrind wrote nothing" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
+  IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+}
+
+declare -A PER IR1 IR2
+for t in $TARGETS; do
+  start=$SECONDS
+  count "$t" "$N1"; IR1[$t]=$IR
+  count "$t" "$N2"; IR2[$t]=$IR
+  PER[$t]=$(awk -v a="${IR1[$t]}" -v b="${IR2[$t]}" -v n1="$N1" -v n2="$N2" 'BEGIN {printf "%d", (b - a) / (n2 - n1)}')
+  echo "callgrind $t: ${PER[$t]} instructions a request ($((SECONDS - start)) s)" >&2
+done
+
+per_nginx() { [ -n "${PER[nginx]:-}" ] && awk -v a="$1" -v b="${PER[nginx]}" 'BEGIN {printf "%.2f", a / b}' || echo "-"; }
+echo "Instructions per request (callgrind, all threads of the server; the upstream not counted):"
+echo "a fresh process answers $N1, another $N2 requests (h2load over HTTP/1.1, 4 connections, one"
+echo "visitor's event) and stops gracefully; per request is the difference over $((N2 - N1)) requests."
+echo "Counts, not times: they do not move with the machine's load."
+echo
+echo "| server | Ir, $N1 requests | Ir, $N2 requests | instructions per request | / nginx |"
+echo "|---|---|---|---|---|"
+for t in $TARGETS; do
+  echo "| $t | ${IR1[$t]} | ${IR2[$t]} | ${PER[$t]} | $(per_nginx "${PER[$t]}") |"
+done
