@@ -14,6 +14,8 @@
 #             every event counted at the upstream)
 #   rates     fast in front of that upstream at 2,000 and 5,000 events/s for RATE_SECONDS (10)
 #             each, default settings: spool depth when the load ends, time to drain, events lost
+#   protocol  the same at 2,000 events/s over HTTP/1.1 and over HTTP/2 to the upstream
+#             (connections opened, p99, CPU per answer)
 #   quota     fast with max_events_per_second = 500 in front of its own 50 ms emulator, 2,000
 #             events/s offered: the most calls the upstream saw in one second
 #   tls       the browser-facing path, TLS + HTTP/2 (h2load): p13n-edge, nginx, HAProxy
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-5}
 VISITORS=${VISITORS:-"100000 1000000"}
-SECTIONS=${SECTIONS:-"main half far rates quota tls memory callgrind"}
+SECTIONS=${SECTIONS:-"main half far rates protocol quota tls memory callgrind"}
 RATES=${RATES:-"2000 5000"}
 RATE_SECS=${RATE_SECONDS:-10}
 BIN_DIR=${BIN_DIR:-target/release}
@@ -69,7 +71,7 @@ took() { echo "section $1 took $((SECONDS - section_start)) s" >&2; section_star
 ports() { python3 -c 'import socket,sys; s=[socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1",0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "$1"; }
 read -r UP NGX HAP PASS PASS_ADMIN FAST FAST_ADMIN FSYNC FSYNC_ADMIN CEIL SCEIL \
   EMU EMUP EMUP_ADMIN FAR FARPASS FARPASS_ADMIN FARFAST FARFAST_ADMIN QEMU QUOTA QUOTA_ADMIN \
-  TLSPASS TLSPASS_PLAIN TLSPASS_ADMIN NGX_TLS HAP_TLS <<< "$(ports 27)"
+  TLSPASS TLSPASS_PLAIN TLSPASS_ADMIN NGX_TLS HAP_TLS FARH2 FARH2_ADMIN <<< "$(ports 29)"
 OFFERS='{"offers":{"offer_for_high_loyalty":{"attributes":{"status":"high"},"batch_segments":[{"id":"1588214"}]}}}'
 KEY=1/0123456789abcdef0123456789abcdef01234567
 TOKEN=1/1/00000000000000000000000000000001
@@ -214,6 +216,9 @@ proxy_config emu "$EMUP" "$EMUP_ADMIN" "$EMU" pass-through
 # In front of an emulator that takes 50 ms to answer, as a distant region would.
 proxy_config farpass "$FARPASS" "$FARPASS_ADMIN" "$FAR" pass-through
 proxy_config farfast "$FARFAST" "$FARFAST_ADMIN" "$FAR" fast
+# The same over HTTP/2 to the emulator (h2c, prior knowledge).
+proxy_config farh2 "$FARH2" "$FARH2_ADMIN" "$FAR" fast 0 "" "[upstream]
+protocol = \"h2\""
 # The same at a quota of 500 calls a second, in front of an emulator of its own (clean stats).
 proxy_config quota "$QUOTA" "$QUOTA_ADMIN" "$QEMU" fast 0 "max_events_per_second = 500"
 # Pass-through with the browser-facing TLS listener (HTTP/2 offered by ALPN).
@@ -232,11 +237,12 @@ RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!)
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$FAR" --rules conf/demo-rules.toml --threads 1 2>"$work/far.log" & pids+=($!)
 RUST_LOG=warn $BIN run --config "$work/farpass.toml" 2>"$work/farpass.log" & pids+=($!)
 RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!); FARFAST_PID=$!
+RUST_LOG=warn $BIN run --config "$work/farh2.toml" 2>"$work/farh2.log" & pids+=($!); FARH2_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$QEMU" --rules conf/demo-rules.toml --threads 1 2>"$work/qemu.log" & pids+=($!)
 RUST_LOG=warn $BIN run --config "$work/quota.toml" 2>"$work/quota.log" & pids+=($!); QUOTA_PID=$!
 RUST_LOG=warn $BIN run --config "$work/tlspass.toml" 2>"$work/tlspass.log" & pids+=($!); TLSPASS_PID=$!
 for p in $UP $NGX $HAP $PASS $FAST $FSYNC $CEIL $SCEIL $EMU $EMUP $FAR $FARPASS $FARFAST $QEMU $QUOTA \
-  $TLSPASS $NGX_TLS $HAP_TLS; do
+  $TLSPASS $NGX_TLS $HAP_TLS $FARH2; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
   (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "nothing listens on port $p; logs in $work:"; tail -n 5 "$work"/*.log; exit 1; }
 done
@@ -545,6 +551,40 @@ if has rates; then
   took rates
 fi
 
+# HTTP/1.1 against HTTP/2 to the same distant upstream: fast at 2,000 events/s, the replay
+# window's calls on a pool of connections or as streams on one.
+if has protocol; then
+  declare -A HRPS HP99 HCONNS HCPU HDRAIN HEVENTS H2XX
+  for round in $(seq "$ROUNDS"); do
+    for t in farfast farh2; do
+      port_var=${t^^}; admin_var=${t^^}_ADMIN; pid_var=${t^^}_PID
+      warm_once "${!port_var}" 2 64; drain "${!admin_var}" >/dev/null
+      far_run "${!port_var}" "${!admin_var}" "$FAR" 2000 "$RATE_SECS" "${!pid_var}"
+      check_events "$t at 2000/s" "$RUN_2XX" "$RUN_EVENTS"
+      HCONNS[$t]+="$(counter "${!admin_var}" p13n_edge_upstream_connections_opened_total) "
+      HRPS[$t]+="$RUN_RPS "; HP99[$t]+="$RUN_P99 "; HCPU[$t]+="$RUN_CPU "; HDRAIN[$t]+="$RUN_DRAIN "
+      HEVENTS[$t]+="$RUN_EVENTS "; H2XX[$t]+="$RUN_2XX "
+      echo "round $round $t: $RUN_RPS req/s, p99 $RUN_P99 ms, $RUN_CPU µs/answer, drained in ${RUN_DRAIN}s" >&2
+    done
+  done
+  {
+    echo "HTTP/1.1 against HTTP/2 to the upstream (\`upstream.protocol\`): \`fast\` at 2,000 events/s for"
+    echo "${RATE_SECS}s in front of the emulator answering after 50 ms, as above; medians of $ROUNDS runs."
+    echo "*Connections opened* is p13n_edge_upstream_connections_opened_total since the proxy started"
+    echo "(every run and warm-up before); CPU is the proxy's per answer, its replayed upstream call"
+    echo "included."
+    echo
+    echo "| protocol | req/s | p99 ms | connections opened | drain | 2xx answers | events at the upstream | proxy CPU µs/answer |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for t in farfast farh2; do
+      name=$([ "$t" = farh2 ] && echo "h2" || echo "HTTP/1.1")
+      echo "| $name | $(echo "${HRPS[$t]}" | median) | $(echo "${HP99[$t]}" | median) | $(echo "${HCONNS[$t]}" | median) | $(echo "${HDRAIN[$t]}" | median) s | $(echo "${H2XX[$t]}" | total) | $(echo "${HEVENTS[$t]}" | total) | $(echo "${HCPU[$t]}" | median) |"
+    done
+    echo
+  } | out protocol
+  took protocol
+fi
+
 # The quota: fast mode with max_events_per_second = 500, 2,000 events/s offered. The upstream
 # must never see more than 500 calls in a second; every event still arrives, later.
 if has quota; then
@@ -666,7 +706,7 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 {
   echo "Measured $(date -u +%Y-%m-%d) on $machine."
   echo
-  for s in main half far rates quota tls memory callgrind; do
+  for s in main half far rates protocol quota tls memory callgrind; do
     if [ -f "$work/results-$s.md" ]; then cat "$work/results-$s.md"; fi
   done
 } | sed '$ { /^$/d }' | tee benches/results.md

@@ -18,6 +18,23 @@ fn opened(stack: &Stack, protocol: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// `n` new visitors' events posted at once.
+fn at_once(stack: &Stack, n: usize) -> Vec<Response> {
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..n)
+            .map(|v| {
+                s.spawn(move || {
+                    stack.post(
+                        "/demo_db/pageviews",
+                        &format!(r#"{{"td_client_id":"h2-{n}-{v}","product_category":"women"}}"#),
+                    )
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
     let stack = Stack::start_with(
@@ -26,20 +43,7 @@ fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
     );
     // 50 ms away: 48 visitors at once are 48 streams in flight together.
     stack.set_faults(json!({"status": 0, "latency_ms": 50}));
-    let answers: Vec<Response> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..48)
-            .map(|v| {
-                let stack = &stack;
-                s.spawn(move || {
-                    stack.post(
-                        "/demo_db/pageviews",
-                        &format!(r#"{{"td_client_id":"h2-{v}","product_category":"women"}}"#),
-                    )
-                })
-            })
-            .collect();
-        calls.into_iter().map(|c| c.join().unwrap()).collect()
-    });
+    let answers = at_once(&stack, 48);
     for r in &answers {
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.text().contains("offer_for_women"), "{}", r.text());
@@ -49,6 +53,12 @@ fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
     assert!(stats["max_in_flight"].as_u64().unwrap() >= 16, "{stats}");
     assert_eq!(opened(&stack, "h2"), 1);
     assert_eq!(opened(&stack, "h1"), 0);
+
+    // 150 at once, 300 ms away, past the emulator's 100 streams a connection: one more.
+    stack.set_faults(json!({"status": 0, "latency_ms": 300}));
+    let answers = at_once(&stack, 150);
+    assert!(answers.iter().all(|r| r.status == 200));
+    assert_eq!(opened(&stack, "h2"), 2);
 
     // An error answer with Retry-After comes back whole over the stream.
     stack.set_faults(json!({"status": 429, "code": 2003, "rate": 1.0, "retry_after": "30"}));
@@ -64,7 +74,7 @@ fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
     for v in 0..8 {
         let r = stack.post(
             "/demo_db/pageviews",
-            &format!(r#"{{"td_client_id":"h2-{v}","td_path":"/x"}}"#),
+            &format!(r#"{{"td_client_id":"h2-48-{v}","td_path":"/x"}}"#),
         );
         assert_eq!(r.status, 200, "{}", r.text());
     }
@@ -77,5 +87,5 @@ fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
         "{}",
         stack.emulator_stats()
     );
-    assert_eq!(opened(&stack, "h2"), 1);
+    assert_eq!(opened(&stack, "h2"), 2);
 }

@@ -527,10 +527,12 @@ impl Replayer {
             client: ClientInfo::default(),
         };
         let started = std::time::Instant::now();
-        let result = self.client.send(&call, limits).await;
+        let mut paced = Duration::ZERO;
+        let result = self.client.send_paced(&call, limits, &mut paced).await;
         {
             let mut sample = lock(&lane.sample);
-            sample.latency = sample.latency.max(started.elapsed());
+            let latency = started.elapsed().saturating_sub(paced);
+            sample.latency = sample.latency.max(latency);
             sample.pushed_back |= match &result {
                 Ok(r) => r.status == 429 || r.status >= 500,
                 Err(e) => matches!(e, UpstreamError::Timeout | UpstreamError::CircuitOpen),

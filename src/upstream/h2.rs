@@ -1,8 +1,11 @@
 //! One attempt over HTTP/2 (`upstream.protocol = "h2"`): every call to an upstream address is a
-//! stream on one shared connection (TLS with ALPN `h2`, or cleartext with prior knowledge for an
-//! `http://` base URL), so that a replay window of hundreds of calls needs one connection, not
-//! hundreds. The connection is made by pingora's transport connector, like HTTP/1.1's, and
-//! driven by a task of its own; callers wait on its flow control and the server's stream limit.
+//! stream on a shared connection (TLS with ALPN `h2`, or cleartext with prior knowledge for an
+//! `http://` base URL), so that a replay window of hundreds of calls needs a few connections, not
+//! hundreds. A call takes the least busy connection with a stream to spare under the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` (often 100: at 50 ms, 2,000 calls a second a connection);
+//! when all are full another is made, up to `MAX_CONNECTIONS`, past which calls wait for a
+//! stream. Connections are made by pingora's transport connector, like HTTP/1.1's, and each is
+//! driven by a task of its own.
 //!
 //! A call that fails before the server could have processed it (the connection was gone when
 //! the stream opened, or the server refused the stream) moves to a new connection once, as an
@@ -18,18 +21,46 @@ use http::{HeaderValue, Method, Request};
 use pingora::protocols::Stream;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The connection to one upstream address, made at most once at a time.
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// The connections to one upstream address; one is made at a time.
+type Slot = Arc<tokio::sync::Mutex<Vec<Connection>>>;
+
+/// Most HTTP/2 connections to one upstream address.
+const MAX_CONNECTIONS: usize = 8;
 
 #[derive(Clone)]
 struct Connection {
     send: SendRequest<Bytes>,
-    /// Which connection of the slot this is, so that a caller that saw it fail forgets only
-    /// that one, not a newer one made meanwhile.
+    /// Which connection this is, so that a caller that saw it fail forgets only that one.
     id: u64,
+    /// Streams open on it now.
+    streams: Arc<AtomicUsize>,
+}
+
+/// One stream counted on its connection while it lasts.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connection {
+    fn busy(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.busy() < self.send.current_max_send_streams()
+    }
+
+    fn open_stream(&self) -> OpenStream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.streams.clone())
+    }
 }
 
 /// Shared HTTP/2 connections, one per pool key (address, TLS, host).
@@ -64,6 +95,7 @@ impl H2Pool {
         let mut fresh_tried = false;
         loop {
             let (connection, fresh) = self.connection(&slot, &connect).await?;
+            let _stream = connection.open_stream();
             match exchange(connection.send.clone(), call, limits.max_body).await {
                 Ok(response) => return Ok(response),
                 Err(Failure::Unsent(e)) => {
@@ -79,8 +111,9 @@ impl H2Pool {
         }
     }
 
-    /// The slot's connection, made now if it has none (whether it was made now is the second
-    /// value). Callers arriving while it is being made wait for it instead of making their own.
+    /// The least busy of the slot's connections with a stream to spare, or a new one (whether it
+    /// was made now is the second value), or, with `MAX_CONNECTIONS` all full, the least busy.
+    /// Callers arriving while one is being made wait for it instead of making their own.
     async fn connection<C, F>(
         &self,
         slot: &Slot,
@@ -91,8 +124,11 @@ impl H2Pool {
         F: Future<Output = Result<Stream, UpstreamError>>,
     {
         let mut held = slot.lock().await;
-        if let Some(connection) = held.as_ref() {
-            return Ok((connection.clone(), false));
+        let least_busy = held.iter().min_by_key(|c| c.busy());
+        if let Some(connection) = least_busy {
+            if connection.has_room() || held.len() >= MAX_CONNECTIONS {
+                return Ok((connection.clone(), false));
+            }
         }
         let stream = connect().await?;
         let (send, driver) = h2::client::Builder::new()
@@ -110,16 +146,14 @@ impl H2Pool {
         let connection = Connection {
             send,
             id: self.made.fetch_add(1, Ordering::Relaxed),
+            streams: Arc::new(AtomicUsize::new(0)),
         };
-        *held = Some(connection.clone());
+        held.push(connection.clone());
         Ok((connection, true))
     }
 
     async fn forget(&self, slot: &Slot, id: u64) {
-        let mut held = slot.lock().await;
-        if held.as_ref().is_some_and(|c| c.id == id) {
-            *held = None;
-        }
+        slot.lock().await.retain(|c| c.id != id);
     }
 }
 

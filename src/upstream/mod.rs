@@ -193,6 +193,18 @@ impl UpstreamClient {
         call: &Call,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut paced = Duration::ZERO;
+        self.send_paced(call, limits, &mut paced).await
+    }
+
+    /// `send`, adding to `paced` the time spent waiting for the service's quota: replay's
+    /// window learns from the upstream's latency, not from the wait the quota imposes.
+    pub async fn send_paced(
+        &self,
+        call: &Call,
+        limits: CallLimits,
+        paced: &mut Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let service = &call.route.service;
         let policy = &service.policy;
         let deadline = Instant::now() + limits.deadline;
@@ -203,7 +215,10 @@ impl UpstreamClient {
         loop {
             // Every attempt, a retry too, is a call the quota counts.
             if let Some(rate) = policy.quota {
-                if let Err(wait) = self.take_quota(&service.name, rate, deadline, limits).await {
+                let queued = Instant::now();
+                let taken = self.take_quota(&service.name, rate, deadline, limits).await;
+                *paced += queued.elapsed();
+                if let Err(wait) = taken {
                     return Ok(quota_answer(wait));
                 }
             }
@@ -399,18 +414,20 @@ impl UpstreamClient {
             }
             QuotaWait::Behind => {
                 // One replayed call at a time looks for a slot; it takes only one that starts
-                // within an interval, so live calls keep theirs.
+                // soon (an interval, or the timer's few milliseconds: a turn that slept to the
+                // very start of its slot would wake past it, and the schedule would drift), so
+                // live calls keep theirs.
                 let _turn = quota.replay_turn.lock().await;
                 loop {
-                    let (reserved, interval) = {
+                    let (reserved, soon) = {
                         let mut pacer = lock(&quota.pacer);
-                        let interval = pacer.interval();
-                        (pacer.reserve(Instant::now(), interval), interval)
+                        let soon = pacer.interval().max(Duration::from_millis(5));
+                        (pacer.reserve(Instant::now(), soon), soon)
                     };
                     match reserved {
                         Ok(wait) => break Ok(wait),
                         Err(wait) if wait >= until_deadline() => break Err(wait),
-                        Err(wait) => tokio::time::sleep(wait - interval).await,
+                        Err(wait) => tokio::time::sleep(wait - soon).await,
                     }
                 }
             }
