@@ -47,6 +47,15 @@ pub struct Edge {
     stop: Notify,
 }
 
+/// What a connection is waiting for its request on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Just accepted: its first request.
+    New,
+    /// Kept alive after an answer (or an HTTP/2 stream): closed when the service stops.
+    Reused,
+}
+
 /// Per-request facts for the metrics and the access line.
 pub struct RequestCtx {
     start: Instant,
@@ -66,7 +75,7 @@ impl HttpServerApp for Edge {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        self.serve_http(session, shutdown).await
+        self.serve_http(session, shutdown, Waiting::Reused).await
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -87,12 +96,18 @@ impl Edge {
         &self,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
+        waiting: Waiting,
     ) -> Option<ReusedHttpStream> {
-        let read = tokio::select! {
-            // Biased: a request already buffered is served, not dropped.
-            biased;
-            read = session.read_request() => read,
-            _ = self.stopped() => return None,
+        let read = match waiting {
+            // Accepted before the service stopped: its request is on its way, and is served
+            // (within the header timeout) even if the service stops meanwhile.
+            Waiting::New => session.read_request().await,
+            Waiting::Reused => tokio::select! {
+                // Biased: a request already buffered is served, not dropped.
+                biased;
+                read = session.read_request() => read,
+                _ = self.stopped() => return None,
+            },
         };
         match read {
             Ok(true) => {}

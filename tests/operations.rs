@@ -225,6 +225,39 @@ fn sigterm_with_events_in_the_spool_loses_none() {
     assert_eq!(stats()["events_ingested"], 6, "{}", stats());
 }
 
+#[test]
+fn a_connection_accepted_before_sigterm_has_its_first_request_served() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let (path, proxy, admin) = write_config("accepted", &format!("http://{emulator}"), "");
+    // SIGTERM stops the listener at once, and in-flight work has the grace period.
+    edit(
+        &path,
+        "grace_period_seconds = 0",
+        "grace_period_seconds = 3",
+    );
+    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    // A browser's connection is accepted, and its request is still on its way when the
+    // service stops (as during an upgrade: the listener is handed over, the accepted stay).
+    let mut tcp = std::net::TcpStream::connect(daemon.proxy).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&daemon, "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let body = r#"{"td_client_id":"late","td_path":"/retail"}"#;
+    let raw = format!(
+        "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut tcp, raw.as_bytes()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = read_message(&mut tcp).map(|m| String::from_utf8_lossy(&m).into_owned());
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
+}
+
 /// A spool record as every version writes it (the frame of `spool::Record` without the route
 /// identity newer versions add), for `service` at `route`.
 fn spool_frame(service: &str, route: &str, body: &str) -> Vec<u8> {

@@ -12,7 +12,7 @@
 mod slow;
 
 use crate::config::Config;
-use crate::proxy::Edge;
+use crate::proxy::{Edge, Waiting};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -48,10 +48,12 @@ impl ServerApp for PublicApp {
         let mut session = ServerSession::new_http1(stream);
         // The first request gets the header timeout; those after it the idle one.
         let mut silence = timeouts.client_header;
+        let mut waiting = Waiting::New;
         loop {
             // A server shutting down lets no connection be reused.
             session.set_keepalive((!*shutdown.borrow()).then(|| whole_seconds(silence)));
-            let reused = self.edge.serve_http(session, shutdown).await?;
+            let reused = self.edge.serve_http(session, shutdown, waiting).await?;
+            waiting = Waiting::Reused;
             let (stream, settings) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
