@@ -63,7 +63,8 @@ impl Connection {
     }
 }
 
-/// Shared HTTP/2 connections, one per pool key (address, TLS, host).
+/// Shared HTTP/2 connections, up to `MAX_CONNECTIONS` per pool key (address, TLS, host). One the
+/// upstream closed stays listed until a call finds it closed (before sending: the call moves on).
 #[derive(Default)]
 pub(super) struct H2Pool {
     slots: Mutex<HashMap<u64, Slot>>,
@@ -79,7 +80,7 @@ enum Failure {
 }
 
 impl H2Pool {
-    /// Send `call` on the shared connection for `key`, made with `connect` when there is none.
+    /// Send `call` on a shared connection for `key`, made with `connect` when one is needed.
     pub(super) async fn attempt<C, F>(
         &self,
         key: u64,
