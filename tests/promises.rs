@@ -377,3 +377,67 @@ fn a_quota_lets_no_second_of_the_upstreams_see_more_than_its_rate_even_after_idl
     assert_eq!(stack.metric("p13n_edge_quota_deferred_total", &[]), 19.0);
     assert_eq!(stack.metric("p13n_edge_quota_spent_total", &[]), 20.0);
 }
+
+#[test]
+fn under_sustained_overload_a_quota_answers_200_or_429_never_a_timeout() {
+    let stack = Stack::start_with(
+        "quota_overload",
+        "max_events_per_second = 20\ndeadline_ms = 1000\n",
+    );
+    stack.set_faults(json!({"status": 0, "latency_ms": 200}));
+    // 32 clients posting new visitors as fast as they are answered: a queue for the quota
+    // longer than the deadline.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..32)
+            .map(|c| {
+                let stack = &stack;
+                s.spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut n = 0;
+                    while std::time::Instant::now() < until {
+                        n += 1;
+                        let r = stack.post("/demo_db/pageviews", &view(&format!("o{c}-{n}"), 0));
+                        seen.push(r.status);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    // A call admitted by the quota keeps time to be answered: none times out (504), and the
+    // circuit never opens on such timeouts (503).
+    let others: Vec<&u16> = statuses
+        .iter()
+        .filter(|s| !matches!(s, 200 | 429))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "{ok} answered, {refused} refused, and {others:?}"
+    );
+    assert!(ok >= 20 && refused > 0, "{ok} answered, {refused} refused");
+    assert_eq!(stack.metric("p13n_edge_upstream_errors_total", &[]), 0.0);
+}
+
+#[test]
+fn a_reload_changes_the_quotas_rate() {
+    let stack = Stack::start_with("quota_reload", "max_events_per_second = 10\n");
+    assert_eq!(stack.post("/demo_db/pageviews", &view("r0", 0)).status, 200);
+    stack.reload(|toml| toml.replace("max_events_per_second = 10", "max_events_per_second = 2"));
+    // The peaks are counted again from here.
+    stack.set_faults(json!({"status": 0, "latency_ms": 0}));
+    std::thread::scope(|s| {
+        for v in 0..10 {
+            let stack = &stack;
+            s.spawn(move || stack.post("/demo_db/pageviews", &view(&format!("r{v}x"), 0)));
+        }
+    });
+    let stats = stack.emulator_stats();
+    assert!(stats["max_per_second"].as_u64().unwrap() <= 2, "{stats}");
+}

@@ -137,6 +137,12 @@ pub struct CallPolicy {
     pub quota: Option<f64>,
 }
 
+/// The time a call keeps for its attempt after waiting for the quota: its upstream timeout, or
+/// half its deadline when that is shorter.
+fn attempt_budget(limits: CallLimits) -> Duration {
+    limits.timeouts.upstream.min(limits.deadline / 2)
+}
+
 /// A service's quota: its schedule, and the queue of replayed calls waiting for a turn.
 struct Quota {
     pacer: Mutex<quota::Pacer>,
@@ -393,8 +399,11 @@ impl UpstreamClient {
         }
     }
 
-    /// Take one token of the service's quota, waiting for it when `limits` say so and it comes
-    /// before `deadline`; otherwise how long until one is there.
+    /// Take a slot of the service's quota, waiting for it when `limits` say so; otherwise how
+    /// long until one is free. A call waits only as long as leaves it `attempt_budget` before
+    /// its deadline: one that slept until its deadline would be sent with no time left to be
+    /// answered (a timeout, counted against the circuit, for an event the upstream may have
+    /// ingested).
     async fn take_quota(
         &self,
         service: &str,
@@ -406,29 +415,38 @@ impl UpstreamClient {
             pacer: Mutex::new(quota::Pacer::new(rate)),
             replay_turn: tokio::sync::Mutex::new(()),
         });
-        let until_deadline = || deadline.saturating_duration_since(Instant::now());
+        let keep = attempt_budget(limits);
+        let may_wait = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(keep)
+        };
+        let reserve = |max_wait: Duration| {
+            let mut pacer = lock(&quota.pacer);
+            // A reload may have changed the rate.
+            pacer.set_rate(rate);
+            (pacer.reserve(Instant::now(), max_wait), pacer.interval())
+        };
         let wait = match limits.quota_wait {
-            QuotaWait::Never => lock(&quota.pacer).reserve(Instant::now(), Duration::ZERO),
-            QuotaWait::UntilDeadline => {
-                lock(&quota.pacer).reserve(Instant::now(), until_deadline())
-            }
+            QuotaWait::Never => reserve(Duration::ZERO).0,
+            QuotaWait::UntilDeadline => reserve(may_wait()).0,
             QuotaWait::Behind => {
-                // One replayed call at a time looks for a slot; it takes only one that starts
+                // One replayed call at a time looks for a slot, and takes only one that starts
                 // soon (an interval, or the timer's few milliseconds: a turn that slept to the
                 // very start of its slot would wake past it, and the schedule would drift), so
-                // live calls keep theirs.
-                let _turn = quota.replay_turn.lock().await;
-                loop {
-                    let (reserved, soon) = {
-                        let mut pacer = lock(&quota.pacer);
-                        let soon = pacer.interval().max(Duration::from_millis(5));
-                        (pacer.reserve(Instant::now(), soon), soon)
-                    };
-                    match reserved {
-                        Ok(wait) => break Ok(wait),
-                        Err(wait) if wait >= until_deadline() => break Err(wait),
-                        Err(wait) => tokio::time::sleep(wait - soon).await,
-                    }
+                // live calls keep theirs. Waiting for the turn counts against the deadline too.
+                let turn = tokio::time::timeout(may_wait(), quota.replay_turn.lock()).await;
+                match turn {
+                    Err(_) => Err(Duration::ZERO),
+                    Ok(_turn) => loop {
+                        let soon = lock(&quota.pacer).interval().max(Duration::from_millis(5));
+                        let (reserved, _) = reserve(soon.min(may_wait()));
+                        match reserved {
+                            Ok(wait) => break Ok(wait),
+                            Err(wait) if wait >= may_wait() => break Err(wait),
+                            Err(wait) => tokio::time::sleep(wait.saturating_sub(soon)).await,
+                        }
+                    },
                 }
             }
         };

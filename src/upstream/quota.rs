@@ -4,10 +4,16 @@
 //! in the second after an idle spell.
 //!
 //! A call reserves its slot and sleeps once until it comes (no retry loop: with hundreds of
-//! replay calls waiting, a loop woke them all for every slot). Live calls reserve directly;
-//! replay calls queue behind one another for a turn, and a turn takes only a slot that starts
-//! within one interval, so live calls arriving meanwhile go first: replay fills what the quota
-//! leaves.
+//! replay calls waiting, a loop woke them all for every slot), and waits only as long as leaves
+//! it time to be answered before its deadline. Live calls reserve directly; replay calls queue
+//! behind one another for a turn, and a turn takes only a slot that starts within an interval
+//! (or 5 ms, the timer's granularity), so live calls arriving meanwhile go first: replay fills
+//! what the quota leaves.
+//!
+//! What is spaced is the slots, taken before the connection is: a call that then waits for a
+//! new connection (TLS to a distant upstream) leaves later than its slot, so under such spread
+//! a second of the upstream's can see a few more calls than the rate. Two processes during a
+//! graceful upgrade each keep their own schedule.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,7 @@ pub enum QuotaWait {
 /// The schedule of one service's calls.
 #[derive(Debug)]
 pub(crate) struct Pacer {
+    rate: f64,
     interval: Duration,
     /// The earliest start of the next slot.
     next: Option<Instant>,
@@ -33,8 +40,17 @@ pub(crate) struct Pacer {
 impl Pacer {
     pub fn new(per_second: f64) -> Pacer {
         Pacer {
+            rate: per_second,
             interval: Duration::from_secs_f64(1.01 / per_second),
             next: None,
+        }
+    }
+
+    /// Follow a rate changed by a reload; the slots already taken stay.
+    pub fn set_rate(&mut self, per_second: f64) {
+        if per_second != self.rate {
+            self.rate = per_second;
+            self.interval = Duration::from_secs_f64(1.01 / per_second);
         }
     }
 
@@ -72,6 +88,18 @@ mod tests {
         let later = t + Duration::from_secs(5);
         assert_eq!(p.reserve(later, Duration::ZERO), Ok(Duration::ZERO));
         assert!(p.reserve(later, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn a_new_rate_spaces_the_slots_after_the_ones_taken() {
+        let t = Instant::now();
+        let mut p = Pacer::new(100.0);
+        assert!(p.reserve(t, Duration::ZERO).is_ok());
+        p.set_rate(1.0);
+        let first = p.reserve(t, Duration::from_secs(5)).unwrap();
+        let second = p.reserve(t, Duration::from_secs(5)).unwrap();
+        assert!(first < Duration::from_millis(20));
+        assert!(second - first >= Duration::from_secs(1));
     }
 
     proptest! {
