@@ -339,3 +339,80 @@ fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
     }
     assert_eq!(accepted.load(Ordering::Relaxed), 5);
 }
+
+/// A relay to `upstream` whose connections open before `freeze` is called stop passing bytes,
+/// without closing: a connection gone silent (a NAT or balancer that lost its state). Those
+/// opened afterwards pass bytes as usual.
+struct Relay {
+    addr: std::net::SocketAddr,
+    opened: Arc<AtomicUsize>,
+    frozen_below: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    fn start(upstream: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (opened, frozen_below) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (count, frozen) = (opened.clone(), frozen_below.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let server = std::net::TcpStream::connect(upstream).unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let frozen = frozen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if id >= frozen.load(Ordering::SeqCst) {
+                                let _ = std::io::Write::write_all(&mut to, &buf[..n]);
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            addr,
+            opened,
+            frozen_below,
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_http2_connection_gone_silent_is_not_used_after_a_call_times_out_on_it() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let relay = Relay::start(emulator);
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", relay.addr),
+        "[upstream]\nprotocol = \"h2\"",
+    )
+    .replace("upstream_ms = 1000", "upstream_ms = 300");
+    let (_proxy, addr) = start_proxy(load_config("h2_silent", &toml));
+    let event = |n: u32| format!(r#"{{"td_client_id":"s{n}","td_path":"/x"}}"#);
+    assert_eq!(post_json(addr, &event(0)).status, 200);
+    relay.freeze();
+    // The first call after the silence times out on the old connection...
+    post_json(addr, &event(1)).assert_error(504, 504);
+    // ...and the next ones go out on a new one.
+    for n in 2..5 {
+        let r = post_json(addr, &event(n));
+        assert_eq!(r.status, 200, "call {n}: {}", r.text());
+    }
+    assert_eq!(relay.opened.load(Ordering::SeqCst), 2);
+}

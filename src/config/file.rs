@@ -196,7 +196,7 @@ pub struct UpstreamSection {
     /// endpoint's CA). Relative to this config file. Read at start.
     pub ca_file: Option<String>,
     /// `"http1.1"` (a pool of connections, one call each at a time) or `"h2"` (every call a
-    /// stream on one connection per upstream address). Read at start.
+    /// stream on a few shared connections per upstream address). Read at start.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
 }

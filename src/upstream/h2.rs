@@ -21,7 +21,7 @@ use http::{HeaderValue, Method, Request};
 use pingora::protocols::Stream;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The connections to one upstream address; one is made at a time.
@@ -33,10 +33,26 @@ const MAX_CONNECTIONS: usize = 8;
 #[derive(Clone)]
 struct Connection {
     send: SendRequest<Bytes>,
-    /// Which connection this is, so that a caller that saw it fail forgets only that one.
-    id: u64,
     /// Streams open on it now.
     streams: Arc<AtomicUsize>,
+    /// Set when its driver ended (the upstream closed it), or when a call on it failed after
+    /// sending or was given up (a timeout): a connection gone silent would otherwise stay the
+    /// least busy, and take every call.
+    unusable: Arc<AtomicBool>,
+}
+
+/// A call on a connection; if it ends without an answer, the connection is not used again.
+struct InFlight<'a> {
+    connection: &'a Connection,
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.connection.unusable.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One stream counted on its connection while it lasts.
@@ -57,6 +73,10 @@ impl Connection {
         self.busy() < self.send.current_max_send_streams()
     }
 
+    fn usable(&self) -> bool {
+        !self.unusable.load(Ordering::Relaxed)
+    }
+
     fn open_stream(&self) -> OpenStream {
         self.streams.fetch_add(1, Ordering::Relaxed);
         OpenStream(self.streams.clone())
@@ -64,11 +84,10 @@ impl Connection {
 }
 
 /// Shared HTTP/2 connections, up to `MAX_CONNECTIONS` per pool key (address, TLS, host). One the
-/// upstream closed stays listed until a call finds it closed (before sending: the call moves on).
+/// upstream closed, or that failed a call, is dropped from the list when the next call looks.
 #[derive(Default)]
 pub(super) struct H2Pool {
     slots: Mutex<HashMap<u64, Slot>>,
-    made: AtomicU64,
 }
 
 /// Why an exchange failed.
@@ -97,10 +116,18 @@ impl H2Pool {
         loop {
             let (connection, fresh) = self.connection(&slot, &connect).await?;
             let _stream = connection.open_stream();
-            match exchange(connection.send.clone(), call, limits.max_body).await {
+            let mut in_flight = InFlight {
+                connection: &connection,
+                answered: false,
+            };
+            let result = exchange(connection.send.clone(), call, limits.max_body).await;
+            // A refused stream or an oversized answer says nothing against the connection.
+            in_flight.answered = !matches!(result, Err(Failure::Sent(_)));
+            drop(in_flight);
+            match result {
                 Ok(response) => return Ok(response),
                 Err(Failure::Unsent(e)) => {
-                    self.forget(&slot, connection.id).await;
+                    connection.unusable.store(true, Ordering::Relaxed);
                     if fresh || fresh_tried {
                         return Err(UpstreamError::Connect(e));
                     }
@@ -125,6 +152,7 @@ impl H2Pool {
         F: Future<Output = Result<Stream, UpstreamError>>,
     {
         let mut held = slot.lock().await;
+        held.retain(Connection::usable);
         let least_busy = held.iter().min_by_key(|c| c.busy());
         if let Some(connection) = least_busy {
             if connection.has_room() || held.len() >= MAX_CONNECTIONS {
@@ -133,28 +161,31 @@ impl H2Pool {
         }
         let stream = connect().await?;
         let (send, driver) = h2::client::Builder::new()
-            // Answers are small; a window as large as the most we read keeps a big one from
-            // stalling on flow control.
+            // Windows as large as the most we read, per stream and for the connection's streams
+            // together, so that no answer stalls on flow control; headers bounded as HTTP/1.1's
+            // are; no server push.
             .initial_window_size(1 << 20)
+            .initial_connection_window_size(8 << 20)
+            .max_header_list_size(16 * 1024)
+            .enable_push(false)
             .handshake(stream)
             .await
-            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
+            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {}", describe(&e))))?;
+        let unusable = Arc::new(AtomicBool::new(false));
+        let ended = unusable.clone();
         tokio::spawn(async move {
             if let Err(e) = driver.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                tracing::debug!(error = %describe(&e), "upstream HTTP/2 connection ended");
             }
+            ended.store(true, Ordering::Relaxed);
         });
         let connection = Connection {
             send,
-            id: self.made.fetch_add(1, Ordering::Relaxed),
             streams: Arc::new(AtomicUsize::new(0)),
+            unusable,
         };
         held.push(connection.clone());
         Ok((connection, true))
-    }
-
-    async fn forget(&self, slot: &Slot, id: u64) {
-        slot.lock().await.retain(|c| c.id != id);
     }
 }
 
@@ -167,7 +198,7 @@ async fn exchange(
     let mut send = send
         .ready()
         .await
-        .map_err(|e| Failure::Unsent(e.to_string()))?;
+        .map_err(|e| Failure::Unsent(describe(&e)))?;
     let (answer, mut body) = send
         .send_request(request(call), false)
         .map_err(|e| unsent_if_refused(e, true))?;
@@ -185,7 +216,7 @@ async fn exchange(
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     while let Some(chunk) = stream.data().await {
-        let chunk = chunk.map_err(|e| Failure::Sent(e.to_string()))?;
+        let chunk = chunk.map_err(|e| Failure::Sent(describe(&e)))?;
         let _ = stream.flow_control().release_capacity(chunk.len());
         let read = first.as_ref().map_or(0, Bytes::len) + rest.len() + chunk.len();
         if read > max_body {
@@ -219,9 +250,20 @@ async fn exchange(
 /// not processed; `opening` says the stream was never sent at all.
 fn unsent_if_refused(e: h2::Error, opening: bool) -> Failure {
     if opening || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        Failure::Unsent(e.to_string())
+        Failure::Unsent(describe(&e))
     } else {
-        Failure::Sent(e.to_string())
+        Failure::Sent(describe(&e))
+    }
+}
+
+/// An HTTP/2 error for logs and answers: its kind and reason code only. Its `Display` would add
+/// a GOAWAY's debug data, which the upstream writes and which nothing here has scrubbed.
+fn describe(e: &h2::Error) -> String {
+    match (e.reason(), e.get_io()) {
+        (_, Some(io)) => format!("HTTP/2 connection I/O: {}", io.kind()),
+        (Some(reason), None) if e.is_go_away() => format!("HTTP/2 GOAWAY ({reason:?})"),
+        (Some(reason), None) => format!("HTTP/2 stream reset ({reason:?})"),
+        (None, None) => "HTTP/2 connection error".to_string(),
     }
 }
 

@@ -37,7 +37,7 @@ pub enum Protocol {
     /// A pool of HTTP/1.1 connections, one call on each at a time.
     #[default]
     Http1,
-    /// One HTTP/2 connection per upstream address, every call a stream on it.
+    /// A few shared HTTP/2 connections per upstream address, every call a stream on one.
     Http2,
 }
 
