@@ -554,14 +554,18 @@ fi
 # HTTP/1.1 against HTTP/2 to the same distant upstream: fast at 2,000 events/s, the replay
 # window's calls on a pool of connections or as streams on one.
 if has protocol; then
-  declare -A HRPS HP99 HCONNS HCPU HDRAIN HEVENTS H2XX
+  declare -A HRPS HP99 HCONNS HCPU HDRAIN HEVENTS H2XX HC0
+  # Connections opened during this section only: farfast also served the sections before.
+  for t in farfast farh2; do
+    admin_var=${t^^}_ADMIN; HC0[$t]=$(counter "${!admin_var}" p13n_edge_upstream_connections_opened_total)
+  done
   for round in $(seq "$ROUNDS"); do
     for t in farfast farh2; do
       port_var=${t^^}; admin_var=${t^^}_ADMIN; pid_var=${t^^}_PID
       warm_once "${!port_var}" 2 64; drain "${!admin_var}" >/dev/null
       far_run "${!port_var}" "${!admin_var}" "$FAR" 2000 "$RATE_SECS" "${!pid_var}"
       check_events "$t at 2000/s" "$RUN_2XX" "$RUN_EVENTS"
-      HCONNS[$t]+="$(counter "${!admin_var}" p13n_edge_upstream_connections_opened_total) "
+      HCONNS[$t]=$(( $(counter "${!admin_var}" p13n_edge_upstream_connections_opened_total) - HC0[$t] ))
       HRPS[$t]+="$RUN_RPS "; HP99[$t]+="$RUN_P99 "; HCPU[$t]+="$RUN_CPU "; HDRAIN[$t]+="$RUN_DRAIN "
       HEVENTS[$t]+="$RUN_EVENTS "; H2XX[$t]+="$RUN_2XX "
       echo "round $round $t: $RUN_RPS req/s, p99 $RUN_P99 ms, $RUN_CPU µs/answer, drained in ${RUN_DRAIN}s" >&2
@@ -570,15 +574,15 @@ if has protocol; then
   {
     echo "HTTP/1.1 against HTTP/2 to the upstream (\`upstream.protocol\`): \`fast\` at 2,000 events/s for"
     echo "${RATE_SECS}s in front of the emulator answering after 50 ms, as above; medians of $ROUNDS runs."
-    echo "*Connections opened* is p13n_edge_upstream_connections_opened_total since the proxy started"
-    echo "(every run and warm-up before); CPU is the proxy's per answer, its replayed upstream call"
-    echo "included."
+    echo "*Connections opened* is the rise of p13n_edge_upstream_connections_opened_total over this"
+    echo "section's runs and warm-ups, all rounds together; CPU is the proxy's per answer, its"
+    echo "replayed upstream call included."
     echo
     echo "| protocol | req/s | p99 ms | connections opened | drain | 2xx answers | events at the upstream | proxy CPU µs/answer |"
     echo "|---|---|---|---|---|---|---|---|"
     for t in farfast farh2; do
       name=$([ "$t" = farh2 ] && echo "h2" || echo "HTTP/1.1")
-      echo "| $name | $(echo "${HRPS[$t]}" | median) | $(echo "${HP99[$t]}" | median) | $(echo "${HCONNS[$t]}" | median) | $(echo "${HDRAIN[$t]}" | median) s | $(echo "${H2XX[$t]}" | total) | $(echo "${HEVENTS[$t]}" | total) | $(echo "${HCPU[$t]}" | median) |"
+      echo "| $name | $(echo "${HRPS[$t]}" | median) | $(echo "${HP99[$t]}" | median) | ${HCONNS[$t]} | $(echo "${HDRAIN[$t]}" | median) s | $(echo "${H2XX[$t]}" | total) | $(echo "${HEVENTS[$t]}" | total) | $(echo "${HCPU[$t]}" | median) |"
     done
     echo
   } | out protocol
