@@ -139,3 +139,22 @@ fn a_broken_config_is_reported_without_its_secrets() {
         "admin.listen: \"localhost:9090\" is not an ip:port address",
     );
 }
+
+#[test]
+fn readiness_returns_once_the_circuit_would_let_a_call_through() {
+    // Out of a Service for its open circuit, a pod gets no call that could close it: readiness
+    // must not wait for one.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let circuit = "[service.circuit]\nconsecutive_failures = 1\nopen_ms = 1500\n";
+    let (daemon, _) = daemon("probe-halfopen", &nowhere, circuit);
+    let admin = daemon.admin.to_string();
+    post_json(daemon.proxy, r#"{"td_client_id":"v1"}"#);
+    assert!(eventually(Duration::from_secs(10), || {
+        probe(&["--admin", &admin, "--ready"]).code == Some(0)
+    }));
+    let readyz = request(daemon.admin, "GET", "/readyz", &[], b"").json();
+    assert!(
+        readyz["warnings"].to_string().contains("circuit half-open"),
+        "{readyz}"
+    );
+}
