@@ -38,6 +38,14 @@ impl Admin {
         for upstream in &open {
             warnings.push(format!("circuit open for upstream {upstream}"));
         }
+        for (upstream, _) in circuits
+            .iter()
+            .filter(|(_, s)| *s == CircuitState::HalfOpen)
+        {
+            warnings.push(format!(
+                "circuit half-open for upstream {upstream}: the next call decides"
+            ));
+        }
         if !circuits.is_empty() && open.len() == circuits.len() {
             reasons.push("every upstream circuit is open".to_string());
         }

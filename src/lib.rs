@@ -14,6 +14,7 @@ pub mod flow;
 pub mod guard;
 pub mod listener;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod site;
 pub mod spool;

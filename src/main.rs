@@ -1,4 +1,4 @@
-//! The `p13n-edge` command line: run, check-config, spool, emulator, demo.
+//! The `p13n-edge` command line: run, check-config, probe, spool, emulator, demo.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context};
@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use p13n_edge::config::Config;
 use p13n_edge::emulator::Emulator;
 use p13n_edge::site::DemoSite;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// mimalloc instead of glibc's allocator: see Cargo.toml.
@@ -46,6 +47,18 @@ enum Command {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Ask the admin listener whether the daemon is alive (`/healthz`) or ready (`/readyz`):
+    /// exit 0 on a 200, else 1 with the reason on stderr. For container health checks.
+    Probe {
+        #[command(flatten)]
+        at: AdminAt,
+        /// Ask `/readyz` instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long, connect to answer.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Look into a spool directory (also a stopped daemon's), or requeue its dead letters.
     Spool {
@@ -107,6 +120,29 @@ struct SpoolDir {
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct AdminAt {
+    /// A config file: its `[admin] listen`, read alone (no key or token file is opened).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The admin listener's address, ip:port [default: 127.0.0.1:9090, the config's default].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+impl AdminAt {
+    fn resolve(self) -> anyhow::Result<SocketAddr> {
+        let listen = match (self.admin, self.config) {
+            (Some(addr), _) => addr,
+            (None, Some(path)) => p13n_edge::config::admin_listen(&path)
+                .map_err(|errors| anyhow::anyhow!("{}: {errors}", path.display()))?,
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 9090)),
+        };
+        Ok(p13n_edge::probe::target(listen))
+    }
+}
+
 impl SpoolDir {
     fn resolve(self) -> anyhow::Result<PathBuf> {
         match (self.dir, self.config) {
@@ -146,6 +182,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 loaded.routes.len()
             );
             Ok(())
+        }
+        Command::Probe {
+            at,
+            ready,
+            timeout_ms,
+        } => {
+            let addr = at.resolve()?;
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            p13n_edge::probe::probe(addr, path, timeout)
+                .with_context(|| format!("probe http://{addr}{path}"))
         }
         Command::Spool { action } => match action {
             SpoolAction::Inspect { at } => {

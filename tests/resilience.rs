@@ -112,8 +112,9 @@ fn retry_after_is_honoured() {
 fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
     let stack = Stack::start_with(
         "circuit",
-        // Without the cache, so that failures reach the client instead of stale offers.
-        "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 300\n[service.cache]\nmode = \"off\"\n",
+        // Without the cache, so that failures reach the client instead of stale offers. Open
+        // long enough for /readyz to be read before it lets a call through (and reads ready).
+        "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 1000\n[service.cache]\nmode = \"off\"\n",
     );
     let event = r#"{"td_client_id":"v"}"#;
     assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);
@@ -142,7 +143,7 @@ fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
 
     // The storm ends; after open_ms one probe goes through and closes the circuit.
     request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1050));
     assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);
     assert_eq!(ready().status, 200);
     assert_eq!(stack.metric("p13n_edge_circuit_state", &[]), 0.0);

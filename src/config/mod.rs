@@ -13,6 +13,7 @@ mod validate;
 
 pub use file::FileConfig;
 pub use reload::{reload, Reloader};
+pub(crate) use secret::redact_text;
 pub use secret::Secret;
 pub use tls::{CertFromConfig, TlsListener};
 pub use validate::names_ok;
@@ -206,6 +207,30 @@ impl Config {
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.get(path)
     }
+}
+
+/// The admin listener's address from a config file, reading its `[admin]` table only: no key
+/// or token file is opened and nothing else is validated, so that `p13n-edge probe` works
+/// where the secrets are not readable (and never quotes one).
+pub fn admin_listen(path: &Path) -> Result<SocketAddr, ConfigErrors> {
+    #[derive(serde::Deserialize)]
+    struct AdminOnly {
+        #[serde(default)]
+        admin: file::AdminSection,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::redacted(vec![e.to_string()], &[]))?;
+    let only: AdminOnly = toml::from_str(&text)
+        .map_err(|e| ConfigErrors::redacted(vec![parse_error(&e, &text)], &[]))?;
+    let listen = only.admin.listen;
+    listen.parse().map_err(|_| {
+        ConfigErrors::redacted(
+            vec![format!(
+                "admin.listen: {listen:?} is not an ip:port address"
+            )],
+            &[],
+        )
+    })
 }
 
 /// Where and what, but not the source line: toml's `Display` quotes it, and on a `[service.tokens]`

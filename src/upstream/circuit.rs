@@ -42,6 +42,8 @@ pub struct Circuit {
     failures: u32,
     /// When it opened, or when the half-open probe went out.
     since: Instant,
+    /// The `open_for` it opened with: how long `since` keeps calls out.
+    open_for: Duration,
 }
 
 impl Circuit {
@@ -53,11 +55,24 @@ impl Circuit {
             calls: 0,
             failures: 0,
             since: now,
+            open_for: Duration::ZERO,
         }
     }
 
     pub fn state(&self) -> CircuitState {
         self.state
+    }
+
+    /// The state as a caller would find it at `now`: an open circuit whose `open_for` has
+    /// passed lets the next call through, so it counts as half-open. Readiness reads this one:
+    /// a pod taken out of service for an open circuit gets no call that could move it on.
+    pub fn state_at(&self, now: Instant) -> CircuitState {
+        match self.state {
+            CircuitState::Open if now.saturating_duration_since(self.since) >= self.open_for => {
+                CircuitState::HalfOpen
+            }
+            state => state,
+        }
     }
 
     /// Whether a call may go out now.
@@ -84,7 +99,7 @@ impl Circuit {
                 if ok {
                     self.close(now);
                 } else if self.state == CircuitState::HalfOpen {
-                    self.open(now);
+                    self.open(s, now);
                 }
             }
             CircuitState::Closed => {
@@ -103,16 +118,17 @@ impl Circuit {
                 let rate_tripped = self.calls >= s.min_calls
                     && f64::from(self.failures) >= s.failure_rate * f64::from(self.calls);
                 if self.consecutive >= s.consecutive_failures || rate_tripped {
-                    self.open(now);
+                    self.open(s, now);
                 }
             }
         }
         (self.state != before).then_some(self.state)
     }
 
-    fn open(&mut self, now: Instant) {
+    fn open(&mut self, s: &CircuitSettings, now: Instant) {
         self.state = CircuitState::Open;
         self.since = now;
+        self.open_for = s.open_for;
     }
 
     fn close(&mut self, now: Instant) {
@@ -165,6 +181,26 @@ mod tests {
             assert_eq!(c.state(), CircuitState::Closed);
         }
         assert_eq!(c.record(&s, false, t), Some(CircuitState::Open)); // 5 of 10
+    }
+
+    #[test]
+    fn an_open_circuit_past_its_open_time_reads_as_half_open() {
+        let s = settings();
+        let t = Instant::now();
+        let mut c = Circuit::new(t);
+        for _ in 0..3 {
+            c.record(&s, false, t);
+        }
+        assert_eq!(c.state_at(t + Duration::from_secs(4)), CircuitState::Open);
+        assert_eq!(
+            c.state_at(t + Duration::from_secs(5)),
+            CircuitState::HalfOpen
+        );
+        assert_eq!(
+            c.state(),
+            CircuitState::Open,
+            "reading it lets no call through"
+        );
     }
 
     #[test]

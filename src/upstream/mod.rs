@@ -476,11 +476,12 @@ impl UpstreamClient {
         })
     }
 
-    /// Each upstream called so far, with its circuit state.
+    /// Each upstream called so far, with its circuit state as the next call would find it.
     pub fn circuits(&self) -> Vec<(String, CircuitState)> {
+        let now = Instant::now();
         self.circuits
             .iter()
-            .map(|e| (e.key().clone(), lock(e.value()).state()))
+            .map(|e| (e.key().clone(), lock(e.value()).state_at(now)))
             .collect()
     }
 

@@ -184,10 +184,18 @@ fn collect(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 impl Daemon {
     /// Run the binary on the config at `path` (whose listeners are `proxy` and `admin`).
     pub fn spawn(path: &std::path::Path, proxy: u16, admin: u16, env: &[(&str, &str)]) -> Daemon {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"));
+        command
             .args(["run", "--config"])
             .arg(path)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn_command(command, proxy, admin)
+    }
+
+    /// Run `command` (`p13n-edge run …`, perhaps as another user) whose listeners are `proxy`
+    /// and `admin`.
+    pub fn spawn_command(mut command: std::process::Command, proxy: u16, admin: u16) -> Daemon {
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
