@@ -595,7 +595,10 @@ impl Spool {
                 }
             }
         };
-        if let Err(e) = segment.write(buf, self.settings.sync_interval) {
+        let started = Instant::now();
+        let written = segment.write(buf, self.settings.sync_interval);
+        metrics::SPOOL_COMMIT_DURATION.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = written {
             tracing::error!(error = %e, lane = %lane.name, "spool write failed; refusing this batch");
             return fail(dones, &e);
         }
