@@ -1,8 +1,9 @@
-//! The guard step: rate-limit decisions, and the limiter's memory under a flood of distinct
-//! clients. Run: `cargo bench --bench guard`.
+//! The guard step: rate-limit decisions, the limiter's memory under a flood of distinct
+//! clients, and the crawler filter's cost per request. Run: `cargo bench --bench guard`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use p13n_edge::guard::rate::{BucketSpec, Limiter, Overflow, VisitorKey};
+use p13n_edge::guard::BotFilter;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -41,6 +42,23 @@ fn memory() {
             grown / limiter.tracked().max(1)
         );
     }
+}
+
+/// The shipped crawler list with a few of a site's own, against a browser (the common case:
+/// no match, the whole agent scanned) and a crawler.
+fn crawlers(c: &mut Criterion) {
+    let own = ["uptime-probe".to_string(), "internal-crawler".to_string()];
+    let filter = BotFilter::new(true, &own, &["Googlebot-Image".to_string()]);
+    let mut g = c.benchmark_group("crawler_filter");
+    let browser = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    let crawler = b"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    g.bench_function("browser agent", |b| {
+        b.iter(|| black_box(filter.is_bot(black_box(browser))))
+    });
+    g.bench_function("crawler agent", |b| {
+        b.iter(|| black_box(filter.is_bot(black_box(crawler))))
+    });
+    g.finish();
 }
 
 fn decisions(c: &mut Criterion) {
@@ -101,5 +119,5 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decisions);
+criterion_group!(benches, decisions, crawlers);
 criterion_main!(benches);

@@ -62,6 +62,15 @@ impl Answer {
         }
     }
 
+    /// The vendor's "200 without payload", for a crawler: nothing was forwarded or kept.
+    pub fn crawler() -> Answer {
+        Answer {
+            status: 200,
+            cache_status: Some("p13n-edge; detail=crawler".into()),
+            ..Answer::preflight()
+        }
+    }
+
     /// The upstream's answer: 2xx bodies untouched, errors in the vendor's shape.
     pub fn relay(response: UpstreamResponse, cache_status: &str) -> Answer {
         let status = response.status;

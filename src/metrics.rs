@@ -260,6 +260,16 @@ pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static CRAWLERS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_crawlers_total",
+        "Events from crawlers (by User-Agent, [service.bots]) answered 200 without payload and \
+         never forwarded, spooled or counted against the quota, by service.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SPOOL_COMMIT_DURATION: Lazy<Histogram> = Lazy::new(|| {
     register_histogram!(
         "p13n_edge_spool_commit_seconds",
@@ -375,6 +385,8 @@ pub struct RouteSeries {
     pub upstream_duration: Histogram,
     /// `p13n_edge_cache_lookups_total{service, result}`, by `CacheLookup`.
     pub lookups: [IntCounter; 3],
+    /// `p13n_edge_crawlers_total{service}`.
+    pub crawlers: IntCounter,
 }
 
 /// What a cache lookup found, as counted in `p13n_edge_cache_lookups_total`.
@@ -408,6 +420,7 @@ impl RouteSeries {
                 lookup(CacheLookup::Miss),
                 lookup(CacheLookup::StaleServed),
             ],
+            crawlers: CRAWLERS.with_label_values(&[service]),
         }
     }
 
@@ -453,6 +466,7 @@ pub fn init() {
     Lazy::force(&SPOOL_CORRUPT);
     Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&SPOOL_COMMIT_DURATION);
+    Lazy::force(&CRAWLERS);
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&SLOW_HEADERS);
     Lazy::force(&DNS_LOOKUPS);

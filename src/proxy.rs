@@ -284,6 +284,16 @@ impl Edge {
         };
         let body = read_body(session, config).await?;
         let service = &route.service;
+        // A crawler's event would cost the customer's quota and fill a profile nobody has: it
+        // gets the vendor's empty 200, read but never forwarded, spooled or counted.
+        let agent = info
+            .user_agent
+            .as_ref()
+            .map_or(&b""[..], |ua| ua.as_bytes());
+        if service.bots.is_bot(agent) {
+            route.series.crawlers.inc();
+            return Ok(Answer::crawler());
+        }
         let mut event = identify_with_cookie(
             body,
             &service.identifiers,

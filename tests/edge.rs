@@ -457,3 +457,57 @@ fn empty_lines_before_the_request_line_do_not_stop_the_whole_header_deadline() {
     );
     assert_eq!(raw_request(addr, event.as_bytes()).status, 200);
 }
+
+#[test]
+fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_quota() {
+    let stack = Stack::start_with(
+        "crawlers",
+        "max_events_per_second = 100\n[service.bots]\npatterns = [\"uptime-probe\"]\nexempt = [\"Googlebot-Image\"]\n",
+    );
+    let post_as = |agent: &str, visitor: &str| {
+        request(
+            stack.proxy,
+            "POST",
+            "/demo_db/pageviews",
+            &[("Content-Type", "application/json"), ("User-Agent", agent)],
+            format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#).as_bytes(),
+        )
+    };
+    for agent in [
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+        "Uptime-Probe/1.0",
+    ] {
+        let r = post_as(agent, "crawled");
+        assert_eq!(r.status, 200, "{agent}");
+        assert!(r.body.is_empty(), "{agent}: {}", r.text());
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("p13n-edge; detail=crawler")
+        );
+    }
+    let stats = stack.emulator_stats();
+    assert_eq!(stats["requests"], 0, "{stats}");
+    assert_eq!(stack.metric("p13n_edge_crawlers_total", &[]), 3.0);
+    assert_eq!(stack.metric("p13n_edge_quota_spent_total", &[]), 0.0);
+    assert_eq!(counter(stack.admin, "p13n_edge_spool_depth"), 0);
+    // An exempt agent and a browser go upstream as usual.
+    for (agent, visitor) in [
+        ("Googlebot-Image/1.0", "image-bot"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+            "person",
+        ),
+    ] {
+        let r = post_as(agent, visitor);
+        assert_eq!(r.status, 200, "{agent}: {}", r.text());
+        assert_eq!(
+            r.header("cache-status")
+                .as_deref()
+                .map(|s| s.contains("fwd=")),
+            Some(true),
+            "{agent}"
+        );
+    }
+    assert_eq!(stack.emulator_stats()["events_ingested"], 2);
+}

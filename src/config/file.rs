@@ -361,9 +361,40 @@ pub struct ServiceSection {
     /// Which browser origins may call this service's routes.
     #[serde(default)]
     pub cors: CorsSection,
+    /// Crawlers answered here, by their User-Agent.
+    #[serde(default)]
+    pub bots: BotsSection,
     /// The routes this service exposes: `[[service.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BotsSection {
+    /// Answer crawlers here with 200 and no payload: never forwarded, spooled or counted
+    /// against the quota.
+    #[serde(default = "default_true")]
+    pub filter: bool,
+    /// Include the shipped list of well-known crawlers (`guard::bots::DEFAULT_PATTERNS`).
+    #[serde(default = "default_true")]
+    pub default_patterns: bool,
+    /// More patterns: case-insensitive substrings of the User-Agent.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Agents never filtered, whatever else they match (substrings too).
+    #[serde(default)]
+    pub exempt: Vec<String>,
+}
+
+impl Default for BotsSection {
+    fn default() -> Self {
+        BotsSection {
+            filter: true,
+            default_patterns: true,
+            patterns: Vec::new(),
+            exempt: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

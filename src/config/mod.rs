@@ -129,6 +129,8 @@ pub struct Service {
     pub policy: CallPolicy,
     pub cache: CachePolicy,
     pub cors: CorsPolicy,
+    /// Crawlers answered without a call.
+    pub bots: crate::guard::BotFilter,
 }
 
 /// How a service uses the offer cache.

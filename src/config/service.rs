@@ -48,6 +48,7 @@ pub(super) fn build_service(
     let policy = call_policy(s, at, problems);
     let cache = cache_policy(s, at, problems);
     let cors = cors_policy(s, at, problems);
+    let bots = bot_filter(s, at, problems);
     if problems.len() > before {
         return None;
     }
@@ -66,8 +67,25 @@ pub(super) fn build_service(
         policy: policy?,
         cache: cache?,
         cors,
+        bots,
         id: Arc::from(s.name.as_str()),
     })
+}
+
+fn bot_filter(s: &ServiceSection, at: &str, problems: &mut Vec<String>) -> crate::guard::BotFilter {
+    let b = &s.bots;
+    for (key, list) in [("patterns", &b.patterns), ("exempt", &b.exempt)] {
+        if list.len() > 256 || list.iter().any(|p| p.is_empty() || p.len() > 128) {
+            problems.push(format!(
+                "{at}: bots.{key} takes at most 256 entries of 1 to 128 characters"
+            ));
+        }
+    }
+    if b.filter {
+        crate::guard::BotFilter::new(b.default_patterns, &b.patterns, &b.exempt)
+    } else {
+        crate::guard::BotFilter::off()
+    }
 }
 
 fn upstream_target(

@@ -1,9 +1,11 @@
 //! The guard step, before the body is read: which client addresses may call (`clients`), how
 //! often (`rate`), and which browser origins (`cors`).
 
+pub mod bots;
 pub mod clients;
 mod cors;
 pub mod rate;
 
+pub use bots::BotFilter;
 pub use clients::{ClientPolicy, ForwardedHeader};
 pub use cors::{CorsPolicy, OriginCheck, OriginPattern};
