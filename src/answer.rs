@@ -62,11 +62,12 @@ impl Answer {
         }
     }
 
-    /// The vendor's "200 without payload", for a crawler: nothing was forwarded or kept.
-    pub fn crawler() -> Answer {
+    /// The vendor's "200 without payload", for an event not forwarded nor kept (a crawler's,
+    /// or one without consent): `detail` says why in `Cache-Status`.
+    pub fn without_payload(detail: &str) -> Answer {
         Answer {
             status: 200,
-            cache_status: Some("p13n-edge; detail=crawler".into()),
+            cache_status: Some(format!("p13n-edge; detail={detail}")),
             ..Answer::preflight()
         }
     }

@@ -270,6 +270,16 @@ pub static CRAWLERS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static NO_CONSENT: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_no_consent_total",
+        "Events answered 200 without payload, neither forwarded nor kept, for want of consent \
+         ([service.consent]), by service and reason (gpc, no_cookie).",
+        &["service", "reason"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SPOOL_COMMIT_DURATION: Lazy<Histogram> = Lazy::new(|| {
     register_histogram!(
         "p13n_edge_spool_commit_seconds",
@@ -467,6 +477,7 @@ pub fn init() {
     Lazy::force(&SPOOL_COMMITS);
     Lazy::force(&SPOOL_COMMIT_DURATION);
     Lazy::force(&CRAWLERS);
+    Lazy::force(&NO_CONSENT);
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&SLOW_HEADERS);
     Lazy::force(&DNS_LOOKUPS);

@@ -280,7 +280,7 @@ impl Edge {
         }
         let info = ClientInfo {
             user_agent: req.headers.get(header::USER_AGENT).cloned(),
-            address: config.clients.forward_address.then_some(client),
+            address: config.clients.forwarded(client),
         };
         let body = read_body(session, config).await?;
         let service = &route.service;
@@ -292,7 +292,14 @@ impl Edge {
             .map_or(&b""[..], |ua| ua.as_bytes());
         if service.bots.is_bot(agent) {
             route.series.crawlers.inc();
-            return Ok(Answer::crawler());
+            return Ok(Answer::without_payload("crawler"));
+        }
+        // Without consent, the event is neither forwarded nor kept.
+        if let Err(why) = service.consent.check(&session.req_header().headers) {
+            metrics::NO_CONSENT
+                .with_label_values(&[&service.name, why.label()])
+                .inc();
+            return Ok(Answer::without_payload("no-consent"));
         }
         let mut event = identify_with_cookie(
             body,

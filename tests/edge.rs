@@ -511,3 +511,43 @@ fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_q
     }
     assert_eq!(stack.emulator_stats()["events_ingested"], 2);
 }
+
+#[test]
+fn without_consent_an_event_is_neither_forwarded_nor_kept_and_a_forwarded_address_can_be_cut() {
+    let upstream = Recorder::start(OK);
+    let extra = "[service.consent]\nhonor_gpc = true\ncookie = \"consent\"\ncookie_value = \"yes\"\n[clients]\nforward_address = true\ntruncate_address = true\n";
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", upstream.addr),
+        extra,
+    );
+    let (_proxy, addr) = start_proxy(load_config("consent", &toml));
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        request(addr, "POST", "/demo_db/pageviews", &all, EVENT.as_bytes())
+    };
+    for headers in [
+        &[][..],
+        &[("Cookie", "consent=no")][..],
+        &[("Cookie", "consent=yes"), ("Sec-GPC", "1")][..],
+    ] {
+        let r = post(headers);
+        assert_eq!(r.status, 200, "{headers:?}");
+        assert!(r.body.is_empty(), "{headers:?}: {}", r.text());
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("p13n-edge; detail=no-consent")
+        );
+    }
+    assert!(upstream.seen.lock().unwrap().is_empty());
+    let r = post(&[("Cookie", "other=1; consent=yes")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = upstream.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    // The client's address (127.0.0.1) leaves as its /24, and the cookie not at all.
+    let sent = seen[0].to_ascii_lowercase();
+    assert!(sent.contains("x-forwarded-for: 127.0.0.0\r\n"), "{sent}");
+    assert!(!sent.contains("cookie"), "{sent}");
+}

@@ -102,6 +102,9 @@ pub struct ClientsSection {
     /// Send the client's address upstream as `X-Forwarded-For`.
     #[serde(default)]
     pub forward_address: bool,
+    /// With `forward_address`, send only its network: IPv4 /24, IPv6 /48.
+    #[serde(default)]
+    pub truncate_address: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -364,9 +367,23 @@ pub struct ServiceSection {
     /// Crawlers answered here, by their User-Agent.
     #[serde(default)]
     pub bots: BotsSection,
+    /// What a visitor must have said before an event of theirs is forwarded or kept.
+    #[serde(default)]
+    pub consent: ConsentSection,
     /// The routes this service exposes: `[[service.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConsentSection {
+    /// A request with `Sec-GPC: 1` (Global Privacy Control) has not consented. Default false.
+    #[serde(default)]
+    pub honor_gpc: bool,
+    /// A cookie the site sets once the visitor consents: without it (name and exact value),
+    /// no consent. Default: none required.
+    pub cookie: Option<String>,
+    pub cookie_value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -131,6 +131,8 @@ pub struct Service {
     pub cors: CorsPolicy,
     /// Crawlers answered without a call.
     pub bots: crate::guard::BotFilter,
+    /// Events of visitors without consent are answered without a call.
+    pub consent: crate::guard::ConsentPolicy,
 }
 
 /// How a service uses the offer cache.

@@ -160,6 +160,7 @@ pub(super) fn client_policy(c: &ClientsSection, problems: &mut Vec<String>) -> C
         deny: nets("deny", &c.deny),
         trusted_proxies: nets("trusted_proxies", &c.trusted_proxies),
         forward_address: c.forward_address,
+        truncate_address: c.truncate_address,
         forwarded_header: match c.forwarded_header {
             ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
             ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,

@@ -49,6 +49,7 @@ pub(super) fn build_service(
     let cache = cache_policy(s, at, problems);
     let cors = cors_policy(s, at, problems);
     let bots = bot_filter(s, at, problems);
+    let consent = consent_policy(s, at, problems);
     if problems.len() > before {
         return None;
     }
@@ -68,8 +69,43 @@ pub(super) fn build_service(
         cache: cache?,
         cors,
         bots,
+        consent,
         id: Arc::from(s.name.as_str()),
     })
+}
+
+fn consent_policy(
+    s: &ServiceSection,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> crate::guard::ConsentPolicy {
+    let c = &s.consent;
+    let cookie = match (&c.cookie, &c.cookie_value) {
+        (None, None) => None,
+        (Some(name), Some(value)) => {
+            let token = |t: &str| {
+                (1..=128).contains(&t.len())
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            };
+            if !token(name) || !token(value) {
+                problems.push(format!(
+                    "{at}: consent.cookie and consent.cookie_value must be 1 to 128 of [A-Za-z0-9._:-]"
+                ));
+            }
+            Some((name.clone(), value.clone()))
+        }
+        _ => {
+            problems.push(format!(
+                "{at}: consent.cookie and consent.cookie_value go together"
+            ));
+            None
+        }
+    };
+    crate::guard::ConsentPolicy {
+        honor_gpc: c.honor_gpc,
+        cookie,
+    }
 }
 
 fn bot_filter(s: &ServiceSection, at: &str, problems: &mut Vec<String>) -> crate::guard::BotFilter {

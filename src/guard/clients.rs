@@ -17,8 +17,26 @@ pub struct ClientPolicy {
     pub trusted_proxies: Vec<IpNet>,
     /// Send the client's address upstream as `X-Forwarded-For`.
     pub forward_address: bool,
+    /// Only its network: IPv4 /24, IPv6 /48 (`forwarded`).
+    pub truncate_address: bool,
     /// The header the trusted proxies append to.
     pub forwarded_header: ForwardedHeader,
+}
+
+impl ClientPolicy {
+    /// The address to send upstream for `client`, if any: whole, or only its network.
+    pub fn forwarded(&self, client: IpAddr) -> Option<IpAddr> {
+        if !self.forward_address {
+            return None;
+        }
+        if !self.truncate_address {
+            return Some(client);
+        }
+        Some(match client {
+            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
+        })
+    }
 }
 
 /// Which forwarding header trusted proxies write.
@@ -180,6 +198,20 @@ mod tests {
             addr("198.51.100.7")
         );
         assert_eq!(client(&p, "10.0.0.2", &["6.6.6.6"], &[]), addr("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_forwarded_address_is_whole_or_its_network_and_never_sent_unasked() {
+        let mut p = ClientPolicy::default();
+        assert_eq!(p.forwarded(addr("192.0.2.61")), None);
+        p.forward_address = true;
+        assert_eq!(p.forwarded(addr("192.0.2.61")), Some(addr("192.0.2.61")));
+        p.truncate_address = true;
+        assert_eq!(p.forwarded(addr("192.0.2.61")), Some(addr("192.0.2.0")));
+        assert_eq!(
+            p.forwarded(addr("2001:db8:cafe:17:1:2:3:4")),
+            Some(addr("2001:db8:cafe::"))
+        );
     }
 
     #[test]

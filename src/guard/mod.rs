@@ -3,9 +3,11 @@
 
 pub mod bots;
 pub mod clients;
+mod consent;
 mod cors;
 pub mod rate;
 
 pub use bots::BotFilter;
 pub use clients::{ClientPolicy, ForwardedHeader};
+pub use consent::{ConsentPolicy, NoConsent};
 pub use cors::{CorsPolicy, OriginCheck, OriginPattern};
