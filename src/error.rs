@@ -21,6 +21,10 @@ pub enum EdgeError {
     /// one counts, so the event is ambiguous. Holds the configured field name, never client text.
     #[error("Invalid event object: the field {0} appears more than once")]
     RepeatedField(String),
+    /// The event breaks its route's schema: says which field and how (a client's field name,
+    /// cut to 64 characters; JSON-escaped in the body like every message).
+    #[error("Invalid event object: {0}")]
+    SchemaViolation(String),
     #[error("timed out reading the request body")]
     ClientTimeout,
     #[error("upstream unreachable")]
@@ -57,9 +61,10 @@ impl EdgeError {
             EdgeError::RateLimited(_) => 429,
             EdgeError::BodyTooLarge(_) => 413,
             EdgeError::UnsupportedMediaType => 415,
-            EdgeError::InvalidEvent(_) | EdgeError::RepeatedField(_) | EdgeError::BadRequest(_) => {
-                400
-            }
+            EdgeError::InvalidEvent(_)
+            | EdgeError::RepeatedField(_)
+            | EdgeError::SchemaViolation(_)
+            | EdgeError::BadRequest(_) => 400,
             EdgeError::ClientTimeout => 408,
             EdgeError::UpstreamUnavailable | EdgeError::BadUpstreamResponse => 502,
             EdgeError::UpstreamTimeout => 504,
@@ -71,7 +76,9 @@ impl EdgeError {
         match self {
             // The vendor's codes: 3009 "unsupported method", 3004 "invalid event object".
             EdgeError::MethodNotAllowed => 3009,
-            EdgeError::InvalidEvent(_) | EdgeError::RepeatedField(_) => 3004,
+            EdgeError::InvalidEvent(_)
+            | EdgeError::RepeatedField(_)
+            | EdgeError::SchemaViolation(_) => 3004,
             // The vendor's "invalid or missing Origin".
             EdgeError::ForeignOrigin => 3007,
             // The vendor's "request origin not in IP whitelist".

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod schema;
 pub mod site;
 pub mod spool;
 pub mod upstream;

@@ -307,6 +307,19 @@ impl Edge {
             service.identifier_cookie.as_deref(),
             session.req_header().headers.get_all(header::COOKIE).iter(),
         )?;
+        // The route's schema: fields it does not list are dropped or refused, before the event
+        // is counted, cached or spooled. Identifiers and `uuid` always pass.
+        if let Some(schema) = &route.schema {
+            let always: Vec<&str> = service
+                .identifiers
+                .iter()
+                .map(String::as_str)
+                .chain([crate::event::UUID_FIELD])
+                .collect();
+            if let Some(body) = schema.apply(&event.body, &always)? {
+                event.body = body;
+            }
+        }
         if let Some(spec) = config.rate.per_identifier {
             let key = (service.id.clone(), VisitorKey::new(&event.visitor.value));
             limit(&self.by_visitor, key, spec, "identifier")?;

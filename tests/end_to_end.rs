@@ -285,3 +285,88 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_losing_or_repeati
     }
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
+
+#[test]
+fn a_routes_schema_drops_or_refuses_what_it_does_not_list_and_the_upstream_sees_only_the_rest() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let routes = r#"
+[[service.route]]
+database = "demo_db"
+table = "orders"
+token = "web"
+[[service.route.fields]]
+name = "td_path"
+type = "string"
+max_length = 16
+[[service.route.fields]]
+name = "qty"
+type = "number"
+
+[[service.route]]
+database = "demo_db"
+table = "strict"
+token = "web"
+unknown_fields = "refuse"
+[[service.route.fields]]
+name = "tags"
+type = "strings"
+"#;
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", upstream.addr),
+        routes,
+    )
+    .replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
+    let (_proxy, addr) = start_proxy(load_config("schema", &toml));
+    let post = |path: &str, body: &str| {
+        request(
+            addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    // Dropped: a field outside the schema; the rest goes as written, in order.
+    let r = post(
+        "/demo_db/orders",
+        r#"{"email":"a@b","secret_note":"x","td_path":"/cart","qty":2}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Refused: a wrong type, a value too long, a field outside a strict schema.
+    post("/demo_db/orders", r#"{"email":"a@b","qty":"2"}"#).assert_error(400, 3004);
+    let long = post(
+        "/demo_db/orders",
+        r#"{"email":"a@b","td_path":"/a/very/long/path"}"#,
+    );
+    long.assert_error(400, 3004);
+    assert!(
+        long.text().contains("the field td_path is longer"),
+        "{}",
+        long.text()
+    );
+    let strict = post(
+        "/demo_db/strict",
+        r#"{"email":"a@b","tags":["x"],"extra":1}"#,
+    );
+    strict.assert_error(400, 3004);
+    assert!(
+        strict.text().contains("the field extra is not in"),
+        "{}",
+        strict.text()
+    );
+    // A route without a schema sends the body as it came.
+    assert_eq!(
+        post("/demo_db/pageviews", r#"{"email":"a@b","anything":[1]}"#).status,
+        200
+    );
+    let sent = bodies(&upstream);
+    assert_eq!(
+        sent,
+        [
+            r#"{"email":"a@b","td_path":"/cart","qty":2}"#,
+            r#"{"email":"a@b","anything":[1]}"#
+        ]
+    );
+}

@@ -471,6 +471,41 @@ pub struct RouteSection {
     pub public: bool,
     /// Name of the token (from `tokens`) this route sends.
     pub token: String,
+    /// The event's fields, when this route has a schema: `[[service.route.fields]]`.
+    /// Identifiers and `uuid` are always allowed. Default: no schema, the body goes as sent.
+    #[serde(default)]
+    pub fields: Vec<FieldSection>,
+    /// With a schema, what a field outside it gets: `"drop"` (the default) or `"refuse"`
+    /// (400, code 3004, naming the field).
+    #[serde(default)]
+    pub unknown_fields: UnknownFields,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FieldSection {
+    pub name: String,
+    /// `"string"`, `"number"`, `"boolean"` or `"strings"` (an array of strings).
+    #[serde(rename = "type")]
+    pub kind: FieldKind,
+    /// Most characters of a string, or of each string of an array.
+    pub max_length: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldKind {
+    String,
+    Number,
+    Boolean,
+    Strings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    #[default]
+    Drop,
+    Refuse,
 }
 
 macro_rules! default_from_serde {

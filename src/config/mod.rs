@@ -176,6 +176,8 @@ pub struct Route {
     pub token: HeaderValue,
     /// Its metric series, resolved once.
     pub series: crate::metrics::RouteSeries,
+    /// The fields its events may carry, when it has a schema.
+    pub schema: Option<crate::schema::Schema>,
 }
 
 impl Service {

@@ -74,6 +74,32 @@ pub(super) fn build_service(
     })
 }
 
+fn schema(r: &RouteSection) -> Option<crate::schema::Schema> {
+    use super::file::{FieldKind, UnknownFields};
+    use crate::schema::{Field, FieldType, Schema};
+    if r.fields.is_empty() {
+        return None;
+    }
+    let fields = r
+        .fields
+        .iter()
+        .map(|f| Field {
+            name: f.name.clone(),
+            kind: match f.kind {
+                FieldKind::String => FieldType::String,
+                FieldKind::Number => FieldType::Number,
+                FieldKind::Boolean => FieldType::Boolean,
+                FieldKind::Strings => FieldType::Strings,
+            },
+            max_length: f.max_length,
+        })
+        .collect();
+    Some(Schema {
+        fields,
+        refuse_unknown: r.unknown_fields == UnknownFields::Refuse,
+    })
+}
+
 fn consent_policy(
     s: &ServiceSection,
     at: &str,
@@ -217,6 +243,18 @@ pub(super) fn check_route(
             r.token
         ));
     }
+    let mut names = BTreeSet::new();
+    for f in &r.fields {
+        if f.name.is_empty() || f.name.len() > 128 || !names.insert(f.name.as_str()) {
+            problems.push(format!(
+                "{at}: fields: {:?} must be a name of 1 to 128 characters, given once",
+                f.name
+            ));
+        }
+    }
+    if r.fields.len() > 256 {
+        problems.push(format!("{at}: fields: at most 256"));
+    }
 }
 
 /// Build a route that `check_route` passed.
@@ -237,6 +275,7 @@ pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Ro
         public: r.public,
         token_name: r.token.clone(),
         series: crate::metrics::RouteSeries::new(&service.name, &path[1..]),
+        schema: schema(r),
         label: path[1..].to_string(),
         path,
         authorization,
