@@ -72,10 +72,18 @@ pub fn build_server(
     server.bootstrap();
     let handles = add_proxy(&mut server, config)?;
     if let Some(path) = path {
+        let hangups = match config::catch_hangups() {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: hot reload is off");
+                Arc::new(tokio::sync::Notify::new())
+            }
+        };
         let reloader = config::Reloader {
             path,
             config: handles.config.clone(),
             cache: handles.cache.clone(),
+            hangups,
         };
         server.add_service(background_service("p13n-edge reload", reloader));
     }

@@ -20,6 +20,8 @@ pub enum FieldType {
     Boolean,
     /// An array of strings.
     Strings,
+    /// An identifier or `uuid`: a string or a number.
+    Id,
 }
 
 #[derive(Debug, Clone)]
@@ -47,13 +49,15 @@ impl Schema {
         let mut kept: Vec<&(String, Box<RawValue>)> = Vec::with_capacity(members.len());
         for member in &members {
             let name = member.0.as_str();
-            if always.contains(&name) {
-                kept.push(member);
-                continue;
-            }
             match self.fields.iter().find(|f| f.name == name) {
                 Some(field) => {
                     check(field, &member.1)?;
+                    kept.push(member);
+                }
+                // An identifier or `uuid` the schema does not describe: always kept, but only as
+                // what it is (a string or a number, short), not as a way around the schema.
+                None if always.contains(&name) => {
+                    check(&owned(name), &member.1)?;
                     kept.push(member);
                 }
                 None if self.refuse_unknown => {
@@ -82,8 +86,20 @@ impl Schema {
 
 fn violation(name: &str, problem: &str) -> EdgeError {
     let quoted: String = name.chars().take(QUOTED).collect();
-    EdgeError::SchemaViolation(format!("the field {quoted} {problem}"))
+    EdgeError::SchemaViolation(format!("the field {quoted:?} {problem}"))
 }
+
+/// The rule for an identifier or `uuid` that the schema does not list.
+fn owned(name: &str) -> Field {
+    Field {
+        name: name.to_string(),
+        kind: FieldType::Id,
+        max_length: Some(MAX_ID),
+    }
+}
+
+/// Most characters of an identifier or `uuid` kept under a schema.
+const MAX_ID: usize = 256;
 
 fn check(field: &Field, raw: &RawValue) -> Result<(), EdgeError> {
     let value: serde_json::Value = serde_json::from_str(raw.get())
@@ -97,6 +113,8 @@ fn check(field: &Field, raw: &RawValue) -> Result<(), EdgeError> {
             true
         }
         (FieldType::Number, serde_json::Value::Number(_)) => true,
+        (FieldType::Id, serde_json::Value::String(s)) => !long(s),
+        (FieldType::Id, serde_json::Value::Number(n)) => n.to_string().len() <= MAX_ID,
         (FieldType::Boolean, serde_json::Value::Bool(_)) => true,
         (FieldType::Strings, serde_json::Value::Array(items)) => {
             for item in items {
@@ -123,6 +141,7 @@ fn check(field: &Field, raw: &RawValue) -> Result<(), EdgeError> {
             FieldType::Number => "must be a number",
             FieldType::Boolean => "must be true or false",
             FieldType::Strings => "must be an array of strings",
+            FieldType::Id => "must be a string or a number of at most 256 characters",
         };
         Err(violation(&field.name, kind))
     }
@@ -210,13 +229,45 @@ mod tests {
             let e = s.apply(body, ALWAYS).unwrap_err();
             assert_eq!(e.code(), 3004);
             assert!(
-                e.to_string().contains(&format!("the field {field} ")),
+                e.to_string().contains(&format!("the field {field:?} ")),
                 "{e}"
             );
         }
         let e = schema(true)
             .apply(br#"{"td_client_id":"v","extra":1}"#, ALWAYS)
             .unwrap_err();
-        assert!(e.to_string().contains("the field extra is not in"), "{e}");
+        assert!(
+            e.to_string().contains(r#"the field "extra" is not in"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identifiers_and_uuid_pass_only_as_short_strings_or_numbers() {
+        let s = schema(false);
+        assert!(s
+            .apply(br#"{"td_client_id":42,"uuid":"u"}"#, ALWAYS)
+            .unwrap()
+            .is_none());
+        for body in [
+            &br#"{"td_client_id":"v","uuid":{"ssn":"123"}}"#[..],
+            br#"{"td_client_id":["a"]}"#,
+        ] {
+            assert_eq!(s.apply(body, ALWAYS).unwrap_err().code(), 3004);
+        }
+        let long = format!(r#"{{"td_client_id":"{}"}}"#, "x".repeat(257));
+        assert!(s.apply(long.as_bytes(), ALWAYS).is_err());
+        // A field of the schema named like an identifier sets its rule.
+        let strict = Schema {
+            fields: vec![Field {
+                name: "td_client_id".into(),
+                kind: FieldType::String,
+                max_length: Some(4),
+            }],
+            refuse_unknown: false,
+        };
+        assert!(strict
+            .apply(br#"{"td_client_id":"12345"}"#, ALWAYS)
+            .is_err());
     }
 }

@@ -342,7 +342,7 @@ type = "strings"
     );
     long.assert_error(400, 3004);
     assert!(
-        long.text().contains("the field td_path is longer"),
+        long.text().contains(r#"the field \"td_path\" is longer"#),
         "{}",
         long.text()
     );
@@ -352,7 +352,7 @@ type = "strings"
     );
     strict.assert_error(400, 3004);
     assert!(
-        strict.text().contains("the field extra is not in"),
+        strict.text().contains(r#"the field \"extra\" is not in"#),
         "{}",
         strict.text()
     );

@@ -173,6 +173,25 @@ fn reload_under_load_fails_no_request_and_a_bad_file_keeps_the_old_config() {
 }
 
 #[test]
+fn a_sighup_the_moment_the_ports_open_reloads_instead_of_ending_the_daemon() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let (path, proxy, admin) = write_config("early_hup", &format!("http://{emulator}"), "");
+    // SIGHUP's default action ends a process: the handler must be in place before any port
+    // opens. A reload service that registered its own once running lost this race now and then.
+    // Before the fix this failed now and then, more often under load (the daemon ended by
+    // signal 1); ten starts give the race ten chances.
+    for _ in 0..10 {
+        let mut daemon = Daemon::spawn(&path, proxy, admin, &[]);
+        signal(&daemon, "HUP");
+        assert!(eventually(Duration::from_secs(10), || reloads(
+            &daemon, "ok"
+        ) == 1));
+        assert!(daemon.child.try_wait().unwrap().is_none());
+        daemon.kill();
+    }
+}
+
+#[test]
 fn a_key_rotates_through_reload() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     let (path, proxy, admin) = write_config("rotate", &format!("http://{}", upstream.addr), "");

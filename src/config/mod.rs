@@ -12,7 +12,7 @@ mod tls;
 mod validate;
 
 pub use file::FileConfig;
-pub use reload::{reload, Reloader};
+pub use reload::{catch_hangups, reload, Reloader};
 pub(crate) use secret::redact_text;
 pub use secret::Secret;
 pub use tls::{CertFromConfig, TlsListener};

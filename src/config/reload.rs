@@ -98,20 +98,54 @@ pub struct Reloader {
     pub path: PathBuf,
     pub config: Arc<ArcSwap<Config>>,
     pub cache: Arc<OfferCache>,
+    /// Rung on each SIGHUP (`catch_hangups`).
+    pub hangups: Arc<tokio::sync::Notify>,
+}
+
+/// Catch SIGHUP from now on, on a thread of its own, and ring the returned bell for each. Called
+/// before any listener opens: SIGHUP's default action ends the process, and a reload service
+/// that registered its own handler once the server ran left a window, just after the ports
+/// opened, in which a `systemctl reload` killed the daemon.
+pub fn catch_hangups() -> std::io::Result<Arc<tokio::sync::Notify>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let bell = Arc::new(tokio::sync::Notify::new());
+    let ring = bell.clone();
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("p13n-edge SIGHUP".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build();
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(e) => return drop(ready.send(Err(e))),
+            };
+            runtime.block_on(async move {
+                match signal(SignalKind::hangup()) {
+                    Ok(mut hangup) => {
+                        let _ = ready.send(Ok(()));
+                        while hangup.recv().await.is_some() {
+                            ring.notify_one();
+                        }
+                    }
+                    Err(e) => drop(ready.send(Err(e))),
+                }
+            });
+        })?;
+    registered
+        .recv()
+        .map_err(|_| std::io::Error::other("the SIGHUP thread ended"))??;
+    Ok(bell)
 }
 
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::error!("cannot listen for SIGHUP: hot reload is off");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hangup.recv() => {
+                _ = self.hangups.notified() => {
                     let (path, config, cache) = (self.path.clone(), self.config.clone(), self.cache.clone());
                     let _ = tokio::task::spawn_blocking(move || reload(&path, &config, &cache)).await;
                 }

@@ -32,8 +32,12 @@ impl ClientPolicy {
         if !self.truncate_address {
             return Some(client);
         }
-        Some(match client {
+        Some(match client.to_canonical() {
             IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+            // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits: keep its /24 only.
+            IpAddr::V6(v6) if v6.segments()[0] == 0x2002 => {
+                IpAddr::V6((u128::from(v6) & !((1u128 << 88) - 1)).into())
+            }
             IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
         })
     }
@@ -211,6 +215,15 @@ mod tests {
         assert_eq!(
             p.forwarded(addr("2001:db8:cafe:17:1:2:3:4")),
             Some(addr("2001:db8:cafe::"))
+        );
+        // 6to4 of 192.0.2.61 keeps 192.0.2 only; a mapped IPv4 address is cut as IPv4.
+        assert_eq!(
+            p.forwarded(addr("2002:c000:23d:1::5")),
+            Some(addr("2002:c000:200::"))
+        );
+        assert_eq!(
+            p.forwarded(addr("::ffff:192.0.2.61")),
+            Some(addr("192.0.2.0"))
         );
     }
 

@@ -3,7 +3,6 @@
 //! not consented. Their event is read, then answered with the vendor's "200 without payload":
 //! not forwarded, not spooled, not cached.
 
-use crate::event::cookie_value;
 use http::HeaderMap;
 
 #[derive(Debug, Clone, Default)]
@@ -32,17 +31,29 @@ impl NoConsent {
 
 impl ConsentPolicy {
     pub fn check(&self, headers: &HeaderMap) -> Result<(), NoConsent> {
-        if self.honor_gpc
-            && headers
-                .get_all("sec-gpc")
-                .iter()
-                .any(|v| v.as_bytes().trim_ascii() == b"1")
-        {
+        // A balancer may fold repeated headers into one: `1, 1`.
+        let gpc = headers
+            .get_all("sec-gpc")
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|v| v.trim_ascii() == b"1");
+        if self.honor_gpc && gpc {
             return Err(NoConsent::Gpc);
         }
         if let Some((name, value)) = &self.cookie {
-            let given = cookie_value(headers.get_all(http::header::COOKIE).iter(), name);
-            if given != Some(value.as_str()) {
+            // Every cookie of that name must say yes: a stale domain-wide `yes` beside a newer
+            // host-only `no` is a withdrawal, whichever the browser sends first.
+            let mut given = headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|h| h.to_str().ok())
+                .flat_map(|h| h.split(';'))
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    (k.trim() == name).then(|| v.trim().trim_matches('"'))
+                })
+                .peekable();
+            if given.peek().is_none() || !given.all(|v| v == value) {
                 return Err(NoConsent::NoCookie);
             }
         }
@@ -88,6 +99,16 @@ mod tests {
         assert_eq!(
             cookie.check(&headers(&[("cookie", "a=b; consent=yes")])),
             Ok(())
+        );
+        for both in ["consent=yes; consent=no", "consent=no; consent=yes"] {
+            assert_eq!(
+                cookie.check(&headers(&[("cookie", both)])),
+                Err(NoConsent::NoCookie)
+            );
+        }
+        assert_eq!(
+            gpc.check(&headers(&[("sec-gpc", "1, 1")])),
+            Err(NoConsent::Gpc)
         );
     }
 }

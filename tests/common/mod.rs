@@ -218,6 +218,10 @@ impl Daemon {
 
     /// `kill -9`, and everything it wrote to stdout and stderr.
     pub fn kill(mut self) -> String {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.output
@@ -227,10 +231,14 @@ impl Daemon {
     }
 }
 
+/// Killed on drop; a failing test shows how its daemon had ended, if it had, and what it wrote.
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.child.try_wait().ok().flatten();
+        let output = self.stop();
+        if std::thread::panicking() {
+            eprintln!("daemon had ended: {status:?}; its output:\n{output}");
+        }
     }
 }
 
