@@ -52,22 +52,7 @@ printf '%s' '{"td_client_id":"42a508e2-d9b1-4baa-9eb2-6c3fb8bd5e16","td_path":"/
 # The same configurations as load.sh: the static upstream (native, not counted), nginx doing
 # p13n-edge's job in one process (no master: valgrind follows that process only), p13n-edge
 # pass-through with one worker and no grace period, so that SIGTERM stops it at once.
-nginx_conf() { # name; the http block's servers come on stdin
-  {
-    cat <<NGX
-worker_processes 1;
-pid $work/$1.pid;
-error_log $work/$1-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
-  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
-NGX
-    cat
-    echo "}"
-  } > "$work/$1.conf"
-}
+. benches/load/nginx.sh
 nginx_conf upstream <<NGX
   server {
     listen 127.0.0.1:$UP;

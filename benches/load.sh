@@ -23,7 +23,8 @@
 #   callgrind instructions per request, machine-independent (benches/callgrind.sh)
 # One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
-# SECTIONS="far rates" runs only those (default: all); SKIP_BUILD=1 skips `cargo build` and
+# SECTIONS="far rates" runs only those (default: all) and prints their tables, leaving
+# benches/results.md and the README's as they are; SKIP_BUILD=1 skips `cargo build` and
 # BIN_DIR (default target/release) says where the binaries are. The script fails on a lost event
 # (more 2xx answers than events at the upstream), not on a target missed.
 set -euo pipefail
@@ -31,7 +32,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-5}
 VISITORS=${VISITORS:-"100000 1000000"}
-SECTIONS=${SECTIONS:-"main half far rates protocol quota tls memory callgrind"}
+ALL_SECTIONS="main half far rates protocol quota tls memory callgrind"
+SECTIONS=${SECTIONS:-$ALL_SECTIONS}
 RATES=${RATES:-"2000 5000"}
 RATE_SECS=${RATE_SECONDS:-10}
 BIN_DIR=${BIN_DIR:-target/release}
@@ -88,22 +90,7 @@ cat "$work/edge.pem" "$work/edge.key" > "$work/edge-haproxy.pem"  # HAProxy want
 # The static upstream, and nginx doing p13n-edge's job (keepalive upstream, credentials injected,
 # client credentials and cookies dropped): two nginx instances with one worker each, so that the
 # nginx proxy, like p13n-edge, talks to an upstream in another process.
-nginx_conf() { # name; the http block's servers come on stdin
-  {
-    cat <<NGX
-worker_processes 1;
-pid $work/$1.pid;
-error_log $work/$1-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
-  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
-NGX
-    cat
-    echo "}"
-  } > "$work/$1.conf"
-}
+. benches/load/nginx.sh
 nginx_conf upstream <<NGX
   server {
     listen 127.0.0.1:$UP;
@@ -710,10 +697,17 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 {
   echo "Measured $(date -u +%Y-%m-%d) on $machine."
   echo
-  for s in main half far rates protocol quota tls memory callgrind; do
+  for s in $ALL_SECTIONS; do
     if [ -f "$work/results-$s.md" ]; then cat "$work/results-$s.md"; fi
   done
-} | sed '$ { /^$/d }' | tee benches/results.md
+} | sed '$ { /^$/d }' > "$work/results.md"
+cat "$work/results.md"
+# Only a whole run replaces the published figures: a run of some sections would drop the rest.
+if [ "$SECTIONS" != "$ALL_SECTIONS" ]; then
+  echo "the whole run took $((SECONDS - started)) s; sections \"$SECTIONS\" only: benches/results.md and README left as they were" >&2
+  exit 0
+fi
+cp "$work/results.md" benches/results.md
 echo "the whole run took $((SECONDS - started)) s" >&2
 
 # Show the latest figures in the README, between its benchmark markers.
