@@ -29,6 +29,8 @@ pub struct Answer {
     pub cors_origin: Option<HeaderValue>,
     /// For a CORS preflight: `Access-Control-Max-Age`.
     pub preflight_max_age: Option<u64>,
+    /// Signed-cookie mode: the visitor's new or re-issued cookie.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl Answer {
@@ -44,6 +46,7 @@ impl Answer {
             upstream_status: None,
             cors_origin: None,
             preflight_max_age: None,
+            set_cookie: None,
         }
     }
 
@@ -59,6 +62,7 @@ impl Answer {
             upstream_status: None,
             cors_origin: None,
             preflight_max_age: None,
+            set_cookie: None,
         }
     }
 
@@ -91,6 +95,7 @@ impl Answer {
                 upstream_status: Some(status),
                 cors_origin: None,
                 preflight_max_age: None,
+                set_cookie: None,
             };
         }
         let code = vendor_code(&response.body);
@@ -112,6 +117,7 @@ impl Answer {
             upstream_status: Some(status),
             cors_origin: None,
             preflight_max_age: None,
+            set_cookie: None,
         }
     }
 
@@ -145,6 +151,7 @@ impl Answer {
             upstream_status: None,
             cors_origin: None,
             preflight_max_age: None,
+            set_cookie: None,
         }
     }
 
@@ -166,6 +173,9 @@ impl Answer {
         }
         if let Some(age) = self.age {
             resp.insert_header(header::AGE, age)?;
+        }
+        if let Some(cookie) = self.set_cookie {
+            resp.insert_header(header::SET_COOKIE, cookie)?;
         }
         if let Some(origin) = self.cors_origin {
             resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;

@@ -49,6 +49,12 @@ pub enum EdgeError {
     BadRequest(&'static str),
     #[error("too many requests; retry after {0} s")]
     RateLimited(u64),
+    /// Signed-cookie mode, `body_identifier = "refuse"`: the body names another visitor.
+    #[error("the event names a visitor other than the one its signed cookie identifies")]
+    ForeignVisitor,
+    /// Signed-cookie mode: the configured header carries a token that does not verify.
+    #[error("the visitor token header is invalid or expired")]
+    BadVisitorToken,
 }
 
 impl EdgeError {
@@ -56,7 +62,8 @@ impl EdgeError {
         match self {
             EdgeError::UnknownRoute => 404,
             EdgeError::MethodNotAllowed => 405,
-            EdgeError::ForeignOrigin | EdgeError::ClientRefused => 403,
+            EdgeError::ForeignOrigin | EdgeError::ClientRefused | EdgeError::ForeignVisitor => 403,
+            EdgeError::BadVisitorToken => 401,
             EdgeError::HeadersTooLarge(_) => 431,
             EdgeError::RateLimited(_) => 429,
             EdgeError::BodyTooLarge(_) => 413,

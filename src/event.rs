@@ -5,6 +5,7 @@ use crate::error::EdgeError;
 use bytes::Bytes;
 use http::HeaderValue;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -122,6 +123,52 @@ pub fn identify_with_cookie<'a>(
     })
 }
 
+/// The event of a visitor the edge identified itself (`[service.identity]` signed-cookie
+/// mode): the body's identifiers all give way to `id`, sent as the first configured
+/// identifier, so the upstream, the cache, the limiter and the spool all see the cookie's
+/// visitor. With `refuse`, an identifier naming anyone else (not null, not `""`) is refused
+/// instead. A body that already names `id`, and nothing else, goes as written.
+pub fn claim(
+    body: Bytes,
+    identifiers: &[String],
+    id: &str,
+    refuse: bool,
+) -> Result<Event, EdgeError> {
+    // The same checks as any event: one object, valid UTF-8, bounded depth, no repeats.
+    let scanned = scan(&body, identifiers)?;
+    let first = identifiers.first().ok_or(NO_IDENTIFIER)?;
+    let members = object_members(&body)?;
+    let is_identifier = |name: &str| identifiers.iter().any(|i| i == name);
+    let (mut named, mut others) = (false, false);
+    for (name, value) in members.iter().filter(|(n, _)| is_identifier(n)) {
+        let text: Option<Cow<str>> = serde_json::from_str(value.get()).ok();
+        match text.as_deref() {
+            Some(v) if v == id && name == first => named = true,
+            Some(v) if v == id || v.is_empty() => others = true,
+            _ if value.get() == "null" => others = true,
+            _ if refuse => return Err(EdgeError::ForeignVisitor),
+            _ => others = true,
+        }
+    }
+    let body = if named && !others {
+        body
+    } else {
+        let kept = members
+            .iter()
+            .filter(|(n, _)| !is_identifier(n))
+            .map(|(n, v)| (n.as_str(), &**v));
+        with_member(&write_object(kept, body.len()), first, id)
+    };
+    Ok(Event {
+        visitor: Identifier {
+            field: first.clone(),
+            value: id.to_string(),
+        },
+        body,
+        has_uuid: scanned.has_uuid,
+    })
+}
+
 /// A validated event: who it names, and its body as it goes upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -177,6 +224,48 @@ pub fn with_member(object: &[u8], field: &str, value: &str) -> Bytes {
         serde_json::to_writer(&mut out, value)
     });
     written.expect("writing a string into a Vec cannot fail");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// The top-level members of a JSON object, in order, each value as written.
+pub fn object_members(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, EdgeError> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(String, Box<RawValue>)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let members = de
+        .deserialize_map(Members)
+        .map_err(|_| EdgeError::InvalidEvent("the body must be a JSON object"))?;
+    Ok(members)
+}
+
+/// A JSON object of `members`, each value as written; `size` is about its length.
+pub fn write_object<'a>(
+    members: impl Iterator<Item = (&'a str, &'a RawValue)>,
+    size: usize,
+) -> Bytes {
+    let mut out = Vec::with_capacity(size);
+    out.push(b'{');
+    for (i, (name, value)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name).expect("writing a string into a Vec cannot fail");
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
     out.push(b'}');
     Bytes::from(out)
 }
@@ -520,5 +609,55 @@ mod tests {
         assert!(!content_type_ok(Some(b"application/x-www-form-urlencoded")));
         assert!(!content_type_ok(Some(b"application/jsonx")));
         assert!(!content_type_ok(None));
+    }
+
+    #[test]
+    fn a_claimed_event_names_only_the_edges_visitor() {
+        let ids = ["td_client_id".to_string(), "email".to_string()];
+        let me = "0f4e1c2a-7b3d-4c5e-9f60-718293a4b5c6";
+        let claimed = |body: &str, refuse| {
+            claim(Bytes::from(body.to_string()), &ids, me, refuse)
+                .map(|e| (String::from_utf8(e.body.to_vec()).unwrap(), e.visitor.value))
+        };
+        // A body that names the visitor, and only them, goes as written.
+        let mine = format!(r#"{{"td_client_id":"{me}","a":1}}"#);
+        assert_eq!(claimed(&mine, true), Ok((mine.clone(), me.to_string())));
+        // Someone else's id, in any identifier, is replaced (or refused).
+        for body in [
+            r#"{"td_client_id":"victim","a":1}"#,
+            r#"{"a":1,"email":"victim@example.com"}"#,
+            r#"{"td_client_id":42,"a":1}"#,
+        ] {
+            let expected = format!(r#"{{"a":1,"td_client_id":"{me}"}}"#);
+            assert_eq!(
+                claimed(body, false),
+                Ok((expected, me.to_string())),
+                "{body}"
+            );
+            assert_eq!(
+                claimed(body, true),
+                Err(EdgeError::ForeignVisitor),
+                "{body}"
+            );
+        }
+        // No id, an empty one or null: the visitor's is added, refused or not.
+        for body in [
+            r#"{"a":1}"#,
+            r#"{"td_client_id":"","a":1}"#,
+            r#"{"a":1,"td_client_id":null}"#,
+        ] {
+            let expected = format!(r#"{{"a":1,"td_client_id":"{me}"}}"#);
+            assert_eq!(
+                claimed(body, true),
+                Ok((expected, me.to_string())),
+                "{body}"
+            );
+        }
+        // The checks of any event still hold.
+        assert!(matches!(
+            claimed(r#"{"td_client_id":"x","td_client_id":"y"}"#, false),
+            Err(EdgeError::RepeatedField(_))
+        ));
+        assert!(claimed("[1]", false).is_err());
     }
 }

@@ -280,6 +280,17 @@ pub static NO_CONSENT: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static VISITOR_IDS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "p13n_edge_visitor_ids_total",
+        "Signed-cookie mode ([service.identity]): how each event's visitor was found, by service \
+         and outcome (valid, refreshed, minted, replaced: a cookie that did not verify, header, \
+         header_refused, body_refused).",
+        &["service", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SPOOL_COMMIT_DURATION: Lazy<Histogram> = Lazy::new(|| {
     register_histogram!(
         "p13n_edge_spool_commit_seconds",
@@ -478,6 +489,7 @@ pub fn init() {
     Lazy::force(&SPOOL_COMMIT_DURATION);
     Lazy::force(&CRAWLERS);
     Lazy::force(&NO_CONSENT);
+    Lazy::force(&VISITOR_IDS);
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&SLOW_HEADERS);
     Lazy::force(&DNS_LOOKUPS);

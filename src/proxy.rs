@@ -11,13 +11,14 @@
 //! the answer written → one metric update and the access line → the connection back for reuse.
 
 use crate::answer::Answer;
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, Service};
 use crate::error::EdgeError;
-use crate::event::{content_type_ok, identify_with_cookie};
+use crate::event::{claim, content_type_ok, identify_with_cookie, Event};
 use crate::flow::Flow;
 use crate::guard::clients::address_key;
+use crate::guard::identity::BodyIdentifier;
 use crate::guard::rate::{BucketSpec, Limiter, Overflow, Verdict, VisitorKey};
-use crate::guard::OriginCheck;
+use crate::guard::{IdentityPolicy, OriginCheck};
 use crate::metrics;
 use crate::upstream::ClientInfo;
 use arc_swap::ArcSwap;
@@ -65,6 +66,8 @@ pub struct RequestCtx {
     cors_origin: Option<http::HeaderValue>,
     /// Filled only when the access log is on.
     access: Option<(Option<String>, Option<u16>)>,
+    /// Signed-cookie mode: the cookie to send, whatever the answer.
+    set_cookie: Option<http::HeaderValue>,
 }
 
 #[async_trait]
@@ -137,6 +140,7 @@ impl Edge {
             code: None,
             cors_origin: None,
             access: None,
+            set_cookie: None,
         };
         let written = self.serve(&mut session, &mut ctx).await;
         log(&session, &ctx);
@@ -231,6 +235,7 @@ impl Edge {
         };
         ctx.code = answer.code;
         answer.cors_origin = ctx.cors_origin.take();
+        answer.set_cookie = ctx.set_cookie.take();
         if config.access_log {
             ctx.access = Some((answer.cache_status.clone(), answer.upstream_status));
         }
@@ -301,12 +306,15 @@ impl Edge {
                 .inc();
             return Ok(Answer::without_payload("no-consent"));
         }
-        let mut event = identify_with_cookie(
-            body,
-            &service.identifiers,
-            service.identifier_cookie.as_deref(),
-            session.req_header().headers.get_all(header::COOKIE).iter(),
-        )?;
+        let mut event = match &service.identity {
+            None => identify_with_cookie(
+                body,
+                &service.identifiers,
+                service.identifier_cookie.as_deref(),
+                session.req_header().headers.get_all(header::COOKIE).iter(),
+            )?,
+            Some(identity) => signed_visitor(session, ctx, service, identity, body)?,
+        };
         // The route's schema: fields it does not list are dropped or refused, before the event
         // is counted, cached or spooled. Identifiers and `uuid` always pass.
         if let Some(schema) = &route.schema {
@@ -333,6 +341,39 @@ impl Edge {
             .deliver(config, route, event.visitor.value, id, event.body, info)
             .await
     }
+}
+
+/// Signed-cookie mode: the visitor is the cookie's (or the signed header's), a new one when
+/// neither is valid, and the event is theirs whatever its body says.
+fn signed_visitor(
+    session: &ServerSession,
+    ctx: &mut RequestCtx,
+    service: &Service,
+    identity: &IdentityPolicy,
+    body: Bytes,
+) -> Result<Event, EdgeError> {
+    let count = |outcome: &str| {
+        metrics::VISITOR_IDS
+            .with_label_values(&[&service.name, outcome])
+            .inc()
+    };
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let headers = &session.req_header().headers;
+    let visitor = identity
+        .visitor(headers, tls, std::time::SystemTime::now())
+        .map_err(|_| {
+            count("header_refused");
+            EdgeError::BadVisitorToken
+        })?;
+    count(visitor.outcome.label());
+    // Sent with the answer, error or not: a retry keeps the id.
+    ctx.set_cookie = visitor.set_cookie;
+    let refuse = identity.body_identifier == BodyIdentifier::Refuse;
+    claim(body, &service.identifiers, &visitor.id, refuse).inspect_err(|e| {
+        if *e == EdgeError::ForeignVisitor {
+            count("body_refused");
+        }
+    })
 }
 
 /// Step aside once before sending to a peer, so that the requests ready on this worker send

@@ -7,10 +7,9 @@
 //! JSON object with no repeated identifier.
 
 use crate::error::EdgeError;
+use crate::event::{object_members, write_object};
 use bytes::Bytes;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use std::fmt;
 
 /// What a field may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,18 +68,10 @@ impl Schema {
         if kept.len() == members.len() {
             return Ok(None);
         }
-        let mut out = Vec::with_capacity(body.len());
-        out.push(b'{');
-        for (i, (name, value)) in kept.into_iter().map(|m| (&m.0, &m.1)).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut out, name).expect("writing a string into a Vec cannot fail");
-            out.push(b':');
-            out.extend_from_slice(value.get().as_bytes());
-        }
-        out.push(b'}');
-        Ok(Some(Bytes::from(out)))
+        Ok(Some(write_object(
+            kept.into_iter().map(|m| (m.0.as_str(), &*m.1)),
+            body.len(),
+        )))
     }
 }
 
@@ -145,29 +136,6 @@ fn check(field: &Field, raw: &RawValue) -> Result<(), EdgeError> {
         };
         Err(violation(&field.name, kind))
     }
-}
-
-/// The top-level members of a JSON object, in order, each value as written.
-fn object_members(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, EdgeError> {
-    struct Members;
-    impl<'de> Visitor<'de> for Members {
-        type Value = Vec<(String, Box<RawValue>)>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
-                out.push(entry);
-            }
-            Ok(out)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let members = de
-        .deserialize_map(Members)
-        .map_err(|_| EdgeError::InvalidEvent("the body must be a JSON object"))?;
-    Ok(members)
 }
 
 #[cfg(test)]

@@ -148,3 +148,18 @@ pub(super) fn default_open_ms() -> u64 {
 pub(super) fn default_identifiers() -> Vec<String> {
     vec!["td_client_id".into()]
 }
+pub(super) fn default_identity_mode() -> super::file::IdentityMode {
+    super::file::IdentityMode::Body
+}
+pub(super) fn default_identity_cookie() -> String {
+    "p13n_vid".into()
+}
+pub(super) fn default_same_site() -> String {
+    "Lax".into()
+}
+pub(super) fn default_identity_max_age_days() -> u64 {
+    365
+}
+pub(super) fn default_identity_refresh_days() -> u64 {
+    7
+}

@@ -370,9 +370,72 @@ pub struct ServiceSection {
     /// What a visitor must have said before an event of theirs is forwarded or kept.
     #[serde(default)]
     pub consent: ConsentSection,
+    /// Who says who the visitor is: the body (the default) or a cookie the edge signs.
+    #[serde(default)]
+    pub identity: IdentitySection,
     /// The routes this service exposes: `[[service.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdentitySection {
+    /// `"body"` (the default: the visitor is the body's first identifier, as the vendor's API
+    /// has it) or `"signed-cookie"` (the visitor is the id in a cookie the edge issues and
+    /// signs; the body's identifiers are overwritten or refused).
+    #[serde(default = "default_identity_mode")]
+    pub mode: IdentityMode,
+    /// The cookie's name. Default `p13n_vid`; `__Host-p13n_vid` on a TLS-only site pins it to
+    /// the edge's own host.
+    #[serde(default = "default_identity_cookie")]
+    pub cookie: String,
+    /// Environment variable holding the signing secret (at least 32 bytes). Exactly one of
+    /// `secret_env` and `secret_file`.
+    pub secret_env: Option<String>,
+    /// File holding the signing secret on its first line, and previous secrets still accepted
+    /// on the lines after it (blank lines and `#` comments skipped). Relative to this config
+    /// file; re-read on reload.
+    pub secret_file: Option<String>,
+    /// Environment variables holding previous secrets, still accepted (and re-signed with the
+    /// current one) so that rotating the secret logs nobody out.
+    #[serde(default)]
+    pub previous_secrets_env: Vec<String>,
+    /// `Secure` on the cookie: unset (the default) sets it on answers over TLS; `true` always
+    /// (behind a TLS-terminating balancer), `false` never.
+    pub secure: Option<bool>,
+    /// `SameSite`: `"Lax"` (the default), `"Strict"` or `"None"` (needs `Secure`).
+    #[serde(default = "default_same_site")]
+    pub same_site: String,
+    /// `Domain`, to share the cookie with sibling hosts. Default: none (this host only).
+    pub domain: Option<String>,
+    /// The cookie's `Max-Age`, and the oldest token accepted, in days: at most 400. Default 365.
+    #[serde(default = "default_identity_max_age_days")]
+    pub max_age_days: u64,
+    /// A valid cookie older than this many days is re-issued (same id). Default 7.
+    #[serde(default = "default_identity_refresh_days")]
+    pub refresh_after_days: u64,
+    /// A body identifier naming another visitor: `"overwrite"` (the default) or `"refuse"`
+    /// (403). td-js-sdk sends its own `td_client_id`: keep `"overwrite"` for it.
+    #[serde(default)]
+    pub body_identifier: BodyIdentifierSection,
+    /// A request header carrying a visitor token, for server-to-server callers that relay the
+    /// visitor's cookie value. A token there that does not verify gets 401. Default: none.
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityMode {
+    Body,
+    SignedCookie,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyIdentifierSection {
+    #[default]
+    Overwrite,
+    Refuse,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,5 +591,6 @@ default_from_serde!(
     SpoolSection,
     ServiceCacheSection,
     CorsSection,
-    RateLimitSection
+    RateLimitSection,
+    IdentitySection
 );

@@ -4,6 +4,7 @@
 mod credentials;
 mod defaults;
 mod file;
+mod identity;
 mod policy;
 mod reload;
 mod secret;
@@ -133,6 +134,8 @@ pub struct Service {
     pub bots: crate::guard::BotFilter,
     /// Events of visitors without consent are answered without a call.
     pub consent: crate::guard::ConsentPolicy,
+    /// Signed-cookie mode: the edge names the visitor. `None`: the body does.
+    pub identity: Option<Arc<crate::guard::IdentityPolicy>>,
 }
 
 /// How a service uses the offer cache.

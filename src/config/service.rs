@@ -14,6 +14,7 @@ pub(super) fn build_service(
     s: &ServiceSection,
     at: &str,
     credentials: Credentials,
+    identity: Option<Arc<crate::guard::IdentityPolicy>>,
     problems: &mut Vec<String>,
 ) -> Option<Service> {
     let before = problems.len();
@@ -70,6 +71,7 @@ pub(super) fn build_service(
         cors,
         bots,
         consent,
+        identity,
         id: Arc::from(s.name.as_str()),
     })
 }

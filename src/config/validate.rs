@@ -1,9 +1,9 @@
 //! `FileConfig` → `Config`: every check the daemon relies on, all problems collected at once.
 
-use super::credentials;
 use super::file::FileConfig;
 use super::policy::{client_policy, rate_limits};
 use super::service::{build_route, build_service, check_route};
+use super::{credentials, identity};
 use super::{Config, ConfigErrors, Route, Secret, Service, Timeouts, TlsListener};
 use crate::cache::CacheLimits;
 use crate::spool::SpoolSettings;
@@ -222,7 +222,9 @@ fn services_and_routes(
         let credentials = credentials::load(section, &at, base_dir, problems);
         secrets.extend(credentials.secrets().cloned());
         let token_names: BTreeSet<String> = credentials.tokens.keys().cloned().collect();
-        let service = build_service(section, &at, credentials, problems);
+        let (identity, identity_secrets) = identity::load(section, &at, base_dir, problems);
+        secrets.extend(identity_secrets);
+        let service = build_service(section, &at, credentials, identity, problems);
         // Routes are checked even when the service is not, so every problem shows in one run.
         for (j, route) in section.routes.iter().enumerate() {
             check_route(&token_names, route, &format!("{at}: route[{j}]"), problems);

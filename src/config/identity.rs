@@ -1,0 +1,198 @@
+//! `[service.identity]`: the signing secrets (from the environment or a file, never inline)
+//! and the cookie's attributes, checked and built into `guard::IdentityPolicy`. No message here
+//! prints a secret.
+
+use super::file::{BodyIdentifierSection, IdentityMode, ServiceSection};
+use super::Secret;
+use crate::guard::identity::{BodyIdentifier, SameSite, MAX_AGE_LIMIT, MIN_SECRET_BYTES};
+use crate::guard::IdentityPolicy;
+use http::HeaderName;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most secrets, current and previous, a service accepts.
+const MAX_SECRETS: usize = 16;
+/// Headers the edge reads or writes itself: not a place for a visitor token.
+const RESERVED_HEADERS: [&str; 7] = [
+    "cookie",
+    "authorization",
+    "wp13n-token",
+    "host",
+    "content-type",
+    "content-length",
+    "origin",
+];
+
+/// The policy of a service in signed-cookie mode (`None` in body mode, or when `problems` got
+/// one), and the secrets loaded, for scrubbing out of error messages.
+pub(super) fn load(
+    s: &ServiceSection,
+    at: &str,
+    base_dir: &Path,
+    problems: &mut Vec<String>,
+) -> (Option<Arc<IdentityPolicy>>, Vec<Secret>) {
+    let c = &s.identity;
+    if c.mode == IdentityMode::Body {
+        return (None, Vec::new());
+    }
+    let at = format!("{at}: identity");
+    let before = problems.len();
+    let secrets = secrets(s, &at, base_dir, problems);
+    let loaded: Vec<Secret> = secrets
+        .iter()
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .map(Secret::new)
+        .collect();
+    if s.identifier_cookie.is_some() {
+        problems.push(format!(
+            "{at}: identifier_cookie has no use in signed-cookie mode (the edge's cookie names the visitor)"
+        ));
+    }
+    let cookie_ok = (1..=64).contains(&c.cookie.len())
+        && c.cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !cookie_ok {
+        problems.push(format!(
+            "{at}: cookie must be 1 to 64 letters, digits, `_`, `-` and `.`"
+        ));
+    }
+    let same_site = match c.same_site.to_ascii_lowercase().as_str() {
+        "lax" => SameSite::Lax,
+        "strict" => SameSite::Strict,
+        "none" => SameSite::None,
+        _ => {
+            problems.push(format!("{at}: same_site must be Lax, Strict or None"));
+            SameSite::Lax
+        }
+    };
+    let prefixed = c.cookie.starts_with("__Host-") || c.cookie.starts_with("__Secure-");
+    if (same_site == SameSite::None || prefixed) && c.secure != Some(true) {
+        problems.push(format!(
+            "{at}: SameSite=None and the __Host-/__Secure- prefixes need secure = true (browsers drop such a cookie without Secure)"
+        ));
+    }
+    if c.cookie.starts_with("__Host-") && c.domain.is_some() {
+        problems.push(format!("{at}: a __Host- cookie cannot have a domain"));
+    }
+    if let Some(domain) = &c.domain {
+        let ok = (1..=253).contains(&domain.len())
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        if !ok {
+            problems.push(format!("{at}: domain {domain:?} is not a host name"));
+        }
+    }
+    let max_age = Duration::from_secs(c.max_age_days.saturating_mul(86_400));
+    if c.max_age_days == 0 || max_age > MAX_AGE_LIMIT {
+        problems.push(format!(
+            "{at}: max_age_days must be 1 to 400 (browsers cap cookies at 400 days)"
+        ));
+    }
+    if c.refresh_after_days >= c.max_age_days {
+        problems.push(format!(
+            "{at}: refresh_after_days must be less than max_age_days"
+        ));
+    }
+    let header = c.header.as_deref().and_then(|name| {
+        let parsed = HeaderName::try_from(name).ok();
+        match parsed {
+            Some(h) if !RESERVED_HEADERS.contains(&h.as_str()) => Some(h),
+            _ => {
+                problems.push(format!(
+                    "{at}: header {name:?} must be a header name the edge does not use itself"
+                ));
+                None
+            }
+        }
+    });
+    if problems.len() > before {
+        return (None, loaded);
+    }
+    let mut policy = IdentityPolicy::new(&secrets, c.cookie.clone());
+    policy.secure = c.secure;
+    policy.same_site = same_site;
+    policy.domain = c.domain.clone();
+    policy.max_age = max_age;
+    policy.refresh_after = Duration::from_secs(c.refresh_after_days.saturating_mul(86_400));
+    policy.body_identifier = match c.body_identifier {
+        BodyIdentifierSection::Overwrite => BodyIdentifier::Overwrite,
+        BodyIdentifierSection::Refuse => BodyIdentifier::Refuse,
+    };
+    policy.header = header;
+    (Some(Arc::new(policy)), loaded)
+}
+
+/// The current secret first, then the previous ones; each checked for length.
+fn secrets(
+    s: &ServiceSection,
+    at: &str,
+    base_dir: &Path,
+    problems: &mut Vec<String>,
+) -> Vec<Vec<u8>> {
+    let c = &s.identity;
+    let mut secrets = Vec::new();
+    match (&c.secret_env, &c.secret_file) {
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) => secrets.push(v.trim().as_bytes().to_vec()),
+            Err(_) => problems.push(format!(
+                "{at}: environment variable {var} (secret_env) is not set"
+            )),
+        },
+        (None, Some(file)) => {
+            let path = base_dir.join(file);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    secrets.extend(
+                        bytes
+                            .split(|&b| b == b'\n')
+                            .map(<[u8]>::trim_ascii)
+                            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+                            .map(<[u8]>::to_vec),
+                    );
+                    if secrets.is_empty() {
+                        problems.push(format!(
+                            "{at}: secret_file {} holds no secret",
+                            path.display()
+                        ));
+                    }
+                }
+                Err(e) => problems.push(format!(
+                    "{at}: secret_file {}: {}",
+                    path.display(),
+                    e.kind()
+                )),
+            }
+        }
+        _ => problems.push(format!(
+            "{at}: set exactly one of secret_env and secret_file (secrets are never inline)"
+        )),
+    }
+    for var in &c.previous_secrets_env {
+        match std::env::var(var) {
+            Ok(v) => secrets.push(v.trim().as_bytes().to_vec()),
+            Err(_) => problems.push(format!(
+                "{at}: environment variable {var} (previous_secrets_env) is not set"
+            )),
+        }
+    }
+    // Counted, never printed.
+    if let Some(n) = secrets.iter().position(|s| s.len() < MIN_SECRET_BYTES) {
+        let which = if n == 0 {
+            "the current secret"
+        } else {
+            "a previous secret"
+        };
+        problems.push(format!(
+            "{at}: {which} is shorter than {MIN_SECRET_BYTES} bytes (make one with `openssl rand -base64 48`)"
+        ));
+    }
+    if secrets.len() > MAX_SECRETS {
+        problems.push(format!(
+            "{at}: at most {MAX_SECRETS} secrets, current and previous"
+        ));
+    }
+    secrets
+}

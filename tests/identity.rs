@@ -1,0 +1,276 @@
+//! Signed visitor ids over real sockets: the edge's cookie names the visitor, a body that names
+//! someone else never reads their offers (pass-through and fast), a rotated secret keeps the
+//! visitors, and the upstream receives the cookie's id and nothing the body claimed.
+
+mod common;
+
+use common::*;
+
+const SECRET_A: &str = "first-secret-with-more-than-32-bytes-aaaa";
+const SECRET_B: &str = "second-secret-with-more-than-32-bytes-bbb";
+
+/// `[service.identity]` in signed-cookie mode with its secret in `visitor.secret` beside the
+/// config, then `more` (other tables).
+fn signed(more: &str) -> String {
+    format!(
+        "[service.identity]\nmode = \"signed-cookie\"\nsecret_file = \"visitor.secret\"\n{more}"
+    )
+}
+
+fn stack(name: &str, secrets: &str, extra: &str) -> Stack {
+    std::fs::write(scratch(name).join("visitor.secret"), secrets).unwrap();
+    Stack::start_with(name, extra)
+}
+
+/// A browser: keeps the edge's cookie between requests, as a cookie jar does.
+struct Browser<'a> {
+    stack: &'a Stack,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(stack: &'a Stack) -> Self {
+        Browser {
+            stack,
+            cookie: None,
+        }
+    }
+
+    fn post(&mut self, body: &str) -> Response {
+        let mut headers = vec![("Content-Type", "application/json")];
+        let cookie = self.cookie.clone().map(|c| format!("p13n_vid={c}"));
+        if let Some(c) = &cookie {
+            headers.push(("Cookie", c));
+        }
+        let r = request(
+            self.stack.proxy,
+            "POST",
+            "/demo_db/pageviews",
+            &headers,
+            body.as_bytes(),
+        );
+        if let Some(set) = r.header("set-cookie") {
+            let token = set.split(';').next().unwrap();
+            self.cookie = Some(token.strip_prefix("p13n_vid=").unwrap().to_string());
+        }
+        r
+    }
+
+    /// The visitor id in the cookie.
+    fn id(&self) -> String {
+        let token = self.cookie.as_deref().expect("a cookie");
+        token.split('.').nth(1).unwrap().to_string()
+    }
+}
+
+/// The demo rules give `offer_for_women`, with the visitor's profile, to a visitor whose last
+/// category was `women`.
+const WOMEN: &str = r#"{"td_path":"/retail/women","product_category":"women"}"#;
+/// A page outside `/retail`: no view counted.
+const HOME: &str = r#"{"td_path":"/home"}"#;
+
+fn forged_body_reads_no_one_elses_offers(name: &str, extra: &str) {
+    let stack = stack(name, SECRET_A, &signed(extra));
+    let mut victim = Browser::new(&stack);
+    let first = victim.post(WOMEN);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let set = first
+        .header("set-cookie")
+        .expect("a new visitor gets a cookie");
+    assert!(
+        set.ends_with("; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"),
+        "{set}"
+    );
+    let again = victim.post(HOME);
+    assert!(again.text().contains("offer_for_women"), "{}", again.text());
+    assert_eq!(
+        again.header("set-cookie"),
+        None,
+        "a valid cookie is not sent again"
+    );
+
+    // The attacker names the victim in the body: without a cookie, with a cookie of their own,
+    // and with the victim's id in a cookie whose tag they had to guess.
+    let victim_id = victim.id();
+    let forged = format!(r#"{{"td_client_id":"{victim_id}","td_path":"/retail/women"}}"#);
+    let mut attacker = Browser::new(&stack);
+    for attempt in 0..3 {
+        if attempt == 2 {
+            let tag_guess = "A".repeat(43);
+            attacker.cookie = Some(format!("1.{victim_id}.1800000000.{tag_guess}"));
+        }
+        let r = attacker.post(&forged);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(!r.text().contains("offer_for_women"), "{}", r.text());
+        assert!(!r.text().contains("women"), "{}", r.text());
+        assert_ne!(attacker.id(), victim_id);
+    }
+    // The victim's profile took none of it: one retail view of their own, where the
+    // attacker's three would have made four, past the loyalty offer's three.
+    let mine = victim.post(HOME);
+    assert!(mine.text().contains("offer_for_women"), "{}", mine.text());
+    assert!(
+        !mine.text().contains("offer_for_high_loyalty"),
+        "the attacker's views reached the victim: {}",
+        mine.text()
+    );
+    assert_eq!(
+        stack.metric("p13n_edge_visitor_ids_total", &["outcome=\"minted\""]),
+        2.0
+    );
+    assert_eq!(
+        stack.metric("p13n_edge_visitor_ids_total", &["outcome=\"replaced\""]),
+        1.0
+    );
+}
+
+#[test]
+fn a_forged_body_id_reads_no_one_elses_offers_in_pass_through_mode() {
+    forged_body_reads_no_one_elses_offers("identity_pass", "");
+}
+
+#[test]
+fn a_forged_body_id_reads_no_one_elses_offers_in_fast_mode() {
+    forged_body_reads_no_one_elses_offers("identity_fast", "[service.cache]\nmode = \"fast\"\n");
+}
+
+#[test]
+fn a_rotated_secret_keeps_every_visitor_and_a_dropped_one_lets_them_go() {
+    let name = "identity_rotation";
+    let stack = stack(name, SECRET_A, &signed(""));
+    let mut visitor = Browser::new(&stack);
+    visitor.post(WOMEN);
+    let id = visitor.id();
+    let old_token = visitor.cookie.clone().unwrap();
+
+    // The new secret first, the old one still accepted: the same visitor, re-signed.
+    let secret_file = scratch(name).join("visitor.secret");
+    std::fs::write(
+        &secret_file,
+        format!("{SECRET_B}\n# the previous one\n{SECRET_A}\n"),
+    )
+    .unwrap();
+    stack.reload(|t| t.to_string());
+    let r = visitor.post(r#"{"td_path":"/retail/women"}"#);
+    assert!(r.text().contains("offer_for_women"), "{}", r.text());
+    assert!(
+        r.header("set-cookie").is_some(),
+        "re-issued under the new secret"
+    );
+    assert_eq!(visitor.id(), id);
+    assert_ne!(visitor.cookie.as_deref(), Some(old_token.as_str()));
+
+    // The old secret dropped: the re-issued cookie still holds, the old one names a stranger.
+    std::fs::write(&secret_file, format!("{SECRET_B}\n")).unwrap();
+    stack.reload(|t| t.to_string());
+    let r = visitor.post(r#"{"td_path":"/retail/women"}"#);
+    assert!(r.text().contains("offer_for_women"), "{}", r.text());
+    assert_eq!((r.header("set-cookie"), visitor.id()), (None, id.clone()));
+    let mut stale = Browser::new(&stack);
+    stale.cookie = Some(old_token);
+    let r = stale.post(r#"{"td_path":"/retail/women"}"#);
+    assert!(!r.text().contains("offer_for_women"), "{}", r.text());
+    assert_ne!(stale.id(), id);
+}
+
+fn upstream_bodies(upstream: &Recorder) -> Vec<String> {
+    upstream
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn the_upstream_receives_the_cookies_id_and_a_bad_header_token_gets_401() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    let dir = scratch("identity_upstream");
+    std::fs::write(dir.join("visitor.secret"), SECRET_A).unwrap();
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", upstream.addr),
+        &signed("header = \"P13n-Visitor\"\n"),
+    )
+    .replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
+    let (_proxy, addr) = start_proxy(load_config("identity_upstream", &toml));
+    let post = |headers: &[(&str, &str)], body: &str| {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        request(addr, "POST", "/demo_db/pageviews", &all, body.as_bytes())
+    };
+    // Both identifiers of the body give way to the cookie's id, as the first identifier.
+    let r = post(
+        &[],
+        r#"{"td_client_id":"victim","email":"victim@example.com","a":1}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.header("set-cookie").unwrap();
+    let token = token
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("p13n_vid=")
+        .unwrap()
+        .to_string();
+    let id = token.split('.').nth(1).unwrap().to_string();
+    // The signed header names the same visitor for a server-to-server caller; no cookie back.
+    let r = post(
+        &[("P13n-Visitor", &token)],
+        r#"{"td_client_id":"victim","b":2}"#,
+    );
+    assert_eq!((r.status, r.header("set-cookie")), (200, None));
+    post(&[("P13n-Visitor", "1.forged")], r#"{"b":3}"#).assert_error(401, 401);
+    assert_eq!(
+        upstream_bodies(&upstream),
+        [
+            format!(r#"{{"a":1,"td_client_id":"{id}"}}"#),
+            format!(r#"{{"b":2,"td_client_id":"{id}"}}"#)
+        ]
+    );
+    for raw in upstream.seen.lock().unwrap().iter() {
+        let head = raw.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(
+            !head.contains("cookie") && !head.contains("p13n-visitor"),
+            "{head}"
+        );
+    }
+}
+
+#[test]
+fn in_refuse_mode_a_body_naming_someone_else_is_refused_and_never_sent() {
+    let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    let dir = scratch("identity_refuse");
+    std::fs::write(dir.join("visitor.secret"), SECRET_A).unwrap();
+    let toml = config_toml(
+        free_port(),
+        free_port(),
+        &format!("http://{}", upstream.addr),
+        &signed("body_identifier = \"refuse\"\n"),
+    );
+    let (_proxy, addr) = start_proxy(load_config("identity_refuse", &toml));
+    let r = request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json")],
+        br#"{"td_client_id":"victim"}"#,
+    );
+    r.assert_error(403, 403);
+    // Still a visitor of the edge's: the cookie comes with the refusal, and the same id works.
+    let set = r.header("set-cookie").expect("a cookie, error or not");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let id = cookie.split('.').nth(1).unwrap().to_string();
+    let mine = format!(r#"{{"td_client_id":"{id}"}}"#);
+    let r = request(
+        addr,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json"), ("Cookie", &cookie)],
+        mine.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.seen.lock().unwrap().len(), 1);
+}
