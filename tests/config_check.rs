@@ -324,3 +324,79 @@ fn tokens_from_a_file_and_the_environment_are_checked_like_inline_ones() {
     let (ok, out) = check(&path, &[]);
     assert!(!ok && out.contains("tokens_file"), "{out}");
 }
+
+#[test]
+fn signed_visitor_ids_need_a_long_secret_from_outside_the_file_and_sane_cookie_attributes() {
+    let dir = scratch("check_config_identity");
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    let secret = "an-identity-secret-that-must-never-be-printed";
+    std::fs::write(dir.join("short.secret"), "too-short\n").unwrap();
+    let base = config_toml(free_port(), free_port(), "http://127.0.0.1:9", "");
+    let write = |name: &str, identity: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{base}\n[service.identity]\n{identity}\n")).unwrap();
+        path
+    };
+    let good = write(
+        "good.toml",
+        "mode = \"signed-cookie\"\nsecret_env = \"VISITOR_SECRET\"\nprevious_secrets_env = [\"OLD_SECRET\"]",
+    );
+    let env = [("VISITOR_SECRET", secret), ("OLD_SECRET", secret)];
+    let (ok, text) = check(&good, &env);
+    assert!(ok, "{text}");
+    let (ok, text) = check(&good, &[("VISITOR_SECRET", secret)]);
+    assert!(
+        !ok && text.contains("OLD_SECRET (previous_secrets_env) is not set"),
+        "{text}"
+    );
+
+    let bad = write(
+        "bad.toml",
+        r#"mode = "signed-cookie"
+secret_file = "short.secret"
+cookie = "__Host-vid"
+domain = "shop.example"
+same_site = "sideways"
+max_age_days = 401
+refresh_after_days = 500
+header = "Cookie""#,
+    );
+    let (ok, text) = check(&bad, &[]);
+    assert!(!ok);
+    for problem in [
+        "the current secret is shorter than 32 bytes",
+        "need secure = true",
+        "a __Host- cookie cannot have a domain",
+        "same_site must be Lax, Strict or None",
+        "max_age_days must be 1 to 400",
+        "refresh_after_days must be less than max_age_days",
+        "header \"Cookie\" must be a header name the edge does not use itself",
+    ] {
+        assert!(text.contains(problem), "{problem}: {text}");
+    }
+    let inline = write("inline.toml", "mode = \"signed-cookie\"\nsecret = \"x\"");
+    let (ok, text) = check(&inline, &[]);
+    assert!(
+        !ok && text.contains("set exactly one of secret_env and secret_file"),
+        "{text}"
+    );
+    assert!(text.contains("secret"), "{text}");
+    let both = write(
+        "both.toml",
+        "mode = \"signed-cookie\"\nsecret_env = \"VISITOR_SECRET\"",
+    );
+    let cookie_too = std::fs::read_to_string(&both).unwrap().replace(
+        "[service.tokens]",
+        "identifier_cookie = \"_td\"\n[service.tokens]",
+    );
+    std::fs::write(&both, cookie_too).unwrap();
+    let (ok, text) = check(&both, &env);
+    assert!(
+        !ok && text.contains("identifier_cookie has no use"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(secret) && !text.contains("too-short"),
+        "{text}"
+    );
+}

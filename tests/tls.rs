@@ -337,3 +337,64 @@ fn an_h2_connection_gets_the_header_timeout_until_its_first_request_and_no_more(
         assert_eq!(status, 200);
     });
 }
+
+#[test]
+fn a_signed_visitor_cookie_is_secure_on_the_tls_listener_only() {
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let dir = scratch("tls_identity");
+    let (toml, tls_addr) = tls_listener_config(&dir, emulator);
+    std::fs::write(
+        dir.join("visitor.secret"),
+        "a-secret-of-more-than-32-bytes-for-tls",
+    )
+    .unwrap();
+    let toml = format!(
+        "{toml}\n[service.identity]\nmode = \"signed-cookie\"\nsecret_file = \"visitor.secret\"\n"
+    );
+    let config = load_config("tls_identity", &toml);
+    let (plain, admin) = (config.listen, config.admin_listen);
+    let (server, _handles) = p13n_edge::build_server(config, None, false).unwrap();
+    let _proxy = Running::start(server, &[plain, admin, tls_addr]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let answer = rt
+        .block_on(post_http1(tls_addr, &dir.join("ca.pem")))
+        .unwrap();
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        cookie.contains("; HttpOnly; Secure; SameSite=Lax"),
+        "{cookie}"
+    );
+    // Over h2 too.
+    let cookie = rt.block_on(async {
+        let (mut client, _) = h2_client(tls_addr, &dir.join("ca.pem")).await;
+        let request = http::Request::post("https://localhost/public/demo_db/clicks")
+            .header("content-type", "text/plain")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(EVENT.as_bytes()), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    });
+    assert!(
+        cookie.contains("; HttpOnly; Secure; SameSite=Lax"),
+        "{cookie}"
+    );
+    let plain_answer = request(
+        plain,
+        "POST",
+        "/public/demo_db/clicks",
+        &[("Content-Type", "text/plain")],
+        EVENT.as_bytes(),
+    );
+    let cookie = plain_answer.header("set-cookie").unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}

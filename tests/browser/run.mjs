@@ -7,7 +7,10 @@
 //  - the demo shop on the allowed origin receives offers in the browser;
 //  - the same page on a foreign origin (127.0.0.1 instead of localhost) is blocked by the browser;
 //  - a page using td-js-sdk's fetchPersonalization, with `endpoint` set to the proxy's TLS
-//    listener, receives offers (over HTTP/2), its placeholder key and token replaced by the proxy.
+//    listener, receives offers (over HTTP/2), its placeholder key and token replaced by the proxy;
+//  - with signed visitor ids ([service.identity] mode = "signed-cookie"), the SDK page gets the
+//    edge's cookie and keeps its id on the next visit, and a page that forges another visitor's
+//    id in the body gets only its own offers, in pass-through and in fast mode.
 // Screenshots are kept in tests/browser/output/.
 //
 // Usage: node run.mjs [path to the p13n-edge binary]   (scripts/browser-test does the setup)
@@ -77,6 +80,28 @@ const config = readFileSync(join(root, "conf/demo.toml"), "utf8")
   .replace(/^pid_file = .*$/m, `pid_file = "${join(work, "pid")}"`)
   .replace(/^dir = .*$/m, `dir = "${join(work, "spool")}"`)
   .replace('api_key_file = "demo.key"', `api_key_file = "${join(root, "conf/demo.key")}"`)
+  + ["signed", "signed_fast"].map((name) => `
+[[service]]
+name = "${name}"
+base_url = "http://127.0.0.1:${emulator}"
+account_id = "1"
+instance_id = "1"
+api_key_file = "${join(root, "conf/demo.key")}"
+[service.identity]
+mode = "signed-cookie"
+secret_env = "P13N_EDGE_VISITOR_SECRET"
+[service.cors]
+allowed_origins = ["${siteOrigin}", "${sdkOrigin}"]
+[service.cache]
+mode = "${name === "signed" ? "pass-through" : "fast"}"
+[service.tokens]
+web = "1/1/00000000000000000000000000000001"
+[[service.route]]
+database = "${name}_db"
+table = "pageviews"
+public = true
+token = "web"
+`).join("")
   + `\n[server.tls]\nlisten = "127.0.0.1:${tls}"\ncert_file = "edge.pem"\nkey_file = "edge.key"\n`;
 writeFileSync(join(work, "demo.toml"), config);
 
@@ -87,7 +112,10 @@ const demo = spawn(binary, [
   "--site", `127.0.0.1:${site}`,
   "--site-tls", `127.0.0.1:${siteTls}`,
   "--sdk", join(here, "node_modules/td-js-sdk/dist/td.min.js"),
-], { stdio: ["ignore", "ignore", "pipe"] });
+], {
+  stdio: ["ignore", "ignore", "pipe"],
+  env: { ...process.env, P13N_EDGE_VISITOR_SECRET: "a-browser-test-secret-of-more-than-32-bytes" },
+});
 let demoLog = "";
 demo.stderr.on("data", (d) => { demoLog += d; });
 
@@ -183,6 +211,71 @@ try {
   assert.ok(sent.bodies.length > 0 && sent.bodies.every((b) => !b.includes("td_client_id")), sent.bodies.join());
   assert.ok(sent.cookies.some((c) => /(^|; )_td=sdk-/.test(c)), sent.cookies.join());
   console.log(`ok: td-js-sdk's fetchPersonalization received offers over ${protocols.join(", ")}:`, sdkStatus);
+
+  // 4. Signed visitor ids. The SDK page on a signed-cookie route: the first visit gets the
+  // edge's cookie, the next one sends it and keeps its id.
+  const setCookies = [];
+  cdp.on("Network.responseReceivedExtraInfo", ({ headers }) => {
+    const set = headers["set-cookie"] || headers["Set-Cookie"];
+    if (set) setCookies.push(set);
+  });
+  sent.cookies.length = 0;
+  const sdkIds = [];
+  for (let visit = 0; visit < 2; visit++) {
+    await page.goto(`${sdkOrigin}/sdk.html?database=signed_db`);
+    await page.waitForSelector('#status[data-state="ok"], #status[data-state="error"]', { timeout: 15000 });
+    assert.equal(await page.getAttribute("#status", "data-state"), "ok", await page.textContent("#status"));
+    await page.waitForSelector('li[data-offer="offer_for_women"]');
+    const vid = (await context.cookies(`https://localhost:${tls}/`)).find((c) => c.name === "p13n_vid");
+    assert.ok(vid && vid.httpOnly && vid.secure && vid.sameSite === "Lax", JSON.stringify(vid));
+    sdkIds.push(vid.value.split(".")[1]);
+  }
+  assert.equal(sdkIds[0], sdkIds[1]);
+  assert.equal(setCookies.filter((s) => s.startsWith("p13n_vid=")).length, 1, setCookies.join("\n"));
+  assert.ok(sent.cookies.some((c) => c.includes("p13n_vid=1.")), sent.cookies.join());
+  await page.screenshot({ path: join(output, "td-js-sdk-signed.png") });
+  console.log("ok: td-js-sdk on a signed-cookie route got the edge's cookie and kept its id:", sdkIds[0]);
+
+  // A victim and an attacker, each in a browser of their own, calling with credentials from
+  // the shop's origin. The attacker names the victim in the body.
+  const post = (pg, database, event) => pg.evaluate(async ({ url, event }) => {
+    const r = await fetch(url, {
+      method: "POST", credentials: "include",
+      headers: { "Content-Type": "text/plain" }, body: JSON.stringify(event),
+    });
+    // No offer qualifies: the vendor's "200 without payload", an empty body.
+    const text = await r.text();
+    return { status: r.status, offers: Object.keys((text && JSON.parse(text).offers) || {}) };
+  }, { url: `http://localhost:${proxy}/public/${database}/pageviews`, event });
+  const idIn = async (ctx) => {
+    const vid = (await ctx.cookies(`http://localhost:${proxy}/`)).find((c) => c.name === "p13n_vid");
+    return vid && vid.value.split(".")[1];
+  };
+  for (const database of ["signed_db", "signed_fast_db"]) {
+    const victimContext = await browser.newContext();
+    const attackerContext = await browser.newContext();
+    const victim = await victimContext.newPage();
+    const attacker = await attackerContext.newPage();
+    await victim.goto(`${siteOrigin}/`);
+    await attacker.goto(`${siteOrigin}/`);
+    const first = await post(victim, database, { td_path: "/retail/women", product_category: "women" });
+    assert.equal(first.status, 200);
+    const own = await post(victim, database, { td_path: "/home" });
+    assert.ok(own.offers.includes("offer_for_women"), JSON.stringify(own));
+    const victimId = await idIn(victimContext);
+    assert.ok(victimId, "the victim's browser holds the edge's cookie");
+    const forged = await post(attacker, database, { td_client_id: victimId, td_path: "/home" });
+    assert.equal(forged.status, 200);
+    assert.ok(!forged.offers.includes("offer_for_women"), JSON.stringify(forged));
+    const attackerId = await idIn(attackerContext);
+    assert.ok(attackerId && attackerId !== victimId, `${attackerId} ${victimId}`);
+    const still = await post(victim, database, { td_path: "/home" });
+    assert.ok(still.offers.includes("offer_for_women"), JSON.stringify(still));
+    assert.equal(await idIn(victimContext), victimId);
+    await victimContext.close();
+    await attackerContext.close();
+    console.log(`ok: ${database}: a forged body id got the attacker only their own offers (${JSON.stringify(forged.offers)})`);
+  }
 } catch (e) {
   failed = true;
   console.error("FAILED:", e);
