@@ -74,12 +74,13 @@ execFileSync("openssl", [
 const config = readFileSync(join(root, "conf/demo.toml"), "utf8")
   .replace('"127.0.0.1:8080"', `"127.0.0.1:${proxy}"`)
   .replace('"127.0.0.1:9090"', `"127.0.0.1:${admin}"`)
-  .replace('"http://127.0.0.1:8081"', `"http://127.0.0.1:${emulator}"`)
-  .replace('"http://localhost:3000"', `"${siteOrigin}", "${sdkOrigin}"`)
+  .replaceAll('"http://127.0.0.1:8081"', `"http://127.0.0.1:${emulator}"`)
+  .replaceAll('"http://localhost:3000"', `"${siteOrigin}", "${sdkOrigin}"`)
   .replace(/^upgrade_sock = .*$/m, `upgrade_sock = "${join(work, "upgrade.sock")}"`)
   .replace(/^pid_file = .*$/m, `pid_file = "${join(work, "pid")}"`)
   .replace(/^dir = .*$/m, `dir = "${join(work, "spool")}"`)
-  .replace('api_key_file = "demo.key"', `api_key_file = "${join(root, "conf/demo.key")}"`)
+  .replaceAll('api_key_file = "demo.key"', `api_key_file = "${join(root, "conf/demo.key")}"`)
+  .replace('secret_file = "demo-visitor.secret"', `secret_file = "${join(root, "conf/demo-visitor.secret")}"`)
   + ["signed", "signed_fast"].map((name) => `
 [[service]]
 name = "${name}"
