@@ -9,8 +9,6 @@ mod rules;
 pub use faults::{FaultPlan, FaultSpec};
 pub use rules::{Profile, Rules};
 
-use crate::error::error_body;
-use crate::event::VENDOR_CONTENT_TYPE;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use dashmap::{DashMap, DashSet};
@@ -109,7 +107,9 @@ impl Reply {
         Reply {
             status,
             code: Some(code),
-            body: error_body(code, message).to_vec(),
+            body: serde_json::json!({ "code": code, "message": message })
+                .to_string()
+                .into_bytes(),
             retry_after: None,
         }
     }
@@ -403,14 +403,29 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
     }
 }
 
-/// `/{db}/{table}` or `/public/{db}/{table}`, names `[0-9a-z_]{3,128}`.
+/// The content type the vendor's API requires. The emulator keeps its own copies of the
+/// vendor's rules (this, the path form, the error shape) rather than the proxy's, so that a
+/// mistake in the proxy's is caught by it instead of agreed with.
+const VENDOR_CONTENT_TYPE: &str = "application/vnd.treasuredata.v1+json";
+
+/// `/{db}/{table}` or `/public/{db}/{table}`: the vendor's database and table names are 3 to 128
+/// lower-case letters, digits and underscores.
 fn is_ingest_path(path: &str) -> bool {
-    let rest = path
-        .strip_prefix("/public")
-        .filter(|r| r.starts_with('/'))
-        .unwrap_or(path);
-    let parts: Vec<&str> = rest.split('/').collect();
-    matches!(parts.as_slice(), ["", db, table] if crate::config::names_ok(db) && crate::config::names_ok(table))
+    let name = |s: &str| {
+        let chars = s.chars().count();
+        (3..=128).contains(&chars) && s.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+    };
+    let rest = match path.strip_prefix("/public/") {
+        Some(rest) => rest,
+        None => match path.strip_prefix('/') {
+            Some(rest) => rest,
+            None => return false,
+        },
+    };
+    match rest.split_once('/') {
+        Some((db, table)) => name(db) && name(table),
+        None => false,
+    }
 }
 
 /// The vendor's messages for its codes.
@@ -441,5 +456,9 @@ mod tests {
         assert!(!is_ingest_path("/Demo/pageviews"));
         assert!(!is_ingest_path("/public/demo_db"));
         assert!(!is_ingest_path("//demo_db/pageviews"));
+        assert!(is_ingest_path("/public_db/pageviews"));
+        assert!(!is_ingest_path("/ab/pageviews"));
+        assert!(!is_ingest_path(&format!("/{}/pageviews", "a".repeat(129))));
+        assert!(!is_ingest_path("demo_db/pageviews"));
     }
 }
