@@ -50,7 +50,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("build the upstream request", |b| {
         b.iter(|| {
             let call = Call {
-                route: route.clone(),
+                endpoint: route.endpoint.clone(),
                 body: body.clone(),
                 client: Default::default(),
             };

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
-pub const VENDOR_CONTENT_TYPE: &str = "application/vnd.treasuredata.v1+json";
+pub use crate::vendor::VENDOR_CONTENT_TYPE;
 
 /// Accept JSON, `text/plain` (lets browsers skip the preflight) and the vendor's type, with any
 /// parameters (`; charset=utf-8`).

@@ -10,7 +10,7 @@ use crate::error::EdgeError;
 use crate::metrics::{self, CacheLookup};
 use crate::spool::{EventId, Spool};
 use crate::upstream::{
-    Call, CallLimits, ClientInfo, QuotaWait, UpstreamClient, UpstreamError, UpstreamResponse,
+    Call, ClientInfo, QuotaWait, UpstreamClient, UpstreamError, UpstreamResponse,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -38,10 +38,10 @@ impl Flow {
     ) -> Result<Answer, EdgeError> {
         let service = &route.service;
         let policy = service.cache;
-        let limits = CallLimits::new(config, &route);
+        let limits = config.call_limits(&route);
         if policy.mode == CacheMode::Off {
             let call = Call {
-                route: route.clone(),
+                endpoint: route.endpoint.clone(),
                 body,
                 client,
             };
@@ -56,7 +56,7 @@ impl Flow {
         let cached = self
             .cache
             .get(&key, policy.fresh, policy.stale, Instant::now());
-        let lookup = |result| route.series.lookup(result);
+        let lookup = |result| route.endpoint.series.lookup(result);
 
         // A visitor with events still in the spool queues behind them, so the upstream sees
         // each visitor's events in order.
@@ -65,7 +65,7 @@ impl Flow {
                 return Err(EdgeError::VisitorBacklog);
             };
             self.spool
-                .append(&key, &route.path, event, body, false)
+                .append(&key, &route.endpoint.path, event, body, false)
                 .await
                 .map_err(|_| EdgeError::SpoolUnavailable)?;
             lookup(if freshness == Freshness::Fresh {
@@ -93,7 +93,7 @@ impl Flow {
             if let Some((offers, Freshness::Fresh)) = &fallback {
                 let spooled = self
                     .spool
-                    .append(&key, &route.path, event, body.clone(), false)
+                    .append(&key, &route.endpoint.path, event, body.clone(), false)
                     .await;
                 if spooled.is_ok() {
                     lookup(CacheLookup::Hit);
@@ -114,7 +114,7 @@ impl Flow {
         }
         lookup(CacheLookup::Miss);
         let call = Call {
-            route: route.clone(),
+            endpoint: route.endpoint.clone(),
             body: body.clone(),
             client,
         };
@@ -154,7 +154,7 @@ impl Flow {
         };
         // Stale-if-error: the event is spooled before the stale offers are sent.
         self.spool
-            .append(&key, &route.path, event, body, false)
+            .append(&key, &route.endpoint.path, event, body, false)
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         lookup(CacheLookup::StaleServed);
@@ -193,7 +193,7 @@ impl Flow {
         // retry from it may then duplicate the event.
         let in_flight = self
             .spool
-            .append(&key, &route.path, event, body, true)
+            .append(&key, &route.endpoint.path, event, body, true)
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         let cache = self.cache.clone();
@@ -210,7 +210,7 @@ impl Flow {
                 in_flight.finish(delivered);
             }
         });
-        route.series.lookup(CacheLookup::StaleServed);
+        route.endpoint.series.lookup(CacheLookup::StaleServed);
         Ok(Answer::cached(
             offers,
             Freshness::Stale,

@@ -16,10 +16,13 @@ pub mod listener;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+mod runtime;
 pub mod schema;
+pub mod secret;
 pub mod site;
 pub mod spool;
 pub mod upstream;
+pub mod vendor;
 
 use arc_swap::ArcSwap;
 use config::Config;
@@ -140,7 +143,7 @@ pub fn add_proxy_resolving(
     let replayer = spool::Replayer {
         spool: spool.clone(),
         client: client.clone(),
-        config: shared.clone(),
+        destinations: Arc::new(config::InForce(shared.clone())),
         cache: cache.clone(),
     };
     server.add_service(background_service("p13n-edge spool replay", replayer));

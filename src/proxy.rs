@@ -157,11 +157,11 @@ impl Edge {
 fn log(session: &ServerSession, ctx: &RequestCtx) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let (service, route) = match &ctx.route {
-        Some(r) => (r.service.name.as_str(), r.label.as_str()),
+        Some(r) => (r.service.name.as_str(), r.endpoint.label.as_str()),
         None => ("", ""),
     };
     let class = metrics::status_class(status);
-    let series = ctx.route.as_ref().map(|r| &r.series);
+    let series = ctx.route.as_ref().map(|r| &r.endpoint.series);
     match series {
         Some(series) if class == "2xx" && ctx.code.is_none() => series.answered_2xx.inc(),
         _ => {
@@ -239,7 +239,7 @@ impl Edge {
         if config.access_log {
             ctx.access = Some((answer.cache_status.clone(), answer.upstream_status));
         }
-        write_soon().await;
+        crate::runtime::write_soon().await;
         answer.write(session).await
     }
 
@@ -296,7 +296,7 @@ impl Edge {
             .as_ref()
             .map_or(&b""[..], |ua| ua.as_bytes());
         if service.bots.is_bot(agent) {
-            route.series.crawlers.inc();
+            route.endpoint.series.crawlers.inc();
             return Ok(Answer::without_payload("crawler"));
         }
         // Without consent, the event is neither forwarded nor kept.
@@ -374,17 +374,6 @@ fn signed_visitor(
             count("body_refused");
         }
     })
-}
-
-/// Step aside once before sending to a peer, so that the requests ready on this worker send
-/// their answers (or upstream calls) back to back. A send to an idle peer on the same host wakes
-/// it, which costs the sender more than the send itself; grouped sends find it awake. On the
-/// pass-through bench this took the upstream from a wake-up every 2 requests to one every 7,
-/// and the proxy's CPU per request from about 48 to 37 µs. A remote peer is woken by its own
-/// network card, so the gain there is smaller. The cost: one more poll of the task, and under
-/// light load a few microseconds.
-pub(crate) async fn write_soon() {
-    tokio::task::yield_now().await;
 }
 
 /// The client's address (see `ClientPolicy::client_address`), if the client lists admit it.

@@ -3,19 +3,20 @@
 
 mod credentials;
 mod defaults;
+mod destinations;
 mod file;
 mod identity;
 mod policy;
 mod reload;
-mod secret;
 mod service;
 mod tls;
 mod validate;
 
+pub(crate) use crate::secret::redact_text;
+pub use crate::secret::Secret;
+pub use destinations::InForce;
 pub use file::FileConfig;
 pub use reload::{catch_hangups, reload, Reloader};
-pub(crate) use secret::redact_text;
-pub use secret::Secret;
 pub use tls::{CertFromConfig, TlsListener};
 pub use validate::names_ok;
 
@@ -23,8 +24,8 @@ use crate::cache::CacheLimits;
 use crate::guard::rate::BucketSpec;
 use crate::guard::{ClientPolicy, CorsPolicy};
 use crate::spool::SpoolSettings;
-use crate::upstream::{CallPolicy, DnsPolicy};
-use http::HeaderValue;
+use crate::upstream::{CallPolicy, Endpoint};
+pub use crate::upstream::{Timeouts, UpstreamTarget};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,7 +45,7 @@ impl ConfigErrors {
         ConfigErrors(
             problems
                 .iter()
-                .map(|p| secret::redact_text(p, known))
+                .map(|p| crate::secret::redact_text(p, known))
                 .collect(),
         )
     }
@@ -80,33 +81,12 @@ pub struct Config {
     pub routes: HashMap<String, Arc<Route>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub upstream: Duration,
-    pub client_body: Duration,
-    pub client_header: Duration,
-    pub client_idle: Duration,
-    pub upstream_idle: Duration,
-    pub dns: DnsPolicy,
-}
-
 /// Token buckets; `None` is off.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
     pub per_address: Option<BucketSpec>,
     pub per_identifier: Option<BucketSpec>,
     pub max_tracked: usize,
-}
-
-/// Where a service's calls go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// `Host` header value: the host, with the port when it is not the scheme's default.
-    pub authority: String,
 }
 
 #[derive(Debug)]
@@ -125,7 +105,7 @@ pub struct Service {
     pub event_uuid: bool,
     pub tokens: Vec<(String, Secret)>,
     /// The secret parts of the key and of every token, lower-cased: what is scrubbed out of
-    /// the upstream's answers (`Service::scrub`).
+    /// the upstream's answers (each route's `Endpoint::scrub`).
     pub secret_parts: Vec<Secret>,
     pub policy: CallPolicy,
     pub cache: CachePolicy,
@@ -168,30 +148,10 @@ pub struct Route {
     pub database: String,
     pub table: String,
     pub public: bool,
-    pub token_name: String,
-    /// The upstream path, identical to the public path.
-    pub path: String,
-    /// `db/table` (with a `public/` prefix when public): a bounded metric label.
-    pub label: String,
-    /// `TD1 {key}`, marked sensitive.
-    pub authorization: HeaderValue,
-    /// The route's token, marked sensitive.
-    pub token: HeaderValue,
-    /// Its metric series, resolved once.
-    pub series: crate::metrics::RouteSeries,
+    /// Its upstream side: path, credentials, target, policy, metric series.
+    pub endpoint: Arc<Endpoint>,
     /// The fields its events may carry, when it has a schema.
     pub schema: Option<crate::schema::Schema>,
-}
-
-impl Service {
-    /// `body` without this service's credentials. With `any_secret`, every key- or token-shaped
-    /// run goes too, whoever's it is: for error answers, which have no business quoting one.
-    /// `None` when nothing was found: the body goes on untouched, uncopied.
-    pub fn scrub(&self, body: &[u8], any_secret: bool) -> Option<bytes::Bytes> {
-        secret::scrub(body, |run| {
-            any_secret || secret::contains_secret(run, &self.secret_parts)
-        })
-    }
 }
 
 impl Config {

@@ -82,7 +82,7 @@ fn routing(config: &Config, service: &str) -> Option<Routing> {
         .routes
         .values()
         .filter(|r| r.service.name == service)
-        .map(|r| (r.path.clone(), r.token_name.clone()))
+        .map(|r| (r.endpoint.path.clone(), r.endpoint.token_name.clone()))
         .collect();
     let credentials = s
         .tokens

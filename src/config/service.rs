@@ -6,6 +6,7 @@ use super::file::{RouteSection, ServiceSection};
 use super::policy::{cache_policy, call_policy, cors_policy};
 use super::validate::{is_id, names_ok, REGIONS};
 use super::{Route, Secret, Service, UpstreamTarget};
+use crate::upstream::Endpoint;
 use http::HeaderValue;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -266,6 +267,18 @@ pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Ro
     let path = format!("{prefix}/{}/{}", r.database, r.table);
     let authorization = sensitive(&format!("TD1 {}", service.api_key.expose()))?;
     let token = sensitive(token?.1.expose())?;
+    let endpoint = Endpoint {
+        service: service.name.clone(),
+        target: service.upstream.clone(),
+        policy: service.policy,
+        token_name: r.token.clone(),
+        series: crate::metrics::RouteSeries::new(&service.name, &path[1..]),
+        label: path[1..].to_string(),
+        path,
+        authorization,
+        token,
+        secret_parts: service.secret_parts.clone(),
+    };
     Some(Route {
         id: Arc::from(format!(
             "{}/{}/{}/{}",
@@ -275,12 +288,7 @@ pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Ro
         database: r.database.clone(),
         table: r.table.clone(),
         public: r.public,
-        token_name: r.token.clone(),
-        series: crate::metrics::RouteSeries::new(&service.name, &path[1..]),
         schema: schema(r),
-        label: path[1..].to_string(),
-        path,
-        authorization,
-        token,
+        endpoint: Arc::new(endpoint),
     })
 }

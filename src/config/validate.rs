@@ -239,10 +239,11 @@ fn services_and_routes(
                 problems.push(format!("{at}: credentials are not valid header values"));
                 continue;
             };
-            if routes.contains_key(&route.path) {
-                problems.push(format!("{at}: path {} is already routed", route.path));
+            let path = &route.endpoint.path;
+            if routes.contains_key(path) {
+                problems.push(format!("{at}: path {path} is already routed"));
             } else {
-                routes.insert(route.path.clone(), Arc::new(route));
+                routes.insert(path.clone(), Arc::new(route));
             }
         }
         services.push(service);

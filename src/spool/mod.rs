@@ -17,7 +17,7 @@ pub mod tools;
 mod window;
 
 pub use record::{read_frame, Frame, Record};
-pub use replay::Replayer;
+pub use replay::{Destination, Destinations, ReplaySettings, Replayer};
 
 use crate::cache::CacheKey;
 use crate::metrics;

@@ -23,15 +23,13 @@ use super::lane::{segment_path, segments, CheckpointFile, Lane};
 use super::window::{Sample, Window};
 use super::{Frame, Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
-use crate::config::{Config, Route};
 use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
 use crate::upstream::{
-    Backoff, Call, CallLimits, ClientInfo, QuotaWait, UpstreamClient, UpstreamError,
+    Backoff, Call, CallLimits, ClientInfo, Endpoint, QuotaWait, UpstreamClient, UpstreamError,
     UpstreamResponse,
 };
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use pingora::server::ShutdownWatch;
@@ -46,8 +44,34 @@ use tokio::sync::Notify;
 pub struct Replayer {
     pub spool: Arc<Spool>,
     pub client: Arc<UpstreamClient>,
-    pub config: Arc<ArcSwap<Config>>,
+    /// Where records may go: asked at every attempt, so that a reload counts.
+    pub destinations: Arc<dyn Destinations>,
     pub cache: Arc<OfferCache>,
+}
+
+/// Where replay may send a record. The daemon answers from the config in force (`lib.rs`).
+pub trait Destinations: Send + Sync {
+    /// The endpoint a record may go to now, the limits of a call on it, and the cache key its
+    /// answer refreshes; `None` while no route fits the record.
+    fn find(&self, record: &Record) -> Option<Destination>;
+    /// The replay settings in force.
+    fn settings(&self) -> ReplaySettings;
+}
+
+/// A record's way to the upstream.
+pub struct Destination {
+    pub endpoint: Arc<Endpoint>,
+    pub limits: CallLimits,
+    pub key: CacheKey,
+}
+
+/// The reloadable part of `spool` settings that replay reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySettings {
+    /// The most records of a lane sent at once (`spool.replay_concurrency`).
+    pub concurrency: usize,
+    /// How long a record waits for its route to come back before the dead-letter log.
+    pub route_wait: Duration,
 }
 
 #[async_trait]
@@ -133,23 +157,6 @@ fn verdict(result: &Result<UpstreamResponse, UpstreamError>) -> Verdict {
             ),
         ),
     }
-}
-
-/// The route a record may go to: one of the record's service with the identity the record was
-/// accepted for, at its path or (`/db/t` and `/public/db/t` share an identity) at the other;
-/// records of older versions carry no identity and go only to their path.
-fn route_for(config: &Config, record: &Record) -> Option<Arc<Route>> {
-    let fits = |route: &Route| {
-        route.service.name == record.service
-            && (record.route_id.is_empty() || *route.id == *record.route_id)
-    };
-    if let Some(route) = config.route(&record.route).filter(|r| fits(r)) {
-        return Some(route.clone());
-    }
-    if record.route_id.is_empty() {
-        return None;
-    }
-    config.routes.values().find(|r| fits(r)).cloned()
 }
 
 /// Waits between attempts at one record: 100 ms doubling to 5 s.
@@ -327,7 +334,7 @@ impl Replayer {
             }
             let current = at.segment == writer.segment;
             let limit = if current { writer.offset } else { u64::MAX };
-            let ceiling = self.config.load().spool.replay_concurrency;
+            let ceiling = self.destinations.settings().concurrency;
             match next_batch(&mut reader, at, limit, window.size(ceiling)).await {
                 Batch::Records(records, next) => {
                     *lock(&lane.sample) = Sample::default();
@@ -479,11 +486,10 @@ impl Replayer {
         let backoff = retry_backoff();
         let mut attempt = 0;
         loop {
-            let config = self.config.load_full();
-            let verdict = match route_for(&config, record) {
-                Some(route) => self.attempt(lane, route, &config, record).await,
+            let verdict = match self.destinations.find(record) {
+                Some(destination) => self.attempt(lane, destination, record).await,
                 None if crate::spool::now_ms().saturating_sub(record.enqueued_ms)
-                    >= config.spool.route_wait.as_millis() as u64 =>
+                    >= self.destinations.settings().route_wait.as_millis() as u64 =>
                 {
                     Verdict::DeadLetter("route_gone")
                 }
@@ -511,18 +517,15 @@ impl Replayer {
         }
     }
 
-    async fn attempt(
-        &self,
-        lane: &Lane,
-        route: Arc<Route>,
-        config: &Config,
-        record: &Record,
-    ) -> Verdict {
-        let mut limits = CallLimits::new(config, &route);
+    async fn attempt(&self, lane: &Lane, destination: Destination, record: &Record) -> Verdict {
+        let Destination {
+            endpoint,
+            mut limits,
+            key,
+        } = destination;
         limits.quota_wait = QuotaWait::Behind;
-        let key = CacheKey::new(&route.service.id, &route.id, &record.visitor);
         let call = Call {
-            route,
+            endpoint,
             body: record.body.clone(),
             client: ClientInfo::default(),
         };

@@ -7,9 +7,9 @@
 use super::pool::Pool;
 use super::response::{self, ReadError};
 use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
-use crate::config::{Timeouts, UpstreamTarget};
-use crate::event::VENDOR_CONTENT_TYPE;
+use super::{Timeouts, UpstreamTarget};
 use crate::metrics;
+use crate::vendor::VENDOR_CONTENT_TYPE;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::connectors::TransportConnector;
 use pingora::protocols::{Stream, ALPN};
@@ -29,7 +29,7 @@ pub(super) async fn attempt(
     call: &Call,
     limits: CallLimits,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    let target = &call.route.service.upstream;
+    let target = &call.endpoint.target;
     let key = pool_key(addr, target);
     let request = request_bytes(call);
     let mut pooled = pool.take(key, limits.timeouts.upstream_idle);
@@ -134,7 +134,7 @@ impl Failure {
 /// client sent (credentials, cookies, hop-by-hop headers) can pass through. Every value is an
 /// `HeaderValue`, checked when it was made, so none can break the framing.
 pub fn request_bytes(call: &Call) -> Bytes {
-    let route = &call.route;
+    let route = &call.endpoint;
     let mut buf = BytesMut::with_capacity(320 + call.body.len());
     buf.put_slice(b"POST ");
     buf.put_slice(route.path.as_bytes());
@@ -145,7 +145,7 @@ pub fn request_bytes(call: &Call) -> Bytes {
         buf.put_slice(value);
         buf.put_slice(b"\r\n");
     };
-    header(b"Host", route.service.upstream.authority.as_bytes());
+    header(b"Host", route.target.authority.as_bytes());
     header(b"Authorization", route.authorization.as_bytes());
     header(b"WP13n-Token", route.token.as_bytes());
     header(b"Content-Type", VENDOR_CONTENT_TYPE.as_bytes());
@@ -173,7 +173,7 @@ async fn exchange(
 ) -> Result<(UpstreamResponse, Option<Stream>), Failure> {
     let written = async {
         // Sends leave together: the upstream wakes once for the lot (see `write_soon`).
-        crate::proxy::write_soon().await;
+        crate::runtime::write_soon().await;
         stream.write_all(request).await?;
         stream.flush().await
     };

@@ -12,8 +12,8 @@
 //! HTTP/1.1 call on a stale pooled connection does.
 
 use super::{Call, CallLimits, UpstreamError, UpstreamResponse};
-use crate::event::VENDOR_CONTENT_TYPE;
 use crate::lock;
+use crate::vendor::VENDOR_CONTENT_TYPE;
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
@@ -270,8 +270,8 @@ fn describe(e: &h2::Error) -> String {
 /// The request header: the same fresh header set as HTTP/1.1's (`connection::request_bytes`),
 /// with the authority as a pseudo-header instead of `Host`.
 fn request(call: &Call) -> Request<()> {
-    let route = &call.route;
-    let target = &route.service.upstream;
+    let route = &call.endpoint;
+    let target = &route.target;
     let scheme = if target.tls { "https" } else { "http" };
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;

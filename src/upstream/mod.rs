@@ -7,6 +7,7 @@ mod budget;
 mod circuit;
 mod connection;
 mod dns;
+mod endpoint;
 mod h2;
 mod pool;
 mod quota;
@@ -17,9 +18,9 @@ pub use budget::{BudgetSettings, RetryBudget};
 pub use circuit::{Circuit, CircuitSettings, CircuitState};
 pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver};
+pub use endpoint::{Endpoint, Timeouts, UpstreamTarget};
 pub use quota::QuotaWait;
 
-use crate::config::{Route, Service, Timeouts};
 use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
@@ -83,9 +84,10 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// One event to send: the route supplies the path, credentials and policy; the body goes as is.
+/// One event to send: the endpoint supplies the path, credentials and policy; the body goes as
+/// is.
 pub struct Call {
-    pub route: Arc<Route>,
+    pub endpoint: Arc<Endpoint>,
     pub body: Bytes,
     pub client: ClientInfo,
 }
@@ -111,12 +113,12 @@ pub struct CallLimits {
 }
 
 impl CallLimits {
-    /// The limits for a call on `route` under `config`, bounded by the service's deadline.
-    pub fn new(config: &crate::config::Config, route: &Route) -> Self {
+    /// The limits for a call on `endpoint`, bounded by its service's deadline.
+    pub fn new(timeouts: Timeouts, max_body: usize, endpoint: &Endpoint) -> Self {
         CallLimits {
-            timeouts: config.timeouts,
-            max_body: config.max_upstream_body_bytes,
-            deadline: route.service.policy.deadline,
+            timeouts,
+            max_body,
+            deadline: endpoint.policy.deadline,
             quota_wait: QuotaWait::UntilDeadline,
         }
     }
@@ -211,18 +213,20 @@ impl UpstreamClient {
         limits: CallLimits,
         paced: &mut Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let service = &call.route.service;
-        let policy = &service.policy;
+        let endpoint = &call.endpoint;
+        let policy = &endpoint.policy;
         let deadline = Instant::now() + limits.deadline;
-        let budget = self.budget(&service.name);
+        let budget = self.budget(&endpoint.service);
         budget.deposit(&policy.budget, Instant::now());
-        let circuit = self.circuit(&service.upstream.authority);
+        let circuit = self.circuit(&endpoint.target.authority);
         let mut retry = 0;
         loop {
             // Every attempt, a retry too, is a call the quota counts.
             if let Some(rate) = policy.quota {
                 let queued = Instant::now();
-                let taken = self.take_quota(&service.name, rate, deadline, limits).await;
+                let taken = self
+                    .take_quota(&endpoint.service, rate, deadline, limits)
+                    .await;
                 *paced += queued.elapsed();
                 if let Err(wait) = taken {
                     return Ok(quota_answer(wait));
@@ -230,7 +234,7 @@ impl UpstreamClient {
             }
             if !lock(&circuit).allow(&policy.circuit, Instant::now()) {
                 metrics::UPSTREAM_ERRORS
-                    .with_label_values(&[&service.name, "circuit_open"])
+                    .with_label_values(&[&endpoint.service, "circuit_open"])
                     .inc();
                 return Err(UpstreamError::CircuitOpen);
             }
@@ -257,15 +261,15 @@ impl UpstreamClient {
             }
             if !budget.try_withdraw(&policy.budget, Instant::now()) {
                 metrics::RETRY_BUDGET_EXHAUSTED
-                    .with_label_values(&[&service.name])
+                    .with_label_values(&[&endpoint.service])
                     .inc();
                 return give_up(result, policy);
             }
             metrics::UPSTREAM_RETRIES
-                .with_label_values(&[&service.name, reason])
+                .with_label_values(&[&endpoint.service, reason])
                 .inc();
             metrics::UPSTREAM_BACKOFF
-                .with_label_values(&[&service.name])
+                .with_label_values(&[&endpoint.service])
                 .observe(delay.as_secs_f64());
             tokio::time::sleep(delay).await;
             retry += 1;
@@ -281,7 +285,7 @@ impl UpstreamClient {
         deadline: Instant,
         circuit: &Mutex<Circuit>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let service = &call.route.service;
+        let endpoint = &call.endpoint;
         let started = Instant::now();
         let mut limits = limits;
         limits.timeouts.upstream = limits
@@ -292,29 +296,29 @@ impl UpstreamClient {
             match tokio::time::timeout(limits.timeouts.upstream, self.attempt_any(call, limits))
                 .await
             {
-                Ok(result) => result.map(|r| without_credentials(r, service)),
+                Ok(result) => result.map(|r| without_credentials(r, endpoint)),
                 Err(_) => Err(UpstreamError::Timeout),
             };
-        call.route
+        endpoint
             .series
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());
         let healthy = match &result {
             Ok(r) => {
-                self.observe_answer(&call.route, r);
+                self.observe_answer(endpoint, r);
                 r.status < 500
             }
             Err(e) => {
                 metrics::UPSTREAM_ERRORS
-                    .with_label_values(&[&service.name, e.kind()])
+                    .with_label_values(&[&endpoint.service, e.kind()])
                     .inc();
-                tracing::warn!(service = %service.name, route = %call.route.label, error = %e, "upstream attempt failed");
+                tracing::warn!(service = %endpoint.service, route = %endpoint.label, error = %e, "upstream attempt failed");
                 false
             }
         };
-        let changed = lock(circuit).record(&service.policy.circuit, healthy, Instant::now());
+        let changed = lock(circuit).record(&endpoint.policy.circuit, healthy, Instant::now());
         if let Some(state) = changed {
-            let upstream = &service.upstream.authority;
+            let upstream = &endpoint.target.authority;
             metrics::CIRCUIT_STATE
                 .with_label_values(&[upstream])
                 .set(state.as_gauge());
@@ -328,7 +332,7 @@ impl UpstreamClient {
         call: &Call,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let target = &call.route.service.upstream;
+        let target = &call.endpoint.target;
         let mut last = None;
         for addr in self.dns.resolve(&target.host, target.port).await? {
             match self.attempt_on(addr, call, limits).await {
@@ -352,7 +356,7 @@ impl UpstreamClient {
                 connection::attempt(&self.transport, &self.pool, addr, call, limits).await
             }
             Protocol::Http2 => {
-                let target = &call.route.service.upstream;
+                let target = &call.endpoint.target;
                 let connect = || {
                     let alpn = pingora::protocols::ALPN::H2;
                     connection::connect(&self.transport, addr, target, &limits.timeouts, alpn)
@@ -364,8 +368,8 @@ impl UpstreamClient {
     }
 
     /// Metrics for an answer, and the token rejections that retries cannot fix.
-    fn observe_answer(&self, route: &Route, r: &UpstreamResponse) {
-        let service = &route.service.name;
+    fn observe_answer(&self, route: &Endpoint, r: &UpstreamResponse) {
+        let service = &route.service;
         let code = if r.status >= 300 {
             vendor_code(&r.body)
         } else {
@@ -510,7 +514,7 @@ fn shared<T>(map: &DashMap<String, Arc<T>>, key: &str, make: impl FnOnce() -> T)
 /// was sent. Error bodies lose every key- or token-shaped run; 2xx bodies (offers, promised to
 /// pass through as they are) only this service's own credentials, so they change only when
 /// they quote one. A header carrying one is dropped.
-fn without_credentials(mut r: UpstreamResponse, service: &Service) -> UpstreamResponse {
+fn without_credentials(mut r: UpstreamResponse, service: &Endpoint) -> UpstreamResponse {
     let error = r.status >= 300;
     let mut scrubbed = false;
     if let Some(body) = service.scrub(&r.body, error) {
@@ -527,7 +531,7 @@ fn without_credentials(mut r: UpstreamResponse, service: &Service) -> UpstreamRe
         }
     }
     if scrubbed {
-        tracing::warn!(service = %service.name, status = r.status, "the upstream's answer quoted a credential: replaced by ***");
+        tracing::warn!(service = %service.service, status = r.status, "the upstream's answer quoted a credential: replaced by ***");
     }
     r
 }
