@@ -138,7 +138,8 @@ pub fn claim(
     let scanned = scan(&body, identifiers)?;
     let first = identifiers.first().ok_or(NO_IDENTIFIER)?;
     let members = object_members(&body)?;
-    let is_identifier = |name: &str| identifiers.iter().any(|i| i == name);
+    // In any case: a field that differs from an identifier only by case may be read as one.
+    let is_identifier = |name: &str| identifiers.iter().any(|i| i.eq_ignore_ascii_case(name));
     let (mut named, mut others) = (false, false);
     for (name, value) in members.iter().filter(|(n, _)| is_identifier(n)) {
         let text: Option<Cow<str>> = serde_json::from_str(value.get()).ok();
@@ -640,6 +641,14 @@ mod tests {
                 "{body}"
             );
         }
+        // Nor under another case.
+        assert_eq!(
+            claimed(r#"{"TD_Client_ID":"victim","a":1}"#, false),
+            Ok((
+                format!(r#"{{"a":1,"td_client_id":"{me}"}}"#),
+                me.to_string()
+            ))
+        );
         // No id, an empty one or null: the visitor's is added, refused or not.
         for body in [
             r#"{"a":1}"#,

@@ -304,6 +304,12 @@ impl Edge {
             metrics::NO_CONSENT
                 .with_label_values(&[&service.name, why.label()])
                 .inc();
+            // Consent withdrawn takes the edge's visitor cookie with it.
+            if let Some(identity) = &service.identity {
+                if identity.has_cookie(&session.req_header().headers) {
+                    ctx.set_cookie = Some(identity.removal(over_tls(session)));
+                }
+            }
             return Ok(Answer::without_payload("no-consent"));
         }
         let mut event = match &service.identity {
@@ -357,10 +363,9 @@ fn signed_visitor(
             .with_label_values(&[&service.name, outcome])
             .inc()
     };
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let headers = &session.req_header().headers;
     let visitor = identity
-        .visitor(headers, tls, std::time::SystemTime::now())
+        .visitor(headers, over_tls(session), std::time::SystemTime::now())
         .map_err(|_| {
             count("header_refused");
             EdgeError::BadVisitorToken
@@ -374,6 +379,11 @@ fn signed_visitor(
             count("body_refused");
         }
     })
+}
+
+/// Whether the request came over the TLS listener.
+fn over_tls(session: &ServerSession) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// The client's address (see `ClientPolicy::client_address`), if the client lists admit it.

@@ -374,6 +374,25 @@ header = "Cookie""#,
     ] {
         assert!(text.contains(problem), "{problem}: {text}");
     }
+    // A secret pasted where a variable's name goes is not quoted back; a bad domain, the
+    // consent cookie's name, a schema that would refuse the edge's ids.
+    let odd = write(
+        "odd.toml",
+        &format!(
+            "mode = \"signed-cookie\"\nsecret_env = \"{secret}\"\ndomain = \".\"\ncookie = \"ok\"\n[service.consent]\ncookie = \"ok\"\ncookie_value = \"yes\"\n[[service.route]]\ndatabase = \"demo_db\"\ntable = \"typed\"\ntoken = \"web\"\n[[service.route.fields]]\nname = \"td_client_id\"\ntype = \"number\""
+        ),
+    );
+    let (ok, text) = check(&odd, &[]);
+    assert!(!ok);
+    for problem in [
+        "take environment variable names",
+        "domain \".\" is not a host name",
+        "cookie is the consent cookie's name",
+        "route demo_db/typed lists td_client_id as other than a string",
+    ] {
+        assert!(text.contains(problem), "{problem}: {text}");
+    }
+    assert!(!text.contains(secret), "{text}");
     let inline = write("inline.toml", "mode = \"signed-cookie\"\nsecret = \"x\"");
     let (ok, text) = check(&inline, &[]);
     assert!(

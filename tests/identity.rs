@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 const SECRET_A: &str = "first-secret-with-more-than-32-bytes-aaaa";
 const SECRET_B: &str = "second-secret-with-more-than-32-bytes-bbb";
@@ -105,14 +106,35 @@ fn forged_body_reads_no_one_elses_offers(name: &str, extra: &str) {
         assert!(!r.text().contains("women"), "{}", r.text());
         assert_ne!(attacker.id(), victim_id);
     }
-    // The victim's profile took none of it: one retail view of their own, where the
-    // attacker's three would have made four, past the loyalty offer's three.
     let mine = victim.post(HOME);
     assert!(mine.text().contains("offer_for_women"), "{}", mine.text());
+    // The victim's profile upstream took none of it, once everything spooled is delivered:
+    // one retail view of their own, where the attacker's three would have made four, past the
+    // loyalty offer's three. Asked of the upstream itself, not through the edge's cache.
+    assert!(eventually(Duration::from_secs(10), || counter(
+        stack.admin,
+        "p13n_edge_spool_depth"
+    ) == 0));
+    let profile = request(
+        stack.emulator,
+        "POST",
+        "/demo_db/pageviews",
+        &[
+            ("Authorization", &format!("TD1 {KEY}")),
+            ("WP13n-Token", TOKEN),
+            ("Content-Type", "application/vnd.treasuredata.v1+json"),
+        ],
+        format!(r#"{{"td_client_id":"{victim_id}","td_path":"/home"}}"#).as_bytes(),
+    );
     assert!(
-        !mine.text().contains("offer_for_high_loyalty"),
+        profile.text().contains("offer_for_women"),
+        "{}",
+        profile.text()
+    );
+    assert!(
+        !profile.text().contains("offer_for_high_loyalty"),
         "the attacker's views reached the victim: {}",
-        mine.text()
+        profile.text()
     );
     assert_eq!(
         stack.metric("p13n_edge_visitor_ids_total", &["outcome=\"minted\""]),
@@ -273,4 +295,81 @@ fn in_refuse_mode_a_body_naming_someone_else_is_refused_and_never_sent() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(upstream.seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn no_cookie_for_crawlers_preflights_or_without_consent_and_a_withdrawal_removes_it() {
+    let stack = stack(
+        "identity_consent",
+        SECRET_A,
+        &signed("[service.consent]\nhonor_gpc = true\n"),
+    );
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        request(
+            stack.proxy,
+            "POST",
+            "/demo_db/pageviews",
+            &all,
+            WOMEN.as_bytes(),
+        )
+    };
+    let crawler = post(&[("User-Agent", "Mozilla/5.0 (compatible; Googlebot/2.1)")]);
+    assert_eq!((crawler.status, crawler.header("set-cookie")), (200, None));
+    let gpc = post(&[("Sec-GPC", "1")]);
+    assert_eq!((gpc.status, gpc.header("set-cookie")), (200, None));
+    let preflight = request(stack.proxy, "OPTIONS", "/demo_db/pageviews", &[], b"");
+    assert_eq!(preflight.header("set-cookie"), None);
+
+    // A visitor with the cookie who then withdraws consent loses it.
+    let mut visitor = Browser::new(&stack);
+    visitor.post(WOMEN);
+    let cookie = format!("p13n_vid={}", visitor.cookie.clone().unwrap());
+    let withdrawn = post(&[("Sec-GPC", "1"), ("Cookie", &cookie)]);
+    assert_eq!(withdrawn.status, 200);
+    assert_eq!(
+        withdrawn.header("set-cookie").as_deref(),
+        Some("p13n_vid=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+    );
+    assert_eq!(
+        stack.metric("p13n_edge_visitor_ids_total", &["outcome=\"minted\""]),
+        1.0,
+        "only the consenting visitor was given an id"
+    );
+}
+
+#[test]
+fn a_planted_second_cookie_makes_no_one_the_planters_visitor() {
+    let stack = stack("identity_planted", SECRET_A, &signed(""));
+    let mut victim = Browser::new(&stack);
+    let mut planter = Browser::new(&stack);
+    victim.post(HOME);
+    planter.post(HOME);
+    let (victim_token, planter_token) = (
+        victim.cookie.clone().unwrap(),
+        planter.cookie.clone().unwrap(),
+    );
+    // The planter's cookie, set for a longer path, comes first from the victim's browser.
+    let cookies = format!("p13n_vid={planter_token}; p13n_vid={victim_token}");
+    let r = request(
+        stack.proxy,
+        "POST",
+        "/demo_db/pageviews",
+        &[("Content-Type", "application/json"), ("Cookie", &cookies)],
+        WOMEN.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").is_some(), "a fresh id");
+    // The planter's profile got nothing of the victim's event.
+    let theirs = planter.post(HOME);
+    assert!(
+        !theirs.text().contains("offer_for_women"),
+        "{}",
+        theirs.text()
+    );
+    assert_eq!(
+        stack.metric("p13n_edge_visitor_ids_total", &["outcome=\"conflict\""]),
+        1.0
+    );
 }

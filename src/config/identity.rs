@@ -2,7 +2,7 @@
 //! and the cookie's attributes, checked and built into `guard::IdentityPolicy`. No message here
 //! prints a secret.
 
-use super::file::{BodyIdentifierSection, IdentityMode, ServiceSection};
+use super::file::{BodyIdentifierSection, FieldKind, IdentityMode, ServiceSection};
 use super::Secret;
 use crate::guard::identity::{BodyIdentifier, SameSite, MAX_AGE_LIMIT, MIN_SECRET_BYTES};
 use crate::guard::IdentityPolicy;
@@ -13,15 +13,28 @@ use std::time::Duration;
 
 /// Most secrets, current and previous, a service accepts.
 const MAX_SECRETS: usize = 16;
-/// Headers the edge reads or writes itself: not a place for a visitor token.
-const RESERVED_HEADERS: [&str; 7] = [
+/// Headers the edge, a browser or a balancer gives a meaning of their own: not a place for a
+/// visitor token.
+const RESERVED_HEADERS: &[&str] = &[
     "cookie",
+    "set-cookie",
     "authorization",
     "wp13n-token",
     "host",
     "content-type",
     "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
     "origin",
+    "referer",
+    "user-agent",
+    "sec-gpc",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
 ];
 
 /// The policy of a service in signed-cookie mode (`None` in body mode, or when `problems` got
@@ -77,10 +90,13 @@ pub(super) fn load(
         problems.push(format!("{at}: a __Host- cookie cannot have a domain"));
     }
     if let Some(domain) = &c.domain {
-        let ok = (1..=253).contains(&domain.len())
-            && domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        // Host name labels, an old-style leading dot allowed.
+        let labels = domain.strip_prefix('.').unwrap_or(domain);
+        let ok = (1..=253).contains(&labels.len())
+            && labels.split('.').all(|l| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if !ok {
             problems.push(format!("{at}: domain {domain:?} is not a host name"));
         }
@@ -91,6 +107,25 @@ pub(super) fn load(
             "{at}: max_age_days must be 1 to 400 (browsers cap cookies at 400 days)"
         ));
     }
+    if s.consent.cookie.as_deref() == Some(c.cookie.as_str()) {
+        problems.push(format!("{at}: cookie is the consent cookie's name"));
+    }
+    // The edge puts its id in the first identifier: a route schema must let it pass.
+    let first = s.identifiers.first();
+    for route in &s.routes {
+        let field = route.fields.iter().find(|f| Some(&f.name) == first);
+        let refuses_id = field.is_some_and(|f| {
+            !matches!(f.kind, FieldKind::String) || f.max_length.is_some_and(|m| m < 36)
+        });
+        if refuses_id {
+            problems.push(format!(
+                "{at}: route {}/{} lists {} as other than a string of at least 36 characters: the edge's ids would be refused",
+                route.database,
+                route.table,
+                first.map_or("", String::as_str)
+            ));
+        }
+    }
     if c.refresh_after_days >= c.max_age_days {
         problems.push(format!(
             "{at}: refresh_after_days must be less than max_age_days"
@@ -99,7 +134,11 @@ pub(super) fn load(
     let header = c.header.as_deref().and_then(|name| {
         let parsed = HeaderName::try_from(name).ok();
         match parsed {
-            Some(h) if !RESERVED_HEADERS.contains(&h.as_str()) => Some(h),
+            Some(h)
+                if !RESERVED_HEADERS.contains(&h.as_str()) && !h.as_str().starts_with("sec-") =>
+            {
+                Some(h)
+            }
             _ => {
                 problems.push(format!(
                     "{at}: header {name:?} must be a header name the edge does not use itself"
@@ -134,6 +173,18 @@ fn secrets(
 ) -> Vec<Vec<u8>> {
     let c = &s.identity;
     let mut secrets = Vec::new();
+    // A name that is not one is never quoted: it may be a secret pasted in the wrong place.
+    let names_ok = c
+        .secret_env
+        .iter()
+        .chain(&c.previous_secrets_env)
+        .all(|v| env_name(v));
+    if !names_ok {
+        problems.push(format!(
+            "{at}: secret_env and previous_secrets_env take environment variable names ([A-Za-z_][A-Za-z0-9_]*), not secrets"
+        ));
+        return secrets;
+    }
     match (&c.secret_env, &c.secret_file) {
         (Some(var), None) => match std::env::var(var) {
             Ok(v) => secrets.push(v.trim().as_bytes().to_vec()),
@@ -195,4 +246,10 @@ fn secrets(
         ));
     }
     secrets
+}
+
+fn env_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

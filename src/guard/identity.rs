@@ -8,7 +8,7 @@
 //! not secret (it goes upstream as the visitor's identifier); the tag proves the edge made it.
 //! Tags are checked with `ring::hmac::verify`, in constant time, under the current secret and
 //! then each previous one, so a secret rotates without logging visitors out: a token made with
-//! a previous secret is accepted once and re-issued under the current one.
+//! a previous secret is accepted, and re-issued under the current one.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -24,8 +24,10 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub const MAX_AGE_LIMIT: Duration = Duration::from_secs(400 * 86_400);
 /// A token dated this far in the future is refused (clock skew between instances).
 const FUTURE_SKEW_SECS: u64 = 300;
-/// Longest token read; a real one is 94 bytes.
+/// Longest token read; a real one is 93 bytes.
 const MAX_TOKEN: usize = 128;
+/// Most cookies of the name looked at in one request (each costs up to one HMAC per secret).
+const MAX_COOKIES: usize = 4;
 const VERSION: &str = "1";
 const CONTEXT: &[u8] = b"p13n-edge visitor 1.";
 
@@ -94,6 +96,8 @@ pub enum Outcome {
     Replaced,
     /// A valid token in the configured header (server-to-server).
     Header,
+    /// Cookies of the name naming different visitors (one was planted): a new visitor.
+    Conflict,
 }
 
 impl Outcome {
@@ -104,6 +108,7 @@ impl Outcome {
             Outcome::Minted => "minted",
             Outcome::Replaced => "replaced",
             Outcome::Header => "header",
+            Outcome::Conflict => "conflict",
         }
     }
 }
@@ -151,30 +156,43 @@ impl IdentityPolicy {
             if let Some(value) = headers.get(name) {
                 let token = value.to_str().map_err(|_| BadHeaderToken)?;
                 let verified = self.verify(token.trim(), now).ok_or(BadHeaderToken)?;
+                let id = verified.id.to_string();
+                // A server relaying the visitor's cookie relays the renewed one back.
+                let set_cookie = self
+                    .due(&verified, now)
+                    .then(|| self.set_cookie(&id, now, tls));
                 return Ok(Visitor {
-                    id: verified.id.to_string(),
-                    set_cookie: None,
+                    id,
+                    set_cookie,
                     outcome: Outcome::Header,
                 });
             }
         }
-        let mut seen = false;
-        // Every cookie of the name is tried (a browser may send one per path or domain): the
-        // first that verifies is the visitor.
-        for token in cookie_values(headers, &self.cookie) {
+        // A browser may send several cookies of the name (one per path or domain). Ours are
+        // set for `Path=/` on one domain, so more than one valid id means one was planted (by
+        // a sibling host, or a page's script with a longer path): no side is taken, and the
+        // visitor starts afresh rather than risk becoming the planter's.
+        let (mut seen, mut conflict) = (false, false);
+        let mut chosen: Option<Verified> = None;
+        for token in cookie_values(headers, &self.cookie).take(MAX_COOKIES) {
             seen = true;
             let Some(verified) = self.verify(token, now) else {
                 continue;
             };
-            let old = now.saturating_sub(verified.issued) >= self.refresh_after.as_secs();
-            if verified.current_key && !old {
+            match &chosen {
+                None => chosen = Some(verified),
+                Some(first) => conflict |= first.id != verified.id,
+            }
+        }
+        if let Some(verified) = chosen.filter(|_| !conflict) {
+            let id = verified.id.to_string();
+            if !self.due(&verified, now) {
                 return Ok(Visitor {
-                    id: verified.id.to_string(),
+                    id,
                     set_cookie: None,
                     outcome: Outcome::Valid,
                 });
             }
-            let id = verified.id.to_string();
             return Ok(Visitor {
                 set_cookie: Some(self.set_cookie(&id, now, tls)),
                 id,
@@ -185,12 +203,27 @@ impl IdentityPolicy {
         Ok(Visitor {
             set_cookie: Some(self.set_cookie(&id, now, tls)),
             id,
-            outcome: if seen {
-                Outcome::Replaced
-            } else {
-                Outcome::Minted
+            outcome: match (conflict, seen) {
+                (true, _) => Outcome::Conflict,
+                (false, true) => Outcome::Replaced,
+                (false, false) => Outcome::Minted,
             },
         })
+    }
+
+    /// Whether a valid token is re-issued: made with a previous secret, or old.
+    fn due(&self, verified: &Verified, now: u64) -> bool {
+        !verified.current_key || now.saturating_sub(verified.issued) >= self.refresh_after.as_secs()
+    }
+
+    /// Whether the request carries a cookie of the name, valid or not.
+    pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
+        cookie_values(headers, &self.cookie).next().is_some()
+    }
+
+    /// A `Set-Cookie` that removes the visitor's cookie (consent withdrawn).
+    pub fn removal(&self, tls: bool) -> HeaderValue {
+        self.cookie_header("", 0, tls)
     }
 
     /// A token for `id` issued at `now` (Unix seconds), under the current key.
@@ -234,16 +267,15 @@ impl IdentityPolicy {
     }
 
     fn set_cookie(&self, id: &str, now: u64, tls: bool) -> HeaderValue {
+        self.cookie_header(&self.token(id, now), self.max_age.as_secs(), tls)
+    }
+
+    fn cookie_header(&self, token: &str, max_age: u64, tls: bool) -> HeaderValue {
         let mut value = String::with_capacity(256);
-        for part in [
-            &self.cookie,
-            "=",
-            &self.token(id, now),
-            "; Path=/; Max-Age=",
-        ] {
+        for part in [&self.cookie, "=", token, "; Path=/; Max-Age="] {
             value.push_str(part);
         }
-        value.push_str(itoa::Buffer::new().format(self.max_age.as_secs()));
+        value.push_str(itoa::Buffer::new().format(max_age));
         if let Some(domain) = &self.domain {
             value.push_str("; Domain=");
             value.push_str(domain);
@@ -444,16 +476,44 @@ mod tests {
     }
 
     #[test]
-    fn of_several_cookies_of_the_name_the_first_valid_one_counts() {
+    fn of_several_cookies_of_the_name_only_one_valid_id_counts_and_two_name_no_one() {
         let p = policy(&[A]);
         let id = "0f4e1c2a-7b3d-4c5e-9f60-718293a4b5c6";
         let mut headers = with_cookie("vid=1.junk");
-        headers.append(
-            COOKIE,
-            HeaderValue::from_str(&format!("vid={}", p.token(id, NOW))).unwrap(),
-        );
+        let mine = HeaderValue::from_str(&format!("vid={}", p.token(id, NOW))).unwrap();
+        headers.append(COOKIE, mine.clone());
+        headers.append(COOKIE, mine);
         let v = p.visitor(&headers, false, at(NOW)).unwrap();
         assert_eq!((v.id.as_str(), v.outcome), (id, Outcome::Valid));
+        // A planted cookie with a valid token of its own, before or after the visitor's: a
+        // fresh visitor, never the planter's.
+        let planted = p.token("aaaaaaaa-7b3d-4c5e-9f60-718293a4b5c6", NOW);
+        for cookies in [
+            format!("vid={planted}; vid={}", p.token(id, NOW)),
+            format!("vid={}; vid={planted}", p.token(id, NOW)),
+        ] {
+            let v = p.visitor(&with_cookie(&cookies), false, at(NOW)).unwrap();
+            assert_eq!(v.outcome, Outcome::Conflict);
+            assert!(v.id != id && !planted.contains(&v.id), "{}", v.id);
+            assert!(v.set_cookie.is_some());
+        }
+        // Past four cookies of the name, the rest are not looked at.
+        let many = format!("{}; vid={}", ["vid=x"; 4].join("; "), p.token(id, NOW));
+        let v = p.visitor(&with_cookie(&many), false, at(NOW)).unwrap();
+        assert_eq!(v.outcome, Outcome::Replaced);
+    }
+
+    #[test]
+    fn a_removal_expires_the_cookie_with_the_same_attributes() {
+        let mut p = policy(&[A]);
+        p.domain = Some("shop.example".into());
+        let removal = p.removal(true);
+        assert_eq!(
+            removal.to_str().unwrap(),
+            "vid=; Path=/; Max-Age=0; Domain=shop.example; HttpOnly; Secure; SameSite=Lax"
+        );
+        assert!(p.has_cookie(&with_cookie("a=1; vid=x")));
+        assert!(!p.has_cookie(&with_cookie("a=1; vidx=1")));
     }
 
     #[test]
