@@ -10,7 +10,8 @@
 //    listener, receives offers (over HTTP/2), its placeholder key and token replaced by the proxy;
 //  - with signed visitor ids ([service.identity] mode = "signed-cookie"), the SDK page gets the
 //    edge's cookie and keeps its id on the next visit, and a page that forges another visitor's
-//    id in the body gets only its own offers, in pass-through and in fast mode.
+//    id in the body gets only its own offers, in pass-through and in fast mode; a secret
+//    rotated (new + previous, then new alone, each by SIGHUP) keeps the visitor's id.
 // Screenshots are kept in tests/browser/output/.
 //
 // Usage: node run.mjs [path to the p13n-edge binary]   (scripts/browser-test does the setup)
@@ -90,7 +91,7 @@ instance_id = "1"
 api_key_file = "${join(root, "conf/demo.key")}"
 [service.identity]
 mode = "signed-cookie"
-secret_env = "P13N_EDGE_VISITOR_SECRET"
+secret_file = "${join(work, "visitor.secret")}"
 [service.cors]
 allowed_origins = ["${siteOrigin}", "${sdkOrigin}"]
 [service.cache]
@@ -105,6 +106,9 @@ token = "web"
 `).join("")
   + `\n[server.tls]\nlisten = "127.0.0.1:${tls}"\ncert_file = "edge.pem"\nkey_file = "edge.key"\n`;
 writeFileSync(join(work, "demo.toml"), config);
+const oldSecret = "a-browser-test-secret-of-more-than-32-bytes-old";
+const newSecret = "a-browser-test-secret-of-more-than-32-bytes-new";
+writeFileSync(join(work, "visitor.secret"), `${oldSecret}\n`);
 
 const demo = spawn(binary, [
   "demo",
@@ -115,7 +119,6 @@ const demo = spawn(binary, [
   "--sdk", join(here, "node_modules/td-js-sdk/dist/td.min.js"),
 ], {
   stdio: ["ignore", "ignore", "pipe"],
-  env: { ...process.env, P13N_EDGE_VISITOR_SECRET: "a-browser-test-secret-of-more-than-32-bytes" },
 });
 let demoLog = "";
 demo.stderr.on("data", (d) => { demoLog += d; });
@@ -277,6 +280,42 @@ try {
     await attackerContext.close();
     console.log(`ok: ${database}: a forged body id got the attacker only their own offers (${JSON.stringify(forged.offers)})`);
   }
+
+  // 5. Rotation: the new secret first and the old one still accepted, then the old one
+  // dropped; each by SIGHUP, as an operator would. The visitor keeps their id and offers.
+  const reloads = async () => {
+    const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+    const line = text.split("\n").find((l) => l.startsWith('p13n_edge_config_reloads_total{result="ok"}'));
+    return line ? Number(line.split(" ").pop()) : 0;
+  };
+  const reload = async (secrets) => {
+    const before = await reloads();
+    writeFileSync(join(work, "visitor.secret"), secrets.join("\n") + "\n");
+    demo.kill("SIGHUP");
+    for (let i = 0; i < 100 && (await reloads()) === before; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(await reloads(), before + 1, "the reload was not seen");
+  };
+  const rotatedContext = await browser.newContext();
+  const rotated = await rotatedContext.newPage();
+  await rotated.goto(`${siteOrigin}/`);
+  await post(rotated, "signed_db", { td_path: "/retail/women", product_category: "women" });
+  const rotatedId = await idIn(rotatedContext);
+  const tokenOf = async () =>
+    (await rotatedContext.cookies(`http://localhost:${proxy}/`)).find((c) => c.name === "p13n_vid").value;
+  const oldToken = await tokenOf();
+  await reload([newSecret, oldSecret]);
+  const during = await post(rotated, "signed_db", { td_path: "/home" });
+  assert.ok(during.offers.includes("offer_for_women"), JSON.stringify(during));
+  assert.equal(await idIn(rotatedContext), rotatedId);
+  assert.notEqual(await tokenOf(), oldToken, "re-issued under the new secret");
+  await reload([newSecret]);
+  const after = await post(rotated, "signed_db", { td_path: "/home" });
+  assert.ok(after.offers.includes("offer_for_women"), JSON.stringify(after));
+  assert.equal(await idIn(rotatedContext), rotatedId);
+  await rotatedContext.close();
+  console.log("ok: the secret rotated twice by SIGHUP; the visitor kept their id and offers:", rotatedId);
 } catch (e) {
   failed = true;
   console.error("FAILED:", e);
