@@ -1,5 +1,6 @@
 //! The offer cache under contention, and the spool's group commit.
 //! Run: `cargo bench --bench cache_spool`.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};

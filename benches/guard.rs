@@ -1,5 +1,6 @@
 //! The guard step: rate-limit decisions, the limiter's memory under a flood of distinct
 //! clients, and the crawler filter's cost per request. Run: `cargo bench --bench guard`.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use p13n_edge::guard::rate::{BucketSpec, Limiter, Overflow, VisitorKey};

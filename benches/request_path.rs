@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request work the proxy does before and around the upstream call.
 //! Run: `cargo bench --bench request_path`.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use p13n_edge::config::Config;

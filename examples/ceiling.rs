@@ -2,6 +2,7 @@
 //! request body and answers a fixed offers JSON from memory in `request_filter`, with nothing
 //! else (no routing, guard, validation, cache or spool). `benches/load.sh` runs it beside
 //! p13n-edge. Usage: `ceiling 127.0.0.1:PORT`.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 use async_trait::async_trait;
 use bytes::Bytes;

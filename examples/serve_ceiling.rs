@@ -3,6 +3,7 @@
 //! is pingora's own HTTP/1 and HTTP/2 sessions, listener and lifecycle with none of
 //! pingora-proxy's phases. `benches/load.sh` runs it beside `ceiling`, to tell what the
 //! `ProxyHttp` phases cost a request. Usage: `serve_ceiling 127.0.0.1:PORT`.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 use async_trait::async_trait;
 use bytes::Bytes;

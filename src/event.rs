@@ -142,7 +142,7 @@ pub fn claim(
     let is_identifier = |name: &str| identifiers.iter().any(|i| i.eq_ignore_ascii_case(name));
     let (mut named, mut others) = (false, false);
     for (name, value) in members.iter().filter(|(n, _)| is_identifier(n)) {
-        let text: Option<Cow<str>> = serde_json::from_str(value.get()).ok();
+        let text: Option<Cow<'_, str>> = serde_json::from_str(value.get()).ok();
         match text.as_deref() {
             Some(v) if v == id && name == first => named = true,
             Some(v) if v == id || v.is_empty() => others = true,
@@ -289,7 +289,7 @@ impl<'de> DeserializeSeed<'de> for Top<'_> {
 impl<'de> Visitor<'de> for Top<'_> {
     type Value = Scan;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
@@ -370,7 +370,7 @@ impl<'de> DeserializeSeed<'de> for Checked {
 impl<'de> Visitor<'de> for Checked {
     type Value = Option<String>;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 

@@ -1,5 +1,6 @@
 //! The offer cache and the spool, against the emulator's fault plans: stale offers for known
 //! visitors, nothing lost, order kept per visitor, and a `kill -9` survived.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `p13n-edge check-config`: exit 0 for a good file, every problem and exit 1 otherwise.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The image's layout without a container engine (none runs on these machines): the binary
 //! with `conf/container.toml`, as the image's non-root user when the test runs as root, in a
 //! tree that is read-only but for the spool volume and the run directory.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The request path end to end: real server, real sockets, the emulator behind it.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

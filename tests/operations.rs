@@ -1,5 +1,6 @@
 //! Operating the real binary: hot reload under load, a bad reload, key rotation, SIGTERM with
 //! events in the spool, a graceful upgrade, and a metrics scrape.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

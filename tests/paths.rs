@@ -1,5 +1,6 @@
 //! No route outside the config is reachable, whatever the request says: a sweep of path, Host,
 //! request-line and header tricks against a proxy whose upstream records everything it gets.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

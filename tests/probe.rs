@@ -1,5 +1,6 @@
 //! `p13n-edge probe`, the binary itself against a running daemon (also the real binary) and
 //! against listeners that refuse or never answer.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! TLS on both sides: upstreams verified (SNI, roots) against a local TLS emulator, and the
 //! public TLS listener (HTTP/1.1 and HTTP/2, certificate swapped by reload).
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

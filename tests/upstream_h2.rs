@@ -2,6 +2,7 @@
 //! the emulator: many calls at once share one connection, answers (errors and `Retry-After`
 //! included) arrive whole, and replay delivers over it too. A test binary with one test: the
 //! connection counter is per process. (A connection the upstream closes: `resilience.rs`.)
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 mod common;
 

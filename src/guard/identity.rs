@@ -173,7 +173,7 @@ impl IdentityPolicy {
         // a sibling host, or a page's script with a longer path): no side is taken, and the
         // visitor starts afresh rather than risk becoming the planter's.
         let (mut seen, mut conflict) = (false, false);
-        let mut chosen: Option<Verified> = None;
+        let mut chosen: Option<Verified<'_>> = None;
         for token in cookie_values(headers, &self.cookie).take(MAX_COOKIES) {
             seen = true;
             let Some(verified) = self.verify(token, now) else {
@@ -212,7 +212,7 @@ impl IdentityPolicy {
     }
 
     /// Whether a valid token is re-issued: made with a previous secret, or old.
-    fn due(&self, verified: &Verified, now: u64) -> bool {
+    fn due(&self, verified: &Verified<'_>, now: u64) -> bool {
         !verified.current_key || now.saturating_sub(verified.issued) >= self.refresh_after.as_secs()
     }
 

@@ -1,6 +1,8 @@
 //! Test harness: boots the real server (proxy, admin, emulator) in-process on free ports, and
 //! speaks raw HTTP/1.1 to it, so that tests can send exactly the bytes they mean.
 #![allow(dead_code)]
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use p13n_edge::config::Config;
 use p13n_edge::emulator::Emulator;
