@@ -9,12 +9,15 @@
 //! read-once in order, which a log serves with one sequential write per batch and no compaction;
 //! the format is 60 lines, torn tails are detected by construction, and it adds no dependency.
 
+mod adopt;
 mod dead;
 mod lane;
+mod reader;
 mod record;
 mod replay;
 pub mod tools;
 mod window;
+mod writer;
 
 pub use record::{read_frame, Frame, Record};
 pub use replay::{Destination, Destinations, ReplaySettings, Replayer};
@@ -23,14 +26,13 @@ use crate::cache::CacheKey;
 use crate::metrics;
 use dashmap::DashMap;
 use dead::DeadLetters;
-use lane::{open_segment, segments, Lane};
-use std::collections::HashMap;
-use std::io::Write;
+use lane::Lane;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
+use writer::{write_loop, Job};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -93,12 +95,6 @@ impl EventId {
         }
         text
     }
-}
-
-struct Job {
-    lane: Arc<Lane>,
-    frame: Vec<u8>,
-    done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
 /// Largest number of appends waiting for the writer; past it appends are refused at once.
@@ -234,87 +230,6 @@ impl Spool {
 
     fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
-    }
-
-    /// Whether replay may read (and, once done, delete) `segment`: it is this process's own, or
-    /// its writer is gone. During two upgrades in a row the middle process may still write
-    /// while this one already holds the spool.
-    fn may_replay(&self, segment: u64) -> bool {
-        let epoch = segment / lane::EPOCH;
-        crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch)
-            || !lane::epoch_alive(&self.settings.dir, epoch)
-    }
-
-    /// The segment after `number` for a writer: the next one, or, at the end of this process's
-    /// epoch, the first of a newly claimed one.
-    fn segment_after(&self, number: u64) -> std::io::Result<u64> {
-        let next = number + 1;
-        if !next.is_multiple_of(lane::EPOCH) {
-            return Ok(next);
-        }
-        let (epoch, claim) = lane::claim_epoch(&self.settings.dir)?;
-        crate::lock(&self.claims).push((epoch, claim));
-        self.epoch.store(epoch, Ordering::Relaxed);
-        Ok(epoch * lane::EPOCH)
-    }
-
-    /// Count what other processes left in the spool (their lanes, records and bytes), with
-    /// the lock held: nothing writes there any more but this process.
-    fn adopt(&self) -> std::io::Result<()> {
-        if !segments(&self.settings.dir)?.is_empty() && !self.lanes.contains_key("") {
-            self.add_lane(Lane::open(
-                "",
-                self.settings.dir.clone(),
-                false,
-                self.epoch(),
-            )?);
-        }
-        for dir in lane::lane_dirs(&self.settings.dir)?.into_iter().skip(1) {
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if !name.is_empty() && !self.lanes.contains_key(name) {
-                let lane = Lane::open(name, dir.clone(), true, self.epoch())?;
-                self.add_lane(lane);
-            }
-        }
-        self.dead.recount()?;
-        lane::forget_epochs_below(&self.settings.dir, self.epoch());
-        // Everything is read before anything is counted: a retry after an error counts once.
-        let lanes: Vec<Arc<Lane>> = self.lanes.iter().map(|l| l.clone()).collect();
-        let mut found = Vec::with_capacity(lanes.len());
-        for lane in lanes {
-            let visitors = self.left_by_others(&lane)?;
-            found.push((lane, visitors));
-        }
-        self.measure()?;
-        for (lane, visitors) in found {
-            let n = visitors.len() as i64;
-            for visitor in visitors {
-                *self.pending.entry(visitor).or_insert(0) += 1;
-            }
-            self.depth.fetch_add(n, Ordering::Relaxed);
-            lane.depth.fetch_add(n, Ordering::Relaxed);
-        }
-        metrics::SPOOL_DEPTH.set(self.depth());
-        Ok(())
-    }
-
-    /// Set the bytes on disk from the segments present.
-    fn measure(&self) -> std::io::Result<()> {
-        let mut total = 0;
-        for dir in lane::lane_dirs(&self.settings.dir)? {
-            for segment in segments(&dir)? {
-                // Another process's replay may have just deleted it.
-                match std::fs::metadata(lane::segment_path(&dir, segment)) {
-                    Ok(m) => total += m.len(),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        self.disk_bytes.store(total, Ordering::Relaxed);
-        metrics::SPOOL_DEPTH.set(self.depth());
-        metrics::SPOOL_BYTES.set(total as i64);
-        Ok(())
     }
 
     /// How long the record replay is working on in `service`'s lane has waited (zero when the
@@ -521,149 +436,7 @@ impl Spool {
             *n == 0
         });
     }
-
-    /// The visitors of the records other runs left in a lane, one per record (this run's own
-    /// records are counted as they are appended).
-    fn left_by_others(&self, lane: &Lane) -> std::io::Result<Vec<VisitorKey>> {
-        let mut visitors = Vec::new();
-        let start = lane::resume_point(&lane.dir)?;
-        for segment in segments(&lane.dir)? {
-            if segment < start.segment {
-                continue;
-            }
-            let data = std::fs::read(lane::segment_path(&lane.dir, segment))?;
-            let from = if segment == start.segment {
-                start.offset as usize
-            } else {
-                0
-            };
-            visitors.extend(
-                records(&data, from)
-                    .filter(|r| r.run != self.run)
-                    .map(|r| visitor_key(&Arc::from(r.service.as_str()), &r.visitor)),
-            );
-        }
-        Ok(visitors)
-    }
-
-    /// Write a batch: each lane's part, one `fdatasync` per lane written, then acknowledge.
-    fn write_batch(&self, open: &mut HashMap<Arc<str>, Segment>, batch: Vec<Job>) {
-        // Each lane's frames, in arrival order, within the bound on disk.
-        let mut groups: Vec<(Arc<Lane>, Vec<u8>, Vec<Done>)> = Vec::new();
-        let mut total = self.disk_bytes.load(Ordering::Relaxed);
-        for job in batch {
-            if total + job.frame.len() as u64 > self.settings.max_bytes {
-                let _ = job.done.send(Err(SpoolError::Full));
-                continue;
-            }
-            total += job.frame.len() as u64;
-            match groups.iter_mut().find(|g| Arc::ptr_eq(&g.0, &job.lane)) {
-                Some(group) => {
-                    group.1.extend_from_slice(&job.frame);
-                    group.2.push(job.done);
-                }
-                None => groups.push((job.lane, job.frame, vec![job.done])),
-            }
-        }
-        for (lane, buf, dones) in groups {
-            self.write_lane(open, &lane, &buf, dones);
-        }
-    }
-
-    fn write_lane(
-        &self,
-        open: &mut HashMap<Arc<str>, Segment>,
-        lane: &Lane,
-        buf: &[u8],
-        dones: Vec<Done>,
-    ) {
-        let fail = |dones: Vec<Done>, e: &std::io::Error| {
-            for done in dones {
-                let _ = done.send(Err(SpoolError::Io(e.to_string())));
-            }
-        };
-        let segment = match open.entry(lane.name.clone()) {
-            std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                let number = lane.position().segment;
-                match open_segment(&lane.dir, number) {
-                    Ok(file) => slot.insert(Segment::new(file, number)),
-                    Err(e) => {
-                        tracing::error!(error = %e, lane = %lane.name, "cannot open a spool segment; refusing this batch");
-                        return fail(dones, &e);
-                    }
-                }
-            }
-        };
-        let started = Instant::now();
-        let written = segment.write(buf, self.settings.sync_interval);
-        metrics::SPOOL_COMMIT_DURATION.observe(started.elapsed().as_secs_f64());
-        if let Err(e) = written {
-            tracing::error!(error = %e, lane = %lane.name, "spool write failed; refusing this batch");
-            return fail(dones, &e);
-        }
-        let total = self
-            .disk_bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed)
-            + buf.len() as u64;
-        metrics::SPOOL_BYTES.set(total as i64);
-        metrics::SPOOL_COMMITS.inc();
-        lane.publish(Position {
-            segment: segment.number,
-            offset: segment.size,
-        });
-        for done in dones {
-            let _ = done.send(Ok(()));
-        }
-        if segment.size >= self.settings.segment_bytes {
-            segment.sync_if_dirty();
-            let opened = self
-                .segment_after(segment.number)
-                .and_then(|number| open_segment(&lane.dir, number).map(|file| (file, number)));
-            match opened {
-                Ok((next, number)) => {
-                    *segment = Segment::new(next, number);
-                    lane.publish(Position {
-                        segment: segment.number,
-                        offset: 0,
-                    });
-                }
-                Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
-            }
-        }
-    }
 }
-
-/// The writer thread: batch what is queued and hand it to `Spool::write_batch`, until the spool
-/// is dropped.
-fn write_loop(spool: &std::sync::Weak<Spool>, jobs: mpsc::Receiver<Job>) {
-    let mut open: HashMap<Arc<str>, Segment> = HashMap::new();
-    let Some(interval) = spool.upgrade().map(|s| s.settings.sync_interval) else {
-        return;
-    };
-    loop {
-        let first = match interval {
-            None => jobs.recv().ok(),
-            Some(d) => match jobs.recv_timeout(d) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    open.values_mut().for_each(Segment::sync_if_dirty);
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            },
-        };
-        let (Some(first), Some(spool)) = (first, spool.upgrade()) else {
-            open.values_mut().for_each(Segment::sync_if_dirty);
-            return;
-        };
-        let mut batch = vec![first];
-        batch.extend(jobs.try_iter().take(QUEUE));
-        spool.write_batch(&mut open, batch);
-    }
-}
-
-type Done = oneshot::Sender<Result<(), SpoolError>>;
 
 fn visitor_key(service: &Arc<str>, visitor: &str) -> VisitorKey {
     (service.clone(), Box::from(visitor))
@@ -681,58 +454,6 @@ pub(crate) fn records(data: &[u8], mut offset: usize) -> impl Iterator<Item = Re
             Frame::End => return None,
         }
     })
-}
-
-/// The segment a lane's writes go to.
-struct Segment {
-    file: std::fs::File,
-    number: u64,
-    size: u64,
-    /// Written but not yet synced, in `sync_interval` mode: since when.
-    dirty_since: Option<Instant>,
-}
-
-impl Segment {
-    fn new(file: std::fs::File, number: u64) -> Segment {
-        Segment {
-            file,
-            number,
-            size: 0,
-            dirty_since: None,
-        }
-    }
-
-    /// Append `buf` whole, durable now or (in `sync_interval` mode) within the interval.
-    fn write(&mut self, buf: &[u8], interval: Option<std::time::Duration>) -> std::io::Result<()> {
-        let written = self.file.write_all(buf).and_then(|()| match interval {
-            None => self.file.sync_data(),
-            Some(d) => {
-                let since = *self.dirty_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= d {
-                    self.dirty_since = None;
-                    self.file.sync_data()
-                } else {
-                    Ok(())
-                }
-            }
-        });
-        if written.is_err() {
-            // Nothing of a failed batch may stay behind to be replayed.
-            let _ = self.file.set_len(self.size);
-        } else {
-            self.size += buf.len() as u64;
-        }
-        written
-    }
-
-    /// In `sync_interval` mode: make what was written durable, if anything is pending.
-    fn sync_if_dirty(&mut self) {
-        if self.dirty_since.take().is_some() {
-            if let Err(e) = self.file.sync_data() {
-                tracing::error!(error = %e, "spool fdatasync failed");
-            }
-        }
-    }
 }
 
 /// The spool's lock file (not locked yet).

@@ -20,8 +20,9 @@
 //! little more.
 
 use super::lane::{segment_path, segments, CheckpointFile, Lane};
+use super::reader::{next_batch, Batch, SegmentReader};
 use super::window::{Sample, Window};
-use super::{Frame, Position, Record, Spool};
+use super::{Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache, Offers};
 use crate::error::vendor_code;
 use crate::lock;
@@ -34,8 +35,6 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -164,121 +163,6 @@ fn retry_backoff() -> Backoff {
     Backoff::try_new(Duration::from_millis(100), Duration::from_secs(5)).expect("valid backoff")
 }
 
-/// Bytes read from a segment at a time.
-const CHUNK: usize = 1 << 20;
-
-/// A window on one segment file: `buf` holds its bytes from `base` on.
-struct SegmentReader {
-    dir: PathBuf,
-    segment: Option<u64>,
-    file: Option<Arc<std::fs::File>>,
-    base: u64,
-    buf: Vec<u8>,
-}
-
-impl SegmentReader {
-    fn new(dir: PathBuf) -> SegmentReader {
-        SegmentReader {
-            dir,
-            segment: None,
-            file: None,
-            base: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The bytes of `at.segment` from `at.offset`, up to `limit` or the end of the file, with at
-    /// least `want` of them when there are that many; and whether that is all there is. A
-    /// missing segment reads as empty; any other read error is returned, and nothing is skipped.
-    async fn view(
-        &mut self,
-        at: Position,
-        limit: u64,
-        want: usize,
-    ) -> std::io::Result<(&[u8], bool)> {
-        let end = self.base + self.buf.len() as u64;
-        if self.segment != Some(at.segment) || at.offset < self.base || at.offset > end {
-            self.restart_at(at);
-            self.segment = Some(at.segment);
-        } else if at.offset - self.base >= CHUNK as u64 {
-            // Drop what was replayed, now and then rather than after every record.
-            self.buf.drain(..(at.offset - self.base) as usize);
-            self.base = at.offset;
-        }
-        let target = limit.min(at.offset.saturating_add(want as u64));
-        let mut complete = self.base + self.buf.len() as u64 >= limit;
-        if !complete && self.base + (self.buf.len() as u64) < target {
-            let path = segment_path(&self.dir, at.segment);
-            let file = self.file.take();
-            let mut buf = std::mem::take(&mut self.buf);
-            let base = self.base;
-            let read = tokio::task::spawn_blocking(move || {
-                let file = match file {
-                    Some(f) => f,
-                    None => Arc::new(std::fs::File::open(path)?),
-                };
-                let at_eof = read_until(&file, base, &mut buf, target)?;
-                Ok::<_, std::io::Error>((file, buf, at_eof))
-            })
-            .await;
-            match read {
-                Ok(Ok((file, buf, at_eof))) => {
-                    self.file = Some(file);
-                    self.buf = buf;
-                    complete = at_eof || self.base + self.buf.len() as u64 >= limit;
-                }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.restart_at(at);
-                    complete = true;
-                }
-                Ok(Err(e)) => {
-                    self.restart_at(at);
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.restart_at(at);
-                    return Err(std::io::Error::other(e));
-                }
-            }
-        }
-        let from = (at.offset - self.base) as usize;
-        let upto = (limit.min(self.base + self.buf.len() as u64) - self.base) as usize;
-        Ok((&self.buf[from..upto.max(from)], complete))
-    }
-
-    /// Forget what was read: the next view opens the segment again at `at`.
-    fn restart_at(&mut self, at: Position) {
-        self.segment = None;
-        self.file = None;
-        self.base = at.offset;
-        self.buf.clear();
-    }
-}
-
-/// Append the file's bytes from `base + buf.len()` to `buf`, until `target` or the end of the
-/// file; whether the end was reached.
-fn read_until(
-    file: &std::fs::File,
-    base: u64,
-    buf: &mut Vec<u8>,
-    target: u64,
-) -> std::io::Result<bool> {
-    loop {
-        let at = base + buf.len() as u64;
-        if at >= target {
-            return Ok(false);
-        }
-        let len = buf.len();
-        let more = (target - at).min(CHUNK as u64) as usize;
-        buf.resize(len + more, 0);
-        let n = file.read_at(&mut buf[len..], at)?;
-        buf.truncate(len + n);
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
 /// Which records of a batch are delivered, and how many from its start without a gap.
 struct Progress {
     done: Vec<bool>,
@@ -295,17 +179,6 @@ impl Progress {
         }
         (self.delivered > before).then_some(self.delivered)
     }
-}
-
-/// What one pass over the spool found.
-enum Batch {
-    /// Records to deliver, each with the offset just past it, and where the log stands after
-    /// them (corrupt frames skipped).
-    Records(Vec<(Record, u64)>, u64),
-    /// Nothing more in this segment for now.
-    End,
-    /// The segment could not be read: try again later, skip nothing.
-    Unreadable(std::io::Error),
 }
 
 impl Replayer {
@@ -579,63 +452,10 @@ impl Replayer {
     }
 }
 
-/// Up to `most` records from `at`, skipping corrupt frames.
-async fn next_batch(reader: &mut SegmentReader, at: Position, limit: u64, most: usize) -> Batch {
-    let mut want = CHUNK;
-    loop {
-        let (data, complete) = match reader.view(at, limit, want).await {
-            Ok(view) => view,
-            Err(e) => return Batch::Unreadable(e),
-        };
-        let mut records = Vec::new();
-        let mut offset = 0;
-        while records.len() < most {
-            match super::read_frame(data, offset) {
-                Frame::Record(record, next) => {
-                    records.push((record, at.offset + next as u64));
-                    offset = next;
-                }
-                Frame::Corrupt(next) => {
-                    metrics::SPOOL_CORRUPT.inc();
-                    tracing::error!(
-                        segment = at.segment,
-                        offset = at.offset + offset as u64,
-                        "skipping a corrupt spool record"
-                    );
-                    offset = next;
-                }
-                Frame::End => break,
-            }
-        }
-        if offset > 0 {
-            return Batch::Records(records, at.offset + offset as u64);
-        }
-        if complete || data.len() < want {
-            return Batch::End;
-        }
-        // A record larger than what was read: read more.
-        want = want.saturating_mul(2);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunked_reads_stop_at_the_target_or_the_end() {
-        let dir = std::env::temp_dir().join(format!("p13n-edge-read-until-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("seg");
-        std::fs::write(&path, b"0123456789").unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let mut buf = b"234".to_vec();
-        assert!(!read_until(&file, 2, &mut buf, 7).unwrap());
-        assert_eq!(buf, b"23456");
-        assert!(read_until(&file, 2, &mut buf, 100).unwrap());
-        assert_eq!(buf, b"23456789");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
+    use crate::spool::reader::CHUNK;
 
     #[test]
     fn the_checkpoint_moves_only_past_a_delivered_prefix() {

@@ -1,0 +1,116 @@
+//! Taking over a spool that other processes wrote: epochs (which process owns which segments,
+//! across graceful upgrades), adopting the lanes, records and bytes they left, and the segment a
+//! writer moves on to.
+
+use super::lane::{self, segments, Lane};
+use super::{records, visitor_key, Spool, VisitorKey};
+use crate::metrics;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl Spool {
+    /// Whether replay may read (and, once done, delete) `segment`: it is this process's own, or
+    /// its writer is gone. During two upgrades in a row the middle process may still write
+    /// while this one already holds the spool.
+    pub(super) fn may_replay(&self, segment: u64) -> bool {
+        let epoch = segment / lane::EPOCH;
+        crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch)
+            || !lane::epoch_alive(&self.settings.dir, epoch)
+    }
+
+    /// The segment after `number` for a writer: the next one, or, at the end of this process's
+    /// epoch, the first of a newly claimed one.
+    pub(super) fn segment_after(&self, number: u64) -> std::io::Result<u64> {
+        let next = number + 1;
+        if !next.is_multiple_of(lane::EPOCH) {
+            return Ok(next);
+        }
+        let (epoch, claim) = lane::claim_epoch(&self.settings.dir)?;
+        crate::lock(&self.claims).push((epoch, claim));
+        self.epoch.store(epoch, Ordering::Relaxed);
+        Ok(epoch * lane::EPOCH)
+    }
+
+    /// Count what other processes left in the spool (their lanes, records and bytes), with
+    /// the lock held: nothing writes there any more but this process.
+    pub(super) fn adopt(&self) -> std::io::Result<()> {
+        if !segments(&self.settings.dir)?.is_empty() && !self.lanes.contains_key("") {
+            self.add_lane(Lane::open(
+                "",
+                self.settings.dir.clone(),
+                false,
+                self.epoch(),
+            )?);
+        }
+        for dir in lane::lane_dirs(&self.settings.dir)?.into_iter().skip(1) {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if !name.is_empty() && !self.lanes.contains_key(name) {
+                let lane = Lane::open(name, dir.clone(), true, self.epoch())?;
+                self.add_lane(lane);
+            }
+        }
+        self.dead.recount()?;
+        lane::forget_epochs_below(&self.settings.dir, self.epoch());
+        // Everything is read before anything is counted: a retry after an error counts once.
+        let lanes: Vec<Arc<Lane>> = self.lanes.iter().map(|l| l.clone()).collect();
+        let mut found = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            let visitors = self.left_by_others(&lane)?;
+            found.push((lane, visitors));
+        }
+        self.measure()?;
+        for (lane, visitors) in found {
+            let n = visitors.len() as i64;
+            for visitor in visitors {
+                *self.pending.entry(visitor).or_insert(0) += 1;
+            }
+            self.depth.fetch_add(n, Ordering::Relaxed);
+            lane.depth.fetch_add(n, Ordering::Relaxed);
+        }
+        metrics::SPOOL_DEPTH.set(self.depth());
+        Ok(())
+    }
+
+    /// Set the bytes on disk from the segments present.
+    pub(super) fn measure(&self) -> std::io::Result<()> {
+        let mut total = 0;
+        for dir in lane::lane_dirs(&self.settings.dir)? {
+            for segment in segments(&dir)? {
+                // Another process's replay may have just deleted it.
+                match std::fs::metadata(lane::segment_path(&dir, segment)) {
+                    Ok(m) => total += m.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.disk_bytes.store(total, Ordering::Relaxed);
+        metrics::SPOOL_DEPTH.set(self.depth());
+        metrics::SPOOL_BYTES.set(total as i64);
+        Ok(())
+    }
+
+    /// The visitors of the records other runs left in a lane, one per record (this run's own
+    /// records are counted as they are appended).
+    pub(super) fn left_by_others(&self, lane: &Lane) -> std::io::Result<Vec<VisitorKey>> {
+        let mut visitors = Vec::new();
+        let start = lane::resume_point(&lane.dir)?;
+        for segment in segments(&lane.dir)? {
+            if segment < start.segment {
+                continue;
+            }
+            let data = std::fs::read(lane::segment_path(&lane.dir, segment))?;
+            let from = if segment == start.segment {
+                start.offset as usize
+            } else {
+                0
+            };
+            visitors.extend(
+                records(&data, from)
+                    .filter(|r| r.run != self.run)
+                    .map(|r| visitor_key(&Arc::from(r.service.as_str()), &r.visitor)),
+            );
+        }
+        Ok(visitors)
+    }
+}

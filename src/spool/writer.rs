@@ -1,0 +1,191 @@
+//! The spool's writer: one thread that group-commits what the appends queue, each lane's part
+//! of a batch in one write and one `fdatasync`, then acknowledges every append of it.
+
+use super::lane::{open_segment, Lane};
+use super::{Position, Spool, SpoolError, QUEUE};
+use crate::metrics;
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// One append, waiting for the writer.
+pub(super) struct Job {
+    pub(super) lane: Arc<Lane>,
+    pub(super) frame: Vec<u8>,
+    pub(super) done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+type Done = oneshot::Sender<Result<(), SpoolError>>;
+
+/// The writer thread: batch what is queued and hand it to `Spool::write_batch`, until the spool
+/// is dropped.
+pub(super) fn write_loop(spool: &std::sync::Weak<Spool>, jobs: mpsc::Receiver<Job>) {
+    let mut open: HashMap<Arc<str>, Segment> = HashMap::new();
+    let Some(interval) = spool.upgrade().map(|s| s.settings.sync_interval) else {
+        return;
+    };
+    loop {
+        let first = match interval {
+            None => jobs.recv().ok(),
+            Some(d) => match jobs.recv_timeout(d) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    open.values_mut().for_each(Segment::sync_if_dirty);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let (Some(first), Some(spool)) = (first, spool.upgrade()) else {
+            open.values_mut().for_each(Segment::sync_if_dirty);
+            return;
+        };
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(QUEUE));
+        spool.write_batch(&mut open, batch);
+    }
+}
+
+impl Spool {
+    /// Write a batch: each lane's part, one `fdatasync` per lane written, then acknowledge.
+    fn write_batch(&self, open: &mut HashMap<Arc<str>, Segment>, batch: Vec<Job>) {
+        // Each lane's frames, in arrival order, within the bound on disk.
+        let mut groups: Vec<(Arc<Lane>, Vec<u8>, Vec<Done>)> = Vec::new();
+        let mut total = self.disk_bytes.load(Ordering::Relaxed);
+        for job in batch {
+            if total + job.frame.len() as u64 > self.settings.max_bytes {
+                let _ = job.done.send(Err(SpoolError::Full));
+                continue;
+            }
+            total += job.frame.len() as u64;
+            match groups.iter_mut().find(|g| Arc::ptr_eq(&g.0, &job.lane)) {
+                Some(group) => {
+                    group.1.extend_from_slice(&job.frame);
+                    group.2.push(job.done);
+                }
+                None => groups.push((job.lane, job.frame, vec![job.done])),
+            }
+        }
+        for (lane, buf, dones) in groups {
+            self.write_lane(open, &lane, &buf, dones);
+        }
+    }
+
+    fn write_lane(
+        &self,
+        open: &mut HashMap<Arc<str>, Segment>,
+        lane: &Lane,
+        buf: &[u8],
+        dones: Vec<Done>,
+    ) {
+        let fail = |dones: Vec<Done>, e: &std::io::Error| {
+            for done in dones {
+                let _ = done.send(Err(SpoolError::Io(e.to_string())));
+            }
+        };
+        let segment = match open.entry(lane.name.clone()) {
+            std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let number = lane.position().segment;
+                match open_segment(&lane.dir, number) {
+                    Ok(file) => slot.insert(Segment::new(file, number)),
+                    Err(e) => {
+                        tracing::error!(error = %e, lane = %lane.name, "cannot open a spool segment; refusing this batch");
+                        return fail(dones, &e);
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        let written = segment.write(buf, self.settings.sync_interval);
+        metrics::SPOOL_COMMIT_DURATION.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = written {
+            tracing::error!(error = %e, lane = %lane.name, "spool write failed; refusing this batch");
+            return fail(dones, &e);
+        }
+        let total = self
+            .disk_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed)
+            + buf.len() as u64;
+        metrics::SPOOL_BYTES.set(total as i64);
+        metrics::SPOOL_COMMITS.inc();
+        lane.publish(Position {
+            segment: segment.number,
+            offset: segment.size,
+        });
+        for done in dones {
+            let _ = done.send(Ok(()));
+        }
+        if segment.size >= self.settings.segment_bytes {
+            segment.sync_if_dirty();
+            let opened = self
+                .segment_after(segment.number)
+                .and_then(|number| open_segment(&lane.dir, number).map(|file| (file, number)));
+            match opened {
+                Ok((next, number)) => {
+                    *segment = Segment::new(next, number);
+                    lane.publish(Position {
+                        segment: segment.number,
+                        offset: 0,
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
+            }
+        }
+    }
+}
+
+/// The segment a lane's writes go to.
+pub(super) struct Segment {
+    file: std::fs::File,
+    number: u64,
+    size: u64,
+    /// Written but not yet synced, in `sync_interval` mode: since when.
+    dirty_since: Option<Instant>,
+}
+
+impl Segment {
+    fn new(file: std::fs::File, number: u64) -> Segment {
+        Segment {
+            file,
+            number,
+            size: 0,
+            dirty_since: None,
+        }
+    }
+
+    /// Append `buf` whole, durable now or (in `sync_interval` mode) within the interval.
+    fn write(&mut self, buf: &[u8], interval: Option<std::time::Duration>) -> std::io::Result<()> {
+        let written = self.file.write_all(buf).and_then(|()| match interval {
+            None => self.file.sync_data(),
+            Some(d) => {
+                let since = *self.dirty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= d {
+                    self.dirty_since = None;
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        if written.is_err() {
+            // Nothing of a failed batch may stay behind to be replayed.
+            let _ = self.file.set_len(self.size);
+        } else {
+            self.size += buf.len() as u64;
+        }
+        written
+    }
+
+    /// In `sync_interval` mode: make what was written durable, if anything is pending.
+    fn sync_if_dirty(&mut self) {
+        if self.dirty_since.take().is_some() {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!(error = %e, "spool fdatasync failed");
+            }
+        }
+    }
+}
