@@ -1,15 +1,17 @@
 //! The validate step: content type, and the body as a JSON object holding an identifier.
 //! Whatever the upstream would reject is refused here, so no quota is spent on it.
 
+mod members;
+mod scan;
+
 use crate::error::EdgeError;
 use bytes::Bytes;
 use http::HeaderValue;
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::fmt;
 
 pub use crate::vendor::VENDOR_CONTENT_TYPE;
+pub use members::{object_members, with_member, write_object};
+pub use scan::{scan, Scan, MAX_DEPTH};
 
 /// Accept JSON, `text/plain` (lets browsers skip the preflight) and the vendor's type, with any
 /// parameters (`; charset=utf-8`).
@@ -36,54 +38,15 @@ pub struct Identifier {
 /// The field that names an event for de-duplication (the vendor's event schema has it).
 pub const UUID_FIELD: &str = "uuid";
 
-/// Deepest nesting of arrays and objects accepted in an event. Events are flat rows with the
-/// odd list; a body the upstream's parser might refuse for its depth is refused here instead.
-pub const MAX_DEPTH: usize = 32;
-
-/// What the validate step read from an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scan {
-    pub identifier: Option<Identifier>,
-    /// Whether the body carries a `uuid` member of its own.
-    pub has_uuid: bool,
-    /// Whether the first identifier field is present at all, usable or not (`""`, `null`).
-    pub first_present: bool,
-}
-
 const NO_IDENTIFIER: EdgeError =
     EdgeError::InvalidEvent("no identifier (such as td_client_id) in the event");
 const EMPTY_IDENTIFIER: EdgeError = EdgeError::InvalidEvent(
     "the identifier field is empty or null: send the visitor id, or leave the field out",
 );
-const NOT_AN_OBJECT: EdgeError = EdgeError::InvalidEvent(
-    "the body must be a JSON object of valid UTF-8, nested at most 32 deep",
-);
-
 /// Check that `body` is a JSON object with a non-empty string (or number) under one of
 /// `identifiers`, and return the first one found in `identifiers` order.
 pub fn identify(body: &[u8], identifiers: &[String]) -> Result<Identifier, EdgeError> {
     scan(body, identifiers)?.identifier.ok_or(NO_IDENTIFIER)
-}
-
-/// Read an event the way the upstream will: a JSON object whose every string is valid UTF-8
-/// (no lone surrogate escapes), nested at most `MAX_DEPTH` deep, in which no identifier field
-/// and no `uuid` appears twice (serde_json and most parsers keep the last of two, a proxy
-/// keeping the first would cache one visitor's offers under another's name). An object
-/// without an identifier has `identifier: None`.
-pub fn scan(body: &[u8], identifiers: &[String]) -> Result<Scan, EdgeError> {
-    let repeated = std::cell::Cell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let found = Top {
-        identifiers,
-        repeated: &repeated,
-    }
-    .deserialize(&mut de)
-    .and_then(|scan| de.end().map(|()| scan));
-    match (found, repeated.take()) {
-        (_, Some(field)) => Err(EdgeError::RepeatedField(field)),
-        (Ok(scan), None) => Ok(scan),
-        (Err(_), None) => Err(NOT_AN_OBJECT),
-    }
 }
 
 /// The event and its identifier, taking the id from cookie `cookie` when the body has none
@@ -207,208 +170,6 @@ pub fn cookie_value<'a>(
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         })
-}
-
-/// `object` (a JSON object, already validated, without a member `field`) with `"field": value`
-/// added last.
-pub fn with_member(object: &[u8], field: &str, value: &str) -> Bytes {
-    let trimmed = object.trim_ascii();
-    let inner = &trimmed[1..trimmed.len() - 1];
-    let mut out = Vec::with_capacity(trimmed.len() + field.len() + value.len() + 8);
-    out.extend_from_slice(&trimmed[..trimmed.len() - 1]);
-    if !inner.trim_ascii().is_empty() {
-        out.push(b',');
-    }
-    // serde_json escapes the strings as JSON strings, without building a `Value` or a `format!`.
-    let written = serde_json::to_writer(&mut out, field).and_then(|()| {
-        out.push(b':');
-        serde_json::to_writer(&mut out, value)
-    });
-    written.expect("writing a string into a Vec cannot fail");
-    out.push(b'}');
-    Bytes::from(out)
-}
-
-/// The top-level members of a JSON object, in order, each value as written.
-pub fn object_members(body: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, EdgeError> {
-    struct Members;
-    impl<'de> Visitor<'de> for Members {
-        type Value = Vec<(String, Box<RawValue>)>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
-                out.push(entry);
-            }
-            Ok(out)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let members = de
-        .deserialize_map(Members)
-        .map_err(|_| EdgeError::InvalidEvent("the body must be a JSON object"))?;
-    Ok(members)
-}
-
-/// A JSON object of `members`, each value as written; `size` is about its length.
-pub fn write_object<'a>(
-    members: impl Iterator<Item = (&'a str, &'a RawValue)>,
-    size: usize,
-) -> Bytes {
-    let mut out = Vec::with_capacity(size);
-    out.push(b'{');
-    for (i, (name, value)) in members.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, name).expect("writing a string into a Vec cannot fail");
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
-    }
-    out.push(b'}');
-    Bytes::from(out)
-}
-
-/// The top-level object: identifiers read, every other value checked by `Checked`.
-struct Top<'a> {
-    identifiers: &'a [String],
-    /// Set to the field's name when an identifier or `uuid` appears twice.
-    repeated: &'a std::cell::Cell<Option<String>>,
-}
-
-impl<'de> DeserializeSeed<'de> for Top<'_> {
-    type Value = Scan;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Top<'_> {
-    type Value = Scan;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // Position in `identifiers` of the best field found so far: earlier wins.
-        let mut best: Option<(usize, Identifier)> = None;
-        let mut seen = vec![false; self.identifiers.len()];
-        let mut has_uuid = false;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let rank = self.identifiers.iter().position(|i| *i == key);
-            let first = match rank {
-                Some(rank) => !std::mem::replace(&mut seen[rank], true),
-                None if key == UUID_FIELD => !std::mem::replace(&mut has_uuid, true),
-                None => true,
-            };
-            if !first {
-                self.repeated.set(Some(key.into_owned()));
-                return Err(serde::de::Error::custom("repeated field"));
-            }
-            let seed = Checked {
-                depth: 1,
-                keep: rank.is_some(),
-            };
-            let (Some(rank), Some(value)) = (rank, map.next_value_seed(seed)?) else {
-                continue;
-            };
-            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                best = Some((
-                    rank,
-                    Identifier {
-                        field: key.into_owned(),
-                        value,
-                    },
-                ));
-            }
-        }
-        Ok(Scan {
-            identifier: best.map(|(_, id)| id),
-            has_uuid,
-            first_present: seen.first() == Some(&true),
-        })
-    }
-}
-
-/// Any JSON value at nesting depth `depth`, checked as the upstream will parse it: strings
-/// decoded (valid UTF-8, escapes and surrogate pairs whole), depth bounded. serde_json's
-/// `IgnoredAny` skips strings without decoding them, so it is not used. With `keep`, a
-/// non-blank string or a number is returned as text (an identifier's value).
-struct Checked {
-    depth: usize,
-    keep: bool,
-}
-
-impl Checked {
-    fn inner(&self) -> Checked {
-        Checked {
-            depth: self.depth + 1,
-            keep: false,
-        }
-    }
-
-    fn number(&self, n: Option<serde_json::Number>) -> Option<String> {
-        n.filter(|_| self.keep).map(|n| n.to_string())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Checked {
-    type Value = Option<String>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        if self.depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom("nested too deep"));
-        }
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Checked {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(self.number(Some(v.into())))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(self.number(Some(v.into())))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(self.number(serde_json::Number::from_f64(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok((self.keep && !v.trim().is_empty()).then(|| v.to_owned()))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element_seed(self.inner())?.is_some() {}
-        Ok(None)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_key::<Cow<'de, str>>()?.is_some() {
-            map.next_value_seed(self.inner())?;
-        }
-        Ok(None)
-    }
 }
 
 #[cfg(test)]
