@@ -2,7 +2,7 @@
 //! `p13n_edge_<thing>_<unit>`; labels are bounded (service, route, status class, code) and
 //! never carry a client id or a raw path.
 
-use once_cell::sync::Lazy;
+use std::sync::LazyLock;
 use prometheus::{
     register_gauge, register_histogram, register_histogram_vec, register_int_counter,
     register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, Histogram,
@@ -13,7 +13,7 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_requests_total",
         "Client requests answered, by service, route, status class and vendor code.",
@@ -22,7 +22,7 @@ pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "p13n_edge_request_duration_seconds",
         "Time from request start to the answer, by service.",
@@ -32,7 +32,7 @@ pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_upstream_requests_total",
         "Upstream calls that got an answer, by service, status class and vendor code.",
@@ -41,7 +41,7 @@ pub static UPSTREAM_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static UPSTREAM_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_upstream_connections_opened_total",
         "Connections opened to upstreams, by protocol (h1, h2): churn shows here.",
@@ -50,7 +50,7 @@ pub static UPSTREAM_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_upstream_errors_total",
         "Upstream calls that got no usable answer, by service and kind.",
@@ -59,7 +59,7 @@ pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "p13n_edge_upstream_duration_seconds",
         "Duration of upstream calls, by service.",
@@ -69,7 +69,7 @@ pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static TOKEN_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static TOKEN_REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_upstream_token_rejections_total",
         "Upstream answers refusing a configured token (codes 3000-3003, 3006), by service, route and token name.",
@@ -78,7 +78,7 @@ pub static TOKEN_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_upstream_retries_total",
         "Upstream retries, by service and reason (429, connect, after_send).",
@@ -87,7 +87,7 @@ pub static UPSTREAM_RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static RETRY_BUDGET_EXHAUSTED: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RETRY_BUDGET_EXHAUSTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_retry_budget_exhausted_total",
         "Retries refused because the service's retry budget was spent.",
@@ -96,7 +96,7 @@ pub static RETRY_BUDGET_EXHAUSTED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_BACKOFF: Lazy<HistogramVec> = Lazy::new(|| {
+pub static UPSTREAM_BACKOFF: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "p13n_edge_upstream_backoff_seconds",
         "Time spent backing off before a retry, by service.",
@@ -106,7 +106,7 @@ pub static UPSTREAM_BACKOFF: Lazy<HistogramVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CIRCUIT_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
+pub static CIRCUIT_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "p13n_edge_circuit_state",
         "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
@@ -115,7 +115,7 @@ pub static CIRCUIT_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_cache_lookups_total",
         "Offer cache lookups, by service and result (hit, miss, stale_served).",
@@ -124,7 +124,7 @@ pub static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CACHE_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
+pub static CACHE_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "p13n_edge_cache_evictions_total",
         "Cache entries evicted to stay within bounds."
@@ -132,12 +132,12 @@ pub static CACHE_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+pub static CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("p13n_edge_cache_entries", "Visitors in the offer cache.")
         .expect("metric registers once")
 });
 
-pub static CACHE_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+pub static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "p13n_edge_cache_bytes",
         "Bytes charged to the offer cache (keys, bodies, overhead)."
@@ -145,7 +145,7 @@ pub static CACHE_BYTES: Lazy<IntGauge> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
+pub static SPOOL_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "p13n_edge_spool_depth",
         "Accepted events in the spool, not yet delivered."
@@ -153,12 +153,12 @@ pub static SPOOL_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+pub static SPOOL_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("p13n_edge_spool_bytes", "Bytes of spool segments on disk.")
         .expect("metric registers once")
 });
 
-pub static SPOOL_OLDEST_AGE: Lazy<Gauge> = Lazy::new(|| {
+pub static SPOOL_OLDEST_AGE: LazyLock<Gauge> = LazyLock::new(|| {
     register_gauge!(
         "p13n_edge_spool_oldest_age_seconds",
         "Age of the event replay is working on; 0 when the spool is drained."
@@ -166,7 +166,7 @@ pub static SPOOL_OLDEST_AGE: Lazy<Gauge> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_REPLAYED: Lazy<IntCounter> = Lazy::new(|| {
+pub static SPOOL_REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "p13n_edge_spool_replayed_total",
         "Spooled events delivered to the upstream."
@@ -174,7 +174,7 @@ pub static SPOOL_REPLAYED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static QUOTA_SPENT: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static QUOTA_SPENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_quota_spent_total",
         "Upstream calls let through by the service's max_events_per_second, live and replayed.",
@@ -183,7 +183,7 @@ pub static QUOTA_SPENT: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static QUOTA_DEFERRED: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static QUOTA_DEFERRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_quota_deferred_total",
         "Upstream calls that found the service's quota spent: they waited, or were answered 429 (or from the cache) without being sent.",
@@ -192,7 +192,7 @@ pub static QUOTA_DEFERRED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_LAG_PASSED: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static SPOOL_LAG_PASSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_spool_lag_passed_total",
         "Fast-mode events sent upstream at once because the service's spool lane lagged past cache.max_lag_ms (cache.on_lag = pass-through).",
@@ -201,7 +201,7 @@ pub static SPOOL_LAG_PASSED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_REPLAY_WINDOW: Lazy<IntGaugeVec> = Lazy::new(|| {
+pub static SPOOL_REPLAY_WINDOW: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "p13n_edge_spool_replay_window",
         "Records a replay lane sends at once now: it adapts to the upstream, up to spool.replay_concurrency.",
@@ -210,7 +210,7 @@ pub static SPOOL_REPLAY_WINDOW: Lazy<IntGaugeVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_HELD: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static SPOOL_HELD: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_spool_held_total",
         "Replay attempts held back for a fix on our side, by reason (credentials: 401, 403 or a token code; refused: another 4xx; route_gone: no route of the record's identity; dead_letter_full). The events wait; none is dropped.",
@@ -219,7 +219,7 @@ pub static SPOOL_HELD: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_DEAD_LETTERED: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static SPOOL_DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_spool_dead_lettered_total",
         "Spooled events moved to the dead-letter log, by reason (invalid_event: 3004; too_large: 413; answer_too_large: an answer past limits.max_upstream_body_bytes; route_gone: past spool.route_wait_seconds).",
@@ -228,7 +228,7 @@ pub static SPOOL_DEAD_LETTERED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_DEAD_LETTERS: Lazy<IntGauge> = Lazy::new(|| {
+pub static SPOOL_DEAD_LETTERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "p13n_edge_spool_dead_letters",
         "Events in the dead-letter log (see `p13n-edge spool inspect`)."
@@ -236,7 +236,7 @@ pub static SPOOL_DEAD_LETTERS: Lazy<IntGauge> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_REFUSED: Lazy<IntCounter> = Lazy::new(|| {
+pub static SPOOL_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "p13n_edge_spool_refused_total",
         "Events the spool could not take (full, or failing to write): the client got an error, or, for a fast-mode hit, the event went to the upstream at once."
@@ -244,7 +244,7 @@ pub static SPOOL_REFUSED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_CORRUPT: Lazy<IntCounter> = Lazy::new(|| {
+pub static SPOOL_CORRUPT: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "p13n_edge_spool_corrupt_total",
         "Spool records skipped for a bad checksum or form."
@@ -252,7 +252,7 @@ pub static SPOOL_CORRUPT: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
+pub static SPOOL_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "p13n_edge_spool_commits_total",
         "Batches written to the spool (each with one fdatasync unless spool.sync_interval_ms is set)."
@@ -260,7 +260,7 @@ pub static SPOOL_COMMITS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CRAWLERS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static CRAWLERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_crawlers_total",
         "Events from crawlers (by User-Agent, [service.bots]) answered 200 without payload and \
@@ -270,7 +270,7 @@ pub static CRAWLERS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static NO_CONSENT: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static NO_CONSENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_no_consent_total",
         "Events answered 200 without payload, neither forwarded nor kept, for want of consent \
@@ -280,7 +280,7 @@ pub static NO_CONSENT: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static VISITOR_IDS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static VISITOR_IDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_visitor_ids_total",
         "Signed-cookie mode ([service.identity]): how each event's visitor was found, by service \
@@ -291,7 +291,7 @@ pub static VISITOR_IDS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_COMMIT_DURATION: Lazy<Histogram> = Lazy::new(|| {
+pub static SPOOL_COMMIT_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "p13n_edge_spool_commit_seconds",
         "Time to write one lane's batch to its segment, its fdatasync included (unless \
@@ -301,7 +301,7 @@ pub static SPOOL_COMMIT_DURATION: Lazy<Histogram> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static DNS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static DNS_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_dns_lookups_total",
         "Upstream name lookups ended, by host and result (ok, error, timeout).",
@@ -310,7 +310,7 @@ pub static DNS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static DNS_STALE: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static DNS_STALE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_dns_stale_total",
         "Upstream calls that used addresses past their TTL while a lookup refreshed them, by host.",
@@ -319,7 +319,7 @@ pub static DNS_STALE: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_rate_limited_total",
         "Requests answered 429 by a local rate limit, by limiter (address, identifier).",
@@ -328,7 +328,7 @@ pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static RATE_LIMIT_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RATE_LIMIT_OVERFLOW: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_rate_limit_overflow_total",
         "Requests whose key could not be tracked (max_tracked reached): an address shared the overflow bucket, a visitor was limited by its address only.",
@@ -337,7 +337,7 @@ pub static RATE_LIMIT_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static RATE_LIMIT_TRACKED: Lazy<IntGaugeVec> = Lazy::new(|| {
+pub static RATE_LIMIT_TRACKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "p13n_edge_rate_limit_tracked",
         "Keys (addresses, visitors) with a bucket of their own, by limiter.",
@@ -346,7 +346,7 @@ pub static RATE_LIMIT_TRACKED: Lazy<IntGaugeVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static SLOW_HEADERS: Lazy<IntCounter> = Lazy::new(|| {
+pub static SLOW_HEADERS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "p13n_edge_slow_headers_total",
         "Connections closed because a request header (HTTP/2: the preface and first request header) took longer than timeouts.client_header_ms."
@@ -354,7 +354,7 @@ pub static SLOW_HEADERS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_config_reloads_total",
         "Config reloads (SIGHUP), by result (ok, error).",
@@ -363,7 +363,7 @@ pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
+pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "p13n_edge_config_generation",
         "Generation of the config in use: 1 at start, plus one per successful reload."
@@ -371,7 +371,7 @@ pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static EMULATOR_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static EMULATOR_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "p13n_edge_emulator_requests_total",
         "Requests answered by the built-in upstream emulator, by status.",
@@ -461,39 +461,39 @@ pub fn code_label(code: Option<u32>) -> String {
 
 /// Touch every metric so that a scrape lists the whole catalog from the start.
 pub fn init() {
-    Lazy::force(&REQUESTS);
-    Lazy::force(&REQUEST_DURATION);
-    Lazy::force(&UPSTREAM_REQUESTS);
-    Lazy::force(&UPSTREAM_ERRORS);
-    Lazy::force(&UPSTREAM_CONNECTIONS);
-    Lazy::force(&UPSTREAM_DURATION);
-    Lazy::force(&TOKEN_REJECTIONS);
-    Lazy::force(&UPSTREAM_RETRIES);
-    Lazy::force(&RETRY_BUDGET_EXHAUSTED);
-    Lazy::force(&UPSTREAM_BACKOFF);
-    Lazy::force(&CIRCUIT_STATE);
-    Lazy::force(&CACHE_LOOKUPS);
-    Lazy::force(&CACHE_EVICTIONS);
-    Lazy::force(&CACHE_ENTRIES);
-    Lazy::force(&CACHE_BYTES);
-    Lazy::force(&SPOOL_DEPTH);
-    Lazy::force(&SPOOL_BYTES);
-    Lazy::force(&SPOOL_OLDEST_AGE);
-    Lazy::force(&SPOOL_REPLAYED);
-    Lazy::force(&SPOOL_HELD);
-    Lazy::force(&SPOOL_DEAD_LETTERED);
-    Lazy::force(&SPOOL_DEAD_LETTERS);
-    Lazy::force(&SPOOL_REFUSED);
-    Lazy::force(&SPOOL_CORRUPT);
-    Lazy::force(&SPOOL_COMMITS);
-    Lazy::force(&SPOOL_COMMIT_DURATION);
-    Lazy::force(&CRAWLERS);
-    Lazy::force(&NO_CONSENT);
-    Lazy::force(&VISITOR_IDS);
-    Lazy::force(&CONFIG_GENERATION);
-    Lazy::force(&SLOW_HEADERS);
-    Lazy::force(&DNS_LOOKUPS);
-    Lazy::force(&DNS_STALE);
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&UPSTREAM_REQUESTS);
+    LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&UPSTREAM_CONNECTIONS);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&TOKEN_REJECTIONS);
+    LazyLock::force(&UPSTREAM_RETRIES);
+    LazyLock::force(&RETRY_BUDGET_EXHAUSTED);
+    LazyLock::force(&UPSTREAM_BACKOFF);
+    LazyLock::force(&CIRCUIT_STATE);
+    LazyLock::force(&CACHE_LOOKUPS);
+    LazyLock::force(&CACHE_EVICTIONS);
+    LazyLock::force(&CACHE_ENTRIES);
+    LazyLock::force(&CACHE_BYTES);
+    LazyLock::force(&SPOOL_DEPTH);
+    LazyLock::force(&SPOOL_BYTES);
+    LazyLock::force(&SPOOL_OLDEST_AGE);
+    LazyLock::force(&SPOOL_REPLAYED);
+    LazyLock::force(&SPOOL_HELD);
+    LazyLock::force(&SPOOL_DEAD_LETTERED);
+    LazyLock::force(&SPOOL_DEAD_LETTERS);
+    LazyLock::force(&SPOOL_REFUSED);
+    LazyLock::force(&SPOOL_CORRUPT);
+    LazyLock::force(&SPOOL_COMMITS);
+    LazyLock::force(&SPOOL_COMMIT_DURATION);
+    LazyLock::force(&CRAWLERS);
+    LazyLock::force(&NO_CONSENT);
+    LazyLock::force(&VISITOR_IDS);
+    LazyLock::force(&CONFIG_GENERATION);
+    LazyLock::force(&SLOW_HEADERS);
+    LazyLock::force(&DNS_LOOKUPS);
+    LazyLock::force(&DNS_STALE);
     for limiter in ["address", "identifier"] {
         RATE_LIMITED.with_label_values(&[limiter]);
         RATE_LIMIT_OVERFLOW.with_label_values(&[limiter]);
