@@ -1,10 +1,12 @@
 //! The guard step: rate-limit decisions, the limiter's memory under a flood of distinct
-//! clients, and the crawler filter's cost per request. Run: `cargo bench --bench guard`.
+//! clients, the crawler filter's and the signed visitor id's cost per request. Run:
+//! `cargo bench --bench guard`.
 #![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use p13n_edge::event::claim;
 use p13n_edge::guard::rate::{BucketSpec, Limiter, Overflow, VisitorKey};
-use p13n_edge::guard::BotFilter;
+use p13n_edge::guard::{BotFilter, IdentityPolicy};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -120,5 +122,34 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decisions, crawlers);
+/// Signed-cookie mode: the visitor from a valid cookie (one HMAC-SHA256), a new visitor (an id
+/// from the OS, a tag, a Set-Cookie), and the body given the visitor's id.
+fn signed_visitor(c: &mut Criterion) {
+    use http::header::{HeaderMap, COOKIE};
+    let policy = IdentityPolicy::new(&[vec![7u8; 48]], "p13n_vid".into());
+    let now = std::time::SystemTime::now();
+    let issued = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let id = "0f4e1c2a-7b3d-4c5e-9f60-718293a4b5c6";
+    let mut valid = HeaderMap::new();
+    let cookie = format!("_ga=GA1.1.123; p13n_vid={}", policy.token(id, issued));
+    valid.insert(COOKIE, cookie.parse().unwrap());
+    let none = HeaderMap::new();
+    let mut g = c.benchmark_group("signed_visitor");
+    g.bench_function("valid cookie", |b| {
+        b.iter(|| black_box(policy.visitor(black_box(&valid), true, now).unwrap()))
+    });
+    g.bench_function("new visitor", |b| {
+        b.iter(|| black_box(policy.visitor(black_box(&none), true, now).unwrap()))
+    });
+    let ids = ["td_client_id".to_string()];
+    let sdk_body = bytes::Bytes::from_static(
+        br#"{"td_client_id":"sdk-client-id","td_path":"/retail/shop/women","product_category":"women"}"#,
+    );
+    g.bench_function("claim an SDK body", |b| {
+        b.iter(|| black_box(claim(sdk_body.clone(), &ids, id, false).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decisions, crawlers, signed_visitor);
 criterion_main!(benches);

@@ -2,12 +2,12 @@
 //! `p13n_edge_<thing>_<unit>`; labels are bounded (service, route, status class, code) and
 //! never carry a client id or a raw path.
 
-use std::sync::LazyLock;
 use prometheus::{
     register_gauge, register_histogram, register_histogram_vec, register_int_counter,
     register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, Histogram,
     HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
+use std::sync::LazyLock;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
