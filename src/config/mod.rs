@@ -8,6 +8,7 @@ mod policy;
 mod reload;
 mod secret;
 mod service;
+mod shared;
 mod tls;
 mod validate;
 
@@ -15,6 +16,7 @@ pub use file::FileConfig;
 pub use reload::{catch_hangups, reload, Reloader};
 pub(crate) use secret::redact_text;
 pub use secret::Secret;
+pub use shared::SharedSettings;
 pub use tls::{CertFromConfig, TlsListener};
 pub use validate::names_ok;
 
@@ -74,6 +76,8 @@ pub struct Config {
     pub cache: CacheLimits,
     pub spool: SpoolSettings,
     pub access_log: bool,
+    /// The Valkey/Redis tier shared by every instance, if any. Read at start.
+    pub shared: Option<SharedSettings>,
     pub services: Vec<Arc<Service>>,
     /// Exact request path (`/db/table` or `/public/db/table`) to its route.
     pub routes: HashMap<String, Arc<Route>>,

@@ -48,6 +48,8 @@ pub struct Replayer {
     pub client: Arc<UpstreamClient>,
     pub config: Arc<ArcSwap<Config>>,
     pub cache: Arc<OfferCache>,
+    /// Refreshed offers are written through to the shared tier too, if there is one.
+    pub shared: Option<Arc<crate::shared::SharedTier>>,
 }
 
 #[async_trait]
@@ -521,6 +523,11 @@ impl Replayer {
         let mut limits = CallLimits::new(config, &route);
         limits.quota_wait = QuotaWait::Behind;
         let key = CacheKey::new(&route.service.id, &route.id, &record.visitor);
+        let route_stale = route.service.cache.stale;
+        let shared = self
+            .shared
+            .as_ref()
+            .filter(|_| route.service.cache.mode != crate::config::CacheMode::Off);
         let call = Call {
             route,
             body: record.body.clone(),
@@ -540,7 +547,11 @@ impl Replayer {
         }
         let verdict = verdict(&result);
         if let (Verdict::Delivered, Ok(r)) = (&verdict, result) {
-            self.cache.insert(key, Offers::from(&r));
+            let offers = Offers::from(&r);
+            if let Some(tier) = shared {
+                tier.put(&key, &offers, route_stale);
+            }
+            self.cache.insert(key, offers);
         }
         verdict
     }
