@@ -8,6 +8,7 @@
 
 mod breaker;
 mod codec;
+mod connect;
 mod warden;
 
 pub use breaker::{Breaker, TierState};
@@ -19,7 +20,7 @@ use crate::config::SharedSettings;
 use crate::guard::rate::{BucketSpec, Verdict};
 use crate::lock;
 use crate::metrics;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -52,10 +53,10 @@ return {1, 0}
 /// The operations, as labelled in the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    Get,
-    Put,
-    Limit,
-    Ping,
+    Get = 0,
+    Put = 1,
+    Limit = 2,
+    Ping = 3,
 }
 
 impl Op {
@@ -83,6 +84,8 @@ pub struct SharedTier {
     breaker: Mutex<Breaker>,
     writes_in_flight: Arc<AtomicUsize>,
     limiter: redis::Script,
+    /// `p13n_edge_shared_duration_seconds` by `Op`, resolved once.
+    durations: [prometheus::Histogram; 4],
     /// The last failure's kind, for `/readyz`.
     last_error: Mutex<Option<&'static str>>,
 }
@@ -90,11 +93,20 @@ pub struct SharedTier {
 impl SharedTier {
     /// The tier for `settings`; nothing connects until the warden starts.
     pub fn new(settings: SharedSettings) -> Result<Self, redis::RedisError> {
-        let client = client(&settings)?;
+        let client = connect::client(&settings)?;
         for op in [Op::Get, Op::Put, Op::Limit, Op::Ping] {
             for kind in ERROR_KINDS {
                 metrics::SHARED_ERRORS.with_label_values(&[op.label(), kind]);
             }
+        }
+        for result in ["hit", "miss", "error", "skipped"] {
+            metrics::SHARED_LOOKUPS.with_label_values(&[result]);
+        }
+        for result in ["ok", "error", "dropped", "skipped"] {
+            metrics::SHARED_WRITES.with_label_values(&[result]);
+        }
+        for result in ["allowed", "limited", "local"] {
+            metrics::SHARED_LIMITS.with_label_values(&[result]);
         }
         metrics::SHARED_STATE.set(TierState::Down.as_gauge());
         Ok(SharedTier {
@@ -108,6 +120,8 @@ impl SharedTier {
             ),
             writes_in_flight: Arc::new(AtomicUsize::new(0)),
             limiter: redis::Script::new(GCRA),
+            durations: [Op::Get, Op::Put, Op::Limit, Op::Ping]
+                .map(|op| metrics::SHARED_DURATION.with_label_values(&[op.label()])),
             last_error: Mutex::new(None),
         })
     }
@@ -118,20 +132,7 @@ impl SharedTier {
 
     /// Open the connections (lazily: the first operation on each connects it). Once only.
     fn connect(&self) -> Result<(), redis::RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.settings.connect_timeout))
-            // Each operation has its own budget; this only ends a reply that never comes.
-            .set_response_timeout(Some(self.settings.connect_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let mut made = Vec::with_capacity(self.settings.connections);
-        for _ in 0..self.settings.connections {
-            made.push(ConnectionManager::new_lazy_with_config(
-                self.client.clone(),
-                config.clone(),
-            )?);
-        }
+        let made = connect::managers(&self.client, &self.settings)?;
         let _ = self.connections.set(made);
         Ok(())
     }
@@ -160,7 +161,7 @@ impl SharedTier {
         };
         let outcome = match tokio::time::timeout(limit, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(error_kind(&e)),
+            Ok(Err(e)) => Err(connect::error_kind(&e)),
             Err(_) => Err("timeout"),
         };
         self.record(op, outcome.as_ref().err().copied(), started);
@@ -173,9 +174,7 @@ impl SharedTier {
         match error {
             None => {
                 breaker.success();
-                metrics::SHARED_DURATION
-                    .with_label_values(&[op.label()])
-                    .observe(started.elapsed().as_secs_f64());
+                self.durations[op as usize].observe(started.elapsed().as_secs_f64());
             }
             Some(kind) => {
                 breaker.failure(Instant::now());
@@ -371,50 +370,5 @@ impl SharedTier {
 
     pub fn state(&self) -> TierState {
         lock(&self.breaker).state()
-    }
-}
-
-fn client(settings: &SharedSettings) -> Result<redis::Client, redis::RedisError> {
-    use redis::IntoConnectionInfo;
-    let info = settings.url.as_str().into_connection_info()?;
-    let mut redis_settings = info.redis_settings().clone();
-    if let Some(user) = &settings.username {
-        redis_settings = redis_settings.set_username(user);
-    }
-    if let Some(password) = &settings.password {
-        redis_settings = redis_settings.set_password(password.expose());
-    }
-    let info = info.set_redis_settings(redis_settings);
-    match &settings.ca_file {
-        None => redis::Client::open(info),
-        Some(path) => {
-            let root_cert = std::fs::read(path).map_err(redis::RedisError::from)?;
-            redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )
-        }
-    }
-}
-
-/// A bounded label for what went wrong; never the error's text, which may quote a key.
-fn error_kind(e: &redis::RedisError) -> &'static str {
-    use redis::ErrorKind;
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connection_refusal() {
-        "refused"
-    } else if e.is_connection_dropped() || e.is_io_error() {
-        "io"
-    } else {
-        match e.kind() {
-            ErrorKind::AuthenticationFailed => "auth",
-            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => "protocol",
-            ErrorKind::Server(_) | ErrorKind::Extension => "server",
-            _ => "other",
-        }
     }
 }

@@ -22,7 +22,7 @@ impl BackgroundService for Warden {
         let tier = &self.tier;
         if let Err(e) = tier.connect() {
             tracing::error!(
-                kind = super::error_kind(&e),
+                kind = super::connect::error_kind(&e),
                 "shared tier: its connections cannot be made; serving without it"
             );
             return;

@@ -6,15 +6,13 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod helpers;
 mod valkey;
 
 use common::*;
-use p13n_edge::cache::CacheKey;
-use p13n_edge::shared::offers_key;
+use helpers::*;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use valkey::Valkey;
 
@@ -47,67 +45,6 @@ fn edge_with(
     let path = dir.join("p13n-edge.toml");
     std::fs::write(&path, edit(toml)).unwrap();
     Daemon::spawn(&path, proxy, admin, env)
-}
-
-fn post_to(addr: SocketAddr, path: &str, visitor: &str) -> Response {
-    let body = format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#);
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-}
-
-fn post(addr: SocketAddr, visitor: &str) -> Response {
-    post_to(addr, "/demo_db/pageviews", visitor)
-}
-
-/// The key of `visitor`'s offers on the service's route `route` (`1/demo_db/{table}/{token}`).
-fn stored_key(route: &str, visitor: &str) -> Vec<u8> {
-    offers_key(
-        "p13n-edge:",
-        &CacheKey::new(&"shop".into(), &route.into(), visitor),
-    )
-}
-
-fn pageviews_key(visitor: &str) -> Vec<u8> {
-    stored_key("1/demo_db/pageviews/web", visitor)
-}
-
-/// A metric summed over the series whose line holds `labels`.
-fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
-    request(admin, "GET", "/metrics", &[], b"")
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// `/readyz`: its status and its warnings, joined.
-fn readiness(admin: SocketAddr) -> (u16, String) {
-    let r = request(admin, "GET", "/readyz", &[], b"");
-    (r.status, r.json()["warnings"].to_string())
-}
-
-fn cache_status(r: &Response) -> String {
-    r.header("cache-status").unwrap_or_default()
-}
-
-fn set_faults(emulator: SocketAddr, plan: serde_json::Value) {
-    let body = plan.to_string();
-    assert_eq!(
-        request(emulator, "POST", "/_emulator/faults", &[], body.as_bytes()).status,
-        200
-    );
-}
-
-fn ingested(emulator: SocketAddr) -> u64 {
-    let r = request(emulator, "GET", "/_emulator/stats", &[], b"");
-    r.json()["events_ingested"].as_u64().unwrap()
 }
 
 #[test]
@@ -209,55 +146,6 @@ fn one_visitor_limit_holds_across_instances() {
                 "result=\"limited\""
             ) > 0.0
         );
-    }
-}
-
-/// Requests from two threads to `targets` in turn, for visitors `load-0..load-29`, until
-/// finished; counts the answers that were not 200.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    sent: Arc<AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(targets: [SocketAddr; 2]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let threads = (0..2)
-            .map(|t| {
-                let (stop, failed, sent) = (stop.clone(), failed.clone(), sent.clone());
-                std::thread::spawn(move || {
-                    let mut i = t;
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = post(targets[i % 2], &format!("load-{}", i % 30));
-                        if r.status != 200 {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        i += 1;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            failed,
-            sent,
-            threads,
-        }
-    }
-
-    /// Stop; (requests sent, answers that were not 200).
-    fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().for_each(|t| t.join().unwrap());
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -427,5 +315,23 @@ fn keys_that_naive_concatenation_would_confuse_keep_their_own_offers() {
         !own.text().contains("offer_for_high_loyalty"),
         "{}",
         own.text()
+    );
+}
+
+#[test]
+fn the_kubernetes_overlay_runs_base_config_with_the_shared_tier() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s");
+    let base = std::fs::read_to_string(format!("{dir}/base/p13n-edge.toml")).unwrap();
+    let overlay = std::fs::read_to_string(format!("{dir}/shared/p13n-edge.toml")).unwrap();
+    let (above, shared) = overlay
+        .split_once("\n[shared]\n")
+        .expect("a [shared] section");
+    assert!(
+        above.ends_with(&base),
+        "deploy/k8s/shared/p13n-edge.toml must be base's plus [shared]"
+    );
+    assert!(
+        shared.contains("url = \"redis://p13n-edge-valkey:6379/0\""),
+        "{shared}"
     );
 }
