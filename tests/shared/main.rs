@@ -202,6 +202,38 @@ fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
     assert!(metric(a.admin, "p13n_edge_shared_errors_total", "") > 0.0);
 }
 
+#[test]
+fn a_server_that_comes_up_after_the_daemons_is_used_once_it_does() {
+    let mut server = Valkey::reserve("late", None);
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let extra = shared(&server, "budget_ms = 100");
+    let a = edge("late-a", emulator, &extra, &[]);
+    let b = edge("late-b", emulator, &extra, &[]);
+    // Nothing listens yet: each serves alone, ready, with a warning.
+    let early = post(a.proxy, "early");
+    assert_eq!(cache_status(&early), "p13n-edge; fwd=miss; stored");
+    assert!(
+        eventually(Duration::from_secs(10), || readiness(b.admin)
+            .1
+            .contains("shared tier")),
+        "{:?}",
+        readiness(b.admin)
+    );
+    assert_eq!(readiness(b.admin).0, 200);
+
+    server.restart();
+    for admin in [a.admin, b.admin] {
+        assert!(
+            eventually(Duration::from_secs(20), || !readiness(admin)
+                .1
+                .contains("shared tier")),
+            "{:?}",
+            readiness(admin)
+        );
+    }
+    assert!(shares(&server, &a, &b, "late"));
+}
+
 /// Every answer to `count` new visitors on `addr`: 200, and each well within `bound`.
 fn answers_within(addr: SocketAddr, prefix: &str, count: usize, bound: Duration) {
     for i in 0..count {

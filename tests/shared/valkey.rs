@@ -20,14 +20,19 @@ impl Valkey {
 
     /// A server that wants `password` (`requirepass`) from its clients.
     pub fn start_with(name: &str, password: Option<&str>) -> Valkey {
-        let mut server = Valkey {
+        let mut server = Self::reserve(name, password);
+        server.spawn();
+        server
+    }
+
+    /// A port and a directory for a server not started yet (`restart` starts it).
+    pub fn reserve(name: &str, password: Option<&str>) -> Valkey {
+        Valkey {
             port: crate::common::free_port(),
             password: password.map(str::to_string),
             dir: crate::common::scratch(&format!("{name}-valkey")),
             child: None,
-        };
-        server.spawn();
-        server
+        }
     }
 
     pub fn url(&self) -> String {
@@ -109,7 +114,7 @@ impl Valkey {
         }
     }
 
-    /// A new, empty server on the same port.
+    /// A new, empty server on the same port (or the first, after `reserve`).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
