@@ -100,6 +100,18 @@ fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
 }
 
 #[test]
+fn the_tier_speaks_tls_with_a_private_ca() {
+    let server = Valkey::start_tls("tls");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let ca = format!("ca_file = {:?}\nbudget_ms = 200", server.ca_file());
+    let extra = shared(&server, &ca);
+    let a = edge("tls-a", emulator, &extra, &[]);
+    let b = edge("tls-b", emulator, &extra, &[]);
+    assert!(shares(&server, &a, &b, "over-tls"));
+    assert_eq!(metric(a.admin, "p13n_edge_shared_errors_total", ""), 0.0);
+}
+
+#[test]
 fn one_visitor_limit_holds_across_instances() {
     let server = Valkey::start("limit");
     let (_emulator, emulator) = start_emulator(&demo_rules());

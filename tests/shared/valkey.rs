@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Valkey {
     pub port: u16,
     password: Option<String>,
+    /// With TLS only (`start_tls`): the CA's PEM, for the test's own connections.
+    ca: Option<Vec<u8>>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -30,19 +32,64 @@ impl Valkey {
         Valkey {
             port: crate::common::free_port(),
             password: password.map(str::to_string),
+            ca: None,
             dir: crate::common::scratch(&format!("{name}-valkey")),
             child: None,
         }
     }
 
+    /// A server that speaks TLS only, with a certificate for `localhost` from a CA of its own,
+    /// written to `ca.pem` in its directory.
+    pub fn start_tls(name: &str) -> Valkey {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut server = Self::reserve(name, None);
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let leaf = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(server.dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(server.dir.join("leaf.pem"), leaf.pem()).unwrap();
+        std::fs::write(server.dir.join("leaf.key"), key.serialize_pem()).unwrap();
+        server.ca = Some(ca_cert.pem().into_bytes());
+        server.spawn();
+        server
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.ca {
+            Some(_) => format!("rediss://localhost:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
+        let port = self.port.to_string();
+        match self.ca {
+            None => command.args(["--port", &port]),
+            Some(_) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("leaf.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("leaf.key")),
+        };
         command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -75,7 +122,17 @@ impl Valkey {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
             None => self.url(),
         };
-        let con = redis::Client::open(url)?.get_connection_with_timeout(timeout)?;
+        let client = match &self.ca {
+            None => redis::Client::open(url)?,
+            Some(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+        };
+        let con = client.get_connection_with_timeout(timeout)?;
         con.set_read_timeout(Some(timeout))?;
         Ok(con)
     }
