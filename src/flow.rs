@@ -184,9 +184,9 @@ impl Flow {
     ) -> Result<Answer, UpstreamError> {
         let response = result?;
         if response.status < 300 {
-            let offers = Offers::from(&response);
+            let mut offers = Offers::from(&response);
             if let Some(tier) = &self.shared {
-                tier.put(key, &offers, route.service.cache.stale);
+                tier.put(&self.cache, key, &mut offers, &route.service.cache);
             }
             self.cache.insert(key.clone(), offers);
             return Ok(Answer::relay(response, "p13n-edge; fwd=miss; stored"));
@@ -211,14 +211,14 @@ impl Flow {
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         let cache = self.cache.clone();
-        let (tier, stale) = (self.shared.clone(), route.service.cache.stale);
+        let (tier, policy) = (self.shared.clone(), route.service.cache);
         let finished_key = key.clone();
         tokio::spawn(async move {
             let delivered = match task.await {
                 Ok(Ok(r)) if r.status < 300 => {
-                    let offers = Offers::from(&r);
+                    let mut offers = Offers::from(&r);
                     if let Some(tier) = &tier {
-                        tier.put(&finished_key, &offers, stale);
+                        tier.put(&cache, &finished_key, &mut offers, &policy);
                     }
                     cache.insert(finished_key, offers);
                     true

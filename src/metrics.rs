@@ -394,7 +394,8 @@ pub static SHARED_WRITES: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!(
         "p13n_edge_shared_writes_total",
         "Upstream answers written through to the shared tier, by result (ok, error, dropped: \
-         too many in flight, skipped: the tier was down).",
+         too many in flight, skipped: the tier was down, unchanged: the same as the copy written \
+         less than half its freshness ago).",
         &["result"]
     )
     .expect("metric registers once")

@@ -118,6 +118,7 @@ pub fn decode(value: &[u8], now: Instant, wall: SystemTime) -> Result<Offers, De
         content_type,
         body: Bytes::copy_from_slice(body),
         fetched: now.checked_sub(age).unwrap_or(now),
+        shared_at: 0,
     })
 }
 
@@ -176,6 +177,7 @@ mod tests {
             content_type: Some(HeaderValue::from_static("application/json")),
             body: Bytes::from_static(br#"{"offers":{}}"#),
             fetched: now.checked_sub(Duration::from_secs(7)).unwrap(),
+            shared_at: 0,
         };
         let stored = encode(&offers, now, wall).unwrap();
         // Read a second later by another process.

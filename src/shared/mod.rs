@@ -16,7 +16,7 @@ pub use codec::{decode, encode, limit_key, offers_key, DecodeError};
 pub use warden::Warden;
 
 use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
-use crate::config::SharedSettings;
+use crate::config::{CachePolicy, SharedSettings};
 use crate::guard::rate::{BucketSpec, Verdict};
 use crate::lock;
 use crate::metrics;
@@ -102,7 +102,7 @@ impl SharedTier {
         for result in ["hit", "miss", "error", "skipped"] {
             metrics::SHARED_LOOKUPS.with_label_values(&[result]);
         }
-        for result in ["ok", "error", "dropped", "skipped"] {
+        for result in ["ok", "error", "dropped", "skipped", "unchanged"] {
             metrics::SHARED_WRITES.with_label_values(&[result]);
         }
         for result in ["allowed", "limited", "local"] {
@@ -253,24 +253,47 @@ impl SharedTier {
             return None;
         };
         result("hit");
+        // As written there, about when it was fetched: not written back for a while.
+        let offers = Offers {
+            shared_at: stamp(offers.fetched),
+            ..offers
+        };
         cache.insert(key.clone(), offers.clone());
         Some((offers, freshness))
     }
 
     /// Write an upstream's 2xx through, off the answer path, to expire with the service's stale
-    /// limit. Dropped (and counted) while too many writes are in flight or the tier is down.
-    pub fn put(self: &Arc<Self>, key: &CacheKey, offers: &Offers, stale: Duration) {
+    /// limit; call before `offers` go in the local cache. An answer the same as the local one
+    /// that was written less than half its freshness ago is not written again (a `fast` hit's
+    /// replayed event would otherwise cost a write each): the shared copy stays fresh. Dropped
+    /// (and counted) while too many writes are in flight or the tier is down.
+    pub fn put(
+        self: &Arc<Self>,
+        cache: &OfferCache,
+        key: &CacheKey,
+        offers: &mut Offers,
+        policy: &CachePolicy,
+    ) {
         if !self.settings.offers {
             return;
         }
         let written = |r: &str| metrics::SHARED_WRITES.with_label_values(&[r]).inc();
-        let ttl = stale.saturating_sub(offers.fetched.elapsed());
-        let Some(value) = encode(offers, Instant::now(), SystemTime::now()) else {
-            return written("dropped");
-        };
+        let now = Instant::now();
+        if let Some((previous, _)) = cache.get(key, Duration::MAX, Duration::MAX, now) {
+            let recent =
+                stamp(now).saturating_sub(previous.shared_at) < (policy.fresh / 2).as_secs() as u32;
+            if previous.shared_at != 0 && recent && same_answer(&previous, offers) {
+                offers.shared_at = previous.shared_at;
+                return written("unchanged");
+            }
+        }
+        let ttl = policy.stale.saturating_sub(offers.fetched.elapsed());
         if ttl < Duration::from_millis(1) {
             return;
         }
+        let Some(value) = encode(offers, now, SystemTime::now()) else {
+            return written("dropped");
+        };
         let in_flight = self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
         if in_flight >= self.settings.max_writes_in_flight {
             self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -280,6 +303,7 @@ impl SharedTier {
             self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             return written("skipped");
         };
+        offers.shared_at = stamp(now);
         let stored = offers_key(&self.settings.key_prefix, key);
         let tier = self.clone();
         tokio::spawn(async move {
@@ -371,4 +395,20 @@ impl SharedTier {
     pub fn state(&self) -> TierState {
         lock(&self.breaker).state()
     }
+}
+
+/// A time as `Offers::shared_at`: whole seconds since a day before the first stamp, plus one
+/// (0 is never). Coarse on purpose: it only decides when an unchanged answer is written again.
+fn stamp(at: Instant) -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+    });
+    let secs = at.saturating_duration_since(*epoch).as_secs();
+    secs.min(u64::from(u32::MAX - 1)) as u32 + 1
+}
+
+fn same_answer(a: &Offers, b: &Offers) -> bool {
+    a.status == b.status && a.content_type == b.content_type && a.body == b.body
 }

@@ -523,7 +523,7 @@ impl Replayer {
         let mut limits = CallLimits::new(config, &route);
         limits.quota_wait = QuotaWait::Behind;
         let key = CacheKey::new(&route.service.id, &route.id, &record.visitor);
-        let route_stale = route.service.cache.stale;
+        let policy = route.service.cache;
         let shared = self
             .shared
             .as_ref()
@@ -547,9 +547,9 @@ impl Replayer {
         }
         let verdict = verdict(&result);
         if let (Verdict::Delivered, Ok(r)) = (&verdict, result) {
-            let offers = Offers::from(&r);
+            let mut offers = Offers::from(&r);
             if let Some(tier) = shared {
-                tier.put(&key, &offers, route_stale);
+                tier.put(&self.cache, &key, &mut offers, &policy);
             }
             self.cache.insert(key, offers);
         }

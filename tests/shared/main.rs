@@ -96,6 +96,16 @@ fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
     // B's events still reach the upstream, from its spool.
     request(emulator, "DELETE", "/_emulator/faults", &[], b"");
     assert!(eventually(Duration::from_secs(20), || ingested(emulator) == 3));
+    // Replayed, the second view's answer is the shared copy's again (no offer yet): not
+    // written a second time; the third's has the offer: written.
+    let writes = |result: &str| {
+        let label = format!("result=\"{result}\"");
+        metric(b.admin, "p13n_edge_shared_writes_total", &label)
+    };
+    assert!(eventually(Duration::from_secs(5), || writes("ok") == 1.0));
+    assert_eq!(writes("unchanged"), 1.0);
+    let offered = server.get(&key).unwrap();
+    assert!(String::from_utf8_lossy(&offered).contains("offer_for_high_loyalty"));
     assert_eq!(metric(a.admin, "p13n_edge_shared_errors_total", ""), 0.0);
 }
 
