@@ -169,7 +169,7 @@ fn check_url(url: &str, problems: &mut Vec<String>) -> bool {
     if let Err(e) = redis::Client::open(url) {
         problems.push(format!("shared.url is not a valid URL ({:?})", e.kind()));
     }
-    scheme.ends_with('s')
+    matches!(scheme, "rediss" | "valkeys")
 }
 
 fn load_password(
