@@ -275,6 +275,12 @@ mod tests {
         }
         let problems = problems_of(&section("redis://127.0.0.1?insecure"));
         assert!(problems[0].contains("query"), "{problems:?}");
+        // A CA is for TLS only: redis:// is not rediss://.
+        let mut s = section("redis://127.0.0.1:6379");
+        s.ca_file = Some("ca.pem".into());
+        let problems = problems_of(&s);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("only for rediss://"), "{problems:?}");
     }
 
     #[test]
