@@ -39,7 +39,9 @@ pub(super) fn client(settings: &SharedSettings) -> Result<redis::Client, redis::
     // Nagle off (redis-rs leaves it on): a small command sent while the previous one is not
     // acknowledged yet goes at once rather than after the ACK.
     let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
-    let info = info.set_redis_settings(redis_settings).set_tcp_settings(tcp);
+    let info = info
+        .set_redis_settings(redis_settings)
+        .set_tcp_settings(tcp);
     match &settings.ca_file {
         None => redis::Client::open(info),
         Some(path) => {
