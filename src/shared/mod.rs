@@ -9,6 +9,7 @@
 mod breaker;
 mod codec;
 mod connect;
+mod limit;
 mod warden;
 
 pub use breaker::{Breaker, TierState};
@@ -17,7 +18,6 @@ pub use warden::Warden;
 
 use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
 use crate::config::{CachePolicy, SharedSettings};
-use crate::guard::rate::{BucketSpec, Verdict};
 use crate::lock;
 use crate::metrics;
 use redis::aio::ConnectionManager;
@@ -30,25 +30,6 @@ use std::time::{Duration, Instant, SystemTime};
 pub(crate) const FAILURES_TO_SKIP: u32 = 3;
 const SKIP_FIRST: Duration = Duration::from_millis(200);
 const SKIP_AT_MOST: Duration = Duration::from_secs(5);
-
-/// GCRA over the server's clock (`TIME`: instances' clocks need not agree): the key holds the
-/// theoretical arrival time in microseconds. ARGV: the emission interval (1 / rate) and the
-/// tolerance (interval × (burst − 1)), in microseconds. Returns {1, 0} when allowed, {0, µs
-/// until a request would be}.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if now < tat - tolerance then
-  return {0, math.ceil(tat - tolerance - now)}
-end
-tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
-return {1, 0}
-";
 
 /// The operations, as labelled in the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +100,7 @@ impl SharedTier {
                     .expect("constant breaker settings are valid"),
             ),
             writes_in_flight: Arc::new(AtomicUsize::new(0)),
-            limiter: redis::Script::new(GCRA),
+            limiter: redis::Script::new(limit::GCRA),
             durations: [Op::Get, Op::Put, Op::Limit, Op::Ping]
                 .map(|op| metrics::SHARED_DURATION.with_label_values(&[op.label()])),
             last_error: Mutex::new(None),
@@ -314,47 +295,6 @@ impl SharedTier {
             tier.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             written(if done.is_some() { "ok" } else { "error" });
         });
-    }
-
-    /// The visitor's limit checked for every instance together; `None` means the tier did not
-    /// answer (or is off for limits) and the local limiter decides.
-    pub async fn limit(&self, service: &str, visitor: &str, spec: BucketSpec) -> Option<Verdict> {
-        if !self.settings.rate_limits {
-            return None;
-        }
-        let counted = |r: &str| metrics::SHARED_LIMITS.with_label_values(&[r]).inc();
-        let Some(mut conn) = self.connection() else {
-            counted("local");
-            return None;
-        };
-        let interval = 1e6 / spec.per_second;
-        let tolerance = interval * (spec.burst - 1.0);
-        let mut invocation = self.limiter.prepare_invoke();
-        invocation
-            .key(limit_key(&self.settings.key_prefix, service, visitor))
-            .arg(interval)
-            .arg(tolerance);
-        let answer: Option<(i64, i64)> = self
-            .run(Op::Limit, async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await;
-        match answer {
-            Some((1, _)) => {
-                counted("allowed");
-                Some(Verdict::Allowed)
-            }
-            Some((_, wait_us)) => {
-                counted("limited");
-                Some(Verdict::Limited(Duration::from_micros(
-                    wait_us.max(1) as u64
-                )))
-            }
-            None => {
-                counted("local");
-                None
-            }
-        }
     }
 
     /// A round trip on the `i`th connection, for the warden: it connects the connection, and
