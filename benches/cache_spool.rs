@@ -40,6 +40,7 @@ fn offers() -> Offers {
         content_type: None,
         body: Bytes::from_static(OFFERS),
         fetched: Instant::now(),
+        shared_at: 0,
     }
 }
 

@@ -20,6 +20,8 @@
 #             events/s offered: the most calls the upstream saw in one second
 #   tls       the browser-facing path, TLS + HTTP/2 (h2load): p13n-edge, nginx, HAProxy
 #   memory    RSS per cached visitor at 100k and 1M visitors
+#   shared    two instances behind round-robin, with and without the shared tier (redis-server):
+#             hit rate of returning visitors, p50/p99, the cost of a shared lookup
 #   callgrind instructions per request, machine-independent (benches/callgrind.sh)
 # One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
@@ -32,7 +34,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-5}
 VISITORS=${VISITORS:-"100000 1000000"}
-ALL_SECTIONS="main half far rates protocol quota tls memory callgrind"
+ALL_SECTIONS="main half far rates protocol quota tls memory shared callgrind"
 SECTIONS=${SECTIONS:-$ALL_SECTIONS}
 RATES=${RATES:-"2000 5000"}
 RATE_SECS=${RATE_SECONDS:-10}
@@ -48,6 +50,7 @@ command -v h2load >/dev/null || need+=(nghttp2-client)  # TLS + HTTP/2, and call
 command -v valgrind >/dev/null || need+=(valgrind)      # callgrind
 command -v openssl >/dev/null || need+=(openssl)        # the TLS section's throwaway certificate
 command -v curl >/dev/null || need+=(curl)
+command -v redis-server >/dev/null || need+=(redis-server)  # the shared tier's server
 command -v python3 >/dev/null || need+=(python3)  # free ports, the emulator's stats, the README
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -685,6 +688,123 @@ if has memory; then
     echo
   } | out memory
   took memory
+fi
+
+# Two instances behind a round-robin balancer (nginx, one worker), `fast`, spool.sync_interval_ms
+# = 100, with and without the shared tier (a redis-server of its own, on loopback): the hit rate
+# of returning visitors (benches/load/sessions.lua: each sends 5 events, a round apart), the
+# latency through the balancer, and what one shared lookup costs a local miss (the daemons'
+# p13n_edge_shared_duration_seconds). New visitors each run; the spools drain between runs.
+if has shared; then
+  read -r RDS SOLO_LB SOLO_A SOLO_A_ADMIN SOLO_B SOLO_B_ADMIN SH_LB SH_A SH_A_ADMIN SH_B SH_B_ADMIN <<< "$(ports 11)"
+  mkdir -p "$work/redis"
+  redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$work/redis" >"$work/redis.log" 2>&1 & pids+=($!)
+  shared_toml="[shared]
+url = \"redis://127.0.0.1:$RDS/0\""
+  proxy_config solo-a "$SOLO_A" "$SOLO_A_ADMIN" "$UP" fast 100
+  proxy_config solo-b "$SOLO_B" "$SOLO_B_ADMIN" "$UP" fast 100
+  proxy_config sh-a "$SH_A" "$SH_A_ADMIN" "$UP" fast 100 "" "$shared_toml"
+  proxy_config sh-b "$SH_B" "$SH_B_ADMIN" "$UP" fast 100 "" "$shared_toml"
+  for n in solo-a solo-b sh-a sh-b; do
+    RUST_LOG=warn $BIN run --config "$work/$n.toml" 2>"$work/$n.log" & pids+=($!)
+  done
+  balancer() { # name port instance-a instance-b
+    nginx_conf "$1" <<NGX
+  upstream edges { server 127.0.0.1:$3; server 127.0.0.1:$4; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2;
+    location / { proxy_pass http://edges; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+NGX
+    "$NGINX" -c "$work/$1.conf" -g 'daemon off;' & pids+=($!)
+  }
+  balancer lbsolo "$SOLO_LB" "$SOLO_A" "$SOLO_B"
+  balancer lbshared "$SH_LB" "$SH_A" "$SH_B"
+  for p in $RDS $SOLO_LB $SOLO_A $SOLO_B $SH_LB $SH_A $SH_B; do
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+    (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "nothing listens on port $p; logs in $work"; exit 1; }
+  done
+  declare -A LB=([without]=$SOLO_LB [with]=$SH_LB)
+  declare -A ADMINS=([without]="$SOLO_A_ADMIN $SOLO_B_ADMIN" [with]="$SH_A_ADMIN $SH_B_ADMIN")
+  # A series' total over admin listeners: name, a label it must carry ("" for any), admins.
+  series() { local n=0; for a in "${@:3}"; do
+    n=$(awk -v x="$n" -v m="$1" -v l="$2" '(index($1, m "{") == 1 || $1 == m) && (l == "" || index($1, l)) {x += $2} END {print x + 0}' \
+      <(curl -s "http://127.0.0.1:$a/metrics")); done; echo "$n"; }
+  declare -A SHR SRPS SP50 SP99 GETN GETS GETF S1P50 ONEN ONES
+  # About 2,000 requests a second: 20 connections, each waiting 10 ms between its requests.
+  PACED=20
+  offset=0
+  for round in $(seq "$ROUNDS"); do
+    for v in without with; do
+      url="http://127.0.0.1:${LB[$v]}/demo_db/pageviews"
+      # shellcheck disable=SC2086
+      h0=$(series p13n_edge_cache_lookups_total 'result="hit"' ${ADMINS[$v]}); l0=$(series p13n_edge_cache_lookups_total "" ${ADMINS[$v]})
+      out=$(wrk -t1 -c$CONNS -d"${SECS}s" -s benches/load/sessions.lua "$url" -- $offset)
+      offset=$((offset + 100000000))
+      if echo "$out" | grep -q "Non-2xx"; then echo "shared $v: non-2xx answers"; echo "$out"; exit 1; fi
+      # shellcheck disable=SC2086
+      h1=$(series p13n_edge_cache_lookups_total 'result="hit"' ${ADMINS[$v]}); l1=$(series p13n_edge_cache_lookups_total "" ${ADMINS[$v]})
+      SHR[$v]+="$(awk -v h="$((h1 - h0))" -v l="$((l1 - l0))" 'BEGIN {printf "%.1f", 100 * h / l}') "
+      SRPS[$v]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+      for a in ${ADMINS[$v]}; do drain "$a" >/dev/null; done
+      # The same visitors' pattern at a paced rate: latency without the machine saturated.
+      # shellcheck disable=SC2086
+      gn0=$(series p13n_edge_shared_duration_seconds_count 'op="get"' ${ADMINS[$v]}); gs0=$(series p13n_edge_shared_duration_seconds_sum 'op="get"' ${ADMINS[$v]})
+      # shellcheck disable=SC2086
+      gf0=$(series p13n_edge_shared_duration_seconds_bucket 'op="get",le="0.00025"' ${ADMINS[$v]})
+      out=$(wrk -t1 -c$PACED -d"${SECS}s" --latency -s benches/load/sessions.lua "$url" -- $offset 10)
+      offset=$((offset + 100000000))
+      if echo "$out" | grep -q "Non-2xx"; then echo "shared $v paced: non-2xx answers"; echo "$out"; exit 1; fi
+      SP50[$v]+="$(echo "$out" | wrk_pct 50%) "; SP99[$v]+="$(echo "$out" | wrk_pct 99%) "
+      # shellcheck disable=SC2086
+      GETN[$v]=$(( ${GETN[$v]:-0} + $(series p13n_edge_shared_duration_seconds_count 'op="get"' ${ADMINS[$v]}) - gn0 ))
+      # shellcheck disable=SC2086
+      GETS[$v]=$(awk -v a="${GETS[$v]:-0}" -v b="$(series p13n_edge_shared_duration_seconds_sum 'op="get"' ${ADMINS[$v]})" -v c="$gs0" 'BEGIN {print a + b - c}')
+      # shellcheck disable=SC2086
+      GETF[$v]=$(( ${GETF[$v]:-0} + $(series p13n_edge_shared_duration_seconds_bucket 'op="get",le="0.00025"' ${ADMINS[$v]}) - gf0 ))
+      for a in ${ADMINS[$v]}; do drain "$a" >/dev/null; done
+      # One request at a time: what a lookup costs with nothing else to wait for.
+      # shellcheck disable=SC2086
+      gn0=$(series p13n_edge_shared_duration_seconds_count 'op="get"' ${ADMINS[$v]}); gs0=$(series p13n_edge_shared_duration_seconds_sum 'op="get"' ${ADMINS[$v]})
+      out=$(wrk -t1 -c1 -d"${SECS}s" --latency -s benches/load/sessions.lua "$url" -- $offset)
+      offset=$((offset + 100000000))
+      S1P50[$v]+="$(echo "$out" | wrk_pct 50%) "
+      # shellcheck disable=SC2086
+      ONEN[$v]=$(( ${ONEN[$v]:-0} + $(series p13n_edge_shared_duration_seconds_count 'op="get"' ${ADMINS[$v]}) - gn0 ))
+      # shellcheck disable=SC2086
+      ONES[$v]=$(awk -v a="${ONES[$v]:-0}" -v b="$(series p13n_edge_shared_duration_seconds_sum 'op="get"' ${ADMINS[$v]})" -v c="$gs0" 'BEGIN {print a + b - c}')
+      for a in ${ADMINS[$v]}; do drain "$a" >/dev/null; done
+      echo "round $round shared $v: hit rate $(echo "${SHR[$v]}" | awk '{print $NF}')%" >&2
+    done
+  done
+  sh_admins="$SH_A_ADMIN $SH_B_ADMIN"
+  # shellcheck disable=SC2086
+  {
+    shared_hits=$(series p13n_edge_shared_lookups_total 'result="hit"' $sh_admins)
+    shared_all=$(series p13n_edge_shared_lookups_total "" $sh_admins)
+    errors=$(series p13n_edge_shared_errors_total "" $sh_admins)
+    echo "Two p13n-edge instances (\`fast\`, spool.sync_interval_ms = 100, one worker each) behind nginx"
+    echo "round-robin, returning visitors (each sends 5 events, a round of 1,021 visitors apart, so that"
+    echo "its events alternate between the instances; benches/load/sessions.lua), $ROUNDS rounds of ${SECS}s,"
+    echo "alternating; medians. Hit rate: cache hits over lookups, from both instances' metrics (at"
+    echo "most 80%: a visitor's first event misses), and req/s, with wrk's $CONNS connections as fast as"
+    echo "they go (every process on the machine's $(nproc) cores); p50 and p99 at about 2,000 req/s ($PACED"
+    echo "connections, 10 ms between requests), the same visitors' pattern."
+    echo
+    echo "| 2 instances behind round-robin | hit rate | req/s | p50 ms at 2,000/s | p99 ms at 2,000/s | p50 ms, one at a time |"
+    echo "|---|---|---|---|---|---|"
+    for v in without with; do
+      echo "| $v the shared tier | $(echo "${SHR[$v]}" | median)% | $(echo "${SRPS[$v]}" | median) | $(echo "${SP50[$v]}" | median) | $(echo "${SP99[$v]}" | median) | $(echo "${S1P50[$v]}" | median) |"
+    done
+    echo
+    echo "A shared lookup (one GET on a local miss, over loopback; p13n_edge_shared_duration_seconds):"
+    echo "$(awk -v s="${ONES[with]}" -v n="${ONEN[with]}" 'BEGIN {printf "%.0f", n ? 1e6 * s / n : 0}') µs on average one request at a time ($(echo "${ONEN[with]}") lookups), $(awk -v s="${GETS[with]}" -v n="${GETN[with]}" 'BEGIN {printf "%.0f", n ? 1e6 * s / n : 0}') µs at about 2,000 req/s"
+    echo "(${GETN[with]}; $(awk -v f="${GETF[with]}" -v n="${GETN[with]}" 'BEGIN {printf "%.1f", n ? 100 * f / n : 0}')% under 250 µs: wrk's paced connections send in bursts, and a lookup's answer"
+    echo "waits for the instance's one worker). Over the section $shared_hits of $shared_all shared lookups were hits;"
+    echo "$errors operations failed (timeouts of the 5 ms budget, while wrk saturated the machine)."
+    echo
+  } | out shared
+  took shared
 fi
 
 # Instructions per request under callgrind: counts, not times, so they hold on a noisy machine.

@@ -15,7 +15,10 @@ For every StatefulSet or Deployment with a p13n-edge container, it checks:
   and liveness on /healthz, readiness, where there is one, on /readyz; so do the Prometheus
   annotations;
 - terminationGracePeriodSeconds is longer than the preStop pause plus grace_period_seconds
-  plus graceful_shutdown_timeout_seconds, so that SIGKILL never cuts an accepted event off.
+  plus graceful_shutdown_timeout_seconds, so that SIGKILL never cuts an accepted event off;
+- with [shared], its password_file is on a Secret volume, and a server named by a bare host
+  name is a Service of the same manifests.
+Other workloads (the shared tier's Valkey) get the hardening checks only.
 """
 import posixpath
 import sys
@@ -52,7 +55,8 @@ def port_number(port, container):
     return None
 
 
-def check_workload(w, configmaps, where):
+def check_workload(w, configmaps, services, where):
+    """The checks above for one workload; returns how many p13n-edge containers it has."""
     pod = w["spec"]["template"]["spec"]
     psc = pod.get("securityContext", {})
     check(psc.get("runAsNonRoot") is True, where, "pod securityContext.runAsNonRoot is not true")
@@ -70,9 +74,11 @@ def check_workload(w, configmaps, where):
         check(sc.get("readOnlyRootFilesystem") is True, at, "readOnlyRootFilesystem is not true")
         check("ALL" in sc.get("capabilities", {}).get("drop", []), at, "capabilities do not drop ALL")
     edges = [c for c in containers if "p13n-edge" in c.get("image", "")]
+    if not edges:
+        return 0  # another workload (the shared tier's Valkey): the hardening above only
     if len(edges) != 1:
         check(False, where, f"{len(edges)} p13n-edge containers, expected 1")
-        return
+        return 1
     edge = edges[0]
     at = f"{where} container {edge['name']}"
     if edge in inits:
@@ -122,6 +128,15 @@ def check_workload(w, configmaps, where):
             if field in service:
                 _, v = volume_of(service[field])
                 check(bool(v and "secret" in v), at, f"{field} {service[field]} is not on a Secret volume")
+    shared = config.get("shared")
+    if shared is not None:
+        if "password_file" in shared:
+            _, v = volume_of(shared["password_file"])
+            check(bool(v and "secret" in v), at, f"shared.password_file {shared['password_file']} is not on a Secret volume")
+        # A server named by a bare host name must be a Service of the same manifests.
+        host = shared.get("url", "").split("://", 1)[-1].split("/", 1)[0].rpartition(":")[0]
+        if host and "." not in host:
+            check(host in services, at, f"shared.url names {host}, which is no Service here")
 
     host, _, port = config.get("admin", {}).get("listen", "127.0.0.1:9090").rpartition(":")
     admin_port = int(port)
@@ -152,6 +167,7 @@ def check_workload(w, configmaps, where):
         at,
         f"terminationGracePeriodSeconds {period} is not longer than preStop {stop} s plus the config's {grace} s",
     )
+    return 1
 
 
 def main(paths):
@@ -159,10 +175,12 @@ def main(paths):
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
         configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+        services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
         workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
-        check(bool(workloads), path, "no StatefulSet or Deployment")
+        edges = 0
         for w in workloads:
-            check_workload(w, configmaps, f"{path}: {w['kind']}/{w['metadata']['name']}")
+            edges += check_workload(w, configmaps, services, f"{path}: {w['kind']}/{w['metadata']['name']}")
+        check(edges > 0, path, "no StatefulSet or Deployment with a p13n-edge container")
     for p in problems:
         print(p, file=sys.stderr)
     if problems:

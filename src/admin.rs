@@ -15,6 +15,8 @@ pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
     pub client: Arc<UpstreamClient>,
     pub spool: Arc<Spool>,
+    /// The shared tier, if configured: its failures are warnings, never reasons.
+    pub shared: Option<Arc<crate::shared::SharedTier>>,
 }
 
 impl Admin {
@@ -53,6 +55,9 @@ impl Admin {
             warnings.push(format!("route {route}: {why}"));
         }
         warnings.extend(self.spool.warnings());
+        if let Some(tier) = &self.shared {
+            warnings.extend(tier.warnings());
+        }
         for service in &config.services {
             let lag = self.spool.lag(&service.name);
             if lag > service.cache.max_lag {

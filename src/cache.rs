@@ -49,6 +49,9 @@ pub struct Offers {
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
     pub fetched: Instant,
+    /// When these offers were last written to the shared tier (`shared::stamp`), 0 if never:
+    /// an unchanged answer is not written again for a while. In the struct's padding: free.
+    pub shared_at: u32,
 }
 
 impl From<&UpstreamResponse> for Offers {
@@ -59,6 +62,7 @@ impl From<&UpstreamResponse> for Offers {
             content_type: r.content_type.clone(),
             body: r.body.clone(),
             fetched: Instant::now(),
+            shared_at: 0,
         }
     }
 }
@@ -283,7 +287,13 @@ mod tests {
             content_type: None,
             body: Bytes::from(body.to_string()),
             fetched,
+            shared_at: 0,
         }
+    }
+
+    #[test]
+    fn the_shared_stamp_costs_no_byte() {
+        assert!(std::mem::size_of::<Offers>() <= 96);
     }
 
     fn key(service: &str, visitor: &str) -> CacheKey {

@@ -8,6 +8,7 @@ use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
 use crate::config::{CacheMode, Config, Route};
 use crate::error::EdgeError;
 use crate::metrics::{self, CacheLookup};
+use crate::shared::SharedTier;
 use crate::spool::{EventId, Spool};
 use crate::upstream::{
     Call, ClientInfo, QuotaWait, UpstreamClient, UpstreamError, UpstreamResponse,
@@ -21,6 +22,8 @@ pub struct Flow {
     pub client: Arc<UpstreamClient>,
     pub cache: Arc<OfferCache>,
     pub spool: Arc<Spool>,
+    /// The Valkey/Redis tier behind the local cache, if `[shared]` is configured.
+    pub shared: Option<Arc<SharedTier>>,
 }
 
 const FWD_MISS: &str = "p13n-edge; fwd=miss";
@@ -53,9 +56,15 @@ impl Flow {
                 .map_err(edge_error);
         }
         let key = CacheKey::new(&service.id, &route.id, &visitor);
-        let cached = self
+        let mut cached = self
             .cache
             .get(&key, policy.fresh, policy.stale, Instant::now());
+        if let (None, Some(tier)) = (&cached, &self.shared) {
+            // A local miss: another instance may have fetched them (within the tier's budget).
+            cached = tier
+                .fill(&self.cache, &key, policy.fresh, policy.stale)
+                .await;
+        }
         let lookup = |result| route.endpoint.series.lookup(result);
 
         // A visitor with events still in the spool queues behind them, so the upstream sees
@@ -121,7 +130,7 @@ impl Flow {
         let Some((offers, _)) = fallback else {
             // Nothing to fall back on: the client waits for the upstream, within the deadline.
             let result = self.client.send(&call, limits).await;
-            return self.settle(&key, result).map_err(edge_error);
+            return self.settle(&key, &route, result).map_err(edge_error);
         };
 
         // With a fallback, the call runs on its own: past the deadline the client gets the
@@ -146,7 +155,7 @@ impl Flow {
         let why = match &outcome {
             Ok(r) if r.status == 429 => "upstream-429",
             Ok(r) if r.status >= 500 => "upstream-5xx",
-            Ok(_) => return self.settle(&key, outcome).map_err(edge_error),
+            Ok(_) => return self.settle(&key, &route, outcome).map_err(edge_error),
             Err(UpstreamError::CircuitOpen) => "circuit-open",
             Err(UpstreamError::Timeout) => "timeout",
             Err(UpstreamError::TooLarge(_)) => return Err(EdgeError::BadUpstreamResponse),
@@ -170,11 +179,17 @@ impl Flow {
     fn settle(
         &self,
         key: &CacheKey,
+        route: &Route,
         result: Result<UpstreamResponse, UpstreamError>,
     ) -> Result<Answer, UpstreamError> {
         let response = result?;
         if response.status < 300 {
-            self.cache.insert(key.clone(), Offers::from(&response));
+            let mut offers = Offers::from(&response);
+            if let Some(tier) = &self.shared {
+                let policy = &route.service.cache;
+                tier.put(&self.cache, key, &mut offers, policy.fresh, policy.stale);
+            }
+            self.cache.insert(key.clone(), offers);
             return Ok(Answer::relay(response, "p13n-edge; fwd=miss; stored"));
         }
         Ok(Answer::relay(response, FWD_MISS))
@@ -197,11 +212,22 @@ impl Flow {
             .await
             .map_err(|_| EdgeError::SpoolUnavailable)?;
         let cache = self.cache.clone();
+        let (tier, policy) = (self.shared.clone(), route.service.cache);
         let finished_key = key.clone();
         tokio::spawn(async move {
             let delivered = match task.await {
                 Ok(Ok(r)) if r.status < 300 => {
-                    cache.insert(finished_key, Offers::from(&r));
+                    let mut offers = Offers::from(&r);
+                    if let Some(tier) = &tier {
+                        tier.put(
+                            &cache,
+                            &finished_key,
+                            &mut offers,
+                            policy.fresh,
+                            policy.stale,
+                        );
+                    }
+                    cache.insert(finished_key, offers);
                     true
                 }
                 _ => false,

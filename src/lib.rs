@@ -19,6 +19,7 @@ pub mod proxy;
 mod runtime;
 pub mod schema;
 pub mod secret;
+pub mod shared;
 pub mod site;
 pub mod spool;
 pub mod upstream;
@@ -119,12 +120,14 @@ pub fn add_proxy_resolving(
     ));
     let cache = Arc::new(cache::OfferCache::new(config.cache));
     let spool = spool::Spool::open(config.spool.clone())?;
+    let tier = shared_tier(&config);
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
     let flow = flow::Flow {
         client: client.clone(),
         cache: cache.clone(),
         spool: spool.clone(),
+        shared: tier.clone(),
     };
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(idle);
@@ -145,13 +148,19 @@ pub fn add_proxy_resolving(
         client: client.clone(),
         destinations: Arc::new(config::InForce(shared.clone())),
         cache: cache.clone(),
+        shared: tier.clone(),
     };
     server.add_service(background_service("p13n-edge spool replay", replayer));
+    if let Some(tier) = &tier {
+        let warden = shared::Warden { tier: tier.clone() };
+        server.add_service(background_service("p13n-edge shared tier", warden));
+    }
 
     let admin_app = admin::Admin {
         config: shared.clone(),
         client,
         spool,
+        shared: tier,
     };
     let mut admin = Service::new("p13n-edge admin".into(), admin_app);
     admin.add_tcp(&admin_listen);
@@ -161,6 +170,19 @@ pub fn add_proxy_resolving(
         config: shared,
         cache,
     })
+}
+
+/// The shared tier of `[shared]`, if configured. Validated with the config, so a failure here is
+/// unexpected: logged, and the daemon serves without it.
+fn shared_tier(config: &Config) -> Option<Arc<shared::SharedTier>> {
+    let settings = config.shared.clone()?;
+    match shared::SharedTier::new(settings) {
+        Ok(tier) => Some(Arc::new(tier)),
+        Err(e) => {
+            tracing::error!(kind = ?e.kind(), "[shared] cannot be used: serving without it");
+            None
+        }
+    }
 }
 
 /// Add the upstream emulator on `listen`. It speaks HTTP/1.1 and, with prior knowledge,

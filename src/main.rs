@@ -175,8 +175,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let loaded = load(&config)?;
+            let shared = match &loaded.shared {
+                Some(s) => format!(", shared tier {}", s.url),
+                None => String::new(),
+            };
             println!(
-                "{}: ok ({} services, {} routes)",
+                "{}: ok ({} services, {} routes{shared})",
                 config.display(),
                 loaded.services.len(),
                 loaded.routes.len()

@@ -335,8 +335,18 @@ impl Edge {
             }
         }
         if let Some(spec) = config.rate.per_identifier {
-            let key = (service.id.clone(), VisitorKey::new(&event.visitor.value));
-            limit(&self.by_visitor, key, spec, "identifier")?;
+            // Shared by every instance when the shared tier answers; local when it does not.
+            let shared = match &self.flow.shared {
+                Some(tier) => tier.limit(&service.id, &event.visitor.value, spec).await,
+                None => None,
+            };
+            match shared {
+                Some(verdict) => limited(verdict, "identifier")?,
+                None => {
+                    let key = (service.id.clone(), VisitorKey::new(&event.visitor.value));
+                    limit(&self.by_visitor, key, spec, "identifier")?;
+                }
+            }
         }
         // One identity for every send of this event: the live call, a retry, the spool's replay.
         let id = self.flow.spool.next_event();
@@ -418,6 +428,11 @@ fn limit<K: std::hash::Hash + Eq>(
     metrics::RATE_LIMIT_TRACKED
         .with_label_values(&[name])
         .set(limiter.tracked() as i64);
+    limited(verdict, name)
+}
+
+/// A limiter's verdict as the request's outcome: over the limit, when to come back.
+fn limited(verdict: Verdict, name: &str) -> Result<(), EdgeError> {
     match verdict {
         Verdict::Allowed => Ok(()),
         Verdict::Limited(wait) => {

@@ -1,7 +1,7 @@
 //! The config in force as replay's `Destinations`: which route a spooled record may go to now,
 //! and the replay settings, read at every attempt so that a reload counts.
 
-use super::{Config, Route};
+use super::{CacheMode, Config, Route};
 use crate::cache::CacheKey;
 use crate::spool::{Destination, Destinations, Record, ReplaySettings};
 use crate::upstream::CallLimits;
@@ -15,7 +15,9 @@ impl Destinations for InForce {
     fn find(&self, record: &Record) -> Option<Destination> {
         let config = self.0.load();
         let route = route_for(&config, record)?;
+        let cache = route.service.cache;
         Some(Destination {
+            shared_ttl: (cache.mode != CacheMode::Off).then_some((cache.fresh, cache.stale)),
             limits: config.call_limits(&route),
             key: CacheKey::new(&route.service.id, &route.id, &record.visitor),
             endpoint: route.endpoint.clone(),

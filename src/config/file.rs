@@ -41,6 +41,8 @@ pub struct FileConfig {
     /// Token-bucket rate limits per client address and per visitor.
     #[serde(default)]
     pub rate_limit: RateLimitSection,
+    /// The optional Valkey/Redis tier shared by every instance: offers and per-visitor limits.
+    pub shared: Option<super::shared::SharedSection>,
     /// The personalization services this proxy fronts: `[[service]]` tables.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,

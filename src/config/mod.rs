@@ -9,11 +9,13 @@ mod identity;
 mod policy;
 mod reload;
 mod service;
+mod shared;
 mod tls;
 mod validate;
 
 pub(crate) use crate::secret::redact_text;
 pub use crate::secret::Secret;
+pub use crate::shared::SharedSettings;
 pub use destinations::InForce;
 pub use file::FileConfig;
 pub use reload::{catch_hangups, reload, Reloader};
@@ -76,6 +78,8 @@ pub struct Config {
     pub cache: CacheLimits,
     pub spool: SpoolSettings,
     pub access_log: bool,
+    /// The Valkey/Redis tier shared by every instance, if any. Read at start.
+    pub shared: Option<SharedSettings>,
     pub services: Vec<Arc<Service>>,
     /// Exact request path (`/db/table` or `/public/db/table`) to its route.
     pub routes: HashMap<String, Arc<Route>>,

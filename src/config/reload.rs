@@ -51,6 +51,7 @@ pub fn reload(
         ),
         ("upstream.ca_file", old.ca_file != new.ca_file),
         ("upstream.protocol", old.protocol != new.protocol),
+        ("shared", old.shared != new.shared),
         ("timeouts.dns_*", old.timeouts.dns != new.timeouts.dns),
         (
             "server.tls.listen",

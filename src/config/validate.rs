@@ -70,7 +70,11 @@ pub(super) fn build(
         problems.push("cache.max_entries must be above 0 and cache.max_bytes at least 4096".into());
     }
     let spool = spool_settings(&file, base_dir, problems);
-    let (services, routes, secrets) = services_and_routes(&file, base_dir, problems);
+    let (services, routes, mut secrets) = services_and_routes(&file, base_dir, problems);
+    let shared = file
+        .shared
+        .as_ref()
+        .and_then(|s| super::shared::build(s, base_dir, problems, &mut secrets));
     if !problems.is_empty() {
         return Err(ConfigErrors::redacted(std::mem::take(problems), &secrets));
     }
@@ -106,6 +110,7 @@ pub(super) fn build(
         cache,
         spool,
         access_log: file.log.access,
+        shared,
         services,
         routes,
     })

@@ -46,6 +46,8 @@ pub struct Replayer {
     /// Where records may go: asked at every attempt, so that a reload counts.
     pub destinations: Arc<dyn Destinations>,
     pub cache: Arc<OfferCache>,
+    /// Refreshed offers are written through to the shared tier too, if there is one.
+    pub shared: Option<Arc<crate::shared::SharedTier>>,
 }
 
 /// Where replay may send a record. The daemon answers from the config in force (`lib.rs`).
@@ -62,6 +64,9 @@ pub struct Destination {
     pub endpoint: Arc<Endpoint>,
     pub limits: CallLimits,
     pub key: CacheKey,
+    /// How long refreshed offers stay fresh and then stale in the shared tier; `None` when the
+    /// service keeps no offers (its cache is off).
+    pub shared_ttl: Option<(Duration, Duration)>,
 }
 
 /// The reloadable part of `spool` settings that replay reads.
@@ -395,8 +400,10 @@ impl Replayer {
             endpoint,
             mut limits,
             key,
+            shared_ttl,
         } = destination;
         limits.quota_wait = QuotaWait::Behind;
+        let shared = self.shared.as_ref().zip(shared_ttl);
         let call = Call {
             endpoint,
             body: record.body.clone(),
@@ -416,7 +423,11 @@ impl Replayer {
         }
         let verdict = verdict(&result);
         if let (Verdict::Delivered, Ok(r)) = (&verdict, result) {
-            self.cache.insert(key, Offers::from(&r));
+            let mut offers = Offers::from(&r);
+            if let Some((tier, (fresh, stale))) = shared {
+                tier.put(&self.cache, &key, &mut offers, fresh, stale);
+            }
+            self.cache.insert(key, offers);
         }
         verdict
     }

@@ -1,0 +1,119 @@
+//! What the shared tier's tests say in one word: a post, a key, a metric, readiness, the
+//! emulator's faults and stats, and a steady load.
+
+use crate::common::*;
+use p13n_edge::cache::CacheKey;
+use p13n_edge::shared::offers_key;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub fn post_to(addr: SocketAddr, path: &str, visitor: &str) -> Response {
+    let body = format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#);
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
+pub fn post(addr: SocketAddr, visitor: &str) -> Response {
+    post_to(addr, "/demo_db/pageviews", visitor)
+}
+
+/// The key of `visitor`'s offers on the service's route `route` (`1/demo_db/{table}/{token}`).
+pub fn stored_key(route: &str, visitor: &str) -> Vec<u8> {
+    offers_key(
+        "p13n-edge:",
+        &CacheKey::new(&"shop".into(), &route.into(), visitor),
+    )
+}
+
+pub fn pageviews_key(visitor: &str) -> Vec<u8> {
+    stored_key("1/demo_db/pageviews/web", visitor)
+}
+
+/// A metric summed over the series whose line holds `labels`.
+pub fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
+    request(admin, "GET", "/metrics", &[], b"")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `/readyz`: its status and its warnings, joined.
+pub fn readiness(admin: SocketAddr) -> (u16, String) {
+    let r = request(admin, "GET", "/readyz", &[], b"");
+    (r.status, r.json()["warnings"].to_string())
+}
+
+pub fn cache_status(r: &Response) -> String {
+    r.header("cache-status").unwrap_or_default()
+}
+
+pub fn set_faults(emulator: SocketAddr, plan: serde_json::Value) {
+    let body = plan.to_string();
+    assert_eq!(
+        request(emulator, "POST", "/_emulator/faults", &[], body.as_bytes()).status,
+        200
+    );
+}
+
+pub fn ingested(emulator: SocketAddr) -> u64 {
+    let r = request(emulator, "GET", "/_emulator/stats", &[], b"");
+    r.json()["events_ingested"].as_u64().unwrap()
+}
+
+/// Requests from two threads to `targets` in turn, for visitors `load-0..load-29`, until
+/// finished; counts the answers that were not 200.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(targets: [SocketAddr; 2]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let threads = (0..2)
+            .map(|t| {
+                let (stop, failed, sent) = (stop.clone(), failed.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = post(targets[i % 2], &format!("load-{}", i % 30));
+                        if r.status != 200 {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failed,
+            sent,
+            threads,
+        }
+    }
+
+    /// Stop; (requests sent, answers that were not 200).
+    pub fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().for_each(|t| t.join().unwrap());
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}

@@ -1,0 +1,392 @@
+//! The shared tier against a real redis-server, over real sockets: two p13n-edge processes
+//! (the binary, `Daemon`) share one server in front of one emulator. A visitor warmed on one is
+//! a `fast` hit on the other; one visitor limit holds for both; a stopped, slow or stalled
+//! server costs no answer and adds at most its budget; sharing resumes after a restart; keys
+//! that naive concatenation would confuse stay apart.
+#![allow(clippy::unwrap_used)] // test and measurement code: a failed unwrap is a failed run
+
+#[path = "../common/mod.rs"]
+mod common;
+mod helpers;
+mod valkey;
+
+use common::*;
+use helpers::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use valkey::Valkey;
+
+const PASSWORD: &str = "test-only-password-9f1c";
+
+/// `[shared]` for `server`, with `keys` (such as `budget_ms = 50`) added.
+fn shared(server: &Valkey, keys: &str) -> String {
+    format!("[shared]\nurl = \"{}\"\n{keys}\n", server.url())
+}
+
+/// The binary on a config of the harness's `shop` service in `fast` mode, with `extra` TOML
+/// after its routes.
+fn edge(name: &str, emulator: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Daemon {
+    edge_with(name, emulator, extra, env, |toml| toml)
+}
+
+/// `edge`, its config text changed by `edit` first.
+fn edge_with(
+    name: &str,
+    emulator: SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+    edit: impl Fn(String) -> String,
+) -> Daemon {
+    let (proxy, admin) = (free_port(), free_port());
+    let dir = scratch(name);
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    let tables = format!("[service.cache]\nmode = \"fast\"\n{extra}");
+    let toml = config_toml(proxy, admin, &format!("http://{emulator}"), &tables);
+    let path = dir.join("p13n-edge.toml");
+    std::fs::write(&path, edit(toml)).unwrap();
+    Daemon::spawn(&path, proxy, admin, env)
+}
+
+#[test]
+fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
+    let server = Valkey::start_with("warm", Some(PASSWORD));
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let extra = shared(
+        &server,
+        "password_env = \"P13N_EDGE_TEST_SHARED_PASSWORD\"\nbudget_ms = 200",
+    );
+    let env = [("P13N_EDGE_TEST_SHARED_PASSWORD", PASSWORD)];
+    let a = edge("warm-a", emulator, &extra, &env);
+    let b = edge("warm-b", emulator, &extra, &env);
+
+    let first = post(a.proxy, "returning");
+    assert_eq!(cache_status(&first), "p13n-edge; fwd=miss; stored");
+    // Written through off the answer path.
+    let key = pageviews_key("returning");
+    assert!(eventually(Duration::from_secs(5), || server.exists(&key)));
+
+    // The upstream now takes 1.5 s: an answer that waited for it could not come sooner.
+    set_faults(emulator, json!({"status": 0, "latency_ms": 1500}));
+    let started = Instant::now();
+    let hit = post(b.proxy, "returning");
+    let took = started.elapsed();
+    assert_eq!(hit.status, 200, "{}", hit.text());
+    assert!(
+        cache_status(&hit).starts_with("p13n-edge; hit"),
+        "{}",
+        hit.head
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "{took:?}: waited for the upstream"
+    );
+    assert_eq!(hit.body, first.body);
+    assert_eq!(
+        metric(b.admin, "p13n_edge_shared_lookups_total", "result=\"hit\""),
+        1.0
+    );
+    assert_eq!(
+        metric(b.admin, "p13n_edge_cache_lookups_total", "result=\"miss\""),
+        0.0
+    );
+    // Now in B's own cache: the next answer does not ask the shared tier again.
+    assert!(cache_status(&post(b.proxy, "returning")).starts_with("p13n-edge; hit"));
+    assert_eq!(metric(b.admin, "p13n_edge_shared_lookups_total", ""), 1.0);
+
+    // B's events still reach the upstream, from its spool.
+    request(emulator, "DELETE", "/_emulator/faults", &[], b"");
+    assert!(eventually(Duration::from_secs(20), || ingested(emulator) == 3));
+    // Replayed, the second view's answer is the shared copy's again (no offer yet): not
+    // written a second time; the third's has the offer: written.
+    let writes = |result: &str| {
+        let label = format!("result=\"{result}\"");
+        metric(b.admin, "p13n_edge_shared_writes_total", &label)
+    };
+    assert!(eventually(Duration::from_secs(5), || writes("ok") == 1.0));
+    assert_eq!(writes("unchanged"), 1.0);
+    let offered = server.get(&key).unwrap();
+    assert!(String::from_utf8_lossy(&offered).contains("offer_for_high_loyalty"));
+    assert_eq!(metric(a.admin, "p13n_edge_shared_errors_total", ""), 0.0);
+}
+
+#[test]
+fn the_tier_speaks_tls_with_a_private_ca() {
+    let server = Valkey::start_tls("tls");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let ca = format!("ca_file = {:?}\nbudget_ms = 200", server.ca_file());
+    let extra = shared(&server, &ca);
+    let a = edge("tls-a", emulator, &extra, &[]);
+    let b = edge("tls-b", emulator, &extra, &[]);
+    assert!(shares(&server, &a, &b, "over-tls"));
+    assert_eq!(metric(a.admin, "p13n_edge_shared_errors_total", ""), 0.0);
+}
+
+#[test]
+fn one_visitor_limit_holds_across_instances() {
+    let server = Valkey::start("limit");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let (rate, burst) = (10.0, 5.0);
+    let extra = format!(
+        "[rate_limit]\nper_identifier_per_second = {rate}\nper_identifier_burst = {burst}\n{}",
+        shared(&server, "budget_ms = 200")
+    );
+    let a = edge("limit-a", emulator, &extra, &[]);
+    let b = edge("limit-b", emulator, &extra, &[]);
+
+    let (mut admitted, mut limited) = (0, 0);
+    let started = Instant::now();
+    for i in 0.. {
+        if started.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        let r = post(if i % 2 == 0 { a.proxy } else { b.proxy }, "busy");
+        match r.status {
+            200 => admitted += 1,
+            429 => limited += 1,
+            _ => panic!("{}: {}", r.status, r.text()),
+        }
+    }
+    let expected = burst + rate * started.elapsed().as_secs_f64();
+    // Each instance alone would admit `expected`: twice that together.
+    assert!(
+        (admitted as f64) <= expected * 1.25 + 1.0 && (admitted as f64) >= expected * 0.75,
+        "{admitted} admitted ({limited} limited), about {expected:.0} expected"
+    );
+    for admin in [a.admin, b.admin] {
+        assert_eq!(
+            metric(
+                admin,
+                "p13n_edge_shared_limit_checks_total",
+                "result=\"local\""
+            ),
+            0.0
+        );
+        assert!(
+            metric(
+                admin,
+                "p13n_edge_shared_limit_checks_total",
+                "result=\"limited\""
+            ) > 0.0
+        );
+    }
+}
+
+/// Warm `visitor` on `a` and wait for its write-through; then `b` answers it from the tier.
+fn shares(server: &Valkey, a: &Daemon, b: &Daemon, visitor: &str) -> bool {
+    post(a.proxy, visitor);
+    eventually(Duration::from_secs(5), || {
+        server.exists(&pageviews_key(visitor))
+    }) && cache_status(&post(b.proxy, visitor)).starts_with("p13n-edge; hit")
+}
+
+#[test]
+fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
+    let mut server = Valkey::start("restart");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let extra = shared(&server, "budget_ms = 100");
+    let a = edge("restart-a", emulator, &extra, &[]);
+    let b = edge("restart-b", emulator, &extra, &[]);
+    assert!(shares(&server, &a, &b, "before"));
+
+    let load = Load::start([a.proxy, b.proxy]);
+    server.stop();
+    for admin in [a.admin, b.admin] {
+        assert!(
+            eventually(Duration::from_secs(10), || readiness(admin)
+                .1
+                .contains("shared tier")),
+            "{:?}",
+            readiness(admin)
+        );
+        let (status, warnings) = readiness(admin);
+        assert_eq!(status, 200, "a warning, never a failure: {warnings}");
+    }
+    // The local caches serve what each instance holds.
+    assert!(cache_status(&post(b.proxy, "before")).starts_with("p13n-edge; hit"));
+    assert!(cache_status(&post(a.proxy, "before")).starts_with("p13n-edge; hit"));
+
+    server.restart();
+    for admin in [a.admin, b.admin] {
+        assert!(
+            eventually(Duration::from_secs(20), || !readiness(admin)
+                .1
+                .contains("shared tier")),
+            "{:?}",
+            readiness(admin)
+        );
+    }
+    // The emptied server fills again by write-through, and serves the other instance.
+    assert!(shares(&server, &a, &b, "after"));
+    assert!(shares(&server, &b, &a, "after-too"));
+    let (sent, failed) = load.finish();
+    assert_eq!(failed, 0, "of {sent} answers under load");
+    assert!(sent > 0);
+    assert!(metric(a.admin, "p13n_edge_shared_errors_total", "") > 0.0);
+}
+
+#[test]
+fn a_server_that_comes_up_after_the_daemons_is_used_once_it_does() {
+    let mut server = Valkey::reserve("late", None);
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let extra = shared(&server, "budget_ms = 100");
+    let a = edge("late-a", emulator, &extra, &[]);
+    let b = edge("late-b", emulator, &extra, &[]);
+    // Nothing listens yet: each serves alone, ready, with a warning.
+    let early = post(a.proxy, "early");
+    assert_eq!(cache_status(&early), "p13n-edge; fwd=miss; stored");
+    assert!(
+        eventually(Duration::from_secs(10), || readiness(b.admin)
+            .1
+            .contains("shared tier")),
+        "{:?}",
+        readiness(b.admin)
+    );
+    assert_eq!(readiness(b.admin).0, 200);
+
+    server.restart();
+    for admin in [a.admin, b.admin] {
+        assert!(
+            eventually(Duration::from_secs(20), || !readiness(admin)
+                .1
+                .contains("shared tier")),
+            "{:?}",
+            readiness(admin)
+        );
+    }
+    assert!(shares(&server, &a, &b, "late"));
+}
+
+/// Every answer to `count` new visitors on `addr`: 200, and each well within `bound`.
+fn answers_within(addr: SocketAddr, prefix: &str, count: usize, bound: Duration) {
+    for i in 0..count {
+        let started = Instant::now();
+        let r = post(addr, &format!("{prefix}-{i}"));
+        let took = started.elapsed();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(took < bound, "answer {i} took {took:?}");
+    }
+}
+
+#[test]
+fn a_slow_or_stalled_server_adds_at_most_its_budget() {
+    let server = Valkey::start("slow");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    // Both operations of a request: the visitor limit and the offer lookup.
+    let extra = format!(
+        "[rate_limit]\nper_identifier_per_second = 100\n{}",
+        shared(&server, "budget_ms = 50")
+    );
+    let a = edge("slow-a", emulator, &extra, &[]);
+    assert_eq!(post(a.proxy, "warm").status, 200);
+    let bound = Duration::from_millis(500);
+
+    // Asleep for 2 s: every operation's reply waits.
+    let sleeping = server.sleep(2.0);
+    answers_within(a.proxy, "asleep", 20, bound);
+    let timeouts = metric(a.admin, "p13n_edge_shared_errors_total", "kind=\"timeout\"");
+    assert!(timeouts > 0.0);
+    let (status, warnings) = readiness(a.admin);
+    assert_eq!(status, 200);
+    assert!(warnings.contains("shared tier"), "{warnings}");
+    sleeping.join().unwrap();
+    assert!(eventually(Duration::from_secs(20), || !readiness(a.admin)
+        .1
+        .contains("shared tier")));
+
+    // Stalled: connected, never answering.
+    server.pause();
+    answers_within(a.proxy, "stalled", 20, bound);
+    assert!(eventually(Duration::from_secs(10), || readiness(a.admin)
+        .1
+        .contains("shared tier")));
+    server.resume();
+    assert!(eventually(Duration::from_secs(20), || !readiness(a.admin)
+        .1
+        .contains("shared tier")));
+    assert!(metric(a.admin, "p13n_edge_shared_errors_total", "kind=\"timeout\"") > timeouts);
+}
+
+#[test]
+fn keys_that_naive_concatenation_would_confuse_keep_their_own_offers() {
+    let server = Valkey::start("collide");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    // A second route of the service, public, with token `web2`: its id is the first route's
+    // followed by "2". Route id + visitor, concatenated, would make visitor "2x" of the first
+    // and visitor "x" of the second one key.
+    let extra = format!(
+        "[[service.route]]\ndatabase = \"demo_db\"\ntable = \"pageviews\"\npublic = true\ntoken = \"web2\"\n{}",
+        shared(&server, "budget_ms = 200")
+    );
+    let web2 = |toml: String| {
+        toml.replace(
+            &format!("web = \"{TOKEN}\""),
+            &format!("web = \"{TOKEN}\"\nweb2 = \"{TOKEN}\""),
+        )
+    };
+    let a = edge_with("collide-a", emulator, &extra, &[], web2);
+    let b = edge_with("collide-b", emulator, &extra, &[], web2);
+
+    // "2x" earns an offer on the private route (three retail views); "x" has none on the public.
+    for _ in 0..3 {
+        assert_eq!(post(a.proxy, "2x").status, 200);
+    }
+    assert_eq!(
+        post_to(a.proxy, "/public/demo_db/pageviews", "x").status,
+        200
+    );
+    let offered = pageviews_key("2x");
+    let plain = stored_key("1/demo_db/pageviews/web2", "x");
+    assert_ne!(offered, plain);
+    let has_offer = |v: Option<Vec<u8>>| {
+        v.is_some_and(|v| String::from_utf8_lossy(&v).contains("offer_for_high_loyalty"))
+    };
+    // Replay delivers the hits' events and writes the refreshed offers through.
+    assert!(eventually(Duration::from_secs(20), || has_offer(
+        server.get(&offered)
+    )));
+    assert!(eventually(Duration::from_secs(5), || server.exists(&plain)));
+    assert!(!has_offer(server.get(&plain)));
+    assert_eq!(server.dbsize(), 2);
+
+    let theirs = post(b.proxy, "2x");
+    assert!(
+        cache_status(&theirs).starts_with("p13n-edge; hit"),
+        "{}",
+        theirs.head
+    );
+    assert!(
+        theirs.text().contains("offer_for_high_loyalty"),
+        "{}",
+        theirs.text()
+    );
+    let own = post_to(b.proxy, "/public/demo_db/pageviews", "x");
+    assert!(
+        cache_status(&own).starts_with("p13n-edge; hit"),
+        "{}",
+        own.head
+    );
+    assert!(
+        !own.text().contains("offer_for_high_loyalty"),
+        "{}",
+        own.text()
+    );
+}
+
+#[test]
+fn the_kubernetes_overlay_runs_base_config_with_the_shared_tier() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s");
+    let base = std::fs::read_to_string(format!("{dir}/base/p13n-edge.toml")).unwrap();
+    let overlay = std::fs::read_to_string(format!("{dir}/shared/p13n-edge.toml")).unwrap();
+    let (above, shared) = overlay
+        .split_once("\n[shared]\n")
+        .expect("a [shared] section");
+    assert!(
+        above.ends_with(&base),
+        "deploy/k8s/shared/p13n-edge.toml must be base's plus [shared]"
+    );
+    assert!(
+        shared.contains("url = \"redis://p13n-edge-valkey:6379/0\""),
+        "{shared}"
+    );
+}
