@@ -13,6 +13,59 @@ use std::time::Instant;
 const JSON: &str = "application/json";
 const ALLOW: &str = "POST, OPTIONS";
 
+/// Why an answer came from the cache, or from the edge alone: `detail=` in `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The visitor's earlier events are still queued: this one queued behind them.
+    Queued,
+    Upstream429,
+    Upstream5xx,
+    CircuitOpen,
+    Timeout,
+    Unreachable,
+    /// The call passed the deadline and goes on in the background.
+    Deadline,
+    Crawler,
+    NoConsent,
+}
+
+impl Detail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detail::Queued => "queued",
+            Detail::Upstream429 => "upstream-429",
+            Detail::Upstream5xx => "upstream-5xx",
+            Detail::CircuitOpen => "circuit-open",
+            Detail::Timeout => "timeout",
+            Detail::Unreachable => "unreachable",
+            Detail::Deadline => "deadline",
+            Detail::Crawler => "crawler",
+            Detail::NoConsent => "no-consent",
+        }
+    }
+}
+
+/// How a relayed upstream answer passed the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// The service keeps no cache.
+    Bypass,
+    /// Not cached (not a 2xx).
+    Miss,
+    /// A 2xx, now in the cache.
+    Stored,
+}
+
+impl Forwarded {
+    fn cache_status(self) -> &'static str {
+        match self {
+            Forwarded::Bypass => "p13n-edge; fwd=bypass",
+            Forwarded::Miss => "p13n-edge; fwd=miss",
+            Forwarded::Stored => "p13n-edge; fwd=miss; stored",
+        }
+    }
+}
+
 pub struct Answer {
     pub status: u16,
     pub content_type: HeaderValue,
@@ -68,18 +121,18 @@ impl Answer {
 
     /// The vendor's "200 without payload", for an event not forwarded nor kept (a crawler's,
     /// or one without consent): `detail` says why in `Cache-Status`.
-    pub fn without_payload(detail: &str) -> Answer {
+    pub fn without_payload(detail: Detail) -> Answer {
         Answer {
             status: 200,
-            cache_status: Some(format!("p13n-edge; detail={detail}")),
+            cache_status: Some(format!("p13n-edge; detail={}", detail.as_str())),
             ..Answer::preflight()
         }
     }
 
     /// The upstream's answer: 2xx bodies untouched, errors in the vendor's shape.
-    pub fn relay(response: UpstreamResponse, cache_status: &str) -> Answer {
+    pub fn relay(response: UpstreamResponse, forwarded: Forwarded) -> Answer {
         let status = response.status;
-        let cache_status = Some(cache_status.to_string());
+        let cache_status = Some(forwarded.cache_status().to_string());
         if status < 300 {
             let content_type = response
                 .content_type
@@ -126,9 +179,10 @@ impl Answer {
     pub fn cached(
         offers: Offers,
         freshness: Freshness,
-        why: Option<&str>,
+        why: Option<Detail>,
         fresh_for: std::time::Duration,
     ) -> Answer {
+        let why = why.map(Detail::as_str);
         let age = Instant::now().saturating_duration_since(offers.fetched);
         let ttl = fresh_for.saturating_sub(age).as_secs();
         let cache_status = match (freshness, why) {

@@ -10,7 +10,7 @@
 //! type, body, identifier, visitor limit, uuid) → `Flow::deliver` (cache, upstream, spool) →
 //! the answer written → one metric update and the access line → the connection back for reuse.
 
-use crate::answer::Answer;
+use crate::answer::{Answer, Detail};
 use crate::config::{Config, Route, Service};
 use crate::error::EdgeError;
 use crate::event::{claim, content_type_ok, identify_with_cookie, Event};
@@ -297,7 +297,7 @@ impl Edge {
             .map_or(&b""[..], |ua| ua.as_bytes());
         if service.bots.is_bot(agent) {
             route.endpoint.series.crawlers.inc();
-            return Ok(Answer::without_payload("crawler"));
+            return Ok(Answer::without_payload(Detail::Crawler));
         }
         // Without consent, the event is neither forwarded nor kept.
         if let Err(why) = service.consent.check(&session.req_header().headers) {
@@ -310,7 +310,7 @@ impl Edge {
                     ctx.set_cookie = Some(identity.removal(over_tls(session)));
                 }
             }
-            return Ok(Answer::without_payload("no-consent"));
+            return Ok(Answer::without_payload(Detail::NoConsent));
         }
         let mut event = match &service.identity {
             None => identify_with_cookie(
