@@ -342,58 +342,6 @@ fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
     assert_eq!(accepted.load(Ordering::Relaxed), 5);
 }
 
-/// A relay to `upstream` whose connections open before `freeze` is called stop passing bytes,
-/// without closing: a connection gone silent (a NAT or balancer that lost its state). Those
-/// opened afterwards pass bytes as usual.
-struct Relay {
-    addr: std::net::SocketAddr,
-    opened: Arc<AtomicUsize>,
-    frozen_below: Arc<AtomicUsize>,
-}
-
-impl Relay {
-    fn start(upstream: std::net::SocketAddr) -> Relay {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (opened, frozen_below) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (count, frozen) = (opened.clone(), frozen_below.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let id = count.fetch_add(1, Ordering::SeqCst);
-                let server = std::net::TcpStream::connect(upstream).unwrap();
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let frozen = frozen.clone();
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16384];
-                        while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
-                            if n == 0 {
-                                break;
-                            }
-                            if id >= frozen.load(Ordering::SeqCst) {
-                                let _ = std::io::Write::write_all(&mut to, &buf[..n]);
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Relay {
-            addr,
-            opened,
-            frozen_below,
-        }
-    }
-
-    fn freeze(&self) {
-        self.frozen_below
-            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn an_http2_connection_gone_silent_is_not_used_after_a_call_times_out_on_it() {
     let (_emulator, emulator) = start_emulator(&demo_rules());

@@ -267,7 +267,9 @@ pub(super) fn build_route(service: &Arc<Service>, r: &RouteSection) -> Option<Ro
     let path = format!("{prefix}/{}/{}", r.database, r.table);
     let authorization = sensitive(&format!("TD1 {}", service.api_key.expose()))?;
     let token = sensitive(token?.1.expose())?;
+    let fingerprint = Endpoint::fingerprint_of(&authorization, &token, &service.upstream);
     let endpoint = Endpoint {
+        fingerprint,
         service: service.name.clone(),
         target: service.upstream.clone(),
         policy: service.policy,

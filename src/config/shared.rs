@@ -71,6 +71,7 @@ const SCHEMES: [&str; 4] = ["redis", "rediss", "valkey", "valkeys"];
 /// `secrets` too, so that no message can quote it.
 pub(super) fn build(
     section: &SharedSection,
+    max_body: usize,
     base_dir: &Path,
     problems: &mut Vec<String>,
     secrets: &mut Vec<Secret>,
@@ -100,8 +101,9 @@ pub(super) fn build(
         problems.push("shared.max_writes_in_flight must be at least 1".into());
     }
     let prefix = &section.key_prefix;
-    if prefix.len() > 64 || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
-        problems.push("shared.key_prefix must be at most 64 printable ASCII characters".into());
+    // Never empty: the server may hold other keys, and ours must not be mistaken for theirs.
+    if prefix.is_empty() || prefix.len() > 64 || prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+        problems.push("shared.key_prefix must be 1 to 64 printable ASCII characters".into());
     }
     if section.username.as_ref().is_some_and(|u| u.is_empty()) {
         problems.push("shared.username must not be empty".into());
@@ -118,6 +120,7 @@ pub(super) fn build(
         max_writes_in_flight: section.max_writes_in_flight,
         offers: section.offers,
         rate_limits: section.rate_limits,
+        max_body,
     })
 }
 
@@ -205,7 +208,7 @@ mod tests {
 
     fn problems_of(s: &SharedSection) -> Vec<String> {
         let mut problems = Vec::new();
-        build(s, Path::new("."), &mut problems, &mut Vec::new());
+        build(s, 65536, Path::new("."), &mut problems, &mut Vec::new());
         problems
     }
 
@@ -213,7 +216,7 @@ mod tests {
     fn defaults_and_a_plain_url() {
         let s = section("redis://127.0.0.1:6379/0");
         let mut problems = Vec::new();
-        let settings = build(&s, Path::new("."), &mut problems, &mut Vec::new()).unwrap();
+        let settings = build(&s, 65536, Path::new("."), &mut problems, &mut Vec::new()).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(settings.budget, Duration::from_millis(5));
         assert_eq!(settings.key_prefix, "p13n-edge:");
@@ -275,7 +278,7 @@ mod tests {
         let mut s = section("rediss://redis.internal:6380/2");
         s.password_file = Some("pw".into());
         let (mut problems, mut secrets) = (Vec::new(), Vec::new());
-        let settings = build(&s, &dir, &mut problems, &mut secrets).unwrap();
+        let settings = build(&s, 65536, &dir, &mut problems, &mut secrets).unwrap();
         assert_eq!(settings.password.as_ref().unwrap().expose(), "s3cret-value");
         assert_eq!(format!("{settings:?}").matches("s3cret").count(), 0);
         assert_eq!(secrets.len(), 1);

@@ -71,10 +71,10 @@ pub(super) fn build(
     }
     let spool = spool_settings(&file, base_dir, problems);
     let (services, routes, mut secrets) = services_and_routes(&file, base_dir, problems);
-    let shared = file
-        .shared
-        .as_ref()
-        .and_then(|s| super::shared::build(s, base_dir, problems, &mut secrets));
+    let shared = file.shared.as_ref().and_then(|s| {
+        let max_body = file.limits.max_upstream_body_bytes;
+        super::shared::build(s, max_body, base_dir, problems, &mut secrets)
+    });
     if !problems.is_empty() {
         return Err(ConfigErrors::redacted(std::mem::take(problems), &secrets));
     }

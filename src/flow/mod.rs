@@ -15,7 +15,7 @@ use crate::cache::{CacheKey, Freshness, OfferCache, Offers};
 use crate::config::{CacheMode, CachePolicy, Config, Route};
 use crate::error::EdgeError;
 use crate::metrics::{self, CacheLookup};
-use crate::shared::SharedTier;
+use crate::shared::{SharedTier, Slot};
 use crate::spool::{EventId, InFlight, Spool};
 use crate::upstream::{
     Call, CallLimits, ClientInfo, QuotaWait, UpstreamClient, UpstreamError, UpstreamResponse,
@@ -147,8 +147,8 @@ impl Flow {
             .get(key, policy.fresh, policy.stale, Instant::now());
         match (&cached, &self.shared) {
             (None, Some(tier)) => {
-                tier.fill(&self.cache, key, policy.fresh, policy.stale)
-                    .await
+                let slot = slot(key, &route.endpoint.fingerprint, policy);
+                tier.fill(&self.cache, slot).await
             }
             _ => cached,
         }
@@ -218,14 +218,12 @@ impl Flow {
     ) -> Result<Answer, UpstreamError> {
         let response = result?;
         if response.status < 300 {
-            let policy = step.route.service.cache;
-            store(
-                &self.cache,
-                self.shared.as_ref(),
-                policy,
+            let slot = slot(
                 &step.key,
-                &response,
+                &step.route.endpoint.fingerprint,
+                step.route.service.cache,
             );
+            store(&self.cache, self.shared.as_ref(), slot, &response);
             return Ok(Answer::relay(response, Forwarded::Stored));
         }
         Ok(Answer::relay(response, Forwarded::Miss))
@@ -242,10 +240,12 @@ impl Flow {
         let in_flight = self.spool_it(&step, true).await?;
         let (cache, tier) = (self.cache.clone(), self.shared.clone());
         let (policy, key) = (step.route.service.cache, step.key.clone());
+        let endpoint = step.route.endpoint.clone();
         tokio::spawn(async move {
             let delivered = match task.await {
                 Ok(Ok(r)) if r.status < 300 => {
-                    store(&cache, tier.as_ref(), policy, &key, &r);
+                    let slot = slot(&key, &endpoint.fingerprint, policy);
+                    store(&cache, tier.as_ref(), slot, &r);
                     true
                 }
                 _ => false,
@@ -266,17 +266,26 @@ impl Flow {
     }
 }
 
+/// Where `key`'s offers go in the shared tier, and for how long.
+fn slot<'a>(key: &'a CacheKey, namespace: &'a str, policy: CachePolicy) -> Slot<'a> {
+    Slot {
+        key,
+        namespace,
+        fresh: policy.fresh,
+        stale: policy.stale,
+    }
+}
+
 /// A 2xx's offers into the local cache, written through to the shared tier first.
 fn store(
     cache: &OfferCache,
     tier: Option<&Arc<SharedTier>>,
-    policy: CachePolicy,
-    key: &CacheKey,
+    slot: Slot<'_>,
     response: &UpstreamResponse,
 ) {
     let mut offers = Offers::from(response);
     if let Some(tier) = tier {
-        tier.put(cache, key, &mut offers, policy.fresh, policy.stale);
+        tier.put(cache, slot, &mut offers);
     }
-    cache.insert(key.clone(), offers);
+    cache.insert(slot.key.clone(), offers);
 }

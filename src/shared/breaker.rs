@@ -38,6 +38,8 @@ pub struct Breaker {
     backoff: Duration,
     /// Down: when a probe may go; probing: when the probe is given up on (another may go).
     until: Instant,
+    /// When the probe now out was let through.
+    probe_at: Instant,
 }
 
 impl Breaker {
@@ -62,6 +64,7 @@ impl Breaker {
             failures: 0,
             backoff: base,
             until: now,
+            probe_at: now,
         })
     }
 
@@ -87,6 +90,7 @@ impl Breaker {
             TierState::Down | TierState::Probing if now >= self.until => {
                 self.state = TierState::Probing;
                 self.until = now + self.backoff;
+                self.probe_at = now;
                 true
             }
             TierState::Down | TierState::Probing => false,
@@ -99,7 +103,8 @@ impl Breaker {
         self.backoff = self.base;
     }
 
-    pub fn failure(&mut self, now: Instant) {
+    /// An operation that started at `started` failed at `now`.
+    pub fn failure(&mut self, now: Instant, started: Instant) {
         self.failures = self.failures.saturating_add(1);
         match self.state {
             TierState::Up if self.failures < self.threshold => {}
@@ -108,12 +113,14 @@ impl Breaker {
                 self.backoff = self.base;
                 self.until = now + self.backoff;
             }
-            // A failed probe (or a late failure of an operation started before it): longer.
-            TierState::Probing | TierState::Down => {
+            // The probe (or an operation let through after it) failed: down, for longer.
+            TierState::Probing if started >= self.probe_at => {
                 self.backoff = (self.backoff * 2).min(self.max);
                 self.state = TierState::Down;
                 self.until = now + self.backoff;
             }
+            // Operations that were out before the tier went down fail late: already counted.
+            TierState::Probing | TierState::Down => {}
         }
     }
 }
@@ -140,13 +147,13 @@ mod tests {
     fn opens_after_the_threshold_and_a_success_resets_the_count() {
         let t = Instant::now();
         let mut b = breaker(t);
-        b.failure(t);
-        b.failure(t);
+        b.failure(t, t);
+        b.failure(t, t);
         b.success();
-        b.failure(t);
-        b.failure(t);
+        b.failure(t, t);
+        b.failure(t, t);
         assert!(b.allow(t), "two in a row are not three");
-        b.failure(t);
+        b.failure(t, t);
         assert_eq!(b.state(), TierState::Down);
         assert!(!b.allow(t + 99 * MS));
         assert_eq!(b.retry_in(t + 40 * MS), 60 * MS);
@@ -157,7 +164,7 @@ mod tests {
         let t = Instant::now();
         let mut b = breaker(t);
         for _ in 0..3 {
-            b.failure(t);
+            b.failure(t, t);
         }
         let later = t + 100 * MS;
         assert!(b.allow(later), "the first caller past the backoff probes");
@@ -173,14 +180,14 @@ mod tests {
         let t = Instant::now();
         let mut b = breaker(t);
         for _ in 0..3 {
-            b.failure(t);
+            b.failure(t, t);
         }
         let mut now = t;
         let mut waits = Vec::new();
         for _ in 0..4 {
             now += b.retry_in(now);
             assert!(b.allow(now));
-            b.failure(now);
+            b.failure(now, now);
             waits.push(b.retry_in(now));
         }
         assert_eq!(waits, [200 * MS, 400 * MS, 400 * MS, 400 * MS]);
@@ -189,7 +196,7 @@ mod tests {
         assert!(b.allow(now));
         b.success();
         for _ in 0..3 {
-            b.failure(now);
+            b.failure(now, now);
         }
         assert_eq!(b.retry_in(now), 100 * MS);
     }
@@ -199,7 +206,7 @@ mod tests {
         let t = Instant::now();
         let mut b = breaker(t);
         for _ in 0..3 {
-            b.failure(t);
+            b.failure(t, t);
         }
         assert!(b.allow(t + 100 * MS));
         assert!(!b.allow(t + 150 * MS));
@@ -207,5 +214,27 @@ mod tests {
             b.allow(t + 200 * MS),
             "another probe once the first is overdue"
         );
+    }
+
+    #[test]
+    fn late_failures_of_operations_from_before_the_trip_do_not_lengthen_it() {
+        let t = Instant::now();
+        let mut b = breaker(t);
+        // 60 operations out at once, all failing after the trip.
+        for _ in 0..60 {
+            b.failure(t + 50 * MS, t);
+        }
+        assert_eq!(
+            b.retry_in(t + 50 * MS),
+            100 * MS,
+            "down for the base, not the cap"
+        );
+        let probe = t + 150 * MS;
+        assert!(b.allow(probe));
+        // One more from before the probe fails: the probe still decides.
+        b.failure(probe + MS, t);
+        assert_eq!(b.state(), TierState::Probing);
+        b.failure(probe + 2 * MS, probe);
+        assert_eq!(b.retry_in(probe + 2 * MS), 200 * MS);
     }
 }

@@ -6,12 +6,12 @@ use super::SharedSettings;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
-/// `settings.connections` managers, each connecting on its first operation. redis-rs spawns on
-/// the current runtime: called from one.
-pub(super) fn managers(
+/// A manager connecting on its first operation. redis-rs spawns on the current runtime: called
+/// from one.
+pub(super) fn manager(
     client: &redis::Client,
     settings: &SharedSettings,
-) -> Result<Vec<ConnectionManager>, redis::RedisError> {
+) -> Result<ConnectionManager, redis::RedisError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(settings.connect_timeout))
         // Each operation has its own budget; this only ends a reply that never comes.
@@ -21,9 +21,7 @@ pub(super) fn managers(
         .set_number_of_retries(2)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(1));
-    (0..settings.connections)
-        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
-        .collect()
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 pub(super) fn client(settings: &SharedSettings) -> Result<redis::Client, redis::RedisError> {
@@ -38,7 +36,11 @@ pub(super) fn client(settings: &SharedSettings) -> Result<redis::Client, redis::
     }
     // Nagle off (redis-rs leaves it on): a small command sent while the previous one is not
     // acknowledged yet goes at once rather than after the ACK.
-    let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+    // And data unacknowledged past the connect timeout (a peer gone without a reset) ends
+    // the connection, for the manager to make a new one.
+    let tcp = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_user_timeout(settings.connect_timeout.max(Duration::from_secs(1)));
     let info = info
         .set_redis_settings(redis_settings)
         .set_tcp_settings(tcp);

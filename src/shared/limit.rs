@@ -34,19 +34,17 @@ impl SharedTier {
             return None;
         }
         let counted = |r: &str| metrics::SHARED_LIMITS.with_label_values(&[r]).inc();
-        let Some(mut conn) = self.connection() else {
+        let key = limit_key(&self.settings.key_prefix, service, visitor);
+        let Some((i, mut conn)) = self.connection(&key) else {
             counted("local");
             return None;
         };
         let interval = 1e6 / spec.per_second;
         let tolerance = interval * (spec.burst - 1.0);
         let mut invocation = self.limiter.prepare_invoke();
-        invocation
-            .key(limit_key(&self.settings.key_prefix, service, visitor))
-            .arg(interval)
-            .arg(tolerance);
+        invocation.key(key).arg(interval).arg(tolerance);
         let answer: Option<(i64, i64)> = self
-            .run(Op::Limit, async move {
+            .run(Op::Limit, i, async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await;

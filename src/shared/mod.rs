@@ -57,12 +57,23 @@ pub const ERROR_KINDS: [&str; 8] = [
     "timeout", "refused", "io", "auth", "protocol", "server", "decode", "other",
 ];
 
+/// One of the tier's connections, replaced when it stops answering: a connection whose peer
+/// vanished without a reset (a dead pod behind a Service, a middlebox that keeps acknowledging)
+/// sends no error, only timeouts, and redis-rs reconnects on errors alone.
+struct Conn {
+    manager: Mutex<ConnectionManager>,
+    /// Timeouts in a row on it.
+    timeouts: std::sync::atomic::AtomicU32,
+}
+
+/// Timeouts in a row after which a connection is made anew.
+const TIMEOUTS_TO_REPLACE: u32 = 3;
+
 pub struct SharedTier {
     settings: SharedSettings,
     client: redis::Client,
     /// Made by the warden once a runtime runs (redis-rs spawns on the current one).
-    connections: OnceLock<Vec<ConnectionManager>>,
-    next: AtomicUsize,
+    connections: OnceLock<Vec<Conn>>,
     breaker: Mutex<Breaker>,
     writes_in_flight: Arc<AtomicUsize>,
     limiter: redis::Script,
@@ -95,7 +106,6 @@ impl SharedTier {
             settings,
             client,
             connections: OnceLock::new(),
-            next: AtomicUsize::new(0),
             breaker: Mutex::new(
                 Breaker::try_new(FAILURES_TO_SKIP, SKIP_FIRST, SKIP_AT_MOST, Instant::now())
                     .expect("constant breaker settings are valid"),
@@ -114,25 +124,60 @@ impl SharedTier {
 
     /// Open the connections (lazily: the first operation on each connects it). Once only.
     fn connect(&self) -> Result<(), redis::RedisError> {
-        let made = connect::managers(&self.client, &self.settings)?;
+        let made = (0..self.settings.connections)
+            .map(|_| {
+                Ok(Conn {
+                    manager: Mutex::new(connect::manager(&self.client, &self.settings)?),
+                    timeouts: std::sync::atomic::AtomicU32::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, redis::RedisError>>()?;
         let _ = self.connections.set(made);
         Ok(())
     }
 
-    /// A connection, if the tier may be asked now.
-    fn connection(&self) -> Option<ConnectionManager> {
+    /// The connection for `key` (always the same one, so that two writes of a key arrive in
+    /// order), if the tier may be asked now.
+    fn connection(&self, key: &[u8]) -> Option<(usize, ConnectionManager)> {
         let connections = self.connections.get()?;
         if !lock(&self.breaker).allow(Instant::now()) {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % connections.len();
-        Some(connections[i].clone())
+        let i = crc32fast::hash(key) as usize % connections.len();
+        Some((i, lock(&connections[i].manager).clone()))
+    }
+
+    /// Count a timeout (or an answer) on connection `i`; past `TIMEOUTS_TO_REPLACE` in a row
+    /// it is made anew, on a new socket.
+    fn note_timeout(&self, i: usize, timed_out: bool) {
+        let Some(conn) = self.connections.get().and_then(|c| c.get(i)) else {
+            return;
+        };
+        if !timed_out {
+            conn.timeouts.store(0, Ordering::Relaxed);
+            return;
+        }
+        if conn.timeouts.fetch_add(1, Ordering::Relaxed) + 1 < TIMEOUTS_TO_REPLACE {
+            return;
+        }
+        conn.timeouts.store(0, Ordering::Relaxed);
+        match connect::manager(&self.client, &self.settings) {
+            Ok(fresh) => {
+                *lock(&conn.manager) = fresh;
+                tracing::warn!(url = %self.settings.url, connection = i, "shared tier connection stopped answering: replaced");
+            }
+            Err(e) => tracing::warn!(
+                kind = connect::error_kind(&e),
+                "shared tier connection could not be replaced"
+            ),
+        }
     }
 
     /// Run `operation` within the budget, and count how it went.
     async fn run<T>(
         &self,
         op: Op,
+        connection: usize,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
         let started = Instant::now();
@@ -146,6 +191,7 @@ impl SharedTier {
             Ok(Err(e)) => Err(connect::error_kind(&e)),
             Err(_) => Err("timeout"),
         };
+        self.note_timeout(connection, matches!(outcome, Err("timeout")));
         self.record(op, outcome.as_ref().err().copied(), started);
         outcome.ok()
     }
@@ -159,7 +205,7 @@ impl SharedTier {
                 self.durations[op as usize].observe(started.elapsed().as_secs_f64());
             }
             Some(kind) => {
-                breaker.failure(Instant::now());
+                breaker.failure(Instant::now(), started);
                 *lock(&self.last_error) = Some(kind);
                 metrics::SHARED_ERRORS
                     .with_label_values(&[op.label(), kind])
@@ -184,38 +230,44 @@ impl SharedTier {
 
     /// A local miss: the visitor's offers from the shared tier, put in the local cache and
     /// answered from there as if fetched here (their age is the stored fetch time's).
-    pub async fn fill(
-        &self,
-        cache: &OfferCache,
-        key: &CacheKey,
-        fresh: Duration,
-        stale: Duration,
-    ) -> Option<(Offers, Freshness)> {
+    pub async fn fill(&self, cache: &OfferCache, slot: Slot<'_>) -> Option<(Offers, Freshness)> {
         if !self.settings.offers {
             return None;
         }
-        let Some(mut conn) = self.connection() else {
+        let Slot {
+            key,
+            namespace,
+            fresh,
+            stale,
+        } = slot;
+        let stored = offers_key(&self.settings.key_prefix, namespace, key);
+        let Some((i, mut conn)) = self.connection(&stored) else {
             metrics::SHARED_LOOKUPS
                 .with_label_values(&["skipped"])
                 .inc();
             return None;
         };
-        let stored = offers_key(&self.settings.key_prefix, key);
-        let found: Option<Option<Vec<u8>>> = self
-            .run(Op::Get, async move {
-                redis::cmd("GET").arg(stored).query_async(&mut conn).await
+        // At most one byte past the longest value this edge writes: a longer one is not ours,
+        // and is not read whole.
+        let cap = codec::HEADER + codec::MAX_CONTENT_TYPE + self.settings.max_body + 1;
+        let found: Option<Vec<u8>> = self
+            .run(Op::Get, i, async move {
+                let mut get = redis::cmd("GETRANGE");
+                get.arg(stored).arg(0).arg(cap - 1);
+                get.query_async(&mut conn).await
             })
             .await;
         let result = |r: &str| metrics::SHARED_LOOKUPS.with_label_values(&[r]).inc();
         let value = match found {
-            Some(Some(value)) => value,
+            // GETRANGE answers "" for a missing key.
+            Some(value) if !value.is_empty() => value,
             missing => {
                 result(if missing.is_none() { "error" } else { "miss" });
                 return None;
             }
         };
         let now = Instant::now();
-        let offers = match decode(&value, now, SystemTime::now()) {
+        let offers = match decode(&value, self.settings.max_body, now, SystemTime::now()) {
             Ok(offers) => offers,
             Err(_) => {
                 metrics::SHARED_ERRORS
@@ -249,17 +301,16 @@ impl SharedTier {
     /// that was written less than half its freshness ago is not written again (a `fast` hit's
     /// replayed event would otherwise cost a write each): the shared copy stays fresh. Dropped
     /// (and counted) while too many writes are in flight or the tier is down.
-    pub fn put(
-        self: &Arc<Self>,
-        cache: &OfferCache,
-        key: &CacheKey,
-        offers: &mut Offers,
-        fresh: Duration,
-        stale: Duration,
-    ) {
+    pub fn put(self: &Arc<Self>, cache: &OfferCache, slot: Slot<'_>, offers: &mut Offers) {
         if !self.settings.offers {
             return;
         }
+        let Slot {
+            key,
+            namespace,
+            fresh,
+            stale,
+        } = slot;
         let written = |r: &str| metrics::SHARED_WRITES.with_label_values(&[r]).inc();
         let now = Instant::now();
         if let Some((previous, _)) = cache.get(key, Duration::MAX, Duration::MAX, now) {
@@ -282,18 +333,18 @@ impl SharedTier {
             self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             return written("dropped");
         }
-        let Some(mut conn) = self.connection() else {
+        let stored = offers_key(&self.settings.key_prefix, namespace, key);
+        let Some((i, mut conn)) = self.connection(&stored) else {
             self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             return written("skipped");
         };
         offers.shared_at = stamp(now);
-        let stored = offers_key(&self.settings.key_prefix, key);
         let tier = self.clone();
         tokio::spawn(async move {
             let ms = ttl.as_millis() as u64;
             let mut set = redis::cmd("SET");
             set.arg(stored).arg(&value[..]).arg("PX").arg(ms);
-            let done = tier.run(Op::Put, set.query_async::<()>(&mut conn)).await;
+            let done = tier.run(Op::Put, i, set.query_async::<()>(&mut conn)).await;
             tier.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             written(if done.is_some() { "ok" } else { "error" });
         });
@@ -308,9 +359,10 @@ impl SharedTier {
         if !lock(&self.breaker).allow(Instant::now()) {
             return false;
         }
-        let mut conn = connections[i % connections.len()].clone();
+        let i = i % connections.len();
+        let mut conn = lock(&connections[i].manager).clone();
         let pong: Option<String> = self
-            .run(Op::Ping, async move {
+            .run(Op::Ping, i, async move {
                 redis::cmd("PING").query_async(&mut conn).await
             })
             .await;
@@ -337,6 +389,16 @@ impl SharedTier {
     pub fn state(&self) -> TierState {
         lock(&self.breaker).state()
     }
+}
+
+/// Where a visitor's offers are kept in the tier, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot<'a> {
+    pub key: &'a CacheKey,
+    /// The route's `Endpoint::fingerprint`.
+    pub namespace: &'a str,
+    pub fresh: Duration,
+    pub stale: Duration,
 }
 
 /// A time as `Offers::shared_at`: whole seconds since a day before the first stamp, plus one

@@ -20,4 +20,7 @@ pub struct SharedSettings {
     pub max_writes_in_flight: usize,
     pub offers: bool,
     pub rate_limits: bool,
+    /// The longest stored body read back (`limits.max_upstream_body_bytes`): a longer one is
+    /// not an answer this edge stored.
+    pub max_body: usize,
 }

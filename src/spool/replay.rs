@@ -404,6 +404,7 @@ impl Replayer {
         } = destination;
         limits.quota_wait = QuotaWait::Behind;
         let shared = self.shared.as_ref().zip(shared_ttl);
+        let endpoint_fingerprint = endpoint.fingerprint.clone();
         let call = Call {
             endpoint,
             body: record.body.clone(),
@@ -425,7 +426,13 @@ impl Replayer {
         if let (Verdict::Delivered, Ok(r)) = (&verdict, result) {
             let mut offers = Offers::from(&r);
             if let Some((tier, (fresh, stale))) = shared {
-                tier.put(&self.cache, &key, &mut offers, fresh, stale);
+                let slot = crate::shared::Slot {
+                    key: &key,
+                    namespace: &endpoint_fingerprint,
+                    fresh,
+                    stale,
+                };
+                tier.put(&self.cache, slot, &mut offers);
             }
             self.cache.insert(key, offers);
         }

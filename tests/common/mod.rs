@@ -632,3 +632,60 @@ fn read_head_and_body(stream: &mut TcpStream, head_only: bool) -> Option<Vec<u8>
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A relay to `upstream` whose connections open before `freeze` is called stop passing bytes,
+/// without closing: a connection gone silent (a NAT or balancer that lost its state). Those
+/// opened afterwards pass bytes as usual.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    pub opened: Arc<std::sync::atomic::AtomicUsize>,
+    frozen_below: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    pub fn start(upstream: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (opened, frozen_below) = (
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        );
+        let (count, frozen) = (opened.clone(), frozen_below.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let id = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let server = std::net::TcpStream::connect(upstream).unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let frozen = frozen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if id >= frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                                let _ = std::io::Write::write_all(&mut to, &buf[..n]);
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            addr,
+            opened,
+            frozen_below,
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen_below.store(
+            self.opened.load(std::sync::atomic::Ordering::SeqCst),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}

@@ -23,16 +23,27 @@ pub fn post(addr: SocketAddr, visitor: &str) -> Response {
     post_to(addr, "/demo_db/pageviews", visitor)
 }
 
-/// The key of `visitor`'s offers on the service's route `route` (`1/demo_db/{table}/{token}`).
-pub fn stored_key(route: &str, visitor: &str) -> Vec<u8> {
+/// The key of `visitor`'s offers on the service's route `route` (`1/demo_db/{table}/{token}`),
+/// calling `emulator` with the test key and token.
+pub fn stored_key(emulator: SocketAddr, route: &str, visitor: &str) -> Vec<u8> {
+    let target = p13n_edge::upstream::UpstreamTarget {
+        tls: false,
+        host: emulator.ip().to_string(),
+        port: emulator.port(),
+        authority: emulator.to_string(),
+    };
+    let authorization = http::HeaderValue::from_str(&format!("TD1 {KEY}")).unwrap();
+    let token = http::HeaderValue::from_static(TOKEN);
+    let namespace = p13n_edge::upstream::Endpoint::fingerprint_of(&authorization, &token, &target);
     offers_key(
         "p13n-edge:",
+        &namespace,
         &CacheKey::new(&"shop".into(), &route.into(), visitor),
     )
 }
 
-pub fn pageviews_key(visitor: &str) -> Vec<u8> {
-    stored_key("1/demo_db/pageviews/web", visitor)
+pub fn pageviews_key(emulator: SocketAddr, visitor: &str) -> Vec<u8> {
+    stored_key(emulator, "1/demo_db/pageviews/web", visitor)
 }
 
 /// A metric summed over the series whose line holds `labels`.

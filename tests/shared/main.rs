@@ -21,7 +21,11 @@ const PASSWORD: &str = "test-only-password-9f1c";
 
 /// `[shared]` for `server`, with `keys` (such as `budget_ms = 50`) added.
 fn shared(server: &Valkey, keys: &str) -> String {
-    format!("[shared]\nurl = \"{}\"\n{keys}\n", server.url())
+    shared_at(&server.url(), keys)
+}
+
+fn shared_at(url: &str, keys: &str) -> String {
+    format!("[shared]\nurl = \"{url}\"\n{keys}\n")
 }
 
 /// The binary on a config of the harness's `shop` service in `fast` mode, with `extra` TOML
@@ -63,7 +67,7 @@ fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
     let first = post(a.proxy, "returning");
     assert_eq!(cache_status(&first), "p13n-edge; fwd=miss; stored");
     // Written through off the answer path.
-    let key = pageviews_key("returning");
+    let key = pageviews_key(emulator, "returning");
     assert!(eventually(Duration::from_secs(5), || server.exists(&key)));
 
     // The upstream now takes 1.5 s: an answer that waited for it could not come sooner.
@@ -118,7 +122,7 @@ fn the_tier_speaks_tls_with_a_private_ca() {
     let extra = shared(&server, &ca);
     let a = edge("tls-a", emulator, &extra, &[]);
     let b = edge("tls-b", emulator, &extra, &[]);
-    assert!(shares(&server, &a, &b, "over-tls"));
+    assert!(shares(&server, emulator, &a, &b, "over-tls"));
     assert_eq!(metric(a.admin, "p13n_edge_shared_errors_total", ""), 0.0);
 }
 
@@ -173,10 +177,10 @@ fn one_visitor_limit_holds_across_instances() {
 }
 
 /// Warm `visitor` on `a` and wait for its write-through; then `b` answers it from the tier.
-fn shares(server: &Valkey, a: &Daemon, b: &Daemon, visitor: &str) -> bool {
+fn shares(server: &Valkey, emulator: SocketAddr, a: &Daemon, b: &Daemon, visitor: &str) -> bool {
     post(a.proxy, visitor);
     eventually(Duration::from_secs(5), || {
-        server.exists(&pageviews_key(visitor))
+        server.exists(&pageviews_key(emulator, visitor))
     }) && cache_status(&post(b.proxy, visitor)).starts_with("p13n-edge; hit")
 }
 
@@ -187,7 +191,7 @@ fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
     let extra = shared(&server, "budget_ms = 100");
     let a = edge("restart-a", emulator, &extra, &[]);
     let b = edge("restart-b", emulator, &extra, &[]);
-    assert!(shares(&server, &a, &b, "before"));
+    assert!(shares(&server, emulator, &a, &b, "before"));
 
     let load = Load::start([a.proxy, b.proxy]);
     server.stop();
@@ -217,8 +221,8 @@ fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
         );
     }
     // The emptied server fills again by write-through, and serves the other instance.
-    assert!(shares(&server, &a, &b, "after"));
-    assert!(shares(&server, &b, &a, "after-too"));
+    assert!(shares(&server, emulator, &a, &b, "after"));
+    assert!(shares(&server, emulator, &b, &a, "after-too"));
     let (sent, failed) = load.finish();
     assert_eq!(failed, 0, "of {sent} answers under load");
     assert!(sent > 0);
@@ -254,7 +258,7 @@ fn a_server_that_comes_up_after_the_daemons_is_used_once_it_does() {
             readiness(admin)
         );
     }
-    assert!(shares(&server, &a, &b, "late"));
+    assert!(shares(&server, emulator, &a, &b, "late"));
 }
 
 /// Every answer to `count` new visitors on `addr`: 200, and each well within `bound`.
@@ -308,6 +312,74 @@ fn a_slow_or_stalled_server_adds_at_most_its_budget() {
 }
 
 #[test]
+fn a_connection_gone_silent_is_replaced_and_sharing_resumes() {
+    let server = Valkey::start("silent");
+    let relay = Relay::start(server.addr());
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let url = format!("redis://{}/0", relay.addr);
+    let extra = shared_at(&url, "budget_ms = 100\nconnections = 1");
+    let a = edge("silent-a", emulator, &extra, &[]);
+    let b = edge("silent-b", emulator, &extra, &[]);
+    assert!(shares(&server, emulator, &a, &b, "before"));
+    // The connections in place stop passing bytes, without a reset (a peer gone behind a
+    // balancer); new ones pass. No error ever comes on the old ones, only timeouts.
+    relay.freeze();
+    for n in 0..20 {
+        let r = post(b.proxy, &format!("silent{n}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(eventually(Duration::from_secs(20), || shares(
+        &server, emulator, &a, &b, "after"
+    )));
+    assert!(
+        !readiness(b.admin).1.contains("shared tier"),
+        "{:?}",
+        readiness(b.admin)
+    );
+}
+
+#[test]
+fn a_poisoned_value_is_never_served() {
+    let server = Valkey::start("poisoned");
+    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let extra = shared(&server, "budget_ms = 200");
+    let a = edge("poison-a", emulator, &extra, &[]);
+    // Written by someone else: a 101, a page, a body too large to be ours.
+    let stored = |status: u16, content_type: &[u8], body: &[u8]| {
+        let mut v = vec![1];
+        v.extend_from_slice(&status.to_be_bytes());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        v.extend_from_slice(&now.to_be_bytes());
+        v.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
+        v.extend_from_slice(content_type);
+        v.extend_from_slice(body);
+        v
+    };
+    let json = b"application/json";
+    for (n, value) in [
+        stored(101, json, b"HTTP/1.1 200 OK\r\nSet-Cookie: x=1\r\n\r\n"),
+        stored(200, b"text/html", b"<script>alert(1)</script>"),
+        stored(200, json, &vec![b' '; (1 << 20) + 1]),
+        stored(500, json, b"{}"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let visitor = format!("poisoned{n}");
+        server.set(&pageviews_key(emulator, &visitor), &value);
+        let r = post(a.proxy, &visitor);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(cache_status(&r), "p13n-edge; fwd=miss; stored", "{n}");
+        let poison = r.header("set-cookie").is_some() || r.text().contains("<script>");
+        assert!(!poison, "{n}: {}", r.text());
+    }
+    assert!(metric(a.admin, "p13n_edge_shared_errors_total", "kind=\"decode\"") >= 3.0);
+}
+
+#[test]
 fn keys_that_naive_concatenation_would_confuse_keep_their_own_offers() {
     let server = Valkey::start("collide");
     let (_emulator, emulator) = start_emulator(&demo_rules());
@@ -335,8 +407,8 @@ fn keys_that_naive_concatenation_would_confuse_keep_their_own_offers() {
         post_to(a.proxy, "/public/demo_db/pageviews", "x").status,
         200
     );
-    let offered = pageviews_key("2x");
-    let plain = stored_key("1/demo_db/pageviews/web2", "x");
+    let offered = pageviews_key(emulator, "2x");
+    let plain = stored_key(emulator, "1/demo_db/pageviews/web2", "x");
     assert_ne!(offered, plain);
     let has_offer = |v: Option<Vec<u8>>| {
         v.is_some_and(|v| String::from_utf8_lossy(&v).contains("offer_for_high_loyalty"))

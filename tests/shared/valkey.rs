@@ -2,6 +2,7 @@
 //! without persistence, in a scratch directory; stopped, restarted on the same port, slowed or
 //! paused on request, and killed when dropped. Only the process it started is ever signalled.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -60,6 +61,22 @@ impl Valkey {
 
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Store `value` under `key`, as another writer would.
+    pub fn set(&self, key: &[u8], value: &[u8]) {
+        let mut conn = self.connection(Duration::from_secs(2)).unwrap();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(60_000)
+            .query::<()>(&mut conn)
+            .unwrap();
     }
 
     pub fn url(&self) -> String {
