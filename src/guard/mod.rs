@@ -7,6 +7,7 @@ pub mod clients;
 mod consent;
 mod cors;
 pub mod identity;
+mod limits;
 pub mod rate;
 
 pub use bots::BotFilter;
@@ -14,3 +15,4 @@ pub use clients::{ClientPolicy, ForwardedHeader};
 pub use consent::{ConsentPolicy, NoConsent};
 pub use cors::{CorsPolicy, OriginCheck, OriginPattern};
 pub use identity::IdentityPolicy;
+pub use limits::Limits;
