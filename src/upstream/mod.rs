@@ -20,6 +20,7 @@ pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver};
 pub use endpoint::{Endpoint, Timeouts, UpstreamTarget};
 pub use quota::QuotaWait;
+use quota::{quota_answer, Quota};
 
 use crate::error::vendor_code;
 use crate::lock;
@@ -137,18 +138,6 @@ pub struct CallPolicy {
     pub circuit: CircuitSettings,
     /// Calls a second to the upstream, live and replayed together; `None`: no limit.
     pub quota: Option<f64>,
-}
-
-/// The time a call keeps for its attempt after waiting for the quota: its upstream timeout, or
-/// half its deadline when that is shorter.
-fn attempt_budget(limits: CallLimits) -> Duration {
-    limits.timeouts.upstream.min(limits.deadline / 2)
-}
-
-/// A service's quota: its schedule, and the queue of replayed calls waiting for a turn.
-struct Quota {
-    pacer: Mutex<quota::Pacer>,
-    replay_turn: tokio::sync::Mutex<()>,
 }
 
 /// Idle upstream connections kept per upstream peer.
@@ -403,72 +392,6 @@ impl UpstreamClient {
         }
     }
 
-    /// Take a slot of the service's quota, waiting for it when `limits` say so; otherwise how
-    /// long until one is free. A call waits only as long as leaves it `attempt_budget` before
-    /// its deadline: one that slept until its deadline would be sent with no time left to be
-    /// answered (a timeout, counted against the circuit, for an event the upstream may have
-    /// ingested).
-    async fn take_quota(
-        &self,
-        service: &str,
-        rate: f64,
-        deadline: Instant,
-        limits: CallLimits,
-    ) -> Result<(), Duration> {
-        let quota = shared(&self.quotas, service, || Quota {
-            pacer: Mutex::new(quota::Pacer::new(rate)),
-            replay_turn: tokio::sync::Mutex::new(()),
-        });
-        let keep = attempt_budget(limits);
-        let may_wait = || {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .saturating_sub(keep)
-        };
-        let reserve = |max_wait: Duration| {
-            let mut pacer = lock(&quota.pacer);
-            // A reload may have changed the rate.
-            pacer.set_rate(rate);
-            (pacer.reserve(Instant::now(), max_wait), pacer.interval())
-        };
-        let wait = match limits.quota_wait {
-            QuotaWait::Never => reserve(Duration::ZERO).0,
-            QuotaWait::UntilDeadline => reserve(may_wait()).0,
-            QuotaWait::Behind => {
-                // One replayed call at a time looks for a slot, and takes only one that starts
-                // soon (an interval, or the timer's few milliseconds: a turn that slept to the
-                // very start of its slot would wake past it, and the schedule would drift), so
-                // live calls keep theirs. Waiting for the turn counts against the deadline too.
-                let turn = tokio::time::timeout(may_wait(), quota.replay_turn.lock()).await;
-                match turn {
-                    Err(_) => Err(Duration::ZERO),
-                    Ok(_turn) => loop {
-                        let soon = lock(&quota.pacer).interval().max(Duration::from_millis(5));
-                        let (reserved, _) = reserve(soon.min(may_wait()));
-                        match reserved {
-                            Ok(wait) => break Ok(wait),
-                            Err(wait) if wait >= may_wait() => break Err(wait),
-                            Err(wait) => tokio::time::sleep(wait.saturating_sub(soon)).await,
-                        }
-                    },
-                }
-            }
-        };
-        match wait {
-            Ok(Duration::ZERO) => {}
-            Ok(wait) => {
-                metrics::QUOTA_DEFERRED.with_label_values(&[service]).inc();
-                tokio::time::sleep(wait).await;
-            }
-            Err(wait) => {
-                metrics::QUOTA_DEFERRED.with_label_values(&[service]).inc();
-                return Err(wait);
-            }
-        }
-        metrics::QUOTA_SPENT.with_label_values(&[service]).inc();
-        Ok(())
-    }
-
     fn budget(&self, service: &str) -> Arc<RetryBudget> {
         shared(&self.budgets, service, || RetryBudget::new(Instant::now()))
     }
@@ -534,20 +457,6 @@ fn without_credentials(mut r: UpstreamResponse, service: &Endpoint) -> UpstreamR
         tracing::warn!(service = %service.service, status = r.status, "the upstream's answer quoted a credential: replaced by ***");
     }
     r
-}
-
-/// What a call past the quota gets instead of being sent: the vendor's 429 for an ingestion
-/// limit (2003), with `Retry-After`.
-fn quota_answer(wait: Duration) -> UpstreamResponse {
-    UpstreamResponse {
-        status: 429,
-        content_type: Some(HeaderValue::from_static("application/json")),
-        retry_after: Some(HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)),
-        body: crate::error::error_body(
-            2003,
-            "Too many events a second for this service's quota (max_events_per_second); retry later",
-        ),
-    }
 }
 
 /// The last answer once retrying stops. A 429 always carries a `Retry-After`, ours if the
