@@ -4,6 +4,7 @@
 use super::{Config, ConfigErrors};
 use crate::cache::OfferCache;
 use crate::metrics;
+use crate::shared::SharedSettings;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -51,7 +52,18 @@ pub fn reload(
         ),
         ("upstream.ca_file", old.ca_file != new.ca_file),
         ("upstream.protocol", old.protocol != new.protocol),
-        ("shared", old.shared != new.shared),
+        (
+            "shared",
+            old.shared.as_ref().map(SharedSettings::restart_view)
+                != new.shared.as_ref().map(SharedSettings::restart_view),
+        ),
+        (
+            "limits.max_upstream_body_bytes (the shared tier's)",
+            old.shared
+                .as_ref()
+                .zip(new.shared.as_ref())
+                .is_some_and(|(a, b)| a.max_body != b.max_body),
+        ),
         ("timeouts.dns_*", old.timeouts.dns != new.timeouts.dns),
         (
             "server.tls.listen",

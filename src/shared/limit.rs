@@ -35,7 +35,7 @@ impl SharedTier {
         }
         let counted = |r: &str| metrics::SHARED_LIMITS.with_label_values(&[r]).inc();
         let key = limit_key(&self.settings.key_prefix, service, visitor);
-        let Some((i, mut conn)) = self.connection(&key) else {
+        let Some((lease, mut conn)) = self.connection(&key) else {
             counted("local");
             return None;
         };
@@ -44,7 +44,7 @@ impl SharedTier {
         let mut invocation = self.limiter.prepare_invoke();
         invocation.key(key).arg(interval).arg(tolerance);
         let answer: Option<(i64, i64)> = self
-            .run(Op::Limit, i, async move {
+            .run(Op::Limit, lease, async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await;

@@ -61,9 +61,17 @@ pub const ERROR_KINDS: [&str; 8] = [
 /// vanished without a reset (a dead pod behind a Service, a middlebox that keeps acknowledging)
 /// sends no error, only timeouts, and redis-rs reconnects on errors alone.
 struct Conn {
-    manager: Mutex<ConnectionManager>,
-    /// Timeouts in a row on it.
+    /// The manager, and how many times it was made anew.
+    manager: Mutex<(u64, ConnectionManager)>,
+    /// Timeouts in a row on the current one.
     timeouts: std::sync::atomic::AtomicU32,
+}
+
+/// Which connection an operation went out on: its slot, and which of the slot's managers.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    slot: usize,
+    generation: u64,
 }
 
 /// Timeouts in a row after which a connection is made anew.
@@ -127,7 +135,7 @@ impl SharedTier {
         let made = (0..self.settings.connections)
             .map(|_| {
                 Ok(Conn {
-                    manager: Mutex::new(connect::manager(&self.client, &self.settings)?),
+                    manager: Mutex::new((0, connect::manager(&self.client, &self.settings)?)),
                     timeouts: std::sync::atomic::AtomicU32::new(0),
                 })
             })
@@ -138,21 +146,34 @@ impl SharedTier {
 
     /// The connection for `key` (always the same one, so that two writes of a key arrive in
     /// order), if the tier may be asked now.
-    fn connection(&self, key: &[u8]) -> Option<(usize, ConnectionManager)> {
+    fn connection(&self, key: &[u8]) -> Option<(Lease, ConnectionManager)> {
         let connections = self.connections.get()?;
         if !lock(&self.breaker).allow(Instant::now()) {
             return None;
         }
-        let i = crc32fast::hash(key) as usize % connections.len();
-        Some((i, lock(&connections[i].manager).clone()))
+        let slot = crc32fast::hash(key) as usize % connections.len();
+        Some(self.lease(connections, slot))
+    }
+
+    fn lease(&self, connections: &[Conn], slot: usize) -> (Lease, ConnectionManager) {
+        let held = lock(&connections[slot].manager);
+        let lease = Lease {
+            slot,
+            generation: held.0,
+        };
+        (lease, held.1.clone())
     }
 
     /// Count a timeout (or an answer) on connection `i`; past `TIMEOUTS_TO_REPLACE` in a row
     /// it is made anew, on a new socket.
-    fn note_timeout(&self, i: usize, timed_out: bool) {
-        let Some(conn) = self.connections.get().and_then(|c| c.get(i)) else {
+    fn note_timeout(&self, lease: Lease, timed_out: bool) {
+        let Some(conn) = self.connections.get().and_then(|c| c.get(lease.slot)) else {
             return;
         };
+        // An operation of a manager already replaced says nothing of the new one.
+        if lock(&conn.manager).0 != lease.generation {
+            return;
+        }
         if !timed_out {
             conn.timeouts.store(0, Ordering::Relaxed);
             return;
@@ -163,8 +184,9 @@ impl SharedTier {
         conn.timeouts.store(0, Ordering::Relaxed);
         match connect::manager(&self.client, &self.settings) {
             Ok(fresh) => {
-                *lock(&conn.manager) = fresh;
-                tracing::warn!(url = %self.settings.url, connection = i, "shared tier connection stopped answering: replaced");
+                let mut held = lock(&conn.manager);
+                *held = (held.0 + 1, fresh);
+                tracing::warn!(url = %self.settings.url, connection = lease.slot, "shared tier connection stopped answering: replaced");
             }
             Err(e) => tracing::warn!(
                 kind = connect::error_kind(&e),
@@ -177,7 +199,7 @@ impl SharedTier {
     async fn run<T>(
         &self,
         op: Op,
-        connection: usize,
+        connection: Lease,
         operation: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
         let started = Instant::now();
@@ -241,7 +263,7 @@ impl SharedTier {
             stale,
         } = slot;
         let stored = offers_key(&self.settings.key_prefix, namespace, key);
-        let Some((i, mut conn)) = self.connection(&stored) else {
+        let Some((lease, mut conn)) = self.connection(&stored) else {
             metrics::SHARED_LOOKUPS
                 .with_label_values(&["skipped"])
                 .inc();
@@ -251,7 +273,7 @@ impl SharedTier {
         // and is not read whole.
         let cap = codec::HEADER + codec::MAX_CONTENT_TYPE + self.settings.max_body + 1;
         let found: Option<Vec<u8>> = self
-            .run(Op::Get, i, async move {
+            .run(Op::Get, lease, async move {
                 let mut get = redis::cmd("GETRANGE");
                 get.arg(stored).arg(0).arg(cap - 1);
                 get.query_async(&mut conn).await
@@ -325,6 +347,10 @@ impl SharedTier {
         if ttl < Duration::from_millis(1) {
             return;
         }
+        // Larger than what a lookup reads back (the limit when the tier was made): not stored.
+        if offers.body.len() > self.settings.max_body {
+            return written("dropped");
+        }
         let Some(value) = encode(offers, now, SystemTime::now()) else {
             return written("dropped");
         };
@@ -334,7 +360,7 @@ impl SharedTier {
             return written("dropped");
         }
         let stored = offers_key(&self.settings.key_prefix, namespace, key);
-        let Some((i, mut conn)) = self.connection(&stored) else {
+        let Some((lease, mut conn)) = self.connection(&stored) else {
             self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             return written("skipped");
         };
@@ -344,7 +370,9 @@ impl SharedTier {
             let ms = ttl.as_millis() as u64;
             let mut set = redis::cmd("SET");
             set.arg(stored).arg(&value[..]).arg("PX").arg(ms);
-            let done = tier.run(Op::Put, i, set.query_async::<()>(&mut conn)).await;
+            let done = tier
+                .run(Op::Put, lease, set.query_async::<()>(&mut conn))
+                .await;
             tier.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
             written(if done.is_some() { "ok" } else { "error" });
         });
@@ -359,10 +387,9 @@ impl SharedTier {
         if !lock(&self.breaker).allow(Instant::now()) {
             return false;
         }
-        let i = i % connections.len();
-        let mut conn = lock(&connections[i].manager).clone();
+        let (lease, mut conn) = self.lease(connections, i % connections.len());
         let pong: Option<String> = self
-            .run(Op::Ping, i, async move {
+            .run(Op::Ping, lease, async move {
                 redis::cmd("PING").query_async(&mut conn).await
             })
             .await;

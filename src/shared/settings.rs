@@ -24,3 +24,14 @@ pub struct SharedSettings {
     /// not an answer this edge stored.
     pub max_body: usize,
 }
+
+impl SharedSettings {
+    /// The settings a reload cannot change, for comparing: all but `max_body`, which a reload
+    /// reports under its own name.
+    pub fn restart_view(&self) -> SharedSettings {
+        SharedSettings {
+            max_body: 0,
+            ..self.clone()
+        }
+    }
+}
