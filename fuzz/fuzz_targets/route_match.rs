@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let config = config();
     if let Ok(uri) = Uri::try_from(data) {
         if let Some(route) = config.route(uri.path()) {
-            assert_eq!(route.path, uri.path());
+            assert_eq!(route.endpoint.path, uri.path());
             assert!(["/demo_db/pageviews", "/public/demo_db/clicks"].contains(&uri.path()));
         }
     }
