@@ -3,6 +3,7 @@
 //! account and instance. No message here prints a value: they are all credentials.
 
 use super::file::ServiceSection;
+use super::source::{self, Picked};
 use super::validate::{is_hex, is_id, names_ok, MAX_TOKENS_PER_SERVICE};
 use super::Secret;
 use std::collections::BTreeMap;
@@ -51,27 +52,12 @@ fn load_key(
     base_dir: &Path,
     problems: &mut Vec<String>,
 ) -> Option<Secret> {
-    let raw = match (&s.api_key_env, &s.api_key_file) {
-        (Some(var), None) => match std::env::var(var) {
-            Ok(v) => v,
-            Err(_) => {
-                problems.push(format!(
-                    "{at}: environment variable {var} (api_key_env) is not set"
-                ));
-                return None;
-            }
-        },
-        (None, Some(file)) => {
-            let path = base_dir.join(file);
-            match std::fs::read_to_string(&path) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(format!("{at}: api_key_file {}: {e}", path.display()));
-                    return None;
-                }
-            }
-        }
-        _ => {
+    let env = ("api_key_env", s.api_key_env.as_ref());
+    let file = ("api_key_file", s.api_key_file.as_ref());
+    let raw = match source::read(at, env, file, base_dir, problems) {
+        Picked::Read(bytes) => source::text(at, "api_key_file", bytes, problems)?,
+        Picked::Failed => return None,
+        Picked::Neither | Picked::Both => {
             problems.push(format!(
                 "{at}: set exactly one of api_key_env and api_key_file (keys are never inline)"
             ));

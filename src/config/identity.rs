@@ -3,6 +3,7 @@
 //! prints a secret.
 
 use super::file::{BodyIdentifierSection, FieldKind, IdentityMode, ServiceSection};
+use super::source::{self, Picked};
 use super::Secret;
 use crate::guard::identity::{BodyIdentifier, SameSite, MAX_AGE_LIMIT, MIN_SECRET_BYTES};
 use crate::guard::IdentityPolicy;
@@ -185,39 +186,31 @@ fn secrets(
         ));
         return secrets;
     }
-    match (&c.secret_env, &c.secret_file) {
-        (Some(var), None) => match std::env::var(var) {
-            Ok(v) => secrets.push(v.trim().as_bytes().to_vec()),
-            Err(_) => problems.push(format!(
-                "{at}: environment variable {var} (secret_env) is not set"
-            )),
-        },
-        (None, Some(file)) => {
-            let path = base_dir.join(file);
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    secrets.extend(
-                        bytes
-                            .split(|&b| b == b'\n')
-                            .map(<[u8]>::trim_ascii)
-                            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-                            .map(<[u8]>::to_vec),
-                    );
-                    if secrets.is_empty() {
-                        problems.push(format!(
-                            "{at}: secret_file {} holds no secret",
-                            path.display()
-                        ));
-                    }
-                }
-                Err(e) => problems.push(format!(
-                    "{at}: secret_file {}: {}",
-                    path.display(),
-                    e.kind()
-                )),
+    let env = ("secret_env", c.secret_env.as_ref());
+    let file = ("secret_file", c.secret_file.as_ref());
+    match source::read(at, env, file, base_dir, problems) {
+        // From the environment: one secret. From a file: the current one, then the previous.
+        Picked::Read(bytes) if c.secret_env.is_some() => {
+            secrets.push(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+        }
+        Picked::Read(bytes) => {
+            secrets.extend(
+                bytes
+                    .split(|&b| b == b'\n')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+                    .map(<[u8]>::to_vec),
+            );
+            if let (true, Some(file)) = (secrets.is_empty(), &c.secret_file) {
+                let path = base_dir.join(file);
+                problems.push(format!(
+                    "{at}: secret_file {} holds no secret",
+                    path.display()
+                ));
             }
         }
-        _ => problems.push(format!(
+        Picked::Failed => {}
+        Picked::Neither | Picked::Both => problems.push(format!(
             "{at}: set exactly one of secret_env and secret_file (secrets are never inline)"
         )),
     }

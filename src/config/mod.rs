@@ -10,6 +10,7 @@ mod policy;
 mod reload;
 mod service;
 mod shared;
+mod source;
 mod tls;
 mod validate;
 

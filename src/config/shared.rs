@@ -2,6 +2,7 @@
 //! is, its credentials (from the environment or a file, never the TOML or the URL), and how
 //! long an operation may take before the request goes on without it.
 
+use super::source::{self, Picked};
 use super::Secret;
 use crate::shared::SharedSettings;
 use serde::Deserialize;
@@ -164,28 +165,12 @@ fn load_password(
     base_dir: &Path,
     problems: &mut Vec<String>,
 ) -> Option<Secret> {
-    let raw = match (&section.password_env, &section.password_file) {
-        (None, None) => return None,
-        (Some(var), None) => match std::env::var(var) {
-            Ok(v) => v,
-            Err(_) => {
-                problems.push(format!(
-                    "shared: environment variable {var} (password_env) is not set"
-                ));
-                return None;
-            }
-        },
-        (None, Some(file)) => {
-            let path = base_dir.join(file);
-            match std::fs::read_to_string(&path) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(format!("shared: password_file {}: {e}", path.display()));
-                    return None;
-                }
-            }
-        }
-        (Some(_), Some(_)) => {
+    let env = ("password_env", section.password_env.as_ref());
+    let file = ("password_file", section.password_file.as_ref());
+    let raw = match source::read("shared", env, file, base_dir, problems) {
+        Picked::Neither | Picked::Failed => return None,
+        Picked::Read(bytes) => source::text("shared", "password_file", bytes, problems)?,
+        Picked::Both => {
             problems.push("shared: set at most one of password_env and password_file".into());
             return None;
         }
