@@ -174,16 +174,6 @@ fn client_credentials_are_replaced_and_cookies_dropped() {
 }
 
 /// The body each request reached `upstream` with.
-fn bodies(upstream: &Recorder) -> Vec<String> {
-    upstream
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
-        .collect()
-}
-
 #[test]
 fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_no() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -201,7 +191,7 @@ fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_n
     ] {
         assert_eq!(post_json(addr, body).status, 200);
     }
-    let sent = bodies(&upstream);
+    let sent = upstream.bodies();
     let uuids: Vec<String> = sent
         .iter()
         .map(|b| {
@@ -222,7 +212,7 @@ fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_n
     let off = toml.replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
     let (_off, addr) = start_proxy(load_config("uuid_off", &off));
     assert_eq!(post_json(addr, r#"{"td_client_id":"u3"}"#).status, 200);
-    assert_eq!(bodies(&upstream)[3], r#"{"td_client_id":"u3"}"#);
+    assert_eq!(upstream.bodies()[3], r#"{"td_client_id":"u3"}"#);
 }
 
 #[test]
@@ -320,15 +310,7 @@ type = "strings"
     )
     .replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
     let (_proxy, addr) = start_proxy(load_config("schema", &toml));
-    let post = |path: &str, body: &str| {
-        request(
-            addr,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-    };
+    let post = |path: &str, body: &str| post_json_to(addr, path, body);
     // Dropped: a field outside the schema; the rest goes as written, in order.
     let r = post(
         "/demo_db/orders",
@@ -362,7 +344,7 @@ type = "strings"
         post("/demo_db/pageviews", r#"{"email":"a@b","anything":[1]}"#).status,
         200
     );
-    let sent = bodies(&upstream);
+    let sent = upstream.bodies();
     assert_eq!(
         sent,
         [

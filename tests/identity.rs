@@ -196,16 +196,6 @@ fn a_rotated_secret_keeps_every_visitor_and_a_dropped_one_lets_them_go() {
     assert_ne!(stale.id(), id);
 }
 
-fn upstream_bodies(upstream: &Recorder) -> Vec<String> {
-    upstream
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
-        .collect()
-}
-
 #[test]
 fn the_upstream_receives_the_cookies_id_and_a_bad_header_token_gets_401() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
@@ -247,7 +237,7 @@ fn the_upstream_receives_the_cookies_id_and_a_bad_header_token_gets_401() {
     assert_eq!((r.status, r.header("set-cookie")), (200, None));
     post(&[("P13n-Visitor", "1.forged")], r#"{"b":3}"#).assert_error(401, 401);
     assert_eq!(
-        upstream_bodies(&upstream),
+        upstream.bodies(),
         [
             format!(r#"{{"a":1,"td_client_id":"{id}"}}"#),
             format!(r#"{{"b":2,"td_client_id":"{id}"}}"#)

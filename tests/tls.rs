@@ -175,6 +175,14 @@ async fn h2_client(
 
 /// POST the event over `client`: the answer's status and body.
 async fn h2_post(client: &mut h2::client::SendRequest<bytes::Bytes>) -> (u16, Vec<u8>) {
+    let (head, data) = h2_exchange(client).await;
+    (head.status.as_u16(), data)
+}
+
+/// POST the event over `client`: the answer's head and body.
+async fn h2_exchange(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+) -> (http::response::Parts, Vec<u8>) {
     let request = http::Request::post("https://localhost/public/demo_db/clicks")
         .header("content-type", "application/vnd.treasuredata.v1+json")
         .header("origin", "https://shop.example")
@@ -183,16 +191,14 @@ async fn h2_post(client: &mut h2::client::SendRequest<bytes::Bytes>) -> (u16, Ve
     let (response, mut body) = client.send_request(request, false).unwrap();
     body.send_data(bytes::Bytes::from_static(EVENT.as_bytes()), true)
         .unwrap();
-    let response = response.await.unwrap();
-    let status = response.status().as_u16();
-    let mut stream = response.into_body();
+    let (head, mut stream) = response.await.unwrap().into_parts();
     let mut data = Vec::new();
     while let Some(chunk) = stream.data().await {
         let chunk = chunk.unwrap();
         stream.flow_control().release_capacity(chunk.len()).unwrap();
         data.extend_from_slice(&chunk);
     }
-    (status, data)
+    (head, data)
 }
 
 async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Option<Vec<u8>>) {
@@ -372,18 +378,8 @@ fn a_signed_visitor_cookie_is_secure_on_the_tls_listener_only() {
     // Over h2 too.
     let cookie = rt.block_on(async {
         let (mut client, _) = h2_client(tls_addr, &dir.join("ca.pem")).await;
-        let request = http::Request::post("https://localhost/public/demo_db/clicks")
-            .header("content-type", "text/plain")
-            .body(())
-            .unwrap();
-        let (response, mut body) = client.send_request(request, false).unwrap();
-        body.send_data(bytes::Bytes::from_static(EVENT.as_bytes()), true)
-            .unwrap();
-        let response = response.await.unwrap();
-        response.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .to_string()
+        let (head, _) = h2_exchange(&mut client).await;
+        head.headers["set-cookie"].to_str().unwrap().to_string()
     });
     assert!(
         cookie.contains("; HttpOnly; Secure; SameSite=Lax"),

@@ -394,13 +394,7 @@ impl Stack {
 
     /// POST an event as JSON to the proxy.
     pub fn post(&self, path: &str, body: &str) -> Response {
-        request(
-            self.proxy,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
+        post_json_to(self.proxy, path, body)
     }
 }
 
@@ -479,6 +473,18 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// The bodies of the requests it received, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
@@ -519,10 +525,15 @@ impl Response {
 
 /// POST a JSON event to the test config's `demo_db/pageviews` route at `addr`.
 pub fn post_json(addr: SocketAddr, body: &str) -> Response {
+    post_json_to(addr, "/demo_db/pageviews", body)
+}
+
+/// POST a JSON event to `path` at `addr`.
+pub fn post_json_to(addr: SocketAddr, path: &str, body: &str) -> Response {
     request(
         addr,
         "POST",
-        "/demo_db/pageviews",
+        path,
         &[("Content-Type", "application/json")],
         body.as_bytes(),
     )

@@ -10,13 +10,7 @@ use std::sync::Arc;
 
 pub fn post_to(addr: SocketAddr, path: &str, visitor: &str) -> Response {
     let body = format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#);
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
+    post_json_to(addr, path, &body)
 }
 
 pub fn post(addr: SocketAddr, visitor: &str) -> Response {

@@ -176,6 +176,19 @@ fn one_visitor_limit_holds_across_instances() {
     }
 }
 
+/// Every instance's `/readyz` warning about the tier clears.
+fn tier_warning_clears(instances: &[&Daemon]) {
+    for instance in instances {
+        assert!(
+            eventually(Duration::from_secs(20), || !readiness(instance.admin)
+                .1
+                .contains("shared tier")),
+            "{:?}",
+            readiness(instance.admin)
+        );
+    }
+}
+
 /// Warm `visitor` on `a` and wait for its write-through; then `b` answers it from the tier.
 fn shares(server: &Valkey, emulator: SocketAddr, a: &Daemon, b: &Daemon, visitor: &str) -> bool {
     post(a.proxy, visitor);
@@ -211,15 +224,7 @@ fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
     assert!(cache_status(&post(a.proxy, "before")).starts_with("p13n-edge; hit"));
 
     server.restart();
-    for admin in [a.admin, b.admin] {
-        assert!(
-            eventually(Duration::from_secs(20), || !readiness(admin)
-                .1
-                .contains("shared tier")),
-            "{:?}",
-            readiness(admin)
-        );
-    }
+    tier_warning_clears(&[&a, &b]);
     // The emptied server fills again by write-through, and serves the other instance.
     assert!(shares(&server, emulator, &a, &b, "after"));
     assert!(shares(&server, emulator, &b, &a, "after-too"));
@@ -249,15 +254,7 @@ fn a_server_that_comes_up_after_the_daemons_is_used_once_it_does() {
     assert_eq!(readiness(b.admin).0, 200);
 
     server.restart();
-    for admin in [a.admin, b.admin] {
-        assert!(
-            eventually(Duration::from_secs(20), || !readiness(admin)
-                .1
-                .contains("shared tier")),
-            "{:?}",
-            readiness(admin)
-        );
-    }
+    tier_warning_clears(&[&a, &b]);
     assert!(shares(&server, emulator, &a, &b, "late"));
 }
 
