@@ -60,12 +60,16 @@ impl Flow {
             client: client.clone(),
         };
         let key = CacheKey::new(&service.id, &route.id, &visitor);
-        let cached = match policy.mode {
-            CacheMode::Off => None,
-            _ => self.lookup(&key, &route).await,
+        let cache_off = policy.mode == CacheMode::Off;
+        let cached = if cache_off {
+            None
+        } else {
+            self.lookup(&key, &route).await
         };
-        let backlog = self.spool.has_pending(&key);
-        let lagging = !backlog
+        // With the cache off nothing is spooled: no backlog to look for, no lag to weigh.
+        let backlog = !cache_off && self.spool.has_pending(&key);
+        let lagging = !cache_off
+            && !backlog
             && policy.pass_through_on_lag
             && self.spool.lag(&service.name) > policy.max_lag;
         let freshness = cached.as_ref().map(|(_, f)| *f);
