@@ -29,24 +29,24 @@ fn unknown_routes_are_404_whatever_the_path_says() {
         stack.post(path, EVENT).assert_error(404, 404);
     }
     // Still serving.
-    assert_eq!(stack.post("/demo_db/pageviews", EVENT).status, 200);
-    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+    assert_eq!(stack.post(PAGEVIEWS, EVENT).status, 200);
+    assert_eq!(stack.emulator.ingested(), 1);
 }
 
 #[test]
 fn methods_other_than_post_and_options_are_405() {
     let stack = Stack::start("methods");
     for method in ["GET", "PUT", "DELETE", "PATCH", "HEAD", "TRACE"] {
-        let r = request(stack.proxy, method, "/demo_db/pageviews", &[], b"");
+        let r = to(stack.proxy).method(method, PAGEVIEWS).send();
         assert_eq!(r.status, 405, "{method}");
         assert_eq!(r.header("allow").as_deref(), Some("POST, OPTIONS"));
         if method != "HEAD" {
             r.assert_error(405, 3009);
         }
     }
-    let r = request(stack.proxy, "OPTIONS", "/demo_db/pageviews", &[], b"");
+    let r = to(stack.proxy).method("OPTIONS", PAGEVIEWS).send();
     assert_eq!(r.status, 204);
-    assert_eq!(stack.emulator_stats()["events_ingested"], 0);
+    assert_eq!(stack.emulator.ingested(), 0);
 }
 
 #[test]
@@ -56,9 +56,7 @@ fn bodies_over_64_kib_are_413_declared_or_chunked() {
         r#"{{"td_client_id":"v","pad":"{}"}}"#,
         "x".repeat(64 * 1024)
     );
-    stack
-        .post("/demo_db/pageviews", &big)
-        .assert_error(413, 413);
+    stack.post(PAGEVIEWS, &big).assert_error(413, 413);
 
     let mut raw = b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for part in big.as_bytes().chunks(10_000) {
@@ -67,27 +65,25 @@ fn bodies_over_64_kib_are_413_declared_or_chunked() {
         raw.extend_from_slice(b"\r\n");
     }
     raw.extend_from_slice(b"0\r\n\r\n");
-    raw_request(stack.proxy, &raw).assert_error(413, 413);
+    to(stack.proxy).raw(&raw).assert_error(413, 413);
 
     // Exactly at the limit is fine.
     let pad = 65536 - r#"{"td_client_id":"v","pad":""}"#.len();
     let edge = format!(r#"{{"td_client_id":"v","pad":"{}"}}"#, "x".repeat(pad));
     assert_eq!(edge.len(), 65536);
-    assert_eq!(stack.post("/demo_db/pageviews", &edge).status, 200);
-    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+    assert_eq!(stack.post(PAGEVIEWS, &edge).status, 200);
+    assert_eq!(stack.emulator.ingested(), 1);
 }
 
 #[test]
 fn content_types_other_than_json_text_and_vendor_are_415() {
     let stack = Stack::start("media");
     let post = |headers: &[(&str, &str)]| {
-        request(
-            stack.proxy,
-            "POST",
-            "/demo_db/pageviews",
-            headers,
-            EVENT.as_bytes(),
-        )
+        to(stack.proxy)
+            .post(PAGEVIEWS)
+            .headers(headers)
+            .body(EVENT.as_bytes())
+            .send()
     };
     for ct in [
         "application/x-www-form-urlencoded",
@@ -106,7 +102,7 @@ fn content_types_other_than_json_text_and_vendor_are_415() {
         let r = post(&[("Content-Type", ct)]);
         assert_eq!(r.status, 200, "{ct}: {}", r.text());
     }
-    assert_eq!(stack.emulator_stats()["events_ingested"], 3);
+    assert_eq!(stack.emulator.ingested(), 3);
 }
 
 #[test]
@@ -124,20 +120,13 @@ fn bodies_without_an_identifier_are_3004() {
         r#"{"td_client_id":"v"} trailing"#,
         r#"{"td_client_id":"v""#,
     ] {
-        stack
-            .post("/demo_db/pageviews", body)
-            .assert_error(400, 3004);
+        stack.post(PAGEVIEWS, body).assert_error(400, 3004);
     }
     // A configured second identifier is enough.
+    assert_eq!(stack.post(PAGEVIEWS, r#"{"email":"a@b.c"}"#).status, 200);
+    assert_eq!(stack.emulator.ingested(), 1);
     assert_eq!(
-        stack
-            .post("/demo_db/pageviews", r#"{"email":"a@b.c"}"#)
-            .status,
-        200
-    );
-    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
-    assert_eq!(
-        stack.emulator_stats()["by_status"]
+        stack.emulator.stats()["by_status"]
             .as_object()
             .unwrap()
             .len(),
@@ -149,8 +138,8 @@ fn bodies_without_an_identifier_are_3004() {
 fn a_client_that_stalls_mid_body_is_cut_off_with_408() {
     let stack = Stack::start("slow_client");
     let raw = b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"td_client_id\":";
-    raw_request(stack.proxy, raw).assert_error(408, 408);
-    assert_eq!(stack.post("/demo_db/pageviews", EVENT).status, 200);
+    to(stack.proxy).raw(raw).assert_error(408, 408);
+    assert_eq!(stack.post(PAGEVIEWS, EVENT).status, 200);
 }
 
 #[test]
@@ -159,17 +148,17 @@ fn an_event_that_names_its_visitor_twice_is_refused_and_never_reaches_the_upstre
     // Warm the victim's offers, so a mix-up would have something to show.
     let victim =
         r#"{"td_client_id":"victim","td_path":"/retail/shop/women","product_category":"women"}"#;
-    assert_eq!(stack.post("/demo_db/pageviews", victim).status, 200);
+    assert_eq!(stack.post(PAGEVIEWS, victim).status, 200);
     for body in [
         r#"{"td_client_id":"victim","td_client_id":"attacker"}"#,
         r#"{"td_client_id":"victim","td_client\u005fid":"attacker"}"#,
         r#"{"td_client_id":"victim","uuid":"a","uuid":"b"}"#,
     ] {
-        let r = stack.post("/demo_db/pageviews", body);
+        let r = stack.post(PAGEVIEWS, body);
         r.assert_error(400, 3004);
         assert!(r.text().contains("appears more than once"), "{}", r.text());
     }
-    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+    assert_eq!(stack.emulator.ingested(), 1);
 }
 
 #[test]
@@ -185,12 +174,10 @@ fn a_skipped_field_the_upstream_could_not_parse_is_refused_here() {
         r#"{"td_client_id":"v","list":["ok","\udc01"]}"#.to_string(),
         deep,
     ] {
-        stack
-            .post("/demo_db/pageviews", &body)
-            .assert_error(400, 3004);
+        stack.post(PAGEVIEWS, &body).assert_error(400, 3004);
     }
     let raw_bad_utf8 = b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n{\"td_client_id\":\"v\",\"x\":\"\xff\"}  ";
-    raw_request(stack.proxy, raw_bad_utf8).assert_error(400, 3004);
+    to(stack.proxy).raw(raw_bad_utf8).assert_error(400, 3004);
     // Nothing was forwarded: the emulator was never asked.
-    assert_eq!(stack.emulator_stats()["requests"], 0);
+    assert_eq!(stack.emulator.stats()["requests"], 0);
 }

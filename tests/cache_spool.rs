@@ -15,23 +15,25 @@ fn view(visitor: &str, n: usize) -> String {
 }
 
 fn ingested(stack: &Stack) -> u64 {
-    stack.emulator_stats()["events_ingested"].as_u64().unwrap()
+    stack.emulator.ingested()
 }
 
 #[test]
 fn a_429_storm_serves_known_visitors_stale_and_loses_nothing() {
     let stack = Stack::start("storm");
-    let first = stack.post("/demo_db/pageviews", &view("known", 0));
+    let first = stack.post(PAGEVIEWS, &view("known", 0));
     assert_eq!(first.status, 200);
     assert_eq!(
         first.header("cache-status").as_deref(),
         Some("p13n-edge; fwd=miss; stored")
     );
 
-    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
     let mut accepted = 1;
     for n in 1..=5 {
-        let r = stack.post("/demo_db/pageviews", &view("known", n));
+        let r = stack.post(PAGEVIEWS, &view("known", n));
         assert_eq!(r.status, 200, "{}", r.text());
         let status = r.header("cache-status").unwrap();
         if n == 1 {
@@ -52,19 +54,19 @@ fn a_429_storm_serves_known_visitors_stale_and_loses_nothing() {
     }
     // A visitor the cache does not know gets the upstream's error: not accepted.
     stack
-        .post("/demo_db/pageviews", &view("stranger", 0))
+        .post(PAGEVIEWS, &view("stranger", 0))
         .assert_error(429, 2013);
     assert_eq!(ingested(&stack), 1);
 
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    stack.emulator.clear_faults();
     assert!(
         eventually(Duration::from_secs(20), || ingested(&stack) == accepted),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
-    assert_eq!(stack.emulator_stats()["duplicates"], 0);
+    assert_eq!(stack.emulator.stats()["duplicates"], 0);
     // Replay refreshed the cache: the next answer comes from the upstream with the offer.
-    let r = stack.post("/demo_db/pageviews", &view("known", 6));
+    let r = stack.post(PAGEVIEWS, &view("known", 6));
     assert!(r.text().contains("offer_for_high_loyalty"), "{}", r.text());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ingested(&stack), accepted + 1);
@@ -73,9 +75,11 @@ fn a_429_storm_serves_known_visitors_stale_and_loses_nothing() {
 #[test]
 fn a_5xx_burst_is_answered_stale() {
     let stack = Stack::start("burst");
-    assert_eq!(stack.post("/demo_db/pageviews", &view("k", 0)).status, 200);
-    stack.set_faults(json!({"status": 502, "rate": 1.0, "seconds": 0.5}));
-    let r = stack.post("/demo_db/pageviews", &view("k", 1));
+    assert_eq!(stack.post(PAGEVIEWS, &view("k", 0)).status, 200);
+    stack
+        .emulator
+        .faults(json!({"status": 502, "rate": 1.0, "seconds": 0.5}));
+    let r = stack.post(PAGEVIEWS, &view("k", 1));
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("cache-status").as_deref(),
@@ -87,10 +91,12 @@ fn a_5xx_burst_is_answered_stale() {
 #[test]
 fn past_the_deadline_a_known_visitor_gets_cached_offers_and_the_call_goes_on() {
     let stack = Stack::start_with("deadline", "deadline_ms = 300\n");
-    assert_eq!(stack.post("/demo_db/pageviews", &view("k", 0)).status, 200);
-    stack.set_faults(json!({"status": 0, "latency_ms": 800, "seconds": 5}));
+    assert_eq!(stack.post(PAGEVIEWS, &view("k", 0)).status, 200);
+    stack
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 800, "seconds": 5}));
     let started = Instant::now();
-    let r = stack.post("/demo_db/pageviews", &view("k", 1));
+    let r = stack.post(PAGEVIEWS, &view("k", 1));
     let took = started.elapsed();
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -101,25 +107,25 @@ fn past_the_deadline_a_known_visitor_gets_cached_offers_and_the_call_goes_on() {
     // The call in the background delivers it; the spooled copy is not sent again.
     assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 2));
     std::thread::sleep(Duration::from_millis(1500));
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["events_ingested"], 2, "{stats}");
     assert_eq!(stats["duplicates"], 0);
     // Without a cached entry the client waits for the deadline and gets 504.
     stack
-        .post("/demo_db/pageviews", &view("new", 0))
+        .post(PAGEVIEWS, &view("new", 0))
         .assert_error(504, 504);
 }
 
 #[test]
 fn fast_mode_answers_hits_from_memory_and_delivers_in_the_background() {
     let stack = Stack::start_with("fast", "[service.cache]\nmode = \"fast\"\n");
-    let r = stack.post("/demo_db/pageviews", &view("f", 0));
+    let r = stack.post(PAGEVIEWS, &view("f", 0));
     assert_eq!(
         r.header("cache-status").as_deref(),
         Some("p13n-edge; fwd=miss; stored")
     );
     for n in 1..=3 {
-        let r = stack.post("/demo_db/pageviews", &view("f", n));
+        let r = stack.post(PAGEVIEWS, &view("f", n));
         assert_eq!(r.status, 200);
         let status = r.header("cache-status").unwrap();
         assert!(status.starts_with("p13n-edge; hit; ttl="), "{status}");
@@ -128,11 +134,11 @@ fn fast_mode_answers_hits_from_memory_and_delivers_in_the_background() {
     // The background deliveries refreshed the entry: four /retail views earn the offer.
     assert!(eventually(Duration::from_secs(5), || {
         stack
-            .post("/demo_db/pageviews", &view("f", 100))
+            .post(PAGEVIEWS, &view("f", 100))
             .text()
             .contains("offer_for_high_loyalty")
     }));
-    assert_eq!(stack.emulator_stats()["duplicates"], 0);
+    assert_eq!(stack.emulator.stats()["duplicates"], 0);
 }
 
 #[test]
@@ -143,26 +149,15 @@ fn a_visitors_events_reach_the_upstream_in_order() {
             r#"{{"td_client_id":"o","td_path":"/x","product_category":"{category}","uuid":"o{n}"}}"#
         )
     };
-    assert_eq!(
-        stack.post("/demo_db/pageviews", &event("kids", 0)).status,
-        200
-    );
-    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    assert_eq!(stack.post(PAGEVIEWS, &event("kids", 0)).status, 200);
+    stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
     for (n, category) in ["men", "kids", "women"].iter().enumerate() {
-        assert_eq!(
-            stack
-                .post("/demo_db/pageviews", &event(category, n + 1))
-                .status,
-            200
-        );
+        assert_eq!(stack.post(PAGEVIEWS, &event(category, n + 1)).status, 200);
     }
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    stack.emulator.clear_faults();
     assert!(eventually(Duration::from_secs(20), || ingested(&stack) == 4));
     // The last category the upstream saw is the last one sent: "women".
-    let r = stack.post(
-        "/demo_db/pageviews",
-        r#"{"td_client_id":"o","td_path":"/x"}"#,
-    );
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"o","td_path":"/x"}"#);
     assert!(r.text().contains("offer_for_women"), "{}", r.text());
 }
 
@@ -179,41 +174,38 @@ fn replay_sends_to_several_visitors_at_once_and_keeps_each_in_order() {
         )
     };
     for v in visitors {
-        assert_eq!(
-            stack
-                .post("/demo_db/pageviews", &event(v, "kids", 0))
-                .status,
-            200
-        );
+        assert_eq!(stack.post(PAGEVIEWS, &event(v, "kids", 0)).status, 200);
     }
     // Spooled in this order: every visitor's "men", then every "kids", then every "women". The
     // first batch of 8 holds two events of "ra" and of "rb", which must still go in order.
-    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
     for (n, category) in ["men", "kids", "women"].iter().enumerate() {
         for v in visitors {
-            let r = stack.post("/demo_db/pageviews", &event(v, category, n + 1));
+            let r = stack.post(PAGEVIEWS, &event(v, category, n + 1));
             assert_eq!(r.status, 200, "{}", r.text());
         }
     }
     let spooled = visitors.len() * 3;
     // A slow upstream, and from now on only replay calls it: a visitor's event is answered
     // before the next is sent, and other visitors' events are sent meanwhile.
-    stack.set_faults(json!({"status": 0, "latency_ms": 150}));
+    stack
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 150}));
     let total = (visitors.len() + spooled) as u64;
     assert!(
         eventually(Duration::from_secs(30), || ingested(&stack) == total),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     let most = stats["max_in_flight"].as_u64().unwrap();
     assert!((2..=8).contains(&most), "{stats}");
     assert_eq!(stats["duplicates"], 0);
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    stack.emulator.clear_faults();
     // The last category the upstream saw for each visitor is the last one sent: "women".
     for v in visitors {
         let r = stack.post(
-            "/demo_db/pageviews",
+            PAGEVIEWS,
             &format!(r#"{{"td_client_id":"{v}","td_path":"/x"}}"#),
         );
         assert!(r.text().contains("offer_for_women"), "{v}: {}", r.text());
@@ -226,11 +218,13 @@ fn a_full_spool_refuses_events_instead_of_dropping_them() {
         "full",
         "[spool]\ndir = \"spool\"\nsegment_bytes = 4096\nmax_bytes = 8192\n",
     );
-    assert_eq!(stack.post("/demo_db/pageviews", &view("k", 0)).status, 200);
-    stack.set_faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
+    assert_eq!(stack.post(PAGEVIEWS, &view("k", 0)).status, 200);
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
     let (mut accepted, mut refused) = (1, 0);
     for n in 1..200 {
-        let r = stack.post("/demo_db/pageviews", &view("k", n));
+        let r = stack.post(PAGEVIEWS, &view("k", n));
         match r.status {
             200 => accepted += 1,
             _ => {
@@ -244,11 +238,11 @@ fn a_full_spool_refuses_events_instead_of_dropping_them() {
         refused > 0 && accepted > 10,
         "accepted {accepted}, refused {refused}"
     );
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    stack.emulator.clear_faults();
     assert!(
         eventually(Duration::from_secs(20), || ingested(&stack) == accepted),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
 }
 
@@ -272,7 +266,7 @@ fn with_a_sync_interval_a_kill_9_before_any_fdatasync_loses_nothing() {
 /// `window`: the most events replay has in flight at once, so the most a kill -9 repeats.
 fn kill_9_then_restart(name: &str, extra: &str, window: u64) {
     let (_emulator, emulator) = start_emulator(&demo_rules());
-    let stats = || request(emulator, "GET", "/_emulator/stats", &[], b"").json();
+    let stats = || emulator.stats();
     let (proxy, admin) = (free_port(), free_port());
     let dir = scratch(name);
     std::fs::write(dir.join("key"), KEY).unwrap();
@@ -287,21 +281,24 @@ fn kill_9_then_restart(name: &str, extra: &str, window: u64) {
     let visitors = 10;
     for v in 0..visitors {
         assert_eq!(
-            post_json(daemon.proxy, &view(&format!("v{v}"), 0)).status,
+            to(daemon.proxy)
+                .event(PAGEVIEWS, &view(&format!("v{v}"), 0))
+                .status,
             200
         );
     }
-    request(
-        emulator,
-        "POST",
-        "/_emulator/faults",
-        &[],
-        br#"{"status":429,"code":2013,"rate":1.0}"#,
-    );
+    to(emulator)
+        .post("/_emulator/faults")
+        .body(br#"{"status":429,"code":2013,"rate":1.0}"#)
+        .send();
     let mut accepted = visitors;
     for n in 1..=5 {
         for v in 0..visitors {
-            if post_json(daemon.proxy, &view(&format!("v{v}"), n)).status == 200 {
+            if to(daemon.proxy)
+                .event(PAGEVIEWS, &view(&format!("v{v}"), n))
+                .status
+                == 200
+            {
                 accepted += 1;
             }
         }
@@ -324,13 +321,10 @@ fn kill_9_then_restart(name: &str, extra: &str, window: u64) {
 
     // Restart with a slow upstream, and kill -9 again in the middle of the replay: the records
     // delivered but not yet checkpointed are the duplicate window.
-    request(
-        emulator,
-        "POST",
-        "/_emulator/faults",
-        &[],
-        br#"{"status":0,"latency_ms":40}"#,
-    );
+    to(emulator)
+        .post("/_emulator/faults")
+        .body(br#"{"status":0,"latency_ms":40}"#)
+        .send();
     let daemon = Daemon::spawn(&path, proxy, admin, &[]);
     assert!(eventually(Duration::from_secs(30), || stats()
         ["events_ingested"]
@@ -339,7 +333,7 @@ fn kill_9_then_restart(name: &str, extra: &str, window: u64) {
         >= 30));
     daemon.kill();
 
-    request(emulator, "DELETE", "/_emulator/faults", &[], b"");
+    emulator.clear_faults();
     let daemon = Daemon::spawn(&path, proxy, admin, &[]);
     // Duplicates count in events_ingested: wait for every accepted event itself.
     let unique = |s: &serde_json::Value| {
@@ -379,30 +373,28 @@ fn replay_adapts_its_window_to_the_upstreams_reserved_concurrency() {
     let visitors = 200;
     for v in 0..visitors {
         assert_eq!(
-            stack
-                .post("/demo_db/pageviews", &view(&format!("w{v}"), 0))
-                .status,
+            stack.post(PAGEVIEWS, &view(&format!("w{v}"), 0)).status,
             200
         );
     }
     // The upstream fails for a moment while every visitor's next event is spooled.
-    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
     for v in 0..visitors {
         assert_eq!(
-            stack
-                .post("/demo_db/pageviews", &view(&format!("w{v}"), 1))
-                .status,
+            stack.post(PAGEVIEWS, &view(&format!("w{v}"), 1)).status,
             200
         );
     }
     // Back, 50 ms away, with a reserved concurrency of 16: more at once get 429/2013.
-    stack.set_faults(json!({"status": 0, "latency_ms": 50, "max_in_flight": 16}));
+    stack
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 50, "max_in_flight": 16}));
     assert!(
         eventually(Duration::from_secs(30), || ingested(&stack) == 2 * visitors),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     let refused = stats["by_code"]["2013"].as_u64().unwrap_or(0);
     println!("adaptive replay: {visitors} events, {refused} answers 429/2013, {stats}");
     // A fixed window of 128 would send 128 at once: 112 refused in its first batch alone.
@@ -421,11 +413,13 @@ fn a_lagging_spool_sends_fast_hits_upstream_when_the_service_says_so() {
             &format!("[service.cache]\nmode = \"fast\"\nmax_lag_ms = 200\non_lag = \"{on_lag}\"\n"),
         );
         for v in ["l1", "l2"] {
-            assert_eq!(stack.post("/demo_db/pageviews", &view(v, 0)).status, 200);
+            assert_eq!(stack.post(PAGEVIEWS, &view(v, 0)).status, 200);
         }
         // Replay's call takes 800 ms: its event waits longer than max_lag_ms meanwhile.
-        stack.set_faults(json!({"status": 0, "latency_ms": 800}));
-        assert_eq!(stack.post("/demo_db/pageviews", &view("l1", 1)).status, 200);
+        stack
+            .emulator
+            .faults(json!({"status": 0, "latency_ms": 800}));
+        assert_eq!(stack.post(PAGEVIEWS, &view("l1", 1)).status, 200);
         assert!(
             eventually(Duration::from_secs(3), || stack
                 .readiness_warnings()
@@ -433,7 +427,7 @@ fn a_lagging_spool_sends_fast_hits_upstream_when_the_service_says_so() {
             "{}",
             stack.readiness_warnings()
         );
-        let r = stack.post("/demo_db/pageviews", &view("l2", 1));
+        let r = stack.post(PAGEVIEWS, &view("l2", 1));
         assert_eq!(r.status, 200, "{}", r.text());
         let status = r.header("cache-status").unwrap();
         match on_lag {

@@ -220,15 +220,13 @@ fn the_image_layout_serves_with_a_read_only_tree() {
     succeeds(layout.with_config(&["probe", "--ready"]));
 
     // The key and the token came from the mounted secrets: the upstream took the event.
-    let answer = request(
-        daemon.proxy,
-        "POST",
-        "/your_database/pageviews",
-        &[("Content-Type", "application/json")],
-        br#"{"td_client_id":"v1","td_path":"/retail/shop/women"}"#,
-    );
+    let answer = to(daemon.proxy)
+        .post("/your_database/pageviews")
+        .headers(&[("Content-Type", "application/json")])
+        .body(br#"{"td_client_id":"v1","td_path":"/retail/shop/women"}"#)
+        .send();
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let stats = request(upstream, "GET", "/_emulator/stats", &[], b"").json();
+    let stats = upstream.stats();
     assert_eq!(stats["events_ingested"], 1, "{stats}");
 
     // The spool was made on its volume, by the image's user; nothing else was written.

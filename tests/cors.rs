@@ -14,13 +14,11 @@ fn post_from(stack: &Stack, origin: &str, body: &str) -> Response {
         ("Content-Type", "text/plain;charset=UTF-8"),
         ("Origin", origin),
     ];
-    request(
-        stack.proxy,
-        "POST",
-        "/public/demo_db/clicks",
-        &headers,
-        body.as_bytes(),
-    )
+    to(stack.proxy)
+        .post("/public/demo_db/clicks")
+        .headers(&headers)
+        .body(body.as_bytes())
+        .send()
 }
 
 fn assert_cors(r: &Response, origin: &str) {
@@ -39,7 +37,7 @@ fn assert_cors(r: &Response, origin: &str) {
 
 #[test]
 fn allowed_origins_are_echoed_with_credentials() {
-    let stack = Stack::start_with("cors_allowed", CORS);
+    let stack = Stack::builder("cors_allowed").merge(CORS).start();
     for origin in ["http://localhost:3000", "https://shop.example.com"] {
         let r = post_from(&stack, origin, EVENT);
         assert_eq!(r.status, 200, "{}", r.text());
@@ -49,12 +47,12 @@ fn allowed_origins_are_echoed_with_credentials() {
     let r = post_from(&stack, "http://localhost:3000", "{}");
     r.assert_error(400, 3004);
     assert_cors(&r, "http://localhost:3000");
-    assert_eq!(stack.emulator_stats()["events_ingested"], 2);
+    assert_eq!(stack.emulator.ingested(), 2);
 }
 
 #[test]
 fn preflights_are_answered_locally() {
-    let stack = Stack::start_with("cors_preflight", CORS);
+    let stack = Stack::builder("cors_preflight").merge(CORS).start();
     let headers = [
         ("Origin", "https://shop.example.com"),
         ("Access-Control-Request-Method", "POST"),
@@ -63,13 +61,10 @@ fn preflights_are_answered_locally() {
             "content-type,authorization,wp13n-token",
         ),
     ];
-    let r = request(
-        stack.proxy,
-        "OPTIONS",
-        "/public/demo_db/clicks",
-        &headers,
-        b"",
-    );
+    let r = to(stack.proxy)
+        .method("OPTIONS", "/public/demo_db/clicks")
+        .headers(&headers)
+        .send();
     assert_eq!(r.status, 204);
     assert_cors(&r, "https://shop.example.com");
     assert_eq!(
@@ -84,12 +79,12 @@ fn preflights_are_answered_locally() {
         assert!(allowed.contains(h), "{allowed}");
     }
     assert_eq!(r.header("access-control-max-age").as_deref(), Some("300"));
-    assert_eq!(stack.emulator_stats()["requests"], 0);
+    assert_eq!(stack.emulator.stats()["requests"], 0);
 }
 
 #[test]
 fn foreign_origins_get_403_and_no_cors_headers() {
-    let stack = Stack::start_with("cors_foreign", CORS);
+    let stack = Stack::builder("cors_foreign").merge(CORS).start();
     for origin in [
         "https://evil.test",
         "https://example.com",
@@ -104,19 +99,18 @@ fn foreign_origins_get_403_and_no_cors_headers() {
             "{}",
             r.head
         );
-        let r = request(
-            stack.proxy,
-            "OPTIONS",
-            "/public/demo_db/clicks",
-            &[("Origin", origin)],
-            b"",
-        );
+        let r = to(stack.proxy)
+            .method("OPTIONS", "/public/demo_db/clicks")
+            .headers(&[("Origin", origin)])
+            .send();
         assert_eq!(r.status, 403);
         assert!(r.header("access-control-allow-origin").is_none());
     }
     // No Origin at all is refused when the service says so.
-    post_json(stack.proxy, EVENT).assert_error(403, 3007);
-    assert_eq!(stack.emulator_stats()["requests"], 0);
+    to(stack.proxy)
+        .event(PAGEVIEWS, EVENT)
+        .assert_error(403, 3007);
+    assert_eq!(stack.emulator.stats()["requests"], 0);
 }
 
 #[test]

@@ -69,7 +69,7 @@ fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
         .write_all(b"POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Ty")
         .unwrap();
     // Meanwhile other clients are served.
-    assert_eq!(post_json(addr, EVENT).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
     let waited = seconds_until_closed(&mut stalled);
     assert!((0.5..5.0).contains(&waited), "closed after {waited} s");
 
@@ -85,7 +85,7 @@ fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
     kept.write_all(b"POST /demo_db/pag").unwrap();
     let waited = seconds_until_closed(&mut kept);
     assert!(waited < 6.0, "closed after {waited} s");
-    assert_eq!(post_json(addr, EVENT).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
 }
 
 /// Write `bytes` one at a time, every `every`, until the server cuts the connection or
@@ -154,53 +154,54 @@ fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
 fn a_100_kb_header_block_gets_431_and_the_process_stays_up() {
     let (_p, addr, upstream) = proxy("big_headers", "", "");
     let big = "a".repeat(100 * 1024);
-    let r = request(
-        addr,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "application/json"), ("X-Big", &big)],
-        EVENT.as_bytes(),
-    );
+    let r = to(addr)
+        .post(PAGEVIEWS)
+        .headers(&[("Content-Type", "application/json"), ("X-Big", &big)])
+        .body(EVENT.as_bytes())
+        .send();
     r.assert_error(431, 431);
     // Many small headers adding up count the same.
     let many: Vec<(String, String)> = (0..200)
         .map(|i| (format!("X-H{i}"), "b".repeat(200)))
         .collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    request(addr, "POST", "/demo_db/pageviews", &many, EVENT.as_bytes()).assert_error(431, 431);
+    to(addr)
+        .post(PAGEVIEWS)
+        .headers(&many)
+        .body(EVENT.as_bytes())
+        .send()
+        .assert_error(431, 431);
     // Past pingora's own 1 MiB ceiling the request is refused before it is parsed.
     let huge = format!(
         "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
         "c".repeat(2 << 20)
     );
-    if let Some(r) = try_raw_request(addr, huge.as_bytes()) {
+    if let Some(r) = to(addr).try_raw(huge.as_bytes()) {
         assert_eq!(r.status, 400);
     }
-    assert_eq!(post_json(addr, EVENT).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
     assert_eq!(upstream.seen.lock().unwrap().len(), 1);
 }
 
 #[test]
 fn denied_and_unlisted_addresses_get_403_with_the_vendor_code() {
     let (_p, addr, upstream) = proxy("deny", "", "[clients]\ndeny = [\"127.0.0.1\"]");
-    post_json(addr, EVENT).assert_error(403, 3005);
+    to(addr).event(PAGEVIEWS, EVENT).assert_error(403, 3005);
     let (_p, addr, _) = proxy("allow", "", "[clients]\nallow = [\"10.0.0.0/8\"]");
-    post_json(addr, EVENT).assert_error(403, 3005);
+    to(addr).event(PAGEVIEWS, EVENT).assert_error(403, 3005);
     let (_p, addr, _) = proxy("allow_local", "", "[clients]\nallow = [\"127.0.0.0/8\"]");
-    assert_eq!(post_json(addr, EVENT).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
     assert!(upstream.seen.lock().unwrap().is_empty());
 }
 
 fn post_from(addr: SocketAddr, forwarded: &[(&str, &str)]) -> Response {
     let mut headers = vec![("Content-Type", "application/json")];
     headers.extend_from_slice(forwarded);
-    request(
-        addr,
-        "POST",
-        "/demo_db/pageviews",
-        &headers,
-        EVENT.as_bytes(),
-    )
+    to(addr)
+        .post(PAGEVIEWS)
+        .headers(&headers)
+        .body(EVENT.as_bytes())
+        .send()
 }
 
 #[test]
@@ -279,9 +280,9 @@ fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
         "[rate_limit]\nper_address_per_second = 0.5\nper_address_burst = 3",
     );
     for _ in 0..3 {
-        assert_eq!(post_json(addr, EVENT).status, 200);
+        assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
     }
-    let r = post_json(addr, EVENT);
+    let r = to(addr).event(PAGEVIEWS, EVENT);
     r.assert_error(429, 429);
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&wait), "Retry-After {wait}");
@@ -292,17 +293,19 @@ fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
         "[rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 2\nmax_tracked = 10",
     );
     let visitor = |id: &str| format!(r#"{{"td_client_id":"{id}"}}"#);
-    assert_eq!(post_json(addr, &visitor("a")).status, 200);
-    assert_eq!(post_json(addr, &visitor("a")).status, 200);
-    post_json(addr, &visitor("a")).assert_error(429, 429);
-    assert_eq!(post_json(addr, &visitor("b")).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, &visitor("a")).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, &visitor("a")).status, 200);
+    to(addr)
+        .event(PAGEVIEWS, &visitor("a"))
+        .assert_error(429, 429);
+    assert_eq!(to(addr).event(PAGEVIEWS, &visitor("b")).status, 200);
     // Limited events never reach the upstream.
     assert_eq!(upstream.seen.lock().unwrap().len(), 3);
     // Thousands of distinct visitors: tracked keys stay at max_tracked.
     for i in 0..200 {
-        let _ = post_json(addr, &visitor(&format!("v{i}")));
+        let _ = to(addr).event(PAGEVIEWS, &visitor(&format!("v{i}")));
     }
-    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let metrics = to(admin).metrics();
     let tracked = metrics
         .lines()
         .find(|l| l.starts_with("p13n_edge_rate_limit_tracked{limiter=\"identifier\"}"))
@@ -321,16 +324,14 @@ fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
          per_address_per_second = 0.5\nper_address_burst = 10",
     );
     let from = |address: &str, id: &str| {
-        request(
-            addr,
-            "POST",
-            "/demo_db/pageviews",
-            &[
+        to(addr)
+            .post(PAGEVIEWS)
+            .headers(&[
                 ("Content-Type", "application/json"),
                 ("X-Forwarded-For", address),
-            ],
-            format!(r#"{{"td_client_id":"{id}"}}"#).as_bytes(),
-        )
+            ])
+            .body(format!(r#"{{"td_client_id":"{id}"}}"#).as_bytes())
+            .send()
     };
     // The attacker fills every tracked visitor slot, then keeps rotating: its address bucket
     // is what stops it.
@@ -346,7 +347,7 @@ fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
     // An honest visitor elsewhere, new to the full limiter, is still served.
     let r = from("203.0.113.5", "honest");
     assert_eq!(r.status, 200, "{}", r.text());
-    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let metrics = to(admin).metrics();
     let overflowed = metrics
         .lines()
         .find(|l| l.starts_with("p13n_edge_rate_limit_overflow_total{limiter=\"identifier\"}"))
@@ -360,16 +361,14 @@ fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
 fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
     let (_p, addr, upstream) = proxy("cookie", "", "");
     let anonymous = |addr| {
-        request(
-            addr,
-            "POST",
-            "/public/demo_db/clicks",
-            &[
+        to(addr)
+            .post("/public/demo_db/clicks")
+            .headers(&[
                 ("Content-Type", "application/vnd.treasuredata.v1+json"),
                 ("Cookie", "_td=3f1c0b9e-visitor; session=secret-session"),
-            ],
-            br#"{"td_path":"/retail"}"#,
-        )
+            ])
+            .body(br#"{"td_path":"/retail"}"#)
+            .send()
     };
     // Not configured: the event has no identifier.
     anonymous(addr).assert_error(400, 3004);
@@ -456,7 +455,7 @@ fn empty_lines_before_the_request_line_do_not_stop_the_whole_header_deadline() {
         "\r\nPOST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
         EVENT.len()
     );
-    assert_eq!(raw_request(addr, event.as_bytes()).status, 200);
+    assert_eq!(to(addr).raw(event.as_bytes()).status, 200);
 }
 
 #[test]
@@ -466,13 +465,11 @@ fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_q
         "max_events_per_second = 100\n[service.bots]\npatterns = [\"uptime-probe\"]\nexempt = [\"Googlebot-Image\"]\n",
     );
     let post_as = |agent: &str, visitor: &str| {
-        request(
-            stack.proxy,
-            "POST",
-            "/demo_db/pageviews",
-            &[("Content-Type", "application/json"), ("User-Agent", agent)],
-            format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#).as_bytes(),
-        )
+        to(stack.proxy)
+            .post(PAGEVIEWS)
+            .headers(&[("Content-Type", "application/json"), ("User-Agent", agent)])
+            .body(format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#).as_bytes())
+            .send()
     };
     for agent in [
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
@@ -487,7 +484,7 @@ fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_q
             Some("p13n-edge; detail=crawler")
         );
     }
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["requests"], 0, "{stats}");
     assert_eq!(stack.metric("p13n_edge_crawlers_total", &[]), 3.0);
     assert_eq!(stack.metric("p13n_edge_quota_spent_total", &[]), 0.0);
@@ -510,7 +507,7 @@ fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_q
             "{agent}"
         );
     }
-    assert_eq!(stack.emulator_stats()["events_ingested"], 2);
+    assert_eq!(stack.emulator.ingested(), 2);
 }
 
 #[test]
@@ -527,7 +524,11 @@ fn without_consent_an_event_is_neither_forwarded_nor_kept_and_a_forwarded_addres
     let post = |headers: &[(&str, &str)]| {
         let mut all = vec![("Content-Type", "application/json")];
         all.extend_from_slice(headers);
-        request(addr, "POST", "/demo_db/pageviews", &all, EVENT.as_bytes())
+        to(addr)
+            .post(PAGEVIEWS)
+            .headers(&all)
+            .body(EVENT.as_bytes())
+            .send()
     };
     for headers in [
         &[][..],

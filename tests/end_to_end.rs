@@ -10,12 +10,12 @@ use serde_json::json;
 fn third_retail_view_gets_the_loyalty_offer_and_every_event_is_ingested() {
     let stack = Stack::start("offers");
     let view = r#"{"td_client_id":"v1","td_path":"/retail/shop/women","product_category":"women"}"#;
-    let first = stack.post("/demo_db/pageviews", view);
+    let first = stack.post(PAGEVIEWS, view);
     assert_eq!(first.status, 200, "{}", first.text());
     assert!(!first.text().contains("offer_for_high_loyalty"));
     assert!(first.json()["offers"]["offer_for_women"].is_object());
-    stack.post("/demo_db/pageviews", view);
-    let third = stack.post("/demo_db/pageviews", view);
+    stack.post(PAGEVIEWS, view);
+    let third = stack.post(PAGEVIEWS, view);
     assert_eq!(third.status, 200);
     let offers = &third.json()["offers"];
     assert_eq!(
@@ -41,9 +41,9 @@ fn third_retail_view_gets_the_loyalty_offer_and_every_event_is_ingested() {
 
     // Refused events never reach the upstream: 4 accepted, 4 ingested.
     stack
-        .post("/demo_db/pageviews", r#"{"td_path":"/retail"}"#)
+        .post(PAGEVIEWS, r#"{"td_path":"/retail"}"#)
         .assert_error(400, 3004);
-    assert_eq!(stack.emulator_stats()["events_ingested"], 4);
+    assert_eq!(stack.emulator.ingested(), 4);
 }
 
 #[test]
@@ -57,13 +57,11 @@ fn the_proxy_upstream_body_passes_through_untouched() {
         &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
     );
     let running = start_proxy(config);
-    let r = request(
-        running.1,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "text/plain")],
-        br#"{"td_client_id":"c"}"#,
-    );
+    let r = to(running.1)
+        .post(PAGEVIEWS)
+        .headers(&[("Content-Type", "text/plain")])
+        .body(br#"{"td_client_id":"c"}"#)
+        .send();
     assert_eq!(r.status, 200);
     assert_eq!(
         r.text(),
@@ -85,7 +83,7 @@ fn a_chunked_upstream_answer_is_relayed_whole_and_sized() {
     let running = start_proxy(config);
     // Three calls: the connection, kept after a whole chunked answer, serves the next ones.
     for n in 0..3 {
-        let r = post_json(running.1, &format!(r#"{{"td_client_id":"c{n}"}}"#));
+        let r = to(running.1).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"c{n}"}}"#));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), "{\"offers\":{}}\n");
         assert_eq!(r.header("content-length").as_deref(), Some("14"));
@@ -115,7 +113,7 @@ fn an_upstream_answer_with_endless_framing_is_refused_not_buffered() {
     );
     let running = start_proxy(config);
     for n in 0..2 {
-        let r = post_json(running.1, &format!(r#"{{"td_client_id":"f{n}"}}"#));
+        let r = to(running.1).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"f{n}"}}"#));
         r.assert_error(502, 502);
     }
     assert_eq!(upstream.seen.lock().unwrap().len(), 2);
@@ -131,19 +129,17 @@ fn client_credentials_are_replaced_and_cookies_dropped() {
     );
     let running = start_proxy(config);
     let body = br#"{"td_client_id":"c1","td_path":"/x"}"#;
-    let r = request(
-        running.1,
-        "POST",
-        "/demo_db/pageviews",
-        &[
+    let r = to(running.1)
+        .post(PAGEVIEWS)
+        .headers(&[
             ("Content-Type", "application/json"),
             ("Authorization", "TD1 9/evil"),
             ("WP13n-Token", "9/9/ffffffffffffffffffffffffffffffff"),
             ("Cookie", "session=secret"),
             ("X-Custom", "dropped"),
-        ],
-        body,
-    );
+        ])
+        .body(body)
+        .send();
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = upstream.seen.lock().unwrap();
     assert_eq!(seen.len(), 1);
@@ -189,7 +185,7 @@ fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_n
         r#"{"td_client_id":"u1"}"#,
         r#"{"td_client_id":"u2","uuid":"mine-1"}"#,
     ] {
-        assert_eq!(post_json(addr, body).status, 200);
+        assert_eq!(to(addr).event(PAGEVIEWS, body).status, 200);
     }
     let sent = upstream.bodies();
     let uuids: Vec<String> = sent
@@ -211,37 +207,44 @@ fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_n
 
     let off = toml.replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
     let (_off, addr) = start_proxy(load_config("uuid_off", &off));
-    assert_eq!(post_json(addr, r#"{"td_client_id":"u3"}"#).status, 200);
+    assert_eq!(
+        to(addr).event(PAGEVIEWS, r#"{"td_client_id":"u3"}"#).status,
+        200
+    );
     assert_eq!(upstream.bodies()[3], r#"{"td_client_id":"u3"}"#);
 }
 
 #[test]
 fn upstream_errors_keep_their_status_code_and_shape() {
     let stack = Stack::start("upstream_errors");
-    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0, "retry_after": "2"}));
-    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2013, "rate": 1.0, "retry_after": "2"}));
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     r.assert_error(429, 2013);
     assert_eq!(r.header("retry-after").as_deref(), Some("2"));
-    stack.set_faults(json!({"status": 500, "rate": 1.0}));
+    stack.emulator.faults(json!({"status": 500, "rate": 1.0}));
     stack
-        .post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#)
+        .post(PAGEVIEWS, r#"{"td_client_id":"v"}"#)
         .assert_error(500, 2001);
-    assert_eq!(stack.emulator_stats()["events_ingested"], 0);
+    assert_eq!(stack.emulator.ingested(), 0);
 }
 
 #[test]
 fn a_slow_upstream_gets_504_and_a_dead_one_502() {
     let stack = Stack::start("slow");
-    stack.set_faults(json!({"status": 0, "latency_ms": 1500}));
     stack
-        .post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#)
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 1500}));
+    stack
+        .post(PAGEVIEWS, r#"{"td_client_id":"v"}"#)
         .assert_error(504, 504);
 
     let dead = format!("http://127.0.0.1:{}", free_port());
     let (proxy, admin) = (free_port(), free_port());
     let config = load_config("dead", &config_toml(proxy, admin, &dead, ""));
     let running = start_proxy(config);
-    let r = post_json(running.1, r#"{"td_client_id":"v"}"#);
+    let r = to(running.1).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     r.assert_error(502, 502);
 }
 
@@ -270,7 +273,7 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_losing_or_repeati
     );
     let (_proxy, addr) = start_proxy(config);
     for i in 0..5 {
-        let r = post_json(addr, &format!(r#"{{"td_client_id":"p{i}"}}"#));
+        let r = to(addr).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"p{i}"}}"#));
         assert_eq!(r.status, 200, "call {i}: {}", r.text());
         std::thread::sleep(std::time::Duration::from_millis(150));
     }
@@ -310,7 +313,7 @@ type = "strings"
     )
     .replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
     let (_proxy, addr) = start_proxy(load_config("schema", &toml));
-    let post = |path: &str, body: &str| post_json_to(addr, path, body);
+    let post = |path: &str, body: &str| to(addr).event(path, body);
     // Dropped: a field outside the schema; the rest goes as written, in order.
     let r = post(
         "/demo_db/orders",
@@ -341,7 +344,7 @@ type = "strings"
     );
     // A route without a schema sends the body as it came.
     assert_eq!(
-        post("/demo_db/pageviews", r#"{"email":"a@b","anything":[1]}"#).status,
+        post(PAGEVIEWS, r#"{"email":"a@b","anything":[1]}"#).status,
         200
     );
     let sent = upstream.bodies();

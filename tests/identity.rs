@@ -44,13 +44,11 @@ impl<'a> Browser<'a> {
         if let Some(c) = &cookie {
             headers.push(("Cookie", c));
         }
-        let r = request(
-            self.stack.proxy,
-            "POST",
-            "/demo_db/pageviews",
-            &headers,
-            body.as_bytes(),
-        );
+        let r = to(self.stack.proxy)
+            .post(PAGEVIEWS)
+            .headers(&headers)
+            .body(body.as_bytes())
+            .send();
         if let Some(set) = r.header("set-cookie") {
             let token = set.split(';').next().unwrap();
             self.cookie = Some(token.strip_prefix("p13n_vid=").unwrap().to_string());
@@ -116,17 +114,15 @@ fn forged_body_reads_no_one_elses_offers(name: &str, extra: &str) {
         stack.admin,
         "p13n_edge_spool_depth"
     ) == 0));
-    let profile = request(
-        stack.emulator,
-        "POST",
-        "/demo_db/pageviews",
-        &[
+    let profile = to(stack.emulator.addr)
+        .post(PAGEVIEWS)
+        .headers(&[
             ("Authorization", &format!("TD1 {KEY}")),
             ("WP13n-Token", TOKEN),
             ("Content-Type", "application/vnd.treasuredata.v1+json"),
-        ],
-        format!(r#"{{"td_client_id":"{victim_id}","td_path":"/home"}}"#).as_bytes(),
-    );
+        ])
+        .body(format!(r#"{{"td_client_id":"{victim_id}","td_path":"/home"}}"#).as_bytes())
+        .send();
     assert!(
         profile.text().contains("offer_for_women"),
         "{}",
@@ -212,7 +208,11 @@ fn the_upstream_receives_the_cookies_id_and_a_bad_header_token_gets_401() {
     let post = |headers: &[(&str, &str)], body: &str| {
         let mut all = vec![("Content-Type", "application/json")];
         all.extend_from_slice(headers);
-        request(addr, "POST", "/demo_db/pageviews", &all, body.as_bytes())
+        to(addr)
+            .post(PAGEVIEWS)
+            .headers(&all)
+            .body(body.as_bytes())
+            .send()
     };
     // Both identifiers of the body give way to the cookie's id, as the first identifier.
     let r = post(
@@ -264,26 +264,22 @@ fn in_refuse_mode_a_body_naming_someone_else_is_refused_and_never_sent() {
         &signed("body_identifier = \"refuse\"\n"),
     );
     let (_proxy, addr) = start_proxy(load_config("identity_refuse", &toml));
-    let r = request(
-        addr,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "application/json")],
-        br#"{"td_client_id":"victim"}"#,
-    );
+    let r = to(addr)
+        .post(PAGEVIEWS)
+        .headers(&[("Content-Type", "application/json")])
+        .body(br#"{"td_client_id":"victim"}"#)
+        .send();
     r.assert_error(403, 403);
     // Still a visitor of the edge's: the cookie comes with the refusal, and the same id works.
     let set = r.header("set-cookie").expect("a cookie, error or not");
     let cookie = set.split(';').next().unwrap().to_string();
     let id = cookie.split('.').nth(1).unwrap().to_string();
     let mine = format!(r#"{{"td_client_id":"{id}"}}"#);
-    let r = request(
-        addr,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "application/json"), ("Cookie", &cookie)],
-        mine.as_bytes(),
-    );
+    let r = to(addr)
+        .post(PAGEVIEWS)
+        .headers(&[("Content-Type", "application/json"), ("Cookie", &cookie)])
+        .body(mine.as_bytes())
+        .send();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(upstream.seen.lock().unwrap().len(), 1);
 }
@@ -298,19 +294,17 @@ fn no_cookie_for_crawlers_preflights_or_without_consent_and_a_withdrawal_removes
     let post = |headers: &[(&str, &str)]| {
         let mut all = vec![("Content-Type", "application/json")];
         all.extend_from_slice(headers);
-        request(
-            stack.proxy,
-            "POST",
-            "/demo_db/pageviews",
-            &all,
-            WOMEN.as_bytes(),
-        )
+        to(stack.proxy)
+            .post(PAGEVIEWS)
+            .headers(&all)
+            .body(WOMEN.as_bytes())
+            .send()
     };
     let crawler = post(&[("User-Agent", "Mozilla/5.0 (compatible; Googlebot/2.1)")]);
     assert_eq!((crawler.status, crawler.header("set-cookie")), (200, None));
     let gpc = post(&[("Sec-GPC", "1")]);
     assert_eq!((gpc.status, gpc.header("set-cookie")), (200, None));
-    let preflight = request(stack.proxy, "OPTIONS", "/demo_db/pageviews", &[], b"");
+    let preflight = to(stack.proxy).method("OPTIONS", PAGEVIEWS).send();
     assert_eq!(preflight.header("set-cookie"), None);
 
     // A visitor with the cookie who then withdraws consent loses it.
@@ -343,13 +337,11 @@ fn a_planted_second_cookie_makes_no_one_the_planters_visitor() {
     );
     // The planter's cookie, set for a longer path, comes first from the victim's browser.
     let cookies = format!("p13n_vid={planter_token}; p13n_vid={victim_token}");
-    let r = request(
-        stack.proxy,
-        "POST",
-        "/demo_db/pageviews",
-        &[("Content-Type", "application/json"), ("Cookie", &cookies)],
-        WOMEN.as_bytes(),
-    );
+    let r = to(stack.proxy)
+        .post(PAGEVIEWS)
+        .headers(&[("Content-Type", "application/json"), ("Cookie", &cookies)])
+        .body(WOMEN.as_bytes())
+        .send();
     assert_eq!(r.status, 200);
     assert!(r.header("set-cookie").is_some(), "a fresh id");
     // The planter's profile got nothing of the victim's event.

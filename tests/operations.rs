@@ -20,7 +20,7 @@ fn signal(daemon: &Daemon, name: &str) {
 }
 
 fn scrape(daemon: &Daemon) -> String {
-    request(daemon.admin, "GET", "/metrics", &[], b"").text()
+    to(daemon.admin).metrics()
 }
 
 fn reloads(daemon: &Daemon, result: &str) -> u64 {
@@ -42,8 +42,8 @@ fn write_config(name: &str, upstream: &str, extra: &str) -> (PathBuf, u16, u16) 
 }
 
 fn post(addr: std::net::SocketAddr, visitor: &str) -> Response {
-    post_json(
-        addr,
+    to(addr).event(
+        PAGEVIEWS,
         &format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#),
     )
 }
@@ -100,12 +100,7 @@ fn load_from(addr: std::net::SocketAddr, visitors: usize) -> Load {
                     let body =
                         format!(r#"{{"td_client_id":"load{t}-{visitor}","td_path":"/retail"}}"#);
                     let started = std::time::Instant::now();
-                    let r = try_request(
-                        addr,
-                        "/demo_db/pageviews",
-                        "application/json",
-                        body.as_bytes(),
-                    );
+                    let r = try_request(addr, PAGEVIEWS, "application/json", body.as_bytes());
                     timings.lock().unwrap().push((started, started.elapsed()));
                     sent.fetch_add(1, Ordering::Relaxed);
                     match r {
@@ -222,7 +217,7 @@ fn a_key_rotates_through_reload() {
 #[test]
 fn sigterm_with_events_in_the_spool_loses_none() {
     let (_emulator, emulator) = start_emulator(&demo_rules());
-    let stats = || request(emulator, "GET", "/_emulator/stats", &[], b"").json();
+    let stats = || emulator.stats();
     let (path, proxy, admin) = write_config("sigterm", &format!("http://{emulator}"), "");
     edit(
         &path,
@@ -232,7 +227,10 @@ fn sigterm_with_events_in_the_spool_loses_none() {
     let daemon = Daemon::spawn(&path, proxy, admin, &[]);
     assert_eq!(post(daemon.proxy, "k").status, 200);
     let plan = json!({"status": 503, "rate": 1.0, "seconds": 0.5}).to_string();
-    request(emulator, "POST", "/_emulator/faults", &[], plan.as_bytes());
+    to(emulator)
+        .post("/_emulator/faults")
+        .body(plan.as_bytes())
+        .send();
     for _ in 0..5 {
         assert_eq!(post(daemon.proxy, "k").status, 200);
     }
@@ -367,7 +365,7 @@ segment_bytes = 4096
     let counted = traffic.sent.clone();
     let failed = traffic.finish();
     let sent = counted.load(Ordering::Relaxed);
-    let stats = || request(emulator, "GET", "/_emulator/stats", &[], b"").json();
+    let stats = || emulator.stats();
     let unique = |s: &serde_json::Value| {
         s["events_ingested"].as_u64().unwrap() - s["duplicates"].as_u64().unwrap()
     };
@@ -395,9 +393,9 @@ segment_bytes = 4096
 #[test]
 fn a_scrape_parses_and_lists_the_catalog() {
     let stack = Stack::start("scrape");
-    stack.post("/demo_db/pageviews", r#"{"td_client_id":"m"}"#);
+    stack.post(PAGEVIEWS, r#"{"td_client_id":"m"}"#);
     // Request metrics are recorded in the logging phase, just after the answer is sent.
-    let scrape = || request(stack.admin, "GET", "/metrics", &[], b"").text();
+    let scrape = || to(stack.admin).metrics();
     assert!(eventually(Duration::from_secs(5), || scrape()
         .contains("p13n_edge_requests_total{")));
     let text = scrape();
@@ -455,11 +453,7 @@ fn a_scrape_parses_and_lists_the_catalog() {
         "a client id in metrics"
     );
     for probe in ["/healthz", "/readyz"] {
-        assert_eq!(
-            request(stack.admin, "GET", probe, &[], b"").status,
-            200,
-            "{probe}"
-        );
+        assert_eq!(to(stack.admin).get(probe).send().status, 200, "{probe}");
     }
 }
 
@@ -511,13 +505,11 @@ fn tokens_come_from_a_file_and_the_environment_and_a_reload_rereads_them() {
     std::fs::write(&tokens, format!("# private\n\nweb = {from_file}\n")).unwrap();
     let daemon = Daemon::spawn(&path, proxy, admin, &[("P13N_TEST_APP_TOKEN", from_env)]);
     assert_eq!(post(daemon.proxy, "v").status, 200);
-    let click = request(
-        daemon.proxy,
-        "POST",
-        "/public/demo_db/clicks",
-        &[("Content-Type", "application/json")],
-        br#"{"td_client_id":"v"}"#,
-    );
+    let click = to(daemon.proxy)
+        .post("/public/demo_db/clicks")
+        .headers(&[("Content-Type", "application/json")])
+        .body(br#"{"td_client_id":"v"}"#)
+        .send();
     assert_eq!(click.status, 200);
 
     // A reload re-reads the file.

@@ -90,7 +90,7 @@ fn a_daemon_whose_every_circuit_is_open_is_alive_but_not_ready() {
     let (daemon, _) = daemon("probe-circuit", &nowhere, circuit);
     let admin = daemon.admin.to_string();
     assert_ok(&probe(&["--admin", &admin, "--ready"]));
-    let answer = post_json(daemon.proxy, r#"{"td_client_id":"v1"}"#);
+    let answer = to(daemon.proxy).event(PAGEVIEWS, r#"{"td_client_id":"v1"}"#);
     assert!(answer.status >= 500, "{}", answer.status);
     let not_ready = probe(&["--admin", &admin, "--ready"]);
     assert_fails(&not_ready, "answered 503: every upstream circuit is open");
@@ -149,11 +149,11 @@ fn readiness_returns_once_the_circuit_would_let_a_call_through() {
     let circuit = "[service.circuit]\nconsecutive_failures = 1\nopen_ms = 1500\n";
     let (daemon, _) = daemon("probe-halfopen", &nowhere, circuit);
     let admin = daemon.admin.to_string();
-    post_json(daemon.proxy, r#"{"td_client_id":"v1"}"#);
+    to(daemon.proxy).event(PAGEVIEWS, r#"{"td_client_id":"v1"}"#);
     assert!(eventually(Duration::from_secs(10), || {
         probe(&["--admin", &admin, "--ready"]).code == Some(0)
     }));
-    let readyz = request(daemon.admin, "GET", "/readyz", &[], b"").json();
+    let readyz = to(daemon.admin).get("/readyz").send().json();
     assert!(
         readyz["warnings"].to_string().contains("circuit half-open"),
         "{readyz}"

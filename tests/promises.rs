@@ -18,7 +18,7 @@ fn view(visitor: &str, n: usize) -> String {
 }
 
 fn ingested(stack: &Stack) -> u64 {
-    stack.emulator_stats()["events_ingested"].as_u64().unwrap()
+    stack.emulator.ingested()
 }
 
 fn spool_cli(args: &[&str]) -> std::process::Output {
@@ -32,7 +32,7 @@ fn spool_cli(args: &[&str]) -> std::process::Output {
 #[test]
 fn a_second_route_of_a_service_never_answers_with_the_first_routes_offers() {
     let stack = Stack::start_with("per_route", FAST);
-    let warm = stack.post("/demo_db/pageviews", &view("v1", 0));
+    let warm = stack.post(PAGEVIEWS, &view("v1", 0));
     assert!(warm.text().contains("offer_for_women"), "{}", warm.text());
     // Same service, same visitor, another table: not a hit on the pageviews entry.
     let other = stack.post("/public/demo_db/clicks", &view("v1", 1));
@@ -42,7 +42,7 @@ fn a_second_route_of_a_service_never_answers_with_the_first_routes_offers() {
         Some("p13n-edge; fwd=miss; stored")
     );
     // Each route now answers from its own entry.
-    for path in ["/demo_db/pageviews", "/public/demo_db/clicks"] {
+    for path in [PAGEVIEWS, "/public/demo_db/clicks"] {
         let hit = stack.post(path, &view("v1", 2));
         assert!(hit.header("cache-status").unwrap().contains("; hit;"));
     }
@@ -52,11 +52,13 @@ fn a_second_route_of_a_service_never_answers_with_the_first_routes_offers() {
 fn events_accepted_during_a_window_of_401s_are_held_then_delivered() {
     let stack = Stack::start_with("held_401", FAST);
     for v in ["a", "b", "c"] {
-        assert_eq!(stack.post("/demo_db/pageviews", &view(v, 0)).status, 200);
+        assert_eq!(stack.post(PAGEVIEWS, &view(v, 0)).status, 200);
     }
-    stack.set_faults(json!({"status": 401, "rate": 1.0, "seconds": 3}));
+    stack
+        .emulator
+        .faults(json!({"status": 401, "rate": 1.0, "seconds": 3}));
     for v in ["a", "b", "c"] {
-        let r = stack.post("/demo_db/pageviews", &view(v, 1));
+        let r = stack.post(PAGEVIEWS, &view(v, 1));
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert!(eventually(Duration::from_secs(5), || stack
@@ -67,9 +69,9 @@ fn events_accepted_during_a_window_of_401s_are_held_then_delivered() {
     assert!(
         eventually(Duration::from_secs(20), || ingested(&stack) == 6),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
-    assert_eq!(stack.emulator_stats()["duplicates"], 0);
+    assert_eq!(stack.emulator.stats()["duplicates"], 0);
     assert!(eventually(Duration::from_secs(5), || !stack
         .readiness_warnings()
         .contains("spool lane")));
@@ -82,9 +84,11 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
     let spool_arg = spool.to_str().unwrap().to_string();
     {
         let stack = Stack::start_with(name, FAST);
-        assert_eq!(stack.post("/demo_db/pageviews", &view("d", 0)).status, 200);
-        stack.set_faults(json!({"status": 400, "code": 3004, "rate": 1.0}));
-        assert_eq!(stack.post("/demo_db/pageviews", &view("d", 1)).status, 200);
+        assert_eq!(stack.post(PAGEVIEWS, &view("d", 0)).status, 200);
+        stack
+            .emulator
+            .faults(json!({"status": 400, "code": 3004, "rate": 1.0}));
+        assert_eq!(stack.post(PAGEVIEWS, &view("d", 1)).status, 200);
         assert!(eventually(Duration::from_secs(10), || stack.metric(
             "p13n_edge_spool_dead_lettered_total",
             &["reason=\"invalid_event\""]
@@ -95,10 +99,7 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
         assert!(out.status.success());
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["dead_letters"]["events"], 1, "{report}");
-        assert_eq!(
-            report["dead_letters"]["by_route"][0]["route"],
-            "/demo_db/pageviews"
-        );
+        assert_eq!(report["dead_letters"]["by_route"][0]["route"], PAGEVIEWS);
         assert_eq!(report["daemon_running"], true);
         assert_eq!(report["pending"]["events"], 0);
         let out = spool_cli(&["requeue", "--dir", &spool_arg]);
@@ -117,7 +118,7 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 1),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
 }
 
@@ -125,12 +126,13 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
 fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_key() {
     let name = "moved_route";
     let stack = Stack::start_with(name, FAST);
-    assert_eq!(stack.post("/demo_db/pageviews", &view("m", 0)).status, 200);
-    stack.set_faults(json!({"status": 503, "rate": 1.0}));
-    assert_eq!(stack.post("/demo_db/pageviews", &view("m", 1)).status, 200);
+    assert_eq!(stack.post(PAGEVIEWS, &view("m", 0)).status, 200);
+    stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
+    assert_eq!(stack.post(PAGEVIEWS, &view("m", 1)).status, 200);
     // Replay has tried once and is waiting to try again.
     assert!(eventually(Duration::from_secs(5), || !stack
-        .emulator_stats()["by_status"]["503"]
+        .emulator
+        .stats()["by_status"]["503"]
         .is_null()));
     // The path now belongs to another account's service.
     std::fs::write(
@@ -146,18 +148,18 @@ fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_ke
             .replace(TOKEN, "2/1/00000000000000000000000000000001")
     };
     stack.reload(moved);
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
-    let before = stack.emulator_stats()["requests"].as_u64().unwrap();
+    stack.emulator.clear_faults();
+    let before = stack.emulator.stats()["requests"].as_u64().unwrap();
     assert!(
         eventually(Duration::from_secs(8), || stack
             .readiness_warnings()
             .contains("gone or changed")),
         "{} {}",
         stack.readiness_warnings(),
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(
         stats["requests"].as_u64().unwrap(),
         before,
@@ -168,7 +170,7 @@ fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_ke
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 2),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
 }
 
@@ -181,28 +183,31 @@ fn one_service_whose_upstream_fails_holds_back_only_its_own_events() {
     );
     let stack = Stack::start_with("failing_lane", &extra);
     let other_faults = |plan: &str| {
-        request(other, "POST", "/_emulator/faults", &[], plan.as_bytes());
+        to(other)
+            .post("/_emulator/faults")
+            .body(plan.as_bytes())
+            .send();
     };
     for v in ["x", "y"] {
-        assert_eq!(stack.post("/demo_db/pageviews", &view(v, 0)).status, 200);
+        assert_eq!(stack.post(PAGEVIEWS, &view(v, 0)).status, 200);
         assert_eq!(stack.post("/demo_db/checkout", &view(v, 0)).status, 200);
     }
     other_faults(r#"{"status":503,"rate":1.0}"#);
     for n in 1..=3 {
         for v in ["x", "y"] {
             assert_eq!(stack.post("/demo_db/checkout", &view(v, n)).status, 200);
-            assert_eq!(stack.post("/demo_db/pageviews", &view(v, n)).status, 200);
+            assert_eq!(stack.post(PAGEVIEWS, &view(v, n)).status, 200);
         }
     }
     // Service b's events wait; ours arrive meanwhile, all of them.
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 8),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
-    let other_stats = || request(other, "GET", "/_emulator/stats", &[], b"").json();
+    let other_stats = || other.stats();
     assert_eq!(other_stats()["events_ingested"], 2);
-    request(other, "DELETE", "/_emulator/faults", &[], b"");
+    other.clear_faults();
     assert!(eventually(Duration::from_secs(15), || other_stats()
         ["events_ingested"]
         == 8));
@@ -226,9 +231,11 @@ fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
     // An incident: an event spooled, then delivered.
     {
         let stack = Stack::start_with(name, FAST);
-        assert_eq!(stack.post("/demo_db/pageviews", &view("r", 0)).status, 200);
-        stack.set_faults(json!({"status": 503, "rate": 1.0, "seconds": 0.3}));
-        assert_eq!(stack.post("/demo_db/pageviews", &view("r", 1)).status, 200);
+        assert_eq!(stack.post(PAGEVIEWS, &view("r", 0)).status, 200);
+        stack
+            .emulator
+            .faults(json!({"status": 503, "rate": 1.0, "seconds": 0.3}));
+        assert_eq!(stack.post(PAGEVIEWS, &view("r", 1)).status, 200);
         assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 2));
     }
     // A quiet run: replay drops the delivered segment; the lane holds no segment now.
@@ -239,10 +246,10 @@ fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
     // Another incident, and a restart while the upstream still fails.
     {
         let stack = Stack::start_with(name, FAST);
-        assert_eq!(stack.post("/demo_db/pageviews", &view("r", 2)).status, 200);
-        stack.set_faults(json!({"status": 503, "rate": 1.0}));
+        assert_eq!(stack.post(PAGEVIEWS, &view("r", 2)).status, 200);
+        stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
         for n in 3..6 {
-            assert_eq!(stack.post("/demo_db/pageviews", &view("r", n)).status, 200);
+            assert_eq!(stack.post(PAGEVIEWS, &view("r", n)).status, 200);
         }
     }
     // The next run delivers them: they were not written below the checkpoint.
@@ -250,7 +257,7 @@ fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 3),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
 }
 
@@ -266,7 +273,7 @@ fn requeue_into_a_drained_lane_writes_where_replay_reads() {
         seq: 2,
         enqueued_ms: 1,
         service: "requeue_drained".into(),
-        route: "/demo_db/pageviews".into(),
+        route: PAGEVIEWS.into(),
         visitor: "q".into(),
         body: bytes::Bytes::from_static(br#"{"td_client_id":"q"}"#),
         route_id: "1/demo_db/pageviews/web".into(),
@@ -293,16 +300,13 @@ fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
         another_service("full_spool_b", &format!("http://{other}"), "checkout")
     );
     let stack = Stack::start_with("full_spool", &extra);
-    assert_eq!(stack.post("/demo_db/pageviews", &view("a", 0)).status, 200);
+    assert_eq!(stack.post(PAGEVIEWS, &view("a", 0)).status, 200);
     assert_eq!(stack.post("/demo_db/checkout", &view("b", 0)).status, 200);
     // Service b's upstream fails: its fast hits fill the spool, until it refuses them.
-    request(
-        other,
-        "POST",
-        "/_emulator/faults",
-        &[],
-        br#"{"status":503,"rate":1.0}"#,
-    );
+    to(other)
+        .post("/_emulator/faults")
+        .body(br#"{"status":503,"rate":1.0}"#)
+        .send();
     let mut n = 1;
     while stack.post("/demo_db/checkout", &view("b", n)).status == 200 {
         n += 1;
@@ -311,7 +315,7 @@ fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
     // Our service's hits still succeed: the spool cannot take them, so they go upstream now.
     let before = ingested(&stack);
     for n in 1..=3 {
-        let r = stack.post("/demo_db/pageviews", &view("a", n));
+        let r = stack.post(PAGEVIEWS, &view("a", n));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(
             r.header("cache-status").as_deref(),
@@ -325,12 +329,12 @@ fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
 fn a_service_quota_is_shaped_before_the_upstream_never_hit() {
     let stack = Stack::start_with("quota", "max_events_per_second = 2\ndeadline_ms = 200\n");
     // One goes; the next new visitor would wait past the deadline for its slot: 429/2003.
-    assert_eq!(stack.post("/demo_db/pageviews", &view("q0", 0)).status, 200);
-    let refused = stack.post("/demo_db/pageviews", &view("q1", 0));
+    assert_eq!(stack.post(PAGEVIEWS, &view("q0", 0)).status, 200);
+    let refused = stack.post(PAGEVIEWS, &view("q1", 0));
     refused.assert_error(429, 2003);
     assert!(refused.header("retry-after").is_some());
     // A visitor with cached offers gets them at once, and its event is spooled.
-    let known = stack.post("/demo_db/pageviews", &view("q0", 1));
+    let known = stack.post(PAGEVIEWS, &view("q0", 1));
     assert_eq!(known.status, 200);
     assert_eq!(
         known.header("cache-status").as_deref(),
@@ -340,9 +344,9 @@ fn a_service_quota_is_shaped_before_the_upstream_never_hit() {
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 2),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["by_status"].as_object().unwrap().len(), 1, "{stats}");
     assert!(stack.metric("p13n_edge_quota_deferred_total", &[]) >= 2.0);
     assert!(stack.metric("p13n_edge_quota_spent_total", &[]) >= 2.0);
@@ -361,17 +365,13 @@ fn a_quota_lets_no_second_of_the_upstreams_see_more_than_its_rate_even_after_idl
         let calls: Vec<_> = (0..20)
             .map(|v| {
                 let stack = &stack;
-                s.spawn(move || {
-                    stack
-                        .post("/demo_db/pageviews", &view(&format!("b{v}"), 0))
-                        .status
-                })
+                s.spawn(move || stack.post(PAGEVIEWS, &view(&format!("b{v}"), 0)).status)
             })
             .collect();
         calls.into_iter().map(|c| c.join().unwrap()).collect()
     });
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["events_ingested"], 20, "{stats}");
     assert!(stats["max_per_second"].as_u64().unwrap() <= 10, "{stats}");
     // Each call that waited was deferred once, not once per slot it watched go by.
@@ -385,7 +385,9 @@ fn under_sustained_overload_a_quota_answers_200_or_429_never_a_timeout() {
         "quota_overload",
         "max_events_per_second = 20\ndeadline_ms = 1000\n",
     );
-    stack.set_faults(json!({"status": 0, "latency_ms": 200}));
+    stack
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 200}));
     // 32 clients posting new visitors as fast as they are answered: a queue for the quota
     // longer than the deadline.
     let until = std::time::Instant::now() + Duration::from_secs(3);
@@ -398,7 +400,7 @@ fn under_sustained_overload_a_quota_answers_200_or_429_never_a_timeout() {
                     let mut n = 0;
                     while std::time::Instant::now() < until {
                         n += 1;
-                        let r = stack.post("/demo_db/pageviews", &view(&format!("o{c}-{n}"), 0));
+                        let r = stack.post(PAGEVIEWS, &view(&format!("o{c}-{n}"), 0));
                         seen.push(r.status);
                     }
                     seen
@@ -429,16 +431,16 @@ fn under_sustained_overload_a_quota_answers_200_or_429_never_a_timeout() {
 #[test]
 fn a_reload_changes_the_quotas_rate() {
     let stack = Stack::start_with("quota_reload", "max_events_per_second = 10\n");
-    assert_eq!(stack.post("/demo_db/pageviews", &view("r0", 0)).status, 200);
+    assert_eq!(stack.post(PAGEVIEWS, &view("r0", 0)).status, 200);
     stack.reload(|toml| toml.replace("max_events_per_second = 10", "max_events_per_second = 2"));
     // The peaks are counted again from here.
-    stack.set_faults(json!({"status": 0, "latency_ms": 0}));
+    stack.emulator.faults(json!({"status": 0, "latency_ms": 0}));
     std::thread::scope(|s| {
         for v in 0..10 {
             let stack = &stack;
-            s.spawn(move || stack.post("/demo_db/pageviews", &view(&format!("r{v}x"), 0)));
+            s.spawn(move || stack.post(PAGEVIEWS, &view(&format!("r{v}x"), 0)));
         }
     });
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert!(stats["max_per_second"].as_u64().unwrap() <= 2, "{stats}");
 }

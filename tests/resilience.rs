@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 #[test]
 fn half_429s_nearly_every_visitor_succeeds_and_each_accepted_event_is_ingested_once() {
     let stack = Stack::start("half_429");
-    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 0.5}));
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2013, "rate": 0.5}));
     let mut ok = 0;
     for i in 0..60 {
         let r = stack.post(
-            "/demo_db/pageviews",
+            PAGEVIEWS,
             &format!(r#"{{"td_client_id":"fresh{i}","td_path":"/retail"}}"#),
         );
         match r.status {
@@ -29,7 +31,7 @@ fn half_429s_nearly_every_visitor_succeeds_and_each_accepted_event_is_ingested_o
         }
     }
     assert!(ok >= 52, "only {ok} of 60 got 200");
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["events_ingested"], ok);
     assert_eq!(stats["duplicates"], 0);
     let retries = stack.metric("p13n_edge_upstream_retries_total", &[r#"reason="429""#]);
@@ -42,15 +44,17 @@ fn half_429s_nearly_every_visitor_succeeds_and_each_accepted_event_is_ingested_o
 #[test]
 fn all_429s_the_client_gets_429_with_retry_after_within_the_deadline() {
     let stack = Stack::start_with("all_429", "deadline_ms = 800\n");
-    stack.set_faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
     let started = Instant::now();
-    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     let took = started.elapsed();
     r.assert_error(429, 2003);
     let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(retry_after >= 1);
     assert!(took < Duration::from_millis(800 + 500), "took {took:?}");
-    assert_eq!(stack.emulator_stats()["events_ingested"], 0);
+    assert_eq!(stack.emulator.ingested(), 0);
 }
 
 #[test]
@@ -59,17 +63,16 @@ fn the_budget_caps_retry_amplification() {
         "budget",
         "[service.retry]\nmax_retries = 3\nbackoff_base_ms = 1\nbackoff_cap_ms = 2\nbudget_ratio = 0.1\nbudget_floor_per_second = 0.0\n",
     );
-    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
     let calls = 100;
     for i in 0..calls {
         stack
-            .post(
-                "/demo_db/pageviews",
-                &format!(r#"{{"td_client_id":"b{i}"}}"#),
-            )
+            .post(PAGEVIEWS, &format!(r#"{{"td_client_id":"b{i}"}}"#))
             .assert_error(429, 2013);
     }
-    let upstream_calls = stack.emulator_stats()["requests"].as_u64().unwrap();
+    let upstream_calls = stack.emulator.stats()["requests"].as_u64().unwrap();
     let amplification = upstream_calls as f64 / calls as f64;
     println!(
         "429 storm: {calls} client calls cost the upstream {upstream_calls} ({amplification:.2}x)"
@@ -87,23 +90,25 @@ fn retry_after_is_honoured() {
         "deadline_ms = 3000\n[service.cache]\nmode = \"off\"\n",
     );
     // The first attempt meets the plan; the retry, after the 1 s the upstream asked for, does not.
-    stack.set_faults(
+    stack.emulator.faults(
         json!({"status": 429, "code": 2013, "rate": 1.0, "seconds": 0.3, "retry_after": "1"}),
     );
     let started = Instant::now();
-    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     let took = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         took >= Duration::from_secs(1),
         "retried after {took:?}, before Retry-After"
     );
-    assert_eq!(stack.emulator_stats()["events_ingested"], 1);
+    assert_eq!(stack.emulator.ingested(), 1);
 
     // A Retry-After past the deadline is not waited for: the client gets the 429 at once.
-    stack.set_faults(json!({"status": 429, "code": 2013, "rate": 1.0, "retry_after": "60"}));
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2013, "rate": 1.0, "retry_after": "60"}));
     let started = Instant::now();
-    let r = stack.post("/demo_db/pageviews", r#"{"td_client_id":"v"}"#);
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     r.assert_error(429, 2013);
     assert_eq!(r.header("retry-after").as_deref(), Some("60"));
     assert!(started.elapsed() < Duration::from_secs(1));
@@ -118,22 +123,22 @@ fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
         "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 1000\n[service.cache]\nmode = \"off\"\n",
     );
     let event = r#"{"td_client_id":"v"}"#;
-    assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);
-    let ready = || request(stack.admin, "GET", "/readyz", &[], b"");
+    assert_eq!(stack.post(PAGEVIEWS, event).status, 200);
+    let ready = || to(stack.admin).get("/readyz").send();
     assert_eq!(ready().status, 200);
 
-    stack.set_faults(json!({"status": 503, "code": 2001, "rate": 1.0}));
+    stack
+        .emulator
+        .faults(json!({"status": 503, "code": 2001, "rate": 1.0}));
     for _ in 0..3 {
-        stack
-            .post("/demo_db/pageviews", event)
-            .assert_error(503, 2001);
+        stack.post(PAGEVIEWS, event).assert_error(503, 2001);
     }
-    let before = stack.emulator_stats()["requests"].as_u64().unwrap();
-    let r = stack.post("/demo_db/pageviews", event);
+    let before = stack.emulator.stats()["requests"].as_u64().unwrap();
+    let r = stack.post(PAGEVIEWS, event);
     r.assert_error(503, 503);
     assert!(r.text().contains("circuit open"), "{}", r.text());
     assert_eq!(
-        stack.emulator_stats()["requests"].as_u64().unwrap(),
+        stack.emulator.stats()["requests"].as_u64().unwrap(),
         before,
         "an open circuit still called"
     );
@@ -143,9 +148,9 @@ fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
     assert_eq!(stack.metric("p13n_edge_circuit_state", &[]), 2.0);
 
     // The storm ends; after open_ms one probe goes through and closes the circuit.
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    stack.emulator.clear_faults();
     std::thread::sleep(Duration::from_millis(1050));
-    assert_eq!(stack.post("/demo_db/pageviews", event).status, 200);
+    assert_eq!(stack.post(PAGEVIEWS, event).status, 200);
     assert_eq!(ready().status, 200);
     assert_eq!(stack.metric("p13n_edge_circuit_state", &[]), 0.0);
 }
@@ -162,17 +167,17 @@ fn a_refused_token_is_reported_not_retried() {
     );
     let (_proxy, addr) = start_proxy(config);
 
-    let r = post_json(addr, r#"{"td_client_id":"v"}"#);
+    let r = to(addr).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     r.assert_error(400, 3001);
-    let stats = request(emu_addr, "GET", "/_emulator/stats", &[], b"").json();
+    let stats = emu_addr.stats();
     assert_eq!(stats["requests"], 1, "a token error was retried");
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let readiness = request(admin, "GET", "/readyz", &[], b"").text();
+    let readiness = to(admin).get("/readyz").send().text();
     assert!(
         readiness.contains("route demo_db/pageviews: token web refused (3001)"),
         "{readiness}"
     );
-    let scrape = request(admin, "GET", "/metrics", &[], b"").text();
+    let scrape = to(admin).metrics();
     assert!(
         scrape.contains(r#"p13n_edge_upstream_token_rejections_total{code="3001",route="demo_db/pageviews",service="shop",token="web"} 1"#),
         "{scrape}"
@@ -233,7 +238,7 @@ fn a_hanging_resolver_past_the_dns_ttl_costs_no_request_anything() {
     });
     let (_proxy, addr) = start_proxy_resolving(config, resolver.clone());
     let event = r#"{"td_client_id":"v"}"#;
-    assert_eq!(post_json(addr, event).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, event).status, 200);
 
     // 1.5 s: 15 TTLs and 5 lookup timeouts, from three clients at once.
     let until = Instant::now() + Duration::from_millis(1500);
@@ -243,7 +248,7 @@ fn a_hanging_resolver_past_the_dns_ttl_costs_no_request_anything() {
                 let mut slowest = Duration::ZERO;
                 while Instant::now() < until {
                     let started = Instant::now();
-                    let r = post_json(addr, event);
+                    let r = to(addr).event(PAGEVIEWS, event);
                     assert_eq!(r.status, 200, "{}", r.text());
                     slowest = slowest.max(started.elapsed());
                 }
@@ -261,7 +266,7 @@ fn a_hanging_resolver_past_the_dns_ttl_costs_no_request_anything() {
     let calls = resolver.calls.load(Ordering::SeqCst);
     assert!((2..=7).contains(&calls), "{calls} lookups");
     assert_eq!(resolver.most_in_flight.load(Ordering::SeqCst), 1);
-    let metrics = request(admin, "GET", "/metrics", &[], b"").text();
+    let metrics = to(admin).metrics();
     let value = |line: &str| {
         metrics
             .lines()
@@ -328,8 +333,8 @@ fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
     );
     let (_proxy, addr) = start_proxy(load_config("h2_closed", &toml));
     for n in 0..5 {
-        let r = post_json(
-            addr,
+        let r = to(addr).event(
+            PAGEVIEWS,
             &format!(r#"{{"td_client_id":"c{n}","td_path":"/x"}}"#),
         );
         assert_eq!(r.status, 200, "call {n}: {}", r.text());
@@ -355,13 +360,13 @@ fn an_http2_connection_gone_silent_is_not_used_after_a_call_times_out_on_it() {
     .replace("upstream_ms = 1000", "upstream_ms = 300");
     let (_proxy, addr) = start_proxy(load_config("h2_silent", &toml));
     let event = |n: u32| format!(r#"{{"td_client_id":"s{n}","td_path":"/x"}}"#);
-    assert_eq!(post_json(addr, &event(0)).status, 200);
+    assert_eq!(to(addr).event(PAGEVIEWS, &event(0)).status, 200);
     relay.freeze();
     // The first call after the silence times out on the old connection...
-    post_json(addr, &event(1)).assert_error(504, 504);
+    to(addr).event(PAGEVIEWS, &event(1)).assert_error(504, 504);
     // ...and the next ones go out on a new one.
     for n in 2..5 {
-        let r = post_json(addr, &event(n));
+        let r = to(addr).event(PAGEVIEWS, &event(n));
         assert_eq!(r.status, 200, "call {n}: {}", r.text());
     }
     assert_eq!(relay.opened.load(Ordering::SeqCst), 2);

@@ -61,7 +61,11 @@ per_identifier_burst = 5
     let json = [("Content-Type", "application/json")];
     let mut answers = Vec::new();
     let mut send = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
-        let r = request(proxy, method, path, headers, body.as_bytes());
+        let r = to(proxy)
+            .method(method, path)
+            .headers(headers)
+            .body(body.as_bytes())
+            .send();
         answers.push(format!("{}\n{}", r.head, r.text()));
         r.status
     };
@@ -69,7 +73,7 @@ per_identifier_burst = 5
         assert_eq!(
             send(
                 "POST",
-                "/demo_db/pageviews",
+                PAGEVIEWS,
                 &json,
                 r#"{"td_client_id":"v","td_path":"/retail"}"#
             ),
@@ -86,8 +90,8 @@ per_identifier_burst = 5
         200
     );
     assert_eq!(send("POST", "/nope/nope", &json, "{}"), 404);
-    assert_eq!(send("GET", "/demo_db/pageviews", &[], ""), 405);
-    assert_eq!(send("OPTIONS", "/demo_db/pageviews", &[], ""), 204);
+    assert_eq!(send("GET", PAGEVIEWS, &[], ""), 405);
+    assert_eq!(send("OPTIONS", PAGEVIEWS, &[], ""), 204);
     let shop = [("Origin", "https://shop.example")];
     let preflight = [
         ("Origin", "https://shop.example"),
@@ -109,65 +113,37 @@ per_identifier_burst = 5
         403
     );
     let denied = [("X-Forwarded-For", "192.0.2.1"), json[0]];
-    assert_eq!(send("POST", "/demo_db/pageviews", &denied, event), 403);
+    assert_eq!(send("POST", PAGEVIEWS, &denied, event), 403);
     let big = "h".repeat(40_000);
     let huge = [("X-Big", big.as_str()), json[0]];
-    assert_eq!(send("POST", "/demo_db/pageviews", &huge, event), 431);
+    assert_eq!(send("POST", PAGEVIEWS, &huge, event), 431);
     let statuses: Vec<u16> = (0..6)
-        .map(|_| {
-            send(
-                "POST",
-                "/demo_db/pageviews",
-                &json,
-                r#"{"td_client_id":"r"}"#,
-            )
-        })
+        .map(|_| send("POST", PAGEVIEWS, &json, r#"{"td_client_id":"r"}"#))
         .collect();
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     assert_eq!(
-        send(
-            "POST",
-            "/demo_db/pageviews",
-            &[("Content-Type", "image/png")],
-            "{}"
-        ),
+        send("POST", PAGEVIEWS, &[("Content-Type", "image/png")], "{}"),
         415
     );
-    assert_eq!(send("POST", "/demo_db/pageviews", &json, "[1]"), 400);
-    assert_eq!(
-        send("POST", "/demo_db/pageviews", &json, &"x".repeat(70_000)),
-        413
-    );
+    assert_eq!(send("POST", PAGEVIEWS, &json, "[1]"), 400);
+    assert_eq!(send("POST", PAGEVIEWS, &json, &"x".repeat(70_000)), 413);
     // An upstream error, relayed.
     let plan = r#"{"status":429,"code":2013,"rate":1.0}"#;
-    request(
-        emulator_addr,
-        "POST",
-        "/_emulator/faults",
-        &[],
-        plan.as_bytes(),
-    );
+    to(emulator_addr)
+        .post("/_emulator/faults")
+        .body(plan.as_bytes())
+        .send();
     // A known visitor gets stale offers (and the event goes to the spool); a new one the 429.
     assert_eq!(
-        send(
-            "POST",
-            "/demo_db/pageviews",
-            &json,
-            r#"{"td_client_id":"v"}"#
-        ),
+        send("POST", PAGEVIEWS, &json, r#"{"td_client_id":"v"}"#),
         200
     );
     assert_eq!(
-        send(
-            "POST",
-            "/demo_db/pageviews",
-            &json,
-            r#"{"td_client_id":"new"}"#
-        ),
+        send("POST", PAGEVIEWS, &json, r#"{"td_client_id":"new"}"#),
         429
     );
     for path in ["/metrics", "/healthz", "/readyz"] {
-        let r = request(admin, "GET", path, &[], b"");
+        let r = to(admin).get(path).send();
         assert_eq!(r.status, 200, "{path}");
         answers.push(r.text());
     }
@@ -196,7 +172,7 @@ fn answer_from(name: &str, reply: &'static str) -> Response {
         ),
     );
     let (_running, proxy) = start_proxy(config);
-    post_json(proxy, r#"{"td_client_id":"v"}"#)
+    to(proxy).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#)
 }
 
 fn leak(text: String) -> &'static str {

@@ -50,13 +50,13 @@ fn https_upstreams_are_verified_against_the_configured_roots() {
     std::fs::copy(dir.join("ca.pem"), scratch("tls_trusted").join("ca.pem")).unwrap();
     let (_proxy, addr) = start_proxy(load_config("tls_trusted", &trusted));
     let event = r#"{"td_client_id":"v","td_path":"/retail"}"#;
-    let r = post_json(addr, event);
+    let r = to(addr).event(PAGEVIEWS, event);
     assert_eq!(r.status, 200, "{}", r.text());
 
     // The same upstream with the system roots: the unknown CA is refused, nothing is sent.
     let untrusted = config_toml(free_port(), free_port(), &upstream, "");
     let (_proxy, addr) = start_proxy(load_config("tls_untrusted", &untrusted));
-    post_json(addr, event).assert_error(502, 502);
+    to(addr).event(PAGEVIEWS, event).assert_error(502, 502);
 
     // Trusted CA, but the certificate does not name the host asked for (127.0.0.1).
     let wrong_name = format!("https://127.0.0.1:{emu}");
@@ -68,7 +68,7 @@ fn https_upstreams_are_verified_against_the_configured_roots() {
     );
     std::fs::copy(dir.join("ca.pem"), scratch("tls_mismatch").join("ca.pem")).unwrap();
     let (_proxy, addr) = start_proxy(load_config("tls_mismatch", &mismatched));
-    post_json(addr, event).assert_error(502, 502);
+    to(addr).event(PAGEVIEWS, event).assert_error(502, 502);
 }
 
 /// An emulator on TLS (certificate for `localhost` from `dir`), offering HTTP/2 by ALPN or not.
@@ -116,7 +116,7 @@ fn an_h2_upstream_over_tls_is_agreed_by_alpn_and_one_without_h2_is_refused() {
         );
         std::fs::copy(dir.join("ca.pem"), scratch(name).join("ca.pem")).unwrap();
         let (_proxy, addr) = start_proxy(load_config(name, &toml));
-        let r = post_json(addr, event);
+        let r = to(addr).event(PAGEVIEWS, event);
         assert_eq!(r.status, status, "{name}: {}", r.text());
         if status == 502 {
             r.assert_error(502, 502);
@@ -385,13 +385,11 @@ fn a_signed_visitor_cookie_is_secure_on_the_tls_listener_only() {
         cookie.contains("; HttpOnly; Secure; SameSite=Lax"),
         "{cookie}"
     );
-    let plain_answer = request(
-        plain,
-        "POST",
-        "/public/demo_db/clicks",
-        &[("Content-Type", "text/plain")],
-        EVENT.as_bytes(),
-    );
+    let plain_answer = to(plain)
+        .post("/public/demo_db/clicks")
+        .headers(&[("Content-Type", "text/plain")])
+        .body(EVENT.as_bytes())
+        .send();
     let cookie = plain_answer.header("set-cookie").unwrap();
     assert!(!cookie.contains("Secure"), "{cookie}");
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::time::Duration;
 
 fn opened(stack: &Stack, protocol: &str) -> u64 {
-    let metrics = request(stack.admin, "GET", "/metrics", &[], b"").text();
+    let metrics = to(stack.admin).metrics();
     let series = format!("p13n_edge_upstream_connections_opened_total{{protocol=\"{protocol}\"}} ");
     metrics
         .lines()
@@ -26,7 +26,7 @@ fn at_once(stack: &Stack, n: usize) -> Vec<Response> {
             .map(|v| {
                 s.spawn(move || {
                     stack.post(
-                        "/demo_db/pageviews",
+                        PAGEVIEWS,
                         &format!(r#"{{"td_client_id":"h2-{n}-{v}","product_category":"women"}}"#),
                     )
                 })
@@ -43,50 +43,53 @@ fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
         "deadline_ms = 3000\n[upstream]\nprotocol = \"h2\"\n",
     );
     // 50 ms away: 48 visitors at once are 48 streams in flight together.
-    stack.set_faults(json!({"status": 0, "latency_ms": 50}));
+    stack
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 50}));
     let answers = at_once(&stack, 48);
     for r in &answers {
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.text().contains("offer_for_women"), "{}", r.text());
     }
-    let stats = stack.emulator_stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["events_ingested"], 48, "{stats}");
     assert!(stats["max_in_flight"].as_u64().unwrap() >= 16, "{stats}");
     assert_eq!(opened(&stack, "h2"), 1);
     assert_eq!(opened(&stack, "h1"), 0);
 
     // 150 at once, 300 ms away, past the emulator's 100 streams a connection: one more.
-    stack.set_faults(json!({"status": 0, "latency_ms": 300}));
+    stack
+        .emulator
+        .faults(json!({"status": 0, "latency_ms": 300}));
     let answers = at_once(&stack, 150);
     assert!(answers.iter().all(|r| r.status == 200));
     assert_eq!(opened(&stack, "h2"), 2);
 
     // An error answer with Retry-After comes back whole over the stream.
-    stack.set_faults(json!({"status": 429, "code": 2003, "rate": 1.0, "retry_after": "30"}));
-    let r = stack.post(
-        "/demo_db/pageviews",
-        r#"{"td_client_id":"h2-new","td_path":"/x"}"#,
-    );
+    stack
+        .emulator
+        .faults(json!({"status": 429, "code": 2003, "rate": 1.0, "retry_after": "30"}));
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"h2-new","td_path":"/x"}"#);
     r.assert_error(429, 2003);
     assert_eq!(r.header("retry-after").as_deref(), Some("30"));
 
     // Events spooled during an outage are replayed over the same connection.
-    stack.set_faults(json!({"status": 503, "rate": 1.0}));
+    stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
     for v in 0..8 {
         let r = stack.post(
-            "/demo_db/pageviews",
+            PAGEVIEWS,
             &format!(r#"{{"td_client_id":"h2-48-{v}","td_path":"/x"}}"#),
         );
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let before = stack.emulator_stats()["events_ingested"].as_u64().unwrap();
-    request(stack.emulator, "DELETE", "/_emulator/faults", &[], b"");
+    let before = stack.emulator.ingested();
+    stack.emulator.clear_faults();
     assert!(
         eventually(Duration::from_secs(20), || {
-            stack.emulator_stats()["events_ingested"].as_u64().unwrap() == before + 8
+            stack.emulator.ingested() == before + 8
         }),
         "{}",
-        stack.emulator_stats()
+        stack.emulator.stats()
     );
     assert_eq!(opened(&stack, "h2"), 2);
 }

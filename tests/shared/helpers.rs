@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 pub fn post_to(addr: SocketAddr, path: &str, visitor: &str) -> Response {
     let body = format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#);
-    post_json_to(addr, path, &body)
+    to(addr).event(path, &body)
 }
 
 pub fn post(addr: SocketAddr, visitor: &str) -> Response {
-    post_to(addr, "/demo_db/pageviews", visitor)
+    post_to(addr, PAGEVIEWS, visitor)
 }
 
 /// The key of `visitor`'s offers on the service's route `route` (`1/demo_db/{table}/{token}`),
@@ -42,7 +42,9 @@ pub fn pageviews_key(emulator: SocketAddr, visitor: &str) -> Vec<u8> {
 
 /// A metric summed over the series whose line holds `labels`.
 pub fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
-    request(admin, "GET", "/metrics", &[], b"")
+    to(admin)
+        .get("/metrics")
+        .send()
         .text()
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
@@ -53,7 +55,7 @@ pub fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
 
 /// `/readyz`: its status and its warnings, joined.
 pub fn readiness(admin: SocketAddr) -> (u16, String) {
-    let r = request(admin, "GET", "/readyz", &[], b"");
+    let r = to(admin).get("/readyz").send();
     (r.status, r.json()["warnings"].to_string())
 }
 
@@ -64,13 +66,17 @@ pub fn cache_status(r: &Response) -> String {
 pub fn set_faults(emulator: SocketAddr, plan: serde_json::Value) {
     let body = plan.to_string();
     assert_eq!(
-        request(emulator, "POST", "/_emulator/faults", &[], body.as_bytes()).status,
+        to(emulator)
+            .post("/_emulator/faults")
+            .body(body.as_bytes())
+            .send()
+            .status,
         200
     );
 }
 
 pub fn ingested(emulator: SocketAddr) -> u64 {
-    let r = request(emulator, "GET", "/_emulator/stats", &[], b"");
+    let r = to(emulator).get("/_emulator/stats").send();
     r.json()["events_ingested"].as_u64().unwrap()
 }
 

@@ -99,7 +99,7 @@ fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
     assert_eq!(metric(b.admin, "p13n_edge_shared_lookups_total", ""), 1.0);
 
     // B's events still reach the upstream, from its spool.
-    request(emulator, "DELETE", "/_emulator/faults", &[], b"");
+    emulator.clear_faults();
     assert!(eventually(Duration::from_secs(20), || ingested(emulator) == 3));
     // Replayed, the second view's answer is the shared copy's again (no offer yet): not
     // written a second time; the third's has the offer: written.

@@ -1,0 +1,196 @@
+//! What stands upstream of the proxy in a test: the emulator (the product's own, with its
+//! control routes behind a handle), a `Recorder` that keeps every request's bytes and counts
+//! connections, and a `Relay` that can make its connections go silent.
+
+use super::{quick_server, read_message, to, Running};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An emulator: its address and its control routes (`/_emulator/...`).
+pub struct Emulator {
+    pub addr: SocketAddr,
+    _running: Option<Running>,
+}
+
+impl std::fmt::Display for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+impl Emulator {
+    /// An emulator alone, answering by `rules`, on a free port.
+    pub fn start(rules: &str) -> Emulator {
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let mut server = quick_server();
+        let rules = toml::from_str(rules).unwrap();
+        let emulated = p13n_edge::emulator::Emulator::new(rules);
+        p13n_edge::add_emulator(&mut server, &addr.to_string(), emulated);
+        Emulator {
+            addr,
+            _running: Some(Running::start(server, &[addr])),
+        }
+    }
+
+    /// The handle of an emulator that runs elsewhere (in a `Stack`'s server).
+    pub fn at(addr: SocketAddr) -> Emulator {
+        Emulator {
+            addr,
+            _running: None,
+        }
+    }
+
+    /// Its base URL, for a config's `base_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What it has ingested and answered (`GET /_emulator/stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        to(self.addr).get("/_emulator/stats").send().json()
+    }
+
+    /// `stats()["events_ingested"]`.
+    pub fn ingested(&self) -> u64 {
+        self.stats()["events_ingested"].as_u64().unwrap()
+    }
+
+    /// Answer by a fault plan (`{"status": 429, "rate": 1.0, "seconds": 2}`) from now on.
+    pub fn faults(&self, plan: serde_json::Value) {
+        let r = to(self.addr)
+            .post("/_emulator/faults")
+            .json(&plan.to_string())
+            .send();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Answer normally again.
+    pub fn clear_faults(&self) {
+        let r = to(self.addr).method("DELETE", "/_emulator/faults").send();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Forget every profile, fault and count.
+    pub fn reset(&self) {
+        let r = to(self.addr).post("/_emulator/reset").send();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+/// A fake upstream: records each request's raw head and body, answers with `reply`, and counts
+/// the connections it accepted.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn start(reply: &'static str) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (log, accepted) = (seen.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let log = log.clone();
+                std::thread::spawn(move || loop {
+                    let Some(req) = read_message(&mut stream) else {
+                        return;
+                    };
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&req).into_owned());
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                });
+            }
+        });
+        Recorder {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    /// Its base URL, for a config's `base_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The raw requests it received, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The bodies of the requests it received, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// How many connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A relay to `upstream` whose connections open before `freeze` is called stop passing bytes,
+/// without closing: a connection gone silent (a NAT or balancer that lost its state). Those
+/// opened afterwards pass bytes as usual.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub opened: Arc<AtomicUsize>,
+    frozen_below: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    pub fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (opened, frozen_below) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (count, frozen) = (opened.clone(), frozen_below.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let server = TcpStream::connect(upstream).unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let frozen = frozen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if id >= frozen.load(Ordering::SeqCst) {
+                                let _ = to.write_all(&buf[..n]);
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            addr,
+            opened,
+            frozen_below,
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
