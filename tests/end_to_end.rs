@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 #[test]
 fn third_retail_view_gets_the_loyalty_offer_and_every_event_is_ingested() {
@@ -51,13 +53,10 @@ fn the_proxy_upstream_body_passes_through_untouched() {
     let upstream = Recorder::start(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 48\r\n\r\n{\"offers\":{\"x\":{\"batch_segments\":1588214}}}     ",
     );
-    let (proxy, admin) = (free_port(), free_port());
-    let config = load_config(
-        "passthrough",
-        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
-    );
-    let running = start_proxy(config);
-    let r = to(running.1)
+    let proxy = Setup::new("passthrough")
+        .upstream(upstream.url())
+        .start_proxy();
+    let r = to(proxy.addr)
         .post(PAGEVIEWS)
         .headers(&[("Content-Type", "text/plain")])
         .body(br#"{"td_client_id":"c"}"#)
@@ -75,24 +74,17 @@ fn a_chunked_upstream_answer_is_relayed_whole_and_sized() {
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
          b\r\n{\"offers\":{\r\n3;x=y\r\n}}\n\r\n0\r\nX-Trailer: t\r\n\r\n",
     );
-    let (proxy, admin) = (free_port(), free_port());
-    let config = load_config(
-        "chunked",
-        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
-    );
-    let running = start_proxy(config);
+    let proxy = Setup::new("chunked").upstream(upstream.url()).start_proxy();
     // Three calls: the connection, kept after a whole chunked answer, serves the next ones.
     for n in 0..3 {
-        let r = to(running.1).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"c{n}"}}"#));
+        let r = to(proxy.addr).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"c{n}"}}"#));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), "{\"offers\":{}}\n");
         assert_eq!(r.header("content-length").as_deref(), Some("14"));
     }
-    assert_eq!(upstream.seen.lock().unwrap().len(), 3);
+    assert_eq!(upstream.requests().len(), 3);
     assert_eq!(
-        upstream
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed),
+        upstream.connections(),
         1,
         "one connection served the three calls"
     );
@@ -106,30 +98,20 @@ fn an_upstream_answer_with_endless_framing_is_refused_not_buffered() {
         "X-Trailer: padding\r\n".repeat(1000)
     );
     let upstream = Recorder::start(Box::leak(reply.into_boxed_str()));
-    let (proxy, admin) = (free_port(), free_port());
-    let config = load_config(
-        "framing",
-        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
-    );
-    let running = start_proxy(config);
+    let proxy = Setup::new("framing").upstream(upstream.url()).start_proxy();
     for n in 0..2 {
-        let r = to(running.1).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"f{n}"}}"#));
+        let r = to(proxy.addr).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"f{n}"}}"#));
         r.assert_error(502, 502);
     }
-    assert_eq!(upstream.seen.lock().unwrap().len(), 2);
+    assert_eq!(upstream.requests().len(), 2);
 }
 
 #[test]
 fn client_credentials_are_replaced_and_cookies_dropped() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    let (proxy, admin) = (free_port(), free_port());
-    let config = load_config(
-        "creds",
-        &config_toml(proxy, admin, &format!("http://{}", upstream.addr), ""),
-    );
-    let running = start_proxy(config);
+    let proxy = Setup::new("creds").upstream(upstream.url()).start_proxy();
     let body = br#"{"td_client_id":"c1","td_path":"/x"}"#;
-    let r = to(running.1)
+    let r = to(proxy.addr)
         .post(PAGEVIEWS)
         .headers(&[
             ("Content-Type", "application/json"),
@@ -173,13 +155,8 @@ fn client_credentials_are_replaced_and_cookies_dropped() {
 #[test]
 fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_no() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{}", upstream.addr),
-        "",
-    );
-    let (_on, addr) = start_proxy(load_config("uuid_on", &toml));
+    let on = Setup::new("uuid_on").upstream(upstream.url()).start_proxy();
+    let addr = on.addr;
     for body in [
         r#"{"td_client_id":"u1"}"#,
         r#"{"td_client_id":"u1"}"#,
@@ -203,10 +180,13 @@ fn every_event_goes_upstream_with_a_uuid_unless_it_has_one_or_the_service_says_n
         sent[2], r#"{"td_client_id":"u2","uuid":"mine-1"}"#,
         "untouched"
     );
-    drop(_on);
+    drop(on);
 
-    let off = toml.replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
-    let (_off, addr) = start_proxy(load_config("uuid_off", &off));
+    let off = Setup::new("uuid_off")
+        .upstream(upstream.url())
+        .service("event_uuid", false)
+        .start_proxy();
+    let addr = off.addr;
     assert_eq!(
         to(addr).event(PAGEVIEWS, r#"{"td_client_id":"u3"}"#).status,
         200
@@ -241,10 +221,8 @@ fn a_slow_upstream_gets_504_and_a_dead_one_502() {
         .assert_error(504, 504);
 
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let (proxy, admin) = (free_port(), free_port());
-    let config = load_config("dead", &config_toml(proxy, admin, &dead, ""));
-    let running = start_proxy(config);
-    let r = to(running.1).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
+    let proxy = Setup::new("dead").upstream(dead).start_proxy();
+    let r = to(proxy.addr).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     r.assert_error(502, 502);
 }
 
@@ -253,31 +231,32 @@ fn a_pooled_connection_the_upstream_closed_is_replaced_without_losing_or_repeati
     // An upstream that answers with keep-alive, then closes the connection while it is idle.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = listener.local_addr().unwrap();
-    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = received.clone();
+    let (received, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count, closing) = (received.clone(), closed.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             if read_message(&mut stream).is_some() {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
                 let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}";
                 let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
-            // Dropped: closed after the answer, as an upstream's idle timeout would.
+            // Closed after the answer, as an upstream's idle timeout would.
+            drop(stream);
+            closing.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let config = load_config(
-        "stale_pool",
-        &config_toml(free_port(), free_port(), &format!("http://{upstream}"), ""),
-    );
-    let (_proxy, addr) = start_proxy(config);
+    let proxy = Setup::new("stale_pool")
+        .upstream(format!("http://{upstream}"))
+        .start_proxy();
     for i in 0..5 {
-        let r = to(addr).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"p{i}"}}"#));
+        let r = to(proxy.addr).event(PAGEVIEWS, &format!(r#"{{"td_client_id":"p{i}"}}"#));
         assert_eq!(r.status, 200, "call {i}: {}", r.text());
-        std::thread::sleep(std::time::Duration::from_millis(150));
+        // The next call finds the pooled connection closed by the upstream.
+        assert!(eventually(SECONDS_10, || closed.load(Ordering::SeqCst) == i + 1));
     }
-    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(received.load(Ordering::SeqCst), 5);
 }
 
 #[test]
@@ -305,14 +284,12 @@ unknown_fields = "refuse"
 name = "tags"
 type = "strings"
 "#;
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{}", upstream.addr),
-        routes,
-    )
-    .replace("[service.tokens]", "event_uuid = false\n[service.tokens]");
-    let (_proxy, addr) = start_proxy(load_config("schema", &toml));
+    let proxy = Setup::new("schema")
+        .upstream(upstream.url())
+        .service("event_uuid", false)
+        .merge(routes)
+        .start_proxy();
+    let addr = proxy.addr;
     let post = |path: &str, body: &str| to(addr).event(path, body);
     // Dropped: a field outside the schema; the rest goes as written, in order.
     let r = post(

@@ -9,8 +9,6 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
-const FAST: &str = "[service.cache]\nmode = \"fast\"\n";
-
 fn view(visitor: &str, n: usize) -> String {
     format!(
         r#"{{"td_client_id":"{visitor}","td_path":"/retail/shop/women","product_category":"women","n":{n}}}"#
@@ -31,7 +29,7 @@ fn spool_cli(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_second_route_of_a_service_never_answers_with_the_first_routes_offers() {
-    let stack = Stack::start_with("per_route", FAST);
+    let stack = Stack::builder("per_route").fast().start();
     let warm = stack.post(PAGEVIEWS, &view("v1", 0));
     assert!(warm.text().contains("offer_for_women"), "{}", warm.text());
     // Same service, same visitor, another table: not a hit on the pageviews entry.
@@ -50,7 +48,7 @@ fn a_second_route_of_a_service_never_answers_with_the_first_routes_offers() {
 
 #[test]
 fn events_accepted_during_a_window_of_401s_are_held_then_delivered() {
-    let stack = Stack::start_with("held_401", FAST);
+    let stack = Stack::builder("held_401").fast().start();
     for v in ["a", "b", "c"] {
         assert_eq!(stack.post(PAGEVIEWS, &view(v, 0)).status, 200);
     }
@@ -83,7 +81,7 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
     let spool = scratch(name).join("spool");
     let spool_arg = spool.to_str().unwrap().to_string();
     {
-        let stack = Stack::start_with(name, FAST);
+        let stack = Stack::builder(name).fast().start();
         assert_eq!(stack.post(PAGEVIEWS, &view("d", 0)).status, 200);
         stack
             .emulator
@@ -114,7 +112,7 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
         serde_json::from_slice(&spool_cli(&["inspect", "--dir", &spool_arg]).stdout).unwrap();
     assert_eq!(report["dead_letters"]["events"], 0, "{report}");
     assert_eq!(report["pending"]["events"], 1, "{report}");
-    let stack = Stack::start_with(name, FAST);
+    let stack = Stack::builder(name).fast().start();
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 1),
         "{}",
@@ -125,7 +123,7 @@ fn an_event_the_upstream_calls_invalid_becomes_a_dead_letter_and_requeue_sends_i
 #[test]
 fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_key() {
     let name = "moved_route";
-    let stack = Stack::start_with(name, FAST);
+    let stack = Stack::builder(name).fast().start();
     assert_eq!(stack.post(PAGEVIEWS, &view("m", 0)).status, 200);
     stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
     assert_eq!(stack.post(PAGEVIEWS, &view("m", 1)).status, 200);
@@ -140,14 +138,14 @@ fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_ke
         "2/0123456789abcdef0123456789abcdef01234567\n",
     )
     .unwrap();
-    let original = std::fs::read_to_string(&stack.config_path).unwrap();
-    let moved = |text: &str| {
-        text.replace(&format!("name = \"{name}\""), "name = \"someone_else\"")
-            .replace("account_id = \"1\"", "account_id = \"2\"")
-            .replace("api_key_file = \"key\"", "api_key_file = \"key2\"")
-            .replace(TOKEN, "2/1/00000000000000000000000000000001")
-    };
-    stack.reload(moved);
+    let original = stack.setup();
+    stack.reload(|setup| {
+        setup
+            .service("name", "someone_else")
+            .service("account_id", "2")
+            .service("api_key_file", "key2")
+            .set("service.tokens.web", "2/1/00000000000000000000000000000001")
+    });
     stack.emulator.clear_faults();
     let before = stack.emulator.stats()["requests"].as_u64().unwrap();
     assert!(
@@ -158,15 +156,14 @@ fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_ke
         stack.readiness_warnings(),
         stack.emulator.stats()
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let stats = stack.emulator.stats();
-    assert_eq!(
-        stats["requests"].as_u64().unwrap(),
-        before,
-        "no record went out under another service: {stats}"
+    let sent = || stack.emulator.stats()["requests"].as_u64().unwrap();
+    assert!(
+        throughout(Duration::from_millis(1500), || sent() == before),
+        "a record went out under another service: {}",
+        stack.emulator.stats()
     );
     // Moved back, the record goes out with its own service's key.
-    stack.reload(|_| original.clone());
+    stack.reload(|_| original);
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 2),
         "{}",
@@ -176,23 +173,17 @@ fn after_a_reload_moves_a_path_to_another_service_no_record_goes_out_with_its_ke
 
 #[test]
 fn one_service_whose_upstream_fails_holds_back_only_its_own_events() {
-    let (_other_emulator, other) = start_emulator(&demo_rules());
-    let extra = format!(
-        "{FAST}{}{FAST}",
-        another_service("failing_lane_b", &format!("http://{other}"), "checkout")
-    );
-    let stack = Stack::start_with("failing_lane", &extra);
-    let other_faults = |plan: &str| {
-        to(other)
-            .post("/_emulator/faults")
-            .body(plan.as_bytes())
-            .send();
-    };
+    let other = Emulator::start(&demo_rules());
+    let stack = Stack::builder("failing_lane")
+        .fast()
+        .another_service("failing_lane_b", &other.url(), "checkout")
+        .set("service.1.cache.mode", "fast")
+        .start();
     for v in ["x", "y"] {
         assert_eq!(stack.post(PAGEVIEWS, &view(v, 0)).status, 200);
         assert_eq!(stack.post("/demo_db/checkout", &view(v, 0)).status, 200);
     }
-    other_faults(r#"{"status":503,"rate":1.0}"#);
+    other.faults(json!({"status": 503, "rate": 1.0}));
     for n in 1..=3 {
         for v in ["x", "y"] {
             assert_eq!(stack.post("/demo_db/checkout", &view(v, n)).status, 200);
@@ -205,12 +196,9 @@ fn one_service_whose_upstream_fails_holds_back_only_its_own_events() {
         "{}",
         stack.emulator.stats()
     );
-    let other_stats = || other.stats();
-    assert_eq!(other_stats()["events_ingested"], 2);
+    assert_eq!(other.ingested(), 2);
     other.clear_faults();
-    assert!(eventually(Duration::from_secs(15), || other_stats()
-        ["events_ingested"]
-        == 8));
+    assert!(eventually(Duration::from_secs(15), || other.ingested() == 8));
 }
 
 #[test]
@@ -230,7 +218,7 @@ fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
     };
     // An incident: an event spooled, then delivered.
     {
-        let stack = Stack::start_with(name, FAST);
+        let stack = Stack::builder(name).fast().start();
         assert_eq!(stack.post(PAGEVIEWS, &view("r", 0)).status, 200);
         stack
             .emulator
@@ -240,12 +228,12 @@ fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
     }
     // A quiet run: replay drops the delivered segment; the lane holds no segment now.
     {
-        let _stack = Stack::start_with(name, FAST);
+        let _stack = Stack::builder(name).fast().start();
         assert!(eventually(Duration::from_secs(10), || segments() == 0));
     }
     // Another incident, and a restart while the upstream still fails.
     {
-        let stack = Stack::start_with(name, FAST);
+        let stack = Stack::builder(name).fast().start();
         assert_eq!(stack.post(PAGEVIEWS, &view("r", 2)).status, 200);
         stack.emulator.faults(json!({"status": 503, "rate": 1.0}));
         for n in 3..6 {
@@ -253,7 +241,7 @@ fn events_spooled_after_a_drained_restart_survive_the_next_restart() {
         }
     }
     // The next run delivers them: they were not written below the checkpoint.
-    let stack = Stack::start_with(name, FAST);
+    let stack = Stack::builder(name).fast().start();
     assert!(
         eventually(Duration::from_secs(10), || ingested(&stack) == 3),
         "{}",
@@ -294,19 +282,18 @@ fn requeue_into_a_drained_lane_writes_where_replay_reads() {
 
 #[test]
 fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
-    let (_other_emulator, other) = start_emulator(&demo_rules());
-    let extra = format!(
-        "{FAST}[spool]\ndir = \"spool\"\nsegment_bytes = 4096\nmax_bytes = 8192\n{}{FAST}",
-        another_service("full_spool_b", &format!("http://{other}"), "checkout")
-    );
-    let stack = Stack::start_with("full_spool", &extra);
+    let other = Emulator::start(&demo_rules());
+    let stack = Stack::builder("full_spool")
+        .fast()
+        .set("spool.segment_bytes", 4096)
+        .set("spool.max_bytes", 8192)
+        .another_service("full_spool_b", &other.url(), "checkout")
+        .set("service.1.cache.mode", "fast")
+        .start();
     assert_eq!(stack.post(PAGEVIEWS, &view("a", 0)).status, 200);
     assert_eq!(stack.post("/demo_db/checkout", &view("b", 0)).status, 200);
     // Service b's upstream fails: its fast hits fill the spool, until it refuses them.
-    to(other)
-        .post("/_emulator/faults")
-        .body(br#"{"status":503,"rate":1.0}"#)
-        .send();
+    other.faults(json!({"status": 503, "rate": 1.0}));
     let mut n = 1;
     while stack.post("/demo_db/checkout", &view("b", n)).status == 200 {
         n += 1;
@@ -327,7 +314,10 @@ fn a_spool_filled_by_another_services_outage_does_not_fail_fast_hits() {
 
 #[test]
 fn a_service_quota_is_shaped_before_the_upstream_never_hit() {
-    let stack = Stack::start_with("quota", "max_events_per_second = 2\ndeadline_ms = 200\n");
+    let stack = Stack::builder("quota")
+        .service("max_events_per_second", 2)
+        .service("deadline_ms", 200)
+        .start();
     // One goes; the next new visitor would wait past the deadline for its slot: 429/2003.
     assert_eq!(stack.post(PAGEVIEWS, &view("q0", 0)).status, 200);
     let refused = stack.post(PAGEVIEWS, &view("q1", 0));
@@ -354,11 +344,9 @@ fn a_service_quota_is_shaped_before_the_upstream_never_hit() {
 
 #[test]
 fn a_quota_lets_no_second_of_the_upstreams_see_more_than_its_rate_even_after_idling() {
-    let stack = Stack::start_with(
-        "quota_burst",
-        "max_events_per_second = 10
-",
-    );
+    let stack = Stack::builder("quota_burst")
+        .service("max_events_per_second", 10)
+        .start();
     // 20 new visitors at once after an idle start: each waits for its slot (100 ms apart, all
     // within the 3 s deadline), once, and the upstream's busiest second holds at most 10.
     let answers: Vec<u16> = std::thread::scope(|s| {
@@ -381,10 +369,10 @@ fn a_quota_lets_no_second_of_the_upstreams_see_more_than_its_rate_even_after_idl
 
 #[test]
 fn under_sustained_overload_a_quota_answers_200_or_429_never_a_timeout() {
-    let stack = Stack::start_with(
-        "quota_overload",
-        "max_events_per_second = 20\ndeadline_ms = 1000\n",
-    );
+    let stack = Stack::builder("quota_overload")
+        .service("max_events_per_second", 20)
+        .service("deadline_ms", 1000)
+        .start();
     stack
         .emulator
         .faults(json!({"status": 0, "latency_ms": 200}));
@@ -430,9 +418,11 @@ fn under_sustained_overload_a_quota_answers_200_or_429_never_a_timeout() {
 
 #[test]
 fn a_reload_changes_the_quotas_rate() {
-    let stack = Stack::start_with("quota_reload", "max_events_per_second = 10\n");
+    let stack = Stack::builder("quota_reload")
+        .service("max_events_per_second", 10)
+        .start();
     assert_eq!(stack.post(PAGEVIEWS, &view("r0", 0)).status, 200);
-    stack.reload(|toml| toml.replace("max_events_per_second = 10", "max_events_per_second = 2"));
+    stack.reload(|setup| setup.service("max_events_per_second", 2));
     // The peaks are counted again from here.
     stack.emulator.faults(json!({"status": 0, "latency_ms": 0}));
     std::thread::scope(|s| {

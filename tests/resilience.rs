@@ -43,7 +43,9 @@ fn half_429s_nearly_every_visitor_succeeds_and_each_accepted_event_is_ingested_o
 
 #[test]
 fn all_429s_the_client_gets_429_with_retry_after_within_the_deadline() {
-    let stack = Stack::start_with("all_429", "deadline_ms = 800\n");
+    let stack = Stack::builder("all_429")
+        .service("deadline_ms", 800)
+        .start();
     stack
         .emulator
         .faults(json!({"status": 429, "code": 2003, "rate": 1.0}));
@@ -59,10 +61,9 @@ fn all_429s_the_client_gets_429_with_retry_after_within_the_deadline() {
 
 #[test]
 fn the_budget_caps_retry_amplification() {
-    let stack = Stack::start_with(
-        "budget",
-        "[service.retry]\nmax_retries = 3\nbackoff_base_ms = 1\nbackoff_cap_ms = 2\nbudget_ratio = 0.1\nbudget_floor_per_second = 0.0\n",
-    );
+    let stack = Stack::builder("budget")
+        .merge("[service.retry]\nmax_retries = 3\nbackoff_base_ms = 1\nbackoff_cap_ms = 2\nbudget_ratio = 0.1\nbudget_floor_per_second = 0.0\n")
+        .start();
     stack
         .emulator
         .faults(json!({"status": 429, "code": 2013, "rate": 1.0}));
@@ -85,10 +86,10 @@ fn the_budget_caps_retry_amplification() {
 
 #[test]
 fn retry_after_is_honoured() {
-    let stack = Stack::start_with(
-        "retry_after",
-        "deadline_ms = 3000\n[service.cache]\nmode = \"off\"\n",
-    );
+    let stack = Stack::builder("retry_after")
+        .service("deadline_ms", 3000)
+        .set("service.cache.mode", "off")
+        .start();
     // The first attempt meets the plan; the retry, after the 1 s the upstream asked for, does not.
     stack.emulator.faults(
         json!({"status": 429, "code": 2013, "rate": 1.0, "seconds": 0.3, "retry_after": "1"}),
@@ -116,12 +117,12 @@ fn retry_after_is_honoured() {
 
 #[test]
 fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
-    let stack = Stack::start_with(
-        "circuit",
+    let stack = Stack::builder("circuit")
         // Without the cache, so that failures reach the client instead of stale offers. Open
         // long enough for /readyz to be read before it lets a call through (and reads ready).
-        "[service.circuit]\nconsecutive_failures = 3\nopen_ms = 1000\n[service.cache]\nmode = \"off\"\n",
-    );
+        .merge("[service.circuit]\nconsecutive_failures = 3\nopen_ms = 1000\n")
+        .set("service.cache.mode", "off")
+        .start();
     let event = r#"{"td_client_id":"v"}"#;
     assert_eq!(stack.post(PAGEVIEWS, event).status, 200);
     let ready = || to(stack.admin).get("/readyz").send();
@@ -149,6 +150,7 @@ fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
 
     // The storm ends; after open_ms one probe goes through and closes the circuit.
     stack.emulator.clear_faults();
+    // The breaker's own clock: no signal comes before open_ms has passed.
     std::thread::sleep(Duration::from_millis(1050));
     assert_eq!(stack.post(PAGEVIEWS, event).status, 200);
     assert_eq!(ready().status, 200);
@@ -157,29 +159,22 @@ fn the_circuit_opens_on_a_5xx_storm_and_recovers_when_it_ends() {
 
 #[test]
 fn a_refused_token_is_reported_not_retried() {
-    let (proxy, admin) = (free_port(), free_port());
     // The emulator knows another token than the one the proxy is configured with.
     let rules = demo_rules().replace(TOKEN, "1/1/ffffffffffffffffffffffffffffffff");
-    let (_emulator, emu_addr) = start_emulator(&rules);
-    let config = load_config(
-        "token_refused",
-        &config_toml(proxy, admin, &format!("http://{emu_addr}"), ""),
-    );
-    let (_proxy, addr) = start_proxy(config);
+    let stack = Stack::builder("token_refused").start_with_rules(&rules);
 
-    let r = to(addr).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
+    let r = stack.post(PAGEVIEWS, r#"{"td_client_id":"v"}"#);
     r.assert_error(400, 3001);
-    let stats = emu_addr.stats();
+    let stats = stack.emulator.stats();
     assert_eq!(stats["requests"], 1, "a token error was retried");
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let readiness = to(admin).get("/readyz").send().text();
+    let readiness = to(stack.admin).get("/readyz").send().text();
     assert!(
         readiness.contains("route demo_db/pageviews: token web refused (3001)"),
         "{readiness}"
     );
-    let scrape = to(admin).metrics();
+    let scrape = to(stack.admin).metrics();
     assert!(
-        scrape.contains(r#"p13n_edge_upstream_token_rejections_total{code="3001",route="demo_db/pageviews",service="shop",token="web"} 1"#),
+        scrape.contains(r#"p13n_edge_upstream_token_rejections_total{code="3001",route="demo_db/pageviews",service="token_refused",token="web"} 1"#),
         "{scrape}"
     );
 }
@@ -218,25 +213,19 @@ fn a_hanging_resolver_past_the_dns_ttl_costs_no_request_anything() {
     let upstream = Recorder::start(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}",
     );
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://dns-stale.test:{}", upstream.addr.port()),
-        "[service.cache]\nmode = \"off\"\n",
-    )
-    .replace(
-        "client_body_ms = 1000",
-        "client_body_ms = 1000\ndns_ttl_ms = 100\ndns_timeout_ms = 300",
-    );
-    let config = load_config("dns_stale", &toml);
-    let admin = config.admin_listen;
+    let setup = Setup::new("dns_stale")
+        .upstream(format!("http://dns-stale.test:{}", upstream.addr.port()))
+        .set("service.cache.mode", "off")
+        .set("timeouts.dns_ttl_ms", 100)
+        .set("timeouts.dns_timeout_ms", 300);
     let resolver = Arc::new(HangsAfterFirst {
         addr: upstream.addr,
         calls: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         most_in_flight: AtomicUsize::new(0),
     });
-    let (_proxy, addr) = start_proxy_resolving(config, resolver.clone());
+    let proxy = setup.start_proxy_resolving(resolver.clone());
+    let (addr, admin) = (proxy.addr, proxy.admin);
     let event = r#"{"td_client_id":"v"}"#;
     assert_eq!(to(addr).event(PAGEVIEWS, event).status, 200);
 
@@ -325,13 +314,11 @@ fn one_request_per_connection() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 #[test]
 fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
     let (upstream, accepted) = one_request_per_connection();
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{upstream}"),
-        "[upstream]\nprotocol = \"h2\"",
-    );
-    let (_proxy, addr) = start_proxy(load_config("h2_closed", &toml));
+    let proxy = Setup::new("h2_closed")
+        .upstream(format!("http://{upstream}"))
+        .set("upstream.protocol", "h2")
+        .start_proxy();
+    let addr = proxy.addr;
     for n in 0..5 {
         let r = to(addr).event(
             PAGEVIEWS,
@@ -349,16 +336,14 @@ fn an_http2_connection_the_upstream_closed_is_replaced_without_a_failed_call() {
 
 #[test]
 fn an_http2_connection_gone_silent_is_not_used_after_a_call_times_out_on_it() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let relay = Relay::start(emulator);
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{}", relay.addr),
-        "[upstream]\nprotocol = \"h2\"",
-    )
-    .replace("upstream_ms = 1000", "upstream_ms = 300");
-    let (_proxy, addr) = start_proxy(load_config("h2_silent", &toml));
+    let emulator = Emulator::start(&demo_rules());
+    let relay = Relay::start(emulator.addr);
+    let proxy = Setup::new("h2_silent")
+        .upstream(format!("http://{}", relay.addr))
+        .set("upstream.protocol", "h2")
+        .set("timeouts.upstream_ms", 300)
+        .start_proxy();
+    let addr = proxy.addr;
     let event = |n: u32| format!(r#"{{"td_client_id":"s{n}","td_path":"/x"}}"#);
     assert_eq!(to(addr).event(PAGEVIEWS, &event(0)).status, 200);
     relay.freeze();

@@ -38,10 +38,10 @@ fn at_once(stack: &Stack, n: usize) -> Vec<Response> {
 
 #[test]
 fn calls_at_once_share_one_http2_connection_and_replay_uses_it_too() {
-    let stack = Stack::start_with(
-        "over_h2",
-        "deadline_ms = 3000\n[upstream]\nprotocol = \"h2\"\n",
-    );
+    let stack = Stack::builder("over_h2")
+        .service("deadline_ms", 3000)
+        .set("upstream.protocol", "h2")
+        .start();
     // 50 ms away: 48 visitors at once are 48 streams in flight together.
     stack
         .emulator

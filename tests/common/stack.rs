@@ -98,6 +98,11 @@ impl Stack {
         Setup::new(name)
     }
 
+    /// The config in force, to change and `reload` (or to go back to).
+    pub fn setup(&self) -> Setup {
+        self.setup.lock().unwrap().clone()
+    }
+
     /// Change the config with `edit`, write it and reload it, as SIGHUP does.
     pub fn reload(&self, edit: impl FnOnce(Setup) -> Setup) {
         let mut setup = self.setup.lock().unwrap();
