@@ -7,38 +7,62 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}";
 const EVENT: &str = r#"{"td_client_id":"v1","td_path":"/retail"}"#;
 
-/// A proxy in front of a recording upstream, with `timeouts` added to `[timeouts]` and `tables`
-/// appended; and its admin address.
-fn proxy(name: &str, timeouts: &str, tables: &str) -> (Running, SocketAddr, Recorder) {
-    let (running, addr, _, upstream) = proxy_with_admin(name, timeouts, tables);
-    (running, addr, upstream)
+/// A proxy on `setup` in front of a recording upstream.
+struct Edge {
+    /// The proxy's public listener.
+    addr: SocketAddr,
+    admin: SocketAddr,
+    upstream: Recorder,
+    _proxy: Proxy,
 }
 
-fn proxy_with_admin(
-    name: &str,
-    timeouts: &str,
-    tables: &str,
-) -> (Running, SocketAddr, SocketAddr, Recorder) {
-    let upstream = Recorder::start(OK);
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{}", upstream.addr),
-        tables,
-    )
-    .replace(
-        "client_body_ms = 1000",
-        &format!("client_body_ms = 1000\n{timeouts}"),
-    );
-    let config = load_config(name, &toml);
-    let admin = config.admin_listen;
-    let (running, addr) = start_proxy(config);
-    (running, addr, admin, upstream)
+impl Edge {
+    fn start(setup: Setup) -> Edge {
+        let upstream = Recorder::start(OK);
+        let proxy = setup.upstream(upstream.url()).start_proxy();
+        Edge {
+            addr: proxy.addr,
+            admin: proxy.admin,
+            upstream,
+            _proxy: proxy,
+        }
+    }
+}
+
+/// A 1 s allowance for a whole request header, 2 s for an idle kept-alive connection.
+fn header_deadlines(name: &str) -> Setup {
+    Setup::new(name)
+        .set("timeouts.client_header_ms", 1000)
+        .set("timeouts.client_idle_ms", 2000)
+}
+
+/// Held by the tests that read `p13n_edge_slow_headers_total`: it is one counter for the whole
+/// process, so a test's increase is its own only while no other test trickles a header.
+static SLOW_HEADERS: Mutex<()> = Mutex::new(());
+
+/// Held by the tests that read the identifier limiter's metrics, one series for every proxy in
+/// the process: a counter each adds to, a gauge each sets.
+static IDENTIFIER_LIMITER: Mutex<()> = Mutex::new(());
+
+/// `lock`, also after a test that held it failed.
+fn alone(lock: &'static Mutex<()>) -> MutexGuard<'static, ()> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The identifier limiter's series of `metric`, from a scrape of `admin`.
+fn identifier_limiter(admin: SocketAddr, metric: &str) -> f64 {
+    let series = format!("{metric}{{limiter=\"identifier\"}} ");
+    to(admin)
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series}is exported"))
 }
 
 /// Seconds until the server closes `stream`, reading whatever it sends.
@@ -58,11 +82,9 @@ fn seconds_until_closed(stream: &mut TcpStream) -> f64 {
 
 #[test]
 fn clients_stalled_mid_headers_are_cut_off_and_others_still_served() {
-    let (_p, addr, _up) = proxy(
-        "stall",
-        "client_header_ms = 1000\nclient_idle_ms = 2000",
-        "",
-    );
+    let _alone = alone(&SLOW_HEADERS);
+    let edge = Edge::start(header_deadlines("stall"));
+    let addr = edge.addr;
     // A new connection that stops in the middle of its first header.
     let mut stalled = TcpStream::connect(addr).unwrap();
     stalled
@@ -105,6 +127,7 @@ fn trickle(
             cut = true;
             break;
         }
+        // The client's pace, not a wait for the server: a slow writer is what is tested.
         std::thread::sleep(every);
         if start.elapsed() > give_up {
             break;
@@ -117,16 +140,14 @@ fn trickle(
 }
 
 fn slow_headers_counted(admin: SocketAddr) -> u64 {
-    counter(admin, "p13n_edge_slow_headers_total")
+    to(admin).counter("p13n_edge_slow_headers_total")
 }
 
 #[test]
 fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
-    let (_p, addr, admin, upstream) = proxy_with_admin(
-        "trickle",
-        "client_header_ms = 1000\nclient_idle_ms = 2000",
-        "",
-    );
+    let _alone = alone(&SLOW_HEADERS);
+    let edge = Edge::start(header_deadlines("trickle"));
+    let (addr, admin) = (edge.addr, edge.admin);
     // One byte every 150 ms: every read is quick, but the header would take 10 s.
     let head = format!(
         "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
@@ -138,7 +159,7 @@ fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
     assert!(!answered, "the trickled request was served");
     assert!(cut, "still open after {waited} s");
     assert!(waited < 4.0, "cut after {waited} s");
-    assert!(upstream.seen.lock().unwrap().is_empty());
+    assert!(edge.upstream.requests().is_empty());
     assert!(slow_headers_counted(admin) > counted, "not counted");
     // A kept-alive connection gets a fresh allowance per request.
     let mut kept = TcpStream::connect(addr).unwrap();
@@ -146,13 +167,15 @@ fn a_client_trickling_its_header_is_cut_off_at_the_whole_header_deadline() {
         kept.write_all(head.as_bytes()).unwrap();
         let answer = read_message(&mut kept).expect("an answer");
         assert!(answer.starts_with(b"HTTP/1.1 200"));
+        // Idle between requests, as a browser is: three of these outlast one allowance.
         std::thread::sleep(Duration::from_millis(600));
     }
 }
 
 #[test]
 fn a_100_kb_header_block_gets_431_and_the_process_stays_up() {
-    let (_p, addr, upstream) = proxy("big_headers", "", "");
+    let edge = Edge::start(Setup::new("big_headers"));
+    let addr = edge.addr;
     let big = "a".repeat(100 * 1024);
     let r = to(addr)
         .post(PAGEVIEWS)
@@ -180,18 +203,24 @@ fn a_100_kb_header_block_gets_431_and_the_process_stays_up() {
         assert_eq!(r.status, 400);
     }
     assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
-    assert_eq!(upstream.seen.lock().unwrap().len(), 1);
+    assert_eq!(edge.upstream.requests().len(), 1);
 }
 
 #[test]
 fn denied_and_unlisted_addresses_get_403_with_the_vendor_code() {
-    let (_p, addr, upstream) = proxy("deny", "", "[clients]\ndeny = [\"127.0.0.1\"]");
-    to(addr).event(PAGEVIEWS, EVENT).assert_error(403, 3005);
-    let (_p, addr, _) = proxy("allow", "", "[clients]\nallow = [\"10.0.0.0/8\"]");
-    to(addr).event(PAGEVIEWS, EVENT).assert_error(403, 3005);
-    let (_p, addr, _) = proxy("allow_local", "", "[clients]\nallow = [\"127.0.0.0/8\"]");
-    assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
-    assert!(upstream.seen.lock().unwrap().is_empty());
+    let deny = Edge::start(Setup::new("deny").set("clients.deny", vec!["127.0.0.1"]));
+    to(deny.addr)
+        .event(PAGEVIEWS, EVENT)
+        .assert_error(403, 3005);
+    let allow = Edge::start(Setup::new("allow").set("clients.allow", vec!["10.0.0.0/8"]));
+    to(allow.addr)
+        .event(PAGEVIEWS, EVENT)
+        .assert_error(403, 3005);
+    let local = Edge::start(Setup::new("allow_local").set("clients.allow", vec!["127.0.0.0/8"]));
+    assert_eq!(to(local.addr).event(PAGEVIEWS, EVENT).status, 200);
+    assert!(deny.upstream.requests().is_empty());
+    assert!(allow.upstream.requests().is_empty());
+    assert_eq!(local.upstream.requests().len(), 1);
 }
 
 fn post_from(addr: SocketAddr, forwarded: &[(&str, &str)]) -> Response {
@@ -207,8 +236,11 @@ fn post_from(addr: SocketAddr, forwarded: &[(&str, &str)]) -> Response {
 #[test]
 fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstream() {
     let clients = "[clients]\ndeny = [\"192.0.2.0/24\"]\nforward_address = true";
-    let trusted = format!("{clients}\ntrusted_proxies = [\"127.0.0.1\"]");
-    let (_p, addr, upstream) = proxy("trusted", "", &trusted);
+    let trusted = Setup::new("trusted")
+        .merge(clients)
+        .set("clients.trusted_proxies", vec!["127.0.0.1"]);
+    let edge = Edge::start(trusted);
+    let (addr, upstream) = (edge.addr, &edge.upstream);
     post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).assert_error(403, 3005);
     // The balancer writes X-Forwarded-For (the default): a Forwarded is the client's own.
     let r = post_from(addr, &[("Forwarded", "for=192.0.2.8")]);
@@ -217,7 +249,7 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
     // A client's own fake entry is skipped: the proxy appended the real address after it.
     let r = post_from(addr, &[("X-Forwarded-For", "192.0.2.7, 198.51.100.4")]);
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = upstream.seen.lock().unwrap().clone();
+    let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
     assert!(
         seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"),
@@ -227,12 +259,12 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
     assert!(!seen[0].contains("192.0.2.7"), "{}", seen[0]);
 
     // Not a trusted proxy: the headers are ignored and the peer's own address is forwarded.
-    let (_p, addr, upstream) = proxy("untrusted", "", clients);
+    let untrusted = Edge::start(Setup::new("untrusted").merge(clients));
     assert_eq!(
-        post_from(addr, &[("X-Forwarded-For", "192.0.2.7")]).status,
+        post_from(untrusted.addr, &[("X-Forwarded-For", "192.0.2.7")]).status,
         200
     );
-    let seen = upstream.seen.lock().unwrap().clone();
+    let seen = untrusted.upstream.requests();
     assert!(
         seen[0].contains("X-Forwarded-For: 127.0.0.1\r\n"),
         "{}",
@@ -244,7 +276,8 @@ fn forwarding_headers_count_only_from_trusted_proxies_and_the_address_goes_upstr
 fn behind_a_balancer_writing_forwarded_a_client_cannot_choose_its_address_by_x_forwarded_for() {
     let clients = "[clients]\ndeny = [\"192.0.2.0/24\"]\nforward_address = true\n\
                    trusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"";
-    let (_p, addr, upstream) = proxy("forwarded_only", "", clients);
+    let edge = Edge::start(Setup::new("forwarded_only").merge(clients));
+    let addr = edge.addr;
     post_from(addr, &[("Forwarded", "for=192.0.2.8")]).assert_error(403, 3005);
     // The client's own X-Forwarded-For names a denied address, then one of its choosing: both
     // ignored, the balancer's Forwarded names it.
@@ -258,7 +291,7 @@ fn behind_a_balancer_writing_forwarded_a_client_cannot_choose_its_address_by_x_f
     assert_eq!(r.status, 200, "{}", r.text());
     let r = post_from(addr, &[("X-Forwarded-For", "203.0.113.9")]);
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = upstream.seen.lock().unwrap().clone();
+    let seen = edge.upstream.requests();
     assert_eq!(seen.len(), 2);
     assert!(
         seen[0].contains("X-Forwarded-For: 198.51.100.4\r\n"),
@@ -274,11 +307,13 @@ fn behind_a_balancer_writing_forwarded_a_client_cannot_choose_its_address_by_x_f
 
 #[test]
 fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
-    let (_p, addr, _up) = proxy(
-        "rate_address",
-        "",
-        "[rate_limit]\nper_address_per_second = 0.5\nper_address_burst = 3",
+    let _alone = alone(&IDENTIFIER_LIMITER);
+    let by_address = Edge::start(
+        Setup::new("rate_address")
+            .set("rate_limit.per_address_per_second", 0.5)
+            .set("rate_limit.per_address_burst", 3),
     );
+    let addr = by_address.addr;
     for _ in 0..3 {
         assert_eq!(to(addr).event(PAGEVIEWS, EVENT).status, 200);
     }
@@ -287,11 +322,13 @@ fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&wait), "Retry-After {wait}");
 
-    let (_p, addr, admin, upstream) = proxy_with_admin(
-        "rate_visitor",
-        "",
-        "[rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 2\nmax_tracked = 10",
+    let edge = Edge::start(
+        Setup::new("rate_visitor")
+            .set("rate_limit.per_identifier_per_second", 0.5)
+            .set("rate_limit.per_identifier_burst", 2)
+            .set("rate_limit.max_tracked", 10),
     );
+    let (addr, admin) = (edge.addr, edge.admin);
     let visitor = |id: &str| format!(r#"{{"td_client_id":"{id}"}}"#);
     assert_eq!(to(addr).event(PAGEVIEWS, &visitor("a")).status, 200);
     assert_eq!(to(addr).event(PAGEVIEWS, &visitor("a")).status, 200);
@@ -300,29 +337,28 @@ fn rate_limits_answer_429_with_retry_after_per_address_and_per_visitor() {
         .assert_error(429, 429);
     assert_eq!(to(addr).event(PAGEVIEWS, &visitor("b")).status, 200);
     // Limited events never reach the upstream.
-    assert_eq!(upstream.seen.lock().unwrap().len(), 3);
+    assert_eq!(edge.upstream.requests().len(), 3);
     // Thousands of distinct visitors: tracked keys stay at max_tracked.
     for i in 0..200 {
         let _ = to(addr).event(PAGEVIEWS, &visitor(&format!("v{i}")));
     }
-    let metrics = to(admin).metrics();
-    let tracked = metrics
-        .lines()
-        .find(|l| l.starts_with("p13n_edge_rate_limit_tracked{limiter=\"identifier\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap();
+    let tracked = identifier_limiter(admin, "p13n_edge_rate_limit_tracked");
     assert!(tracked <= 10.0, "{tracked}");
 }
 
 #[test]
 fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
-    let (_p, addr, admin, _up) = proxy_with_admin(
-        "rate_rotation",
-        "",
-        "[clients]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-         [rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 1\nmax_tracked = 4\n\
-         per_address_per_second = 0.5\nper_address_burst = 10",
+    let _alone = alone(&IDENTIFIER_LIMITER);
+    let edge = Edge::start(
+        Setup::new("rate_rotation")
+            .set("clients.trusted_proxies", vec!["127.0.0.1"])
+            .merge(
+                "[rate_limit]\nper_identifier_per_second = 0.5\nper_identifier_burst = 1\n\
+                 max_tracked = 4\nper_address_per_second = 0.5\nper_address_burst = 10",
+            ),
     );
+    let (addr, admin) = (edge.addr, edge.admin);
+    let overflowed = identifier_limiter(admin, "p13n_edge_rate_limit_overflow_total");
     let from = |address: &str, id: &str| {
         to(addr)
             .post(PAGEVIEWS)
@@ -347,19 +383,14 @@ fn an_address_rotating_visitor_ids_does_not_get_visitors_elsewhere_refused() {
     // An honest visitor elsewhere, new to the full limiter, is still served.
     let r = from("203.0.113.5", "honest");
     assert_eq!(r.status, 200, "{}", r.text());
-    let metrics = to(admin).metrics();
-    let overflowed = metrics
-        .lines()
-        .find(|l| l.starts_with("p13n_edge_rate_limit_overflow_total{limiter=\"identifier\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap();
-    // The counter is per process: other tests add to it, this one adds 7.
+    // The counter is per process and other tests add to it: this one's part is what it added.
+    let overflowed = identifier_limiter(admin, "p13n_edge_rate_limit_overflow_total") - overflowed;
     assert!(overflowed >= 7.0, "{overflowed}");
 }
 
 #[test]
 fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
-    let (_p, addr, upstream) = proxy("cookie", "", "");
+    let upstream = Recorder::start(OK);
     let anonymous = |addr| {
         to(addr)
             .post("/public/demo_db/clicks")
@@ -371,23 +402,17 @@ fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
             .send()
     };
     // Not configured: the event has no identifier.
-    anonymous(addr).assert_error(400, 3004);
-    drop(_p);
-    let upstream_addr = upstream.addr;
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{upstream_addr}"),
-        "",
-    )
-    .replace(
-        "[service.tokens]",
-        "identifier_cookie = \"_td\"\n[service.tokens]",
-    );
-    let (_p, addr) = start_proxy(load_config("cookie_on", &toml));
-    let r = anonymous(addr);
+    let off = Setup::new("cookie").upstream(upstream.url()).start_proxy();
+    anonymous(off.addr).assert_error(400, 3004);
+    drop(off);
+    let on = Setup::new("cookie_on")
+        .upstream(upstream.url())
+        .service("identifier_cookie", "_td")
+        .start_proxy();
+    let r = anonymous(on.addr);
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = upstream.seen.lock().unwrap().clone();
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
     let sent = &seen[0];
     // The id goes in as the first identifier, then the event's uuid (a version-8 UUID).
     let body = sent.split("\r\n\r\n").nth(1).unwrap();
@@ -404,7 +429,8 @@ fn the_td_cookie_names_an_anonymous_visitor_and_is_never_forwarded() {
 fn an_early_error_is_still_readable_when_the_client_reads_late() {
     // Refused on its headers, with a body still unread: closing at once would send a reset
     // that destroys the answer in the client's buffers; the proxy drains the body first.
-    let (_p, addr, _up) = proxy("linger", "", "");
+    let edge = Edge::start(Setup::new("linger"));
+    let addr = edge.addr;
     for _ in 0..3 {
         let body = "x".repeat(60_000);
         let head = format!(
@@ -415,6 +441,7 @@ fn an_early_error_is_still_readable_when_the_client_reads_late() {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(head.as_bytes()).unwrap();
         let _ = s.write_all(body.as_bytes());
+        // The client reads late: that lateness is the case tested, there is nothing to await.
         std::thread::sleep(Duration::from_millis(300));
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let answer = read_message(&mut s).expect("the 431 answer, not a reset");
@@ -424,11 +451,9 @@ fn an_early_error_is_still_readable_when_the_client_reads_late() {
 
 #[test]
 fn empty_lines_before_the_request_line_do_not_stop_the_whole_header_deadline() {
-    let (_p, addr, admin, upstream) = proxy_with_admin(
-        "blank_trickle",
-        "client_header_ms = 1000\nclient_idle_ms = 2000",
-        "",
-    );
+    let _alone = alone(&SLOW_HEADERS);
+    let edge = Edge::start(header_deadlines("blank_trickle"));
+    let (addr, admin) = (edge.addr, edge.admin);
     // Pingora's parser skips empty lines before a request line; they are not a header's end.
     for blank in ["\r\n\r\n", "\n\n", "\r\n\n\r\n"] {
         let counted = slow_headers_counted(admin);
@@ -449,7 +474,7 @@ fn empty_lines_before_the_request_line_do_not_stop_the_whole_header_deadline() {
             "{blank:?}: not counted"
         );
     }
-    assert!(upstream.seen.lock().unwrap().is_empty());
+    assert!(edge.upstream.requests().is_empty());
     // A request with a blank line before it, sent whole, is still served.
     let event = format!(
         "\r\nPOST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EVENT}",
@@ -460,10 +485,11 @@ fn empty_lines_before_the_request_line_do_not_stop_the_whole_header_deadline() {
 
 #[test]
 fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_quota() {
-    let stack = Stack::start_with(
-        "crawlers",
-        "max_events_per_second = 100\n[service.bots]\npatterns = [\"uptime-probe\"]\nexempt = [\"Googlebot-Image\"]\n",
-    );
+    let stack = Stack::builder("crawlers")
+        .service("max_events_per_second", 100)
+        .service("bots.patterns", vec!["uptime-probe"])
+        .service("bots.exempt", vec!["Googlebot-Image"])
+        .start();
     let post_as = |agent: &str, visitor: &str| {
         to(stack.proxy)
             .post(PAGEVIEWS)
@@ -488,7 +514,7 @@ fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_q
     assert_eq!(stats["requests"], 0, "{stats}");
     assert_eq!(stack.metric("p13n_edge_crawlers_total", &[]), 3.0);
     assert_eq!(stack.metric("p13n_edge_quota_spent_total", &[]), 0.0);
-    assert_eq!(counter(stack.admin, "p13n_edge_spool_depth"), 0);
+    assert_eq!(to(stack.admin).counter("p13n_edge_spool_depth"), 0);
     // An exempt agent and a browser go upstream as usual.
     for (agent, visitor) in [
         ("Googlebot-Image/1.0", "image-bot"),
@@ -514,13 +540,11 @@ fn crawlers_get_an_empty_200_and_nothing_reaches_the_upstream_the_spool_or_the_q
 fn without_consent_an_event_is_neither_forwarded_nor_kept_and_a_forwarded_address_can_be_cut() {
     let upstream = Recorder::start(OK);
     let extra = "[service.consent]\nhonor_gpc = true\ncookie = \"consent\"\ncookie_value = \"yes\"\n[clients]\nforward_address = true\ntruncate_address = true\n";
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{}", upstream.addr),
-        extra,
-    );
-    let (_proxy, addr) = start_proxy(load_config("consent", &toml));
+    let proxy = Setup::new("consent")
+        .upstream(upstream.url())
+        .merge(extra)
+        .start_proxy();
+    let addr = proxy.addr;
     let post = |headers: &[(&str, &str)]| {
         let mut all = vec![("Content-Type", "application/json")];
         all.extend_from_slice(headers);
@@ -543,10 +567,10 @@ fn without_consent_an_event_is_neither_forwarded_nor_kept_and_a_forwarded_addres
             Some("p13n-edge; detail=no-consent")
         );
     }
-    assert!(upstream.seen.lock().unwrap().is_empty());
+    assert!(upstream.requests().is_empty());
     let r = post(&[("Cookie", "other=1; consent=yes")]);
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = upstream.seen.lock().unwrap();
+    let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
     // The client's address (127.0.0.1) leaves as its /24, and the cookie not at all.
     let sent = seen[0].to_ascii_lowercase();

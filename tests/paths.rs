@@ -23,13 +23,8 @@ fn status_of(addr: SocketAddr, line: &str, headers: &str) -> Option<u16> {
 #[test]
 fn every_path_trick_gets_400_or_404_and_nothing_reaches_the_upstream() {
     let upstream = Recorder::start(OK);
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{}", upstream.addr),
-        "",
-    );
-    let (_p, addr) = start_proxy(load_config("paths", &toml));
+    let proxy = Setup::new("paths").upstream(upstream.url()).start_proxy();
+    let addr = proxy.addr;
     let host = "Host: edge.example\r\n";
     let targets = [
         "/demo_db/../demo_db/pageviews",
@@ -114,11 +109,8 @@ fn every_path_trick_gets_400_or_404_and_nothing_reaches_the_upstream() {
         let status = status_of(addr, &format!("{method} /demo_db/pageviews HTTP/1.1"), host);
         assert!(matches!(status, Some(400 | 405)), "{method}: {status:?}");
     }
-    assert!(
-        upstream.seen.lock().unwrap().is_empty(),
-        "{:?}",
-        upstream.seen.lock().unwrap()
-    );
+    let seen = upstream.requests();
+    assert!(seen.is_empty(), "{seen:?}");
 
     // The configured route, with a Host that names someone else: the upstream still gets its
     // own path and Host. A query string is dropped, never forwarded.
@@ -128,7 +120,7 @@ fn every_path_trick_gets_400_or_404_and_nothing_reaches_the_upstream() {
             Some(200)
         );
     }
-    let seen = upstream.seen.lock().unwrap().clone();
+    let seen = upstream.requests();
     assert_eq!(seen.len(), 2);
     for sent in &seen {
         let expected = format!(

@@ -19,16 +19,12 @@ fn assert_clean(what: &str, text: &str) {
 
 #[test]
 fn debug_output_of_the_config_is_redacted() {
-    let config = load_config(
-        "debug",
-        &config_toml(free_port(), free_port(), "http://127.0.0.1:9", ""),
-    );
-    let text = format!("{config:?}");
+    let setup = Setup::new("debug");
+    let text = format!("{:?}", setup.config());
     assert!(text.contains("api_key: ***"), "{text}");
     assert_clean("Debug of Config", &text);
     // The file's own types too: an inline token is a `Secret` from the moment it is read.
-    let text = config_toml(free_port(), free_port(), "http://127.0.0.1:9", "");
-    let file: p13n_edge::config::FileConfig = toml::from_str(&text).unwrap();
+    let file: p13n_edge::config::FileConfig = toml::from_str(&setup.toml()).unwrap();
     let text = format!("{file:?}");
     assert!(text.contains("\"web\": ***"), "{text}");
     assert_clean("Debug of FileConfig", &text);
@@ -37,12 +33,7 @@ fn debug_output_of_the_config_is_redacted() {
 #[test]
 fn no_answer_and_no_trace_log_carries_a_secret() {
     // The emulator in-process; the proxy as the real binary, logging everything to stderr.
-    let (_emulator, emulator_addr) = start_emulator(&demo_rules());
-    let (proxy, admin) = (free_port(), free_port());
-    let dir = scratch("secrets");
-    std::fs::write(dir.join("key"), KEY).unwrap();
-    let path = dir.join("p13n-edge.toml");
-    let upstream = format!("http://{emulator_addr}");
+    let emulator = Emulator::start(&demo_rules());
     // CORS, client lists and rate limits on, so that their answers are swept too.
     let guards = r#"
 [service.cors]
@@ -54,8 +45,10 @@ deny = ["192.0.2.0/24"]
 per_identifier_per_second = 0.01
 per_identifier_burst = 5
 "#;
-    std::fs::write(&path, config_toml(proxy, admin, &upstream, guards)).unwrap();
-    let daemon = Daemon::spawn(&path, proxy, admin, &[("RUST_LOG", "trace")]);
+    let daemon = Setup::new("secrets")
+        .upstream(emulator.url())
+        .merge(guards)
+        .spawn(&[("RUST_LOG", "trace")]);
     let (proxy, admin) = (daemon.proxy, daemon.admin);
 
     let json = [("Content-Type", "application/json")];
@@ -128,11 +121,7 @@ per_identifier_burst = 5
     assert_eq!(send("POST", PAGEVIEWS, &json, "[1]"), 400);
     assert_eq!(send("POST", PAGEVIEWS, &json, &"x".repeat(70_000)), 413);
     // An upstream error, relayed.
-    let plan = r#"{"status":429,"code":2013,"rate":1.0}"#;
-    to(emulator_addr)
-        .post("/_emulator/faults")
-        .body(plan.as_bytes())
-        .send();
+    emulator.faults(serde_json::json!({"status": 429, "code": 2013, "rate": 1.0}));
     // A known visitor gets stale offers (and the event goes to the spool); a new one the 429.
     assert_eq!(
         send("POST", PAGEVIEWS, &json, r#"{"td_client_id":"v"}"#),
@@ -162,17 +151,8 @@ per_identifier_burst = 5
 /// The proxy on a fake upstream answering `reply`; the answer to one event.
 fn answer_from(name: &str, reply: &'static str) -> Response {
     let upstream = Recorder::start(reply);
-    let config = load_config(
-        name,
-        &config_toml(
-            free_port(),
-            free_port(),
-            &format!("http://{}", upstream.addr),
-            "",
-        ),
-    );
-    let (_running, proxy) = start_proxy(config);
-    to(proxy).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#)
+    let proxy = Setup::new(name).upstream(upstream.url()).start_proxy();
+    to(proxy.addr).event(PAGEVIEWS, r#"{"td_client_id":"v"}"#)
 }
 
 fn leak(text: String) -> &'static str {

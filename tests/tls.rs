@@ -5,13 +5,11 @@
 mod common;
 
 use common::*;
-use p13n_edge::emulator::Emulator;
-use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,54 +35,51 @@ fn certificates_named(dir: &std::path::Path, ca_file: &str, leaf_file: &str, key
 fn https_upstreams_are_verified_against_the_configured_roots() {
     let dir = scratch("tls");
     certificates(&dir);
-    let (_emulator, emu) = tls_emulator(&dir, false);
+    let emulator = tls_emulator(&dir, false);
 
     // Trusting the test CA, by host name: SNI and verification succeed.
-    let upstream = format!("https://localhost:{emu}");
-    let trusted = config_toml(
-        free_port(),
-        free_port(),
-        &upstream,
-        "[upstream]\nca_file = \"ca.pem\"",
-    );
-    std::fs::copy(dir.join("ca.pem"), scratch("tls_trusted").join("ca.pem")).unwrap();
-    let (_proxy, addr) = start_proxy(load_config("tls_trusted", &trusted));
+    let upstream = format!("https://localhost:{}", emulator.port);
+    let trusted = trusting(&dir, Setup::new("tls_trusted").upstream(&upstream)).start_proxy();
     let event = r#"{"td_client_id":"v","td_path":"/retail"}"#;
-    let r = to(addr).event(PAGEVIEWS, event);
+    let r = to(trusted.addr).event(PAGEVIEWS, event);
     assert_eq!(r.status, 200, "{}", r.text());
 
     // The same upstream with the system roots: the unknown CA is refused, nothing is sent.
-    let untrusted = config_toml(free_port(), free_port(), &upstream, "");
-    let (_proxy, addr) = start_proxy(load_config("tls_untrusted", &untrusted));
-    to(addr).event(PAGEVIEWS, event).assert_error(502, 502);
+    let untrusted = Setup::new("tls_untrusted")
+        .upstream(&upstream)
+        .start_proxy();
+    to(untrusted.addr)
+        .event(PAGEVIEWS, event)
+        .assert_error(502, 502);
 
     // Trusted CA, but the certificate does not name the host asked for (127.0.0.1).
-    let wrong_name = format!("https://127.0.0.1:{emu}");
-    let mismatched = config_toml(
-        free_port(),
-        free_port(),
-        &wrong_name,
-        "[upstream]\nca_file = \"ca.pem\"",
-    );
-    std::fs::copy(dir.join("ca.pem"), scratch("tls_mismatch").join("ca.pem")).unwrap();
-    let (_proxy, addr) = start_proxy(load_config("tls_mismatch", &mismatched));
-    to(addr).event(PAGEVIEWS, event).assert_error(502, 502);
+    let wrong_name = format!("https://127.0.0.1:{}", emulator.port);
+    let mismatched = trusting(&dir, Setup::new("tls_mismatch").upstream(wrong_name)).start_proxy();
+    to(mismatched.addr)
+        .event(PAGEVIEWS, event)
+        .assert_error(502, 502);
+}
+
+/// `setup` trusting the test CA of `dir` for its upstream (`[upstream] ca_file`, a copy of the
+/// CA beside its config).
+fn trusting(dir: &std::path::Path, setup: Setup) -> Setup {
+    std::fs::copy(dir.join("ca.pem"), setup.dir().join("ca.pem")).unwrap();
+    setup.set("upstream.ca_file", "ca.pem")
+}
+
+/// An emulator on TLS, on `port` of 127.0.0.1; stopped on drop.
+struct TlsEmulator {
+    port: u16,
+    _running: Running,
 }
 
 /// An emulator on TLS (certificate for `localhost` from `dir`), offering HTTP/2 by ALPN or not.
-fn tls_emulator(dir: &std::path::Path, h2: bool) -> (Running, u16) {
+fn tls_emulator(dir: &std::path::Path, h2: bool) -> TlsEmulator {
     let port = free_port();
-    let mut server = Server::new_with_opt_and_conf(
-        None,
-        ServerConf {
-            threads: 1,
-            ..ServerConf::default()
-        },
-    );
-    server.bootstrap();
+    let mut server = quick_server();
     let mut service = Service::new(
         "tls emulator".into(),
-        Emulator::new(toml::from_str(&demo_rules()).unwrap()),
+        p13n_edge::emulator::Emulator::new(toml::from_str(&demo_rules()).unwrap()),
     );
     let (cert, key) = (dir.join("leaf.pem"), dir.join("leaf.key"));
     let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
@@ -97,8 +92,11 @@ fn tls_emulator(dir: &std::path::Path, h2: bool) -> (Running, u16) {
     }
     service.add_tls_with_settings(&format!("127.0.0.1:{port}"), None, settings);
     server.add_service(service);
-    let running = Running::start(server, &[format!("127.0.0.1:{port}").parse().unwrap()]);
-    (running, port)
+    let running = Running::start(server, &[SocketAddr::from(([127, 0, 0, 1], port))]);
+    TlsEmulator {
+        port,
+        _running: running,
+    }
 }
 
 #[test]
@@ -107,16 +105,12 @@ fn an_h2_upstream_over_tls_is_agreed_by_alpn_and_one_without_h2_is_refused() {
     certificates(&dir);
     let event = r#"{"td_client_id":"v","td_path":"/retail"}"#;
     for (name, offers_h2, status) in [("tls_h2_yes", true, 200), ("tls_h2_no", false, 502)] {
-        let (_emulator, port) = tls_emulator(&dir, offers_h2);
-        let toml = config_toml(
-            free_port(),
-            free_port(),
-            &format!("https://localhost:{port}"),
-            "[upstream]\nca_file = \"ca.pem\"\nprotocol = \"h2\"",
-        );
-        std::fs::copy(dir.join("ca.pem"), scratch(name).join("ca.pem")).unwrap();
-        let (_proxy, addr) = start_proxy(load_config(name, &toml));
-        let r = to(addr).event(PAGEVIEWS, event);
+        let emulator = tls_emulator(&dir, offers_h2);
+        let upstream = format!("https://localhost:{}", emulator.port);
+        let proxy = trusting(&dir, Setup::new(name).upstream(upstream))
+            .set("upstream.protocol", "h2")
+            .start_proxy();
+        let r = to(proxy.addr).event(PAGEVIEWS, event);
         assert_eq!(r.status, status, "{name}: {}", r.text());
         if status == 502 {
             r.assert_error(502, 502);
@@ -207,35 +201,45 @@ async fn post_http2(addr: SocketAddr, ca: &std::path::Path) -> (u16, Vec<u8>, Op
     (status, data, alpn)
 }
 
-/// A certificate in `dir` and a config on free ports whose TLS listener serves it, in front of
-/// `emulator`; the TLS listener's address.
-fn tls_listener_config(dir: &std::path::Path, emulator: SocketAddr) -> (String, SocketAddr) {
-    certificates_named(dir, "ca.pem", "edge.pem", "edge.key");
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let toml = config_toml(
-        free_port(),
-        free_port(),
-        &format!("http://{emulator}"),
-        &format!(
-            "[server.tls]\nlisten = \"{tls_addr}\"\ncert_file = \"edge.pem\"\nkey_file = \"edge.key\""
-        ),
-    );
-    (toml, tls_addr)
+/// A stack on `setup` whose public TLS listener serves a certificate for `localhost` (`edge.pem`,
+/// signed by the CA in `ca.pem`) from the scratch directory.
+struct TlsEdge {
+    stack: Stack,
+    /// The TLS listener.
+    tls: SocketAddr,
+    /// The scratch directory, where the certificates are.
+    dir: PathBuf,
+}
+
+impl TlsEdge {
+    fn start(setup: Setup) -> TlsEdge {
+        let dir = setup.dir();
+        certificates_named(&dir, "ca.pem", "edge.pem", "edge.key");
+        let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let stack = setup
+            .set("server.tls.listen", tls.to_string())
+            .set("server.tls.cert_file", "edge.pem")
+            .set("server.tls.key_file", "edge.key")
+            .start();
+        assert!(
+            eventually(SECONDS_10, || TcpStream::connect(tls).is_ok()),
+            "the TLS listener {tls} never listened"
+        );
+        TlsEdge { stack, tls, dir }
+    }
+
+    /// The CA that signed the listener's first certificate.
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
 }
 
 #[test]
 fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let dir = scratch("tls_listener");
-    let (toml, tls_addr) = tls_listener_config(&dir, emulator);
-    let config_path = dir.join("edge.toml");
-    std::fs::write(&config_path, &toml).unwrap();
-    let config = load_config("tls_listener", &toml);
-    let (plain, admin) = (config.listen, config.admin_listen);
-    let (server, handles) = p13n_edge::build_server(config, None, false).unwrap();
-    let _proxy = Running::start(server, &[plain, admin, tls_addr]);
+    let edge = TlsEdge::start(Setup::new("tls_listener"));
+    let (tls_addr, dir) = (edge.tls, &edge.dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ca = dir.join("ca.pem");
+    let ca = edge.ca();
 
     let answer = rt.block_on(post_http1(tls_addr, &ca)).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -248,8 +252,8 @@ fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate(
     assert!(offers["offers"]["offer_for_women"].is_object(), "{offers}");
 
     // A new certificate from another CA, swapped in by reload: new handshakes present it.
-    certificates_named(&dir, "ca2.pem", "edge.pem", "edge.key");
-    p13n_edge::config::reload(&config_path, &handles.config, &handles.cache).unwrap();
+    certificates_named(dir, "ca2.pem", "edge.pem", "edge.key");
+    edge.stack.reload(|same| same);
     assert!(rt.block_on(post_http1(tls_addr, &ca)).is_err());
     let answer = rt
         .block_on(post_http1(tls_addr, &dir.join("ca2.pem")))
@@ -259,9 +263,14 @@ fn the_public_tls_listener_serves_http1_and_h2_and_reload_swaps_its_certificate(
     // A key that does not match the certificate is refused, and the running pair stays.
     let other = KeyPair::generate().unwrap();
     std::fs::write(dir.join("edge.key"), other.serialize_pem()).unwrap();
-    let err = p13n_edge::config::reload(&config_path, &handles.config, &handles.cache)
-        .unwrap_err()
-        .to_string();
+    let stack = &edge.stack;
+    let err = p13n_edge::config::reload(
+        &stack.config_path,
+        &stack.handles.config,
+        &stack.handles.cache,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("server.tls"), "{err}");
     let answer = rt
         .block_on(post_http1(tls_addr, &dir.join("ca2.pem")))
@@ -290,24 +299,19 @@ async fn seconds_until_closed(stream: &mut (impl AsyncReadExt + Unpin)) -> Optio
 }
 
 fn slow_headers_counted(admin: SocketAddr) -> u64 {
-    counter(admin, "p13n_edge_slow_headers_total")
+    to(admin).counter("p13n_edge_slow_headers_total")
 }
 
 #[test]
 fn an_h2_connection_gets_the_header_timeout_until_its_first_request_and_no_more() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let dir = scratch("tls_h2_slow");
-    let (toml, tls_addr) = tls_listener_config(&dir, emulator);
-    let toml = toml.replace(
-        "client_body_ms = 1000",
-        "client_body_ms = 1000\nclient_header_ms = 300\nclient_idle_ms = 5000",
+    let edge = TlsEdge::start(
+        Setup::new("tls_h2_slow")
+            .set("timeouts.client_header_ms", 300)
+            .set("timeouts.client_idle_ms", 5000),
     );
-    let config = load_config("tls_h2_slow", &toml);
-    let (plain, admin) = (config.listen, config.admin_listen);
-    let (server, _handles) = p13n_edge::build_server(config, None, false).unwrap();
-    let _proxy = Running::start(server, &[plain, admin, tls_addr]);
+    let (tls_addr, admin) = (edge.tls, edge.stack.admin);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ca = dir.join("ca.pem");
+    let ca = edge.ca();
     let counted = slow_headers_counted(admin);
 
     // After TLS and ALPN h2: nothing, half the preface, or the preface and SETTINGS only.
@@ -338,6 +342,7 @@ fn an_h2_connection_gets_the_header_timeout_until_its_first_request_and_no_more(
         for _ in 0..2 {
             let (status, body) = h2_post(&mut client).await;
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            // Idle past the 300 ms header timeout between requests: the case tested.
             tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         }
         let (status, _) = h2_post(&mut client).await;
@@ -347,21 +352,18 @@ fn an_h2_connection_gets_the_header_timeout_until_its_first_request_and_no_more(
 
 #[test]
 fn a_signed_visitor_cookie_is_secure_on_the_tls_listener_only() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let dir = scratch("tls_identity");
-    let (toml, tls_addr) = tls_listener_config(&dir, emulator);
+    let setup = Setup::new("tls_identity");
     std::fs::write(
-        dir.join("visitor.secret"),
+        setup.dir().join("visitor.secret"),
         "a-secret-of-more-than-32-bytes-for-tls",
     )
     .unwrap();
-    let toml = format!(
-        "{toml}\n[service.identity]\nmode = \"signed-cookie\"\nsecret_file = \"visitor.secret\"\n"
+    let edge = TlsEdge::start(
+        setup
+            .service("identity.mode", "signed-cookie")
+            .service("identity.secret_file", "visitor.secret"),
     );
-    let config = load_config("tls_identity", &toml);
-    let (plain, admin) = (config.listen, config.admin_listen);
-    let (server, _handles) = p13n_edge::build_server(config, None, false).unwrap();
-    let _proxy = Running::start(server, &[plain, admin, tls_addr]);
+    let (tls_addr, dir, plain) = (edge.tls, &edge.dir, edge.stack.proxy);
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     let answer = rt
