@@ -165,9 +165,9 @@ fn exactly_fifty_tokens_are_allowed() {
     for i in 0..49 {
         tokens.push_str(&format!("t{i:03} = \"1/1/{i:032x}\"\n"));
     }
-    let text = config_toml(free_port(), free_port(), "http://127.0.0.1:9", "")
-        .replace("[service.tokens]\n", &format!("[service.tokens]\n{tokens}"));
-    let config = load_config("fifty", &text);
+    let config = Setup::new("fifty")
+        .merge(&format!("[service.tokens]\n{tokens}"))
+        .config();
     assert_eq!(config.services[0].tokens.len(), 50);
 }
 
@@ -328,16 +328,23 @@ fn tokens_from_a_file_and_the_environment_are_checked_like_inline_ones() {
 
 #[test]
 fn signed_visitor_ids_need_a_long_secret_from_outside_the_file_and_sane_cookie_attributes() {
-    let dir = scratch("check_config_identity");
-    std::fs::write(dir.join("key"), KEY).unwrap();
+    let setup = Setup::new("check_config_identity");
+    let dir = setup.dir();
     let secret = "an-identity-secret-that-must-never-be-printed";
     std::fs::write(dir.join("short.secret"), "too-short\n").unwrap();
-    let base = config_toml(free_port(), free_port(), "http://127.0.0.1:9", "");
-    let write = |name: &str, identity: &str| {
+    // Each case a file of its own beside the key: the harness's config with `identity` (and
+    // whatever else it holds) merged in.
+    let write_setup = |name: &str, setup: Setup| {
         let path = dir.join(name);
-        std::fs::write(&path, format!("{base}\n[service.identity]\n{identity}\n")).unwrap();
+        std::fs::write(&path, setup.toml()).unwrap();
         path
     };
+    let with_identity = |identity: &str| {
+        setup
+            .clone()
+            .merge(&format!("[service.identity]\n{identity}\n"))
+    };
+    let write = |name: &str, identity: &str| write_setup(name, with_identity(identity));
     let good = write(
         "good.toml",
         "mode = \"signed-cookie\"\nsecret_env = \"VISITOR_SECRET\"\nprevious_secrets_env = [\"OLD_SECRET\"]",
@@ -401,15 +408,11 @@ header = "Cookie""#,
         "{text}"
     );
     assert!(text.contains("secret"), "{text}");
-    let both = write(
+    let both = write_setup(
         "both.toml",
-        "mode = \"signed-cookie\"\nsecret_env = \"VISITOR_SECRET\"",
+        with_identity("mode = \"signed-cookie\"\nsecret_env = \"VISITOR_SECRET\"")
+            .service("identifier_cookie", "_td"),
     );
-    let cookie_too = std::fs::read_to_string(&both).unwrap().replace(
-        "[service.tokens]",
-        "identifier_cookie = \"_td\"\n[service.tokens]",
-    );
-    std::fs::write(&both, cookie_too).unwrap();
     let (ok, text) = check(&both, &env);
     assert!(
         !ok && text.contains("identifier_cookie has no use"),

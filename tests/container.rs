@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +32,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(name: &str, proxy: u16, admin: u16, upstream: &str) -> Layout {
+    fn new(name: &str, proxy: SocketAddr, admin: SocketAddr, upstream: &Emulator) -> Layout {
         let root = scratch(name);
         let at = |path: &str| root.join(path.trim_start_matches('/'));
         for dir in [
@@ -45,13 +46,15 @@ impl Layout {
         }
         let bin = at("/usr/local/bin/p13n-edge");
         std::fs::copy(env!("CARGO_BIN_EXE_p13n-edge"), &bin).unwrap();
+        // The shipped file itself is the subject, so it is edited as text, and only where the
+        // image's paths and listeners must move under the scratch root.
         let mut toml = container_toml();
         let rewrites = [
-            ("0.0.0.0:8080", format!("127.0.0.1:{proxy}")),
-            ("0.0.0.0:9090", format!("127.0.0.1:{admin}")),
+            ("0.0.0.0:8080", proxy.to_string()),
+            ("0.0.0.0:9090", admin.to_string()),
             (
                 "region = \"us01\"",
-                format!("base_url = \"http://{upstream}\""),
+                format!("base_url = \"{}\"", upstream.url()),
             ),
             (
                 "\"/run/secrets/p13n-edge/",
@@ -208,9 +211,10 @@ fn the_image_layout_serves_with_a_read_only_tree() {
     let rules = demo_rules()
         .replace(common::KEY, KEY)
         .replace(common::TOKEN, TOKEN);
-    let (_emulator, upstream) = start_emulator(&rules);
-    let (proxy, admin) = (free_port(), free_port());
-    let layout = Layout::new("container", proxy, admin, &upstream.to_string());
+    let upstream = Emulator::start(&rules);
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (proxy, admin) = (local(free_port()), local(free_port()));
+    let layout = Layout::new("container", proxy, admin, &upstream);
     let before = layout.read_only_paths();
 
     let checked = succeeds(layout.with_config(&["check-config"]));
@@ -222,12 +226,10 @@ fn the_image_layout_serves_with_a_read_only_tree() {
     // The key and the token came from the mounted secrets: the upstream took the event.
     let answer = to(daemon.proxy)
         .post("/your_database/pageviews")
-        .headers(&[("Content-Type", "application/json")])
-        .body(br#"{"td_client_id":"v1","td_path":"/retail/shop/women"}"#)
+        .json(r#"{"td_client_id":"v1","td_path":"/retail/shop/women"}"#)
         .send();
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let stats = upstream.stats();
-    assert_eq!(stats["events_ingested"], 1, "{stats}");
+    assert_eq!(upstream.ingested(), 1, "{}", upstream.stats());
 
     // The spool was made on its volume, by the image's user; nothing else was written.
     let spool = layout.writable[0].join("spool");

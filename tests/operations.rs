@@ -6,42 +6,22 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn signal(daemon: &Daemon, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &daemon.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn scrape(daemon: &Daemon) -> String {
-    to(daemon.admin).metrics()
-}
-
+/// How many reloads have ended with `result` (`"ok"` or `"error"`).
 fn reloads(daemon: &Daemon, result: &str) -> u64 {
     let needle = format!("p13n_edge_config_reloads_total{{result=\"{result}\"}} ");
-    scrape(daemon)
+    to(daemon.admin)
+        .metrics()
         .lines()
         .find_map(|l| l.strip_prefix(needle.as_str())?.parse().ok())
         .unwrap_or(0)
 }
 
-/// A config file for the binary in a scratch dir, with the test key beside it.
-fn write_config(name: &str, upstream: &str, extra: &str) -> (PathBuf, u16, u16) {
-    let (proxy, admin) = (free_port(), free_port());
-    let dir = scratch(name);
-    std::fs::write(dir.join("key"), KEY).unwrap();
-    let path = dir.join("p13n-edge.toml");
-    std::fs::write(&path, config_toml(proxy, admin, upstream, extra)).unwrap();
-    (path, proxy, admin)
-}
-
-fn post(addr: std::net::SocketAddr, visitor: &str) -> Response {
+fn post(addr: SocketAddr, visitor: &str) -> Response {
     to(addr).event(
         PAGEVIEWS,
         &format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#),
@@ -59,6 +39,17 @@ struct Load {
 }
 
 impl Load {
+    /// How many requests have been sent so far.
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `more` requests beyond those sent so far have been answered.
+    fn runs_on(&self, more: usize) -> bool {
+        let at = self.sent();
+        eventually(SECONDS_10, || self.sent() >= at + more)
+    }
+
     /// Stop and wait for the threads; the count of failed requests.
     fn finish(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
@@ -79,12 +70,12 @@ impl Load {
 }
 
 /// `load_from` with a new visitor for every request.
-fn load(addr: std::net::SocketAddr) -> Load {
+fn load(addr: SocketAddr) -> Load {
     load_from(addr, usize::MAX)
 }
 
 /// Load from `visitors` visitors per thread, in turn.
-fn load_from(addr: std::net::SocketAddr, visitors: usize) -> Load {
+fn load_from(addr: SocketAddr, visitors: usize) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let timings = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -100,7 +91,7 @@ fn load_from(addr: std::net::SocketAddr, visitors: usize) -> Load {
                     let body =
                         format!(r#"{{"td_client_id":"load{t}-{visitor}","td_path":"/retail"}}"#);
                     let started = std::time::Instant::now();
-                    let r = try_request(addr, PAGEVIEWS, "application/json", body.as_bytes());
+                    let r = to(addr).post(PAGEVIEWS).json(&body).try_send();
                     timings.lock().unwrap().push((started, started.elapsed()));
                     sent.fetch_add(1, Ordering::Relaxed);
                     match r {
@@ -127,62 +118,48 @@ fn load_from(addr: std::net::SocketAddr, visitors: usize) -> Load {
     }
 }
 
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{from} not in the config");
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
-}
-
 #[test]
 fn reload_under_load_fails_no_request_and_a_bad_file_keeps_the_old_config() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let (path, proxy, admin) = write_config("reload", &format!("http://{emulator}"), "");
-    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let emulator = Emulator::start(&demo_rules());
+    let setup = Setup::new("reload").upstream(emulator.url());
+    let daemon = setup.spawn(&[]);
     let traffic = load(daemon.proxy);
-    for deadline in [2000, 2500, 3000, 3500, 4000] {
-        edit(
-            &path,
-            "identifiers = [",
-            &format!("deadline_ms = {deadline}\nidentifiers = ["),
-        );
-        signal(&daemon, "HUP");
-        let want = (deadline - 1500) / 500;
-        assert!(eventually(Duration::from_secs(10), || reloads(
-            &daemon, "ok"
-        ) == want));
-        edit(&path, &format!("deadline_ms = {deadline}\n"), "");
+    for deadline in [2000i64, 2500, 3000, 3500, 4000] {
+        setup.clone().service("deadline_ms", deadline).write();
+        daemon.signal("HUP");
+        let want = ((deadline - 1500) / 500) as u64;
+        assert!(eventually(SECONDS_10, || reloads(&daemon, "ok") == want));
     }
     // A bad file: refused, counted, and the old config keeps serving.
-    edit(&path, "[admin]", "bogus = 1\n[admin]");
-    signal(&daemon, "HUP");
-    assert!(eventually(Duration::from_secs(10), || reloads(
-        &daemon, "error"
-    ) == 1));
-    std::thread::sleep(Duration::from_millis(200));
-    let sent = traffic.sent.load(Ordering::Relaxed);
+    setup.clone().set("server.bogus", 1).write();
+    daemon.signal("HUP");
+    assert!(eventually(SECONDS_10, || reloads(&daemon, "error") == 1));
+    // Requests go on after the refused reload (the old config's), none failing (below).
+    assert!(traffic.runs_on(10), "no load after the bad reload");
+    let sent = traffic.sent();
     assert!(sent > 20, "too little load: {sent}");
     assert_eq!(traffic.finish(), 0);
     assert_eq!(post(daemon.proxy, "after").status, 200);
-    assert!(scrape(&daemon).contains("p13n_edge_config_generation 6"));
+    assert!(to(daemon.admin)
+        .metrics()
+        .contains("p13n_edge_config_generation 6"));
     let logs = daemon.kill();
     assert!(logs.contains("unknown key `server.bogus`"), "{logs}");
 }
 
 #[test]
 fn a_sighup_the_moment_the_ports_open_reloads_instead_of_ending_the_daemon() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let (path, proxy, admin) = write_config("early_hup", &format!("http://{emulator}"), "");
+    let emulator = Emulator::start(&demo_rules());
+    let setup = Setup::new("early_hup").upstream(emulator.url());
     // SIGHUP's default action ends a process: the handler must be in place before any port
     // opens. A reload service that registered its own once running lost this race now and then.
     // Before the fix this failed now and then, more often under load (the daemon ended by
     // signal 1); ten starts give the race ten chances.
     for _ in 0..10 {
-        let mut daemon = Daemon::spawn(&path, proxy, admin, &[]);
-        signal(&daemon, "HUP");
-        assert!(eventually(Duration::from_secs(10), || reloads(
-            &daemon, "ok"
-        ) == 1));
-        assert!(daemon.child.try_wait().unwrap().is_none());
+        let mut daemon = setup.spawn(&[]);
+        daemon.signal("HUP");
+        assert!(eventually(SECONDS_10, || reloads(&daemon, "ok") == 1));
+        assert!(!daemon.ended());
         daemon.kill();
     }
 }
@@ -190,17 +167,15 @@ fn a_sighup_the_moment_the_ports_open_reloads_instead_of_ending_the_daemon() {
 #[test]
 fn a_key_rotates_through_reload() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    let (path, proxy, admin) = write_config("rotate", &format!("http://{}", upstream.addr), "");
-    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let setup = Setup::new("rotate").upstream(upstream.url());
+    let daemon = setup.spawn(&[]);
     assert_eq!(post(daemon.proxy, "v").status, 200);
     let new_key = "1/ffffffffffffffffffffffffffffffffffffffff";
-    std::fs::write(path.parent().unwrap().join("key"), new_key).unwrap();
-    signal(&daemon, "HUP");
-    assert!(eventually(Duration::from_secs(10), || reloads(
-        &daemon, "ok"
-    ) == 1));
+    std::fs::write(setup.dir().join("key"), new_key).unwrap();
+    daemon.signal("HUP");
+    assert!(eventually(SECONDS_10, || reloads(&daemon, "ok") == 1));
     assert_eq!(post(daemon.proxy, "v").status, 200);
-    let seen = upstream.seen.lock().unwrap().clone();
+    let seen = upstream.requests();
     assert!(seen[0].contains(&format!("TD1 {KEY}")), "{}", seen[0]);
     assert!(
         seen.last().unwrap().contains(&format!("TD1 {new_key}")),
@@ -216,50 +191,62 @@ fn a_key_rotates_through_reload() {
 
 #[test]
 fn sigterm_with_events_in_the_spool_loses_none() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let stats = || emulator.stats();
-    let (path, proxy, admin) = write_config("sigterm", &format!("http://{emulator}"), "");
-    edit(
-        &path,
-        "grace_period_seconds = 0",
-        "grace_period_seconds = 3",
-    );
-    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let emulator = Emulator::start(&demo_rules());
+    let mut daemon = Setup::new("sigterm")
+        .upstream(emulator.url())
+        .set("server.grace_period_seconds", 3)
+        .spawn(&[]);
     assert_eq!(post(daemon.proxy, "k").status, 200);
-    let plan = json!({"status": 503, "rate": 1.0, "seconds": 0.5}).to_string();
-    to(emulator)
-        .post("/_emulator/faults")
-        .body(plan.as_bytes())
-        .send();
+    emulator.faults(json!({"status": 503, "rate": 1.0, "seconds": 0.5}));
     for _ in 0..5 {
         assert_eq!(post(daemon.proxy, "k").status, 200);
     }
-    signal(&daemon, "TERM");
-    let mut daemon = daemon;
-    let exited = eventually(Duration::from_secs(15), || {
-        daemon.child.try_wait().unwrap().is_some()
-    });
+    daemon.signal("TERM");
+    let exited = eventually(Duration::from_secs(15), || daemon.ended());
     assert!(exited, "the daemon did not exit after SIGTERM");
-    assert_eq!(stats()["events_ingested"], 6, "{}", stats());
+    assert_eq!(emulator.ingested(), 6, "{}", emulator.stats());
+}
+
+/// Whether the connection from `peer` to `listener` has been accepted by a process: the kernel
+/// completes the handshake itself, and a connection still in the accept queue has no socket
+/// inode in `/proc/net/tcp` until a process accepts it.
+fn accepted(listener: SocketAddr, peer: SocketAddr) -> bool {
+    let hex = |a: SocketAddr| format!(":{:04X}", a.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|f| {
+            f.len() > 9
+                && f[1].ends_with(&hex(listener))
+                && f[2].ends_with(&hex(peer))
+                && f[9] != "0"
+        })
 }
 
 #[test]
 fn a_connection_accepted_before_sigterm_has_its_first_request_served() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let (path, proxy, admin) = write_config("accepted", &format!("http://{emulator}"), "");
+    let emulator = Emulator::start(&demo_rules());
     // SIGTERM stops the listener at once, and in-flight work has the grace period.
-    edit(
-        &path,
-        "grace_period_seconds = 0",
-        "grace_period_seconds = 3",
-    );
-    let daemon = Daemon::spawn(&path, proxy, admin, &[]);
+    let daemon = Setup::new("accepted")
+        .upstream(emulator.url())
+        .set("server.grace_period_seconds", 3)
+        .spawn(&[]);
     // A browser's connection is accepted, and its request is still on its way when the
     // service stops (as during an upgrade: the listener is handed over, the accepted stay).
     let mut tcp = std::net::TcpStream::connect(daemon.proxy).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    signal(&daemon, "TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    let peer = tcp.local_addr().unwrap();
+    assert!(
+        eventually(SECONDS_10, || accepted(daemon.proxy, peer)),
+        "the daemon never accepted the connection"
+    );
+    daemon.signal("TERM");
+    assert!(
+        eventually(SECONDS_10, || std::net::TcpStream::connect(daemon.proxy)
+            .is_err()),
+        "the listener still accepts after SIGTERM"
+    );
     let body = r#"{"td_client_id":"late","td_path":"/retail"}"#;
     let raw = format!(
         "POST /demo_db/pageviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -295,69 +282,53 @@ fn spool_frame(service: &str, route: &str, body: &str) -> Vec<u8> {
 
 #[test]
 fn a_graceful_upgrade_drops_no_request_and_the_new_process_serves_at_once() {
-    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let emulator = Emulator::start(&demo_rules());
     // A second service whose upstream is down, with an event in the spool: the old process
     // spends its whole shutdown timeout trying to deliver it, holding the spool.
-    let dead = free_port();
+    let dead = format!("http://127.0.0.1:{}", free_port());
     // In `fast` mode, most answers come from the cache and their events go through the spool,
     // written by both processes while both serve.
-    let extra = format!(
-        r#"
-[service.cache]
-mode = "fast"
-
-# Small segments: each process moves to new ones often while the other writes too.
-[spool]
-dir = "spool"
-segment_bytes = 4096
-{}"#,
-        another_service("down", &format!("http://127.0.0.1:{dead}"), "down_table")
-    );
-    let (path, proxy, admin) = write_config("upgrade", &format!("http://{emulator}"), &extra);
-    let spool = path.parent().unwrap().join("spool");
+    let setup = Setup::new("upgrade")
+        .upstream(emulator.url())
+        .fast()
+        // Small segments: each process moves to new ones often while the other writes too.
+        .set("spool.segment_bytes", 4096)
+        .another_service("down", &dead, "down_table")
+        // As in production: in-flight requests get a grace period, and shutdown some time.
+        .set("server.grace_period_seconds", 1)
+        .set("server.graceful_shutdown_timeout_seconds", 3);
+    let spool = setup.dir().join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     std::fs::write(
         spool.join(format!("{:020}.seg", 0)),
         spool_frame("down", "/demo_db/down_table", r#"{"td_client_id":"ghost"}"#),
     )
     .unwrap();
-    // As in production: in-flight requests get a grace period, and shutdown some time.
-    edit(
-        &path,
-        "grace_period_seconds = 0",
-        "grace_period_seconds = 1",
-    );
-    edit(
-        &path,
-        "graceful_shutdown_timeout_seconds = 1",
-        "graceful_shutdown_timeout_seconds = 3",
-    );
-    let old = Daemon::spawn(&path, proxy, admin, &[]);
+    let mut old = setup.spawn(&[]);
     let traffic = load_from(old.proxy, 16);
-    std::thread::sleep(Duration::from_millis(500));
+    // Answers before the upgrade, to compare those during it with.
+    assert!(traffic.runs_on(50), "no load before the upgrade");
     let upgrade = std::time::Instant::now();
-    // The new binary waits for the sockets; SIGQUIT makes the old one hand them over.
-    let mut new = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
-            .args(["run", "-u", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    signal(&old, "QUIT");
-    let mut old = old;
+    // The new binary waits for the sockets on the upgrade socket; SIGQUIT makes the old one
+    // hand them over. The socket's file is there once the new one is bound to it.
+    let handover =
+        std::path::PathBuf::from(format!("/tmp/p13n-edge-test-{}.sock", setup.proxy.port()));
+    assert!(setup.toml().contains(&handover.display().to_string()));
+    let _ = std::fs::remove_file(&handover);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"));
+    command.args(["run", "-u", "--config"]).arg(setup.write());
+    let mut new = Daemon::spawn_command(command, setup.proxy, setup.admin);
     assert!(
-        eventually(Duration::from_secs(20), || old
-            .child
-            .try_wait()
-            .unwrap()
-            .is_some()),
+        eventually(SECONDS_10, || handover.exists()),
+        "the new process never waited for the sockets"
+    );
+    old.signal("QUIT");
+    assert!(
+        eventually(Duration::from_secs(20), || old.ended()),
         "the old process did not exit"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Answers from the new process alone.
+    assert!(traffic.runs_on(50), "no load after the upgrade");
     let (before, during) = (
         traffic.slowest(upgrade, true),
         traffic.slowest(upgrade, false),
@@ -365,7 +336,6 @@ segment_bytes = 4096
     let counted = traffic.sent.clone();
     let failed = traffic.finish();
     let sent = counted.load(Ordering::Relaxed);
-    let stats = || emulator.stats();
     let unique = |s: &serde_json::Value| {
         s["events_ingested"].as_u64().unwrap() - s["duplicates"].as_u64().unwrap()
     };
@@ -373,9 +343,10 @@ segment_bytes = 4096
     assert_eq!(failed, 0, "of {sent}");
     // Every event answered 200, by either process, from the cache or not, arrives.
     assert!(
-        eventually(Duration::from_secs(20), || unique(&stats()) == sent as u64),
+        eventually(Duration::from_secs(20), || unique(&emulator.stats())
+            == sent as u64),
         "{sent} answered 200: {}",
-        stats()
+        emulator.stats()
     );
     // The new process serves at once: no answer waits for the old one to exit (it used to, for
     // the old one's grace period and more: seconds).
@@ -383,11 +354,8 @@ segment_bytes = 4096
         during < before + Duration::from_secs(1),
         "slowest answer {during:?} during the upgrade, {before:?} before"
     );
-    assert!(
-        new.0.try_wait().unwrap().is_none(),
-        "the new process is not running"
-    );
-    assert_eq!(post(old.proxy, "after-upgrade").status, 200);
+    assert!(!new.ended(), "the new process is not running");
+    assert_eq!(post(new.proxy, "after-upgrade").status, 200);
 }
 
 #[test]
@@ -396,7 +364,7 @@ fn a_scrape_parses_and_lists_the_catalog() {
     stack.post(PAGEVIEWS, r#"{"td_client_id":"m"}"#);
     // Request metrics are recorded in the logging phase, just after the answer is sent.
     let scrape = || to(stack.admin).metrics();
-    assert!(eventually(Duration::from_secs(5), || scrape()
+    assert!(eventually(SECONDS_10, || scrape()
         .contains("p13n_edge_requests_total{")));
     let text = scrape();
     let mut names = std::collections::BTreeSet::new();
@@ -457,20 +425,11 @@ fn a_scrape_parses_and_lists_the_catalog() {
     }
 }
 
-/// A child process stopped however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The token each request the fake upstream saw carried.
 fn tokens_seen(upstream: &Recorder) -> Vec<String> {
-    let seen = upstream.seen.lock().unwrap();
-    seen.iter()
+    upstream
+        .requests()
+        .iter()
         .map(|r| r.to_ascii_lowercase())
         .filter_map(|r| {
             let at = r.find("\r\nwp13n-token: ")? + "\r\nwp13n-token: ".len();
@@ -482,62 +441,50 @@ fn tokens_seen(upstream: &Recorder) -> Vec<String> {
 #[test]
 fn tokens_come_from_a_file_and_the_environment_and_a_reload_rereads_them() {
     let upstream = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    let (path, proxy, admin) =
-        write_config("token_sources", &format!("http://{}", upstream.addr), "");
-    let tokens = path.parent().unwrap().join("tokens");
     let (from_file, from_env, rotated) = (
         "1/1/00000000000000000000000000000002",
         "1/1/00000000000000000000000000000003",
         "1/1/00000000000000000000000000000004",
     );
-    // Nothing secret is left in the config: `web` is in a file, `app` in the environment.
-    edit(&path, &format!("web = \"{TOKEN}\"\n"), "");
-    edit(
-        &path,
-        "[service.tokens]",
-        "tokens_file = \"tokens\"\n[service.token_env]\napp = \"P13N_TEST_APP_TOKEN\"\n[service.tokens]",
-    );
-    edit(
-        &path,
-        "public = true\ntoken = \"web\"",
-        "public = true\ntoken = \"app\"",
-    );
+    // Nothing secret is left in the config: `web` is in a file, `app` in the environment (and
+    // the public route's token).
+    let setup = Setup::new("token_sources")
+        .upstream(upstream.url())
+        .remove("service.tokens.web")
+        .service("tokens_file", "tokens")
+        .set("service.token_env.app", "P13N_TEST_APP_TOKEN")
+        .set("service.route.1.token", "app");
+    let tokens = setup.dir().join("tokens");
     std::fs::write(&tokens, format!("# private\n\nweb = {from_file}\n")).unwrap();
-    let daemon = Daemon::spawn(&path, proxy, admin, &[("P13N_TEST_APP_TOKEN", from_env)]);
+    let daemon = setup.spawn(&[("P13N_TEST_APP_TOKEN", from_env)]);
     assert_eq!(post(daemon.proxy, "v").status, 200);
     let click = to(daemon.proxy)
         .post("/public/demo_db/clicks")
-        .headers(&[("Content-Type", "application/json")])
-        .body(br#"{"td_client_id":"v"}"#)
+        .json(r#"{"td_client_id":"v"}"#)
         .send();
     assert_eq!(click.status, 200);
 
     // A reload re-reads the file.
     std::fs::write(&tokens, format!("web = \"{rotated}\"\n")).unwrap();
-    signal(&daemon, "HUP");
-    assert!(eventually(Duration::from_secs(10), || reloads(
-        &daemon, "ok"
-    ) == 1));
+    daemon.signal("HUP");
+    assert!(eventually(SECONDS_10, || reloads(&daemon, "ok") == 1));
     assert_eq!(post(daemon.proxy, "w").status, 200);
     assert_eq!(tokens_seen(&upstream), [from_file, from_env, rotated]);
 
     // Bad reloads, refused without printing a token: a name twice in the file, then twice in
-    // the TOML (whose parse error would quote the line).
+    // the TOML (whose parse error would quote the line: the config text itself is the subject,
+    // as no TOML document can hold a key twice).
     std::fs::write(&tokens, format!("web = {from_file}\nweb = {from_env}\n")).unwrap();
-    signal(&daemon, "HUP");
-    assert!(eventually(Duration::from_secs(10), || reloads(
-        &daemon, "error"
-    ) == 1));
+    daemon.signal("HUP");
+    assert!(eventually(SECONDS_10, || reloads(&daemon, "error") == 1));
     std::fs::write(&tokens, format!("web = {rotated}\n")).unwrap();
-    edit(
-        &path,
-        "[service.tokens]",
-        &format!("[service.tokens]\ndup = \"{from_file}\"\ndup = \"{from_env}\""),
-    );
-    signal(&daemon, "HUP");
-    assert!(eventually(Duration::from_secs(10), || reloads(
-        &daemon, "error"
-    ) == 2));
+    let text = setup.toml();
+    let table = "\n[service.tokens]\n";
+    assert!(text.contains(table), "{text}");
+    let twice = format!("{table}dup = \"{from_file}\"\ndup = \"{from_env}\"\n");
+    std::fs::write(setup.write(), text.replacen(table, &twice, 1)).unwrap();
+    daemon.signal("HUP");
+    assert!(eventually(SECONDS_10, || reloads(&daemon, "error") == 2));
     assert_eq!(post(daemon.proxy, "x").status, 200);
     assert_eq!(
         tokens_seen(&upstream).last().map(String::as_str),

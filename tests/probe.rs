@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 struct Outcome {
@@ -46,21 +46,33 @@ fn assert_ok(outcome: &Outcome) {
     assert_eq!(outcome.stderr, "");
 }
 
-/// The daemon on `upstream` with `extra` config, its config file written beside the test key.
-fn daemon(name: &str, upstream: &str, extra: &str) -> (Daemon, std::path::PathBuf) {
-    let (proxy, admin) = (free_port(), free_port());
-    let dir = scratch(name);
-    std::fs::write(dir.join("key"), format!("{KEY}\n")).unwrap();
-    let path = dir.join("p13n-edge.toml");
-    std::fs::write(&path, config_toml(proxy, admin, upstream, extra)).unwrap();
-    (Daemon::spawn(&path, proxy, admin, &[]), path)
+/// The daemon, and the file of the config it runs on.
+struct Probed {
+    daemon: Daemon,
+    config: PathBuf,
+}
+
+fn daemon(setup: Setup) -> Probed {
+    Probed {
+        daemon: setup.spawn(&[]),
+        config: setup.write(),
+    }
+}
+
+/// A circuit that opens at the first failure and stays open `open_ms`, on an upstream where
+/// nothing listens.
+fn nowhere(name: &str, open_ms: i64) -> Setup {
+    Setup::new(name)
+        .upstream(format!("http://127.0.0.1:{}", free_port()))
+        .set("service.circuit.consecutive_failures", 1)
+        .set("service.circuit.open_ms", open_ms)
 }
 
 #[test]
 fn a_serving_daemon_is_healthy_and_ready() {
-    let (_emulator, upstream) = start_emulator(&demo_rules());
-    let (daemon, path) = daemon("probe-ready", &format!("http://{upstream}"), "");
-    let config = path.to_str().unwrap();
+    let emulator = Emulator::start(&demo_rules());
+    let Probed { daemon, config } = daemon(Setup::new("probe_ready").upstream(emulator.url()));
+    let config = config.to_str().unwrap();
     assert_ok(&probe(&["--config", config]));
     assert_ok(&probe(&["--config", config, "--ready"]));
     let admin = daemon.admin.to_string();
@@ -69,12 +81,15 @@ fn a_serving_daemon_is_healthy_and_ready() {
 
 #[test]
 fn the_config_is_read_for_its_admin_address_alone() {
-    let (_emulator, upstream) = start_emulator(&demo_rules());
-    let (_daemon, path) = daemon("probe-nokey", &format!("http://{upstream}"), "");
+    let emulator = Emulator::start(&demo_rules());
+    let Probed {
+        daemon: _daemon,
+        config,
+    } = daemon(Setup::new("probe_nokey").upstream(emulator.url()));
     // The same config elsewhere, where its key file is not: `run` would refuse it, the probe
     // needs only `[admin]`.
     let elsewhere = scratch("probe-nokey-copy").join("p13n-edge.toml");
-    std::fs::copy(&path, &elsewhere).unwrap();
+    std::fs::copy(&config, &elsewhere).unwrap();
     assert!(!elsewhere.with_file_name("key").exists());
     assert_ok(&probe(&[
         "--config",
@@ -85,9 +100,7 @@ fn the_config_is_read_for_its_admin_address_alone() {
 
 #[test]
 fn a_daemon_whose_every_circuit_is_open_is_alive_but_not_ready() {
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let circuit = "[service.circuit]\nconsecutive_failures = 1\nopen_ms = 60000\n";
-    let (daemon, _) = daemon("probe-circuit", &nowhere, circuit);
+    let Probed { daemon, .. } = daemon(nowhere("probe_circuit", 60000));
     let admin = daemon.admin.to_string();
     assert_ok(&probe(&["--admin", &admin, "--ready"]));
     let answer = to(daemon.proxy).event(PAGEVIEWS, r#"{"td_client_id":"v1"}"#);
@@ -125,11 +138,14 @@ fn a_listener_that_never_answers_is_given_up_on_at_the_timeout() {
 
 #[test]
 fn a_broken_config_is_reported_without_its_secrets() {
-    let path = scratch("probe-broken").join("p13n-edge.toml");
     // An unterminated string on the token's line: the parser's own message would quote it.
-    let text = config_toml(free_port(), free_port(), "http://127.0.0.1:1", "")
-        .replace(&format!("web = \"{TOKEN}\""), &format!("web = \"{TOKEN}"));
-    std::fs::write(&path, text).unwrap();
+    // The config's text is the subject here.
+    let setup = Setup::new("probe_broken").upstream("http://127.0.0.1:1");
+    let good = format!("web = \"{TOKEN}\"");
+    let text = setup.toml();
+    assert!(text.contains(&good), "{text}");
+    let path = setup.write();
+    std::fs::write(&path, text.replace(&good, &format!("web = \"{TOKEN}"))).unwrap();
     let outcome = probe(&["--config", path.to_str().unwrap()]);
     assert_fails(&outcome, "TOML error at line");
     assert!(!outcome.stderr.contains(TOKEN.rsplit('/').next().unwrap()));
@@ -145,12 +161,10 @@ fn a_broken_config_is_reported_without_its_secrets() {
 fn readiness_returns_once_the_circuit_would_let_a_call_through() {
     // Out of a Service for its open circuit, a pod gets no call that could close it: readiness
     // must not wait for one.
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let circuit = "[service.circuit]\nconsecutive_failures = 1\nopen_ms = 1500\n";
-    let (daemon, _) = daemon("probe-halfopen", &nowhere, circuit);
+    let Probed { daemon, .. } = daemon(nowhere("probe_halfopen", 1500));
     let admin = daemon.admin.to_string();
     to(daemon.proxy).event(PAGEVIEWS, r#"{"td_client_id":"v1"}"#);
-    assert!(eventually(Duration::from_secs(10), || {
+    assert!(eventually(SECONDS_10, || {
         probe(&["--admin", &admin, "--ready"]).code == Some(0)
     }));
     let readyz = to(daemon.admin).get("/readyz").send().json();

@@ -1,5 +1,5 @@
-//! What the shared tier's tests say in one word: a post, a key, a metric, readiness, the
-//! emulator's faults and stats, and a steady load.
+//! What the shared tier's tests say in one word: a post, a key, a metric, readiness, and a
+//! steady load.
 
 use crate::common::*;
 use p13n_edge::cache::CacheKey;
@@ -17,9 +17,10 @@ pub fn post(addr: SocketAddr, visitor: &str) -> Response {
     post_to(addr, PAGEVIEWS, visitor)
 }
 
-/// The key of `visitor`'s offers on the service's route `route` (`1/demo_db/{table}/{token}`),
-/// calling `emulator` with the test key and token.
-pub fn stored_key(emulator: SocketAddr, route: &str, visitor: &str) -> Vec<u8> {
+/// The key of `visitor`'s offers from the service `service` on its route `route`
+/// (`1/demo_db/{table}/{token}`), calling `emulator` with the test key and token.
+pub fn stored_key(emulator: &Emulator, service: &str, route: &str, visitor: &str) -> Vec<u8> {
+    let emulator = emulator.addr;
     let target = p13n_edge::upstream::UpstreamTarget {
         tls: false,
         host: emulator.ip().to_string(),
@@ -32,20 +33,18 @@ pub fn stored_key(emulator: SocketAddr, route: &str, visitor: &str) -> Vec<u8> {
     offers_key(
         "p13n-edge:",
         &namespace,
-        &CacheKey::new(&"shop".into(), &route.into(), visitor),
+        &CacheKey::new(&service.into(), &route.into(), visitor),
     )
 }
 
-pub fn pageviews_key(emulator: SocketAddr, visitor: &str) -> Vec<u8> {
-    stored_key(emulator, "1/demo_db/pageviews/web", visitor)
+pub fn pageviews_key(emulator: &Emulator, service: &str, visitor: &str) -> Vec<u8> {
+    stored_key(emulator, service, "1/demo_db/pageviews/web", visitor)
 }
 
-/// A metric summed over the series whose line holds `labels`.
+/// A metric of one daemon, summed over the series whose line holds `labels`.
 pub fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
     to(admin)
-        .get("/metrics")
-        .send()
-        .text()
+        .metrics()
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .filter(|l| l.contains(labels))
@@ -54,30 +53,27 @@ pub fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
 }
 
 /// `/readyz`: its status and its warnings, joined.
-pub fn readiness(admin: SocketAddr) -> (u16, String) {
+#[derive(Debug)]
+pub struct Readiness {
+    pub status: u16,
+    pub warnings: String,
+}
+
+pub fn readiness(admin: SocketAddr) -> Readiness {
     let r = to(admin).get("/readyz").send();
-    (r.status, r.json()["warnings"].to_string())
+    Readiness {
+        status: r.status,
+        warnings: r.json()["warnings"].to_string(),
+    }
+}
+
+/// Whether `/readyz` warns about the shared tier.
+pub fn tier_warned(admin: SocketAddr) -> bool {
+    readiness(admin).warnings.contains("shared tier")
 }
 
 pub fn cache_status(r: &Response) -> String {
     r.header("cache-status").unwrap_or_default()
-}
-
-pub fn set_faults(emulator: SocketAddr, plan: serde_json::Value) {
-    let body = plan.to_string();
-    assert_eq!(
-        to(emulator)
-            .post("/_emulator/faults")
-            .body(body.as_bytes())
-            .send()
-            .status,
-        200
-    );
-}
-
-pub fn ingested(emulator: SocketAddr) -> u64 {
-    let r = to(emulator).get("/_emulator/stats").send();
-    r.json()["events_ingested"].as_u64().unwrap()
 }
 
 /// Requests from two threads to `targets` in turn, for visitors `load-0..load-29`, until
@@ -118,13 +114,19 @@ impl Load {
         }
     }
 
-    /// Stop; (requests sent, answers that were not 200).
-    pub fn finish(self) -> (usize, usize) {
+    /// Stop: how many requests went, and how many answers were not 200.
+    pub fn finish(self) -> Sent {
         self.stop.store(true, Ordering::Relaxed);
         self.threads.into_iter().for_each(|t| t.join().unwrap());
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
+        Sent {
+            sent: self.sent.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// What a `Load` sent: requests, and answers that were not 200.
+pub struct Sent {
+    pub sent: usize,
+    pub failed: usize,
 }

@@ -19,59 +19,39 @@ use valkey::Valkey;
 
 const PASSWORD: &str = "test-only-password-9f1c";
 
-/// `[shared]` for `server`, with `keys` (such as `budget_ms = 50`) added.
-fn shared(server: &Valkey, keys: &str) -> String {
-    shared_at(&server.url(), keys)
-}
-
-fn shared_at(url: &str, keys: &str) -> String {
-    format!("[shared]\nurl = \"{url}\"\n{keys}\n")
-}
-
-/// The binary on a config of the harness's `shop` service in `fast` mode, with `extra` TOML
-/// after its routes.
-fn edge(name: &str, emulator: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Daemon {
-    edge_with(name, emulator, extra, env, |toml| toml)
-}
-
-/// `edge`, its config text changed by `edit` first.
-fn edge_with(
-    name: &str,
-    emulator: SocketAddr,
-    extra: &str,
-    env: &[(&str, &str)],
-    edit: impl Fn(String) -> String,
-) -> Daemon {
-    let (proxy, admin) = (free_port(), free_port());
-    let dir = scratch(name);
-    std::fs::write(dir.join("key"), KEY).unwrap();
-    let tables = format!("[service.cache]\nmode = \"fast\"\n{extra}");
-    let toml = config_toml(proxy, admin, &format!("http://{emulator}"), &tables);
-    let path = dir.join("p13n-edge.toml");
-    std::fs::write(&path, edit(toml)).unwrap();
-    Daemon::spawn(&path, proxy, admin, env)
+/// Instance `instance` of the service `service`, in `fast` mode on `emulator`, sharing its offers
+/// through the tier at `url` within `budget_ms`. Each instance has ports and a scratch directory
+/// of its own; the service's name (the test's), and with it the keys of its offers in the tier,
+/// is the same on every instance.
+fn edge(service: &str, instance: &str, emulator: &Emulator, url: &str, budget_ms: i64) -> Setup {
+    Setup::new(&format!("{service}_{instance}"))
+        .service("name", service)
+        .upstream(emulator.url())
+        .fast()
+        .set("shared.url", url)
+        .set("shared.budget_ms", budget_ms)
 }
 
 #[test]
 fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
     let server = Valkey::start_with("warm", Some(PASSWORD));
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let extra = shared(
-        &server,
-        "password_env = \"P13N_EDGE_TEST_SHARED_PASSWORD\"\nbudget_ms = 200",
-    );
+    let emulator = Emulator::start(&demo_rules());
+    let edge = |instance| {
+        edge("warm", instance, &emulator, &server.url(), 200)
+            .set("shared.password_env", "P13N_EDGE_TEST_SHARED_PASSWORD")
+    };
     let env = [("P13N_EDGE_TEST_SHARED_PASSWORD", PASSWORD)];
-    let a = edge("warm-a", emulator, &extra, &env);
-    let b = edge("warm-b", emulator, &extra, &env);
+    let a = edge("a").spawn(&env);
+    let b = edge("b").spawn(&env);
 
     let first = post(a.proxy, "returning");
     assert_eq!(cache_status(&first), "p13n-edge; fwd=miss; stored");
     // Written through off the answer path.
-    let key = pageviews_key(emulator, "returning");
+    let key = pageviews_key(&emulator, "warm", "returning");
     assert!(eventually(Duration::from_secs(5), || server.exists(&key)));
 
     // The upstream now takes 1.5 s: an answer that waited for it could not come sooner.
-    set_faults(emulator, json!({"status": 0, "latency_ms": 1500}));
+    emulator.faults(json!({"status": 0, "latency_ms": 1500}));
     let started = Instant::now();
     let hit = post(b.proxy, "returning");
     let took = started.elapsed();
@@ -100,7 +80,7 @@ fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
 
     // B's events still reach the upstream, from its spool.
     emulator.clear_faults();
-    assert!(eventually(Duration::from_secs(20), || ingested(emulator) == 3));
+    assert!(eventually(Duration::from_secs(20), || emulator.ingested() == 3));
     // Replayed, the second view's answer is the shared copy's again (no offer yet): not
     // written a second time; the third's has the offer: written.
     let writes = |result: &str| {
@@ -117,26 +97,27 @@ fn a_visitor_warmed_on_one_instance_is_a_fast_hit_on_another() {
 #[test]
 fn the_tier_speaks_tls_with_a_private_ca() {
     let server = Valkey::start_tls("tls");
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let ca = format!("ca_file = {:?}\nbudget_ms = 200", server.ca_file());
-    let extra = shared(&server, &ca);
-    let a = edge("tls-a", emulator, &extra, &[]);
-    let b = edge("tls-b", emulator, &extra, &[]);
-    assert!(shares(&server, emulator, &a, &b, "over-tls"));
+    let emulator = Emulator::start(&demo_rules());
+    let edge = |instance| {
+        edge("tls", instance, &emulator, &server.url(), 200)
+            .set("shared.ca_file", server.ca_file().display().to_string())
+    };
+    let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
+    assert!(shares(&server, &emulator, "tls", [&a, &b], "over-tls"));
     assert_eq!(metric(a.admin, "p13n_edge_shared_errors_total", ""), 0.0);
 }
 
 #[test]
 fn one_visitor_limit_holds_across_instances() {
     let server = Valkey::start("limit");
-    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let emulator = Emulator::start(&demo_rules());
     let (rate, burst) = (10.0, 5.0);
-    let extra = format!(
-        "[rate_limit]\nper_identifier_per_second = {rate}\nper_identifier_burst = {burst}\n{}",
-        shared(&server, "budget_ms = 200")
-    );
-    let a = edge("limit-a", emulator, &extra, &[]);
-    let b = edge("limit-b", emulator, &extra, &[]);
+    let edge = |instance| {
+        edge("limit", instance, &emulator, &server.url(), 200)
+            .set("rate_limit.per_identifier_per_second", rate)
+            .set("rate_limit.per_identifier_burst", burst)
+    };
+    let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
 
     let (mut admitted, mut limited) = (0, 0);
     let started = Instant::now();
@@ -180,43 +161,45 @@ fn one_visitor_limit_holds_across_instances() {
 fn tier_warning_clears(instances: &[&Daemon]) {
     for instance in instances {
         assert!(
-            eventually(Duration::from_secs(20), || !readiness(instance.admin)
-                .1
-                .contains("shared tier")),
+            eventually(Duration::from_secs(20), || !tier_warned(instance.admin)),
             "{:?}",
             readiness(instance.admin)
         );
     }
 }
 
-/// Warm `visitor` on `a` and wait for its write-through; then `b` answers it from the tier.
-fn shares(server: &Valkey, emulator: SocketAddr, a: &Daemon, b: &Daemon, visitor: &str) -> bool {
+/// Warm `visitor` on the first instance of `service` and wait for its write-through; then the
+/// second answers it from the tier.
+fn shares(
+    server: &Valkey,
+    emulator: &Emulator,
+    service: &str,
+    [a, b]: [&Daemon; 2],
+    visitor: &str,
+) -> bool {
     post(a.proxy, visitor);
     eventually(Duration::from_secs(5), || {
-        server.exists(&pageviews_key(emulator, visitor))
+        server.exists(&pageviews_key(emulator, service, visitor))
     }) && cache_status(&post(b.proxy, visitor)).starts_with("p13n-edge; hit")
 }
 
 #[test]
 fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
     let mut server = Valkey::start("restart");
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let extra = shared(&server, "budget_ms = 100");
-    let a = edge("restart-a", emulator, &extra, &[]);
-    let b = edge("restart-b", emulator, &extra, &[]);
-    assert!(shares(&server, emulator, &a, &b, "before"));
+    let emulator = Emulator::start(&demo_rules());
+    let edge = |instance| edge("restart", instance, &emulator, &server.url(), 100);
+    let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
+    assert!(shares(&server, &emulator, "restart", [&a, &b], "before"));
 
     let load = Load::start([a.proxy, b.proxy]);
     server.stop();
     for admin in [a.admin, b.admin] {
         assert!(
-            eventually(Duration::from_secs(10), || readiness(admin)
-                .1
-                .contains("shared tier")),
+            eventually(SECONDS_10, || tier_warned(admin)),
             "{:?}",
             readiness(admin)
         );
-        let (status, warnings) = readiness(admin);
+        let Readiness { status, warnings } = readiness(admin);
         assert_eq!(status, 200, "a warning, never a failure: {warnings}");
     }
     // The local caches serve what each instance holds.
@@ -226,9 +209,9 @@ fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
     server.restart();
     tier_warning_clears(&[&a, &b]);
     // The emptied server fills again by write-through, and serves the other instance.
-    assert!(shares(&server, emulator, &a, &b, "after"));
-    assert!(shares(&server, emulator, &b, &a, "after-too"));
-    let (sent, failed) = load.finish();
+    assert!(shares(&server, &emulator, "restart", [&a, &b], "after"));
+    assert!(shares(&server, &emulator, "restart", [&b, &a], "after-too"));
+    let Sent { sent, failed } = load.finish();
     assert_eq!(failed, 0, "of {sent} answers under load");
     assert!(sent > 0);
     assert!(metric(a.admin, "p13n_edge_shared_errors_total", "") > 0.0);
@@ -237,25 +220,22 @@ fn a_stopped_server_fails_no_answer_and_sharing_resumes_after_its_restart() {
 #[test]
 fn a_server_that_comes_up_after_the_daemons_is_used_once_it_does() {
     let mut server = Valkey::reserve("late", None);
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let extra = shared(&server, "budget_ms = 100");
-    let a = edge("late-a", emulator, &extra, &[]);
-    let b = edge("late-b", emulator, &extra, &[]);
+    let emulator = Emulator::start(&demo_rules());
+    let edge = |instance| edge("late", instance, &emulator, &server.url(), 100);
+    let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
     // Nothing listens yet: each serves alone, ready, with a warning.
     let early = post(a.proxy, "early");
     assert_eq!(cache_status(&early), "p13n-edge; fwd=miss; stored");
     assert!(
-        eventually(Duration::from_secs(10), || readiness(b.admin)
-            .1
-            .contains("shared tier")),
+        eventually(SECONDS_10, || tier_warned(b.admin)),
         "{:?}",
         readiness(b.admin)
     );
-    assert_eq!(readiness(b.admin).0, 200);
+    assert_eq!(readiness(b.admin).status, 200);
 
     server.restart();
     tier_warning_clears(&[&a, &b]);
-    assert!(shares(&server, emulator, &a, &b, "late"));
+    assert!(shares(&server, &emulator, "late", [&a, &b], "late"));
 }
 
 /// Every answer to `count` new visitors on `addr`: 200, and each well within `bound`.
@@ -272,13 +252,11 @@ fn answers_within(addr: SocketAddr, prefix: &str, count: usize, bound: Duration)
 #[test]
 fn a_slow_or_stalled_server_adds_at_most_its_budget() {
     let server = Valkey::start("slow");
-    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let emulator = Emulator::start(&demo_rules());
     // Both operations of a request: the visitor limit and the offer lookup.
-    let extra = format!(
-        "[rate_limit]\nper_identifier_per_second = 100\n{}",
-        shared(&server, "budget_ms = 50")
-    );
-    let a = edge("slow-a", emulator, &extra, &[]);
+    let a = edge("slow", "a", &emulator, &server.url(), 50)
+        .set("rate_limit.per_identifier_per_second", 100)
+        .spawn(&[]);
     assert_eq!(post(a.proxy, "warm").status, 200);
     let bound = Duration::from_millis(500);
 
@@ -287,24 +265,22 @@ fn a_slow_or_stalled_server_adds_at_most_its_budget() {
     answers_within(a.proxy, "asleep", 20, bound);
     let timeouts = metric(a.admin, "p13n_edge_shared_errors_total", "kind=\"timeout\"");
     assert!(timeouts > 0.0);
-    let (status, warnings) = readiness(a.admin);
+    let Readiness { status, warnings } = readiness(a.admin);
     assert_eq!(status, 200);
     assert!(warnings.contains("shared tier"), "{warnings}");
     sleeping.join().unwrap();
-    assert!(eventually(Duration::from_secs(20), || !readiness(a.admin)
-        .1
-        .contains("shared tier")));
+    assert!(eventually(Duration::from_secs(20), || !tier_warned(
+        a.admin
+    )));
 
     // Stalled: connected, never answering.
     server.pause();
     answers_within(a.proxy, "stalled", 20, bound);
-    assert!(eventually(Duration::from_secs(10), || readiness(a.admin)
-        .1
-        .contains("shared tier")));
+    assert!(eventually(SECONDS_10, || tier_warned(a.admin)));
     server.resume();
-    assert!(eventually(Duration::from_secs(20), || !readiness(a.admin)
-        .1
-        .contains("shared tier")));
+    assert!(eventually(Duration::from_secs(20), || !tier_warned(
+        a.admin
+    )));
     assert!(metric(a.admin, "p13n_edge_shared_errors_total", "kind=\"timeout\"") > timeouts);
 }
 
@@ -312,12 +288,12 @@ fn a_slow_or_stalled_server_adds_at_most_its_budget() {
 fn a_connection_gone_silent_is_replaced_and_sharing_resumes() {
     let server = Valkey::start("silent");
     let relay = Relay::start(server.addr());
-    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let emulator = Emulator::start(&demo_rules());
     let url = format!("redis://{}/0", relay.addr);
-    let extra = shared_at(&url, "budget_ms = 100\nconnections = 1");
-    let a = edge("silent-a", emulator, &extra, &[]);
-    let b = edge("silent-b", emulator, &extra, &[]);
-    assert!(shares(&server, emulator, &a, &b, "before"));
+    let edge =
+        |instance| edge("silent", instance, &emulator, &url, 100).set("shared.connections", 1);
+    let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
+    assert!(shares(&server, &emulator, "silent", [&a, &b], "before"));
     // The connections in place stop passing bytes, without a reset (a peer gone behind a
     // balancer); new ones pass. No error ever comes on the old ones, only timeouts.
     relay.freeze();
@@ -326,21 +302,20 @@ fn a_connection_gone_silent_is_replaced_and_sharing_resumes() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert!(eventually(Duration::from_secs(20), || shares(
-        &server, emulator, &a, &b, "after"
+        &server,
+        &emulator,
+        "silent",
+        [&a, &b],
+        "after"
     )));
-    assert!(
-        !readiness(b.admin).1.contains("shared tier"),
-        "{:?}",
-        readiness(b.admin)
-    );
+    assert!(!tier_warned(b.admin), "{:?}", readiness(b.admin));
 }
 
 #[test]
 fn a_poisoned_value_is_never_served() {
     let server = Valkey::start("poisoned");
-    let (_emulator, emulator) = start_emulator(&demo_rules());
-    let extra = shared(&server, "budget_ms = 200");
-    let a = edge("poison-a", emulator, &extra, &[]);
+    let emulator = Emulator::start(&demo_rules());
+    let a = edge("poisoned", "a", &emulator, &server.url(), 200).spawn(&[]);
     // Written by someone else: a 101, a page, a body too large to be ours.
     let stored = |status: u16, content_type: &[u8], body: &[u8]| {
         let mut v = vec![1];
@@ -366,7 +341,7 @@ fn a_poisoned_value_is_never_served() {
     .enumerate()
     {
         let visitor = format!("poisoned{n}");
-        server.set(&pageviews_key(emulator, &visitor), &value);
+        server.set(&pageviews_key(&emulator, "poisoned", &visitor), &value);
         let r = post(a.proxy, &visitor);
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(cache_status(&r), "p13n-edge; fwd=miss; stored", "{n}");
@@ -379,22 +354,16 @@ fn a_poisoned_value_is_never_served() {
 #[test]
 fn keys_that_naive_concatenation_would_confuse_keep_their_own_offers() {
     let server = Valkey::start("collide");
-    let (_emulator, emulator) = start_emulator(&demo_rules());
+    let emulator = Emulator::start(&demo_rules());
     // A second route of the service, public, with token `web2`: its id is the first route's
     // followed by "2". Route id + visitor, concatenated, would make visitor "2x" of the first
     // and visitor "x" of the second one key.
-    let extra = format!(
-        "[[service.route]]\ndatabase = \"demo_db\"\ntable = \"pageviews\"\npublic = true\ntoken = \"web2\"\n{}",
-        shared(&server, "budget_ms = 200")
-    );
-    let web2 = |toml: String| {
-        toml.replace(
-            &format!("web = \"{TOKEN}\""),
-            &format!("web = \"{TOKEN}\"\nweb2 = \"{TOKEN}\""),
-        )
+    let edge = |instance| {
+        edge("collide", instance, &emulator, &server.url(), 200)
+            .set("service.tokens.web2", TOKEN)
+            .merge("[[service.route]]\ndatabase = \"demo_db\"\ntable = \"pageviews\"\npublic = true\ntoken = \"web2\"\n")
     };
-    let a = edge_with("collide-a", emulator, &extra, &[], web2);
-    let b = edge_with("collide-b", emulator, &extra, &[], web2);
+    let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
 
     // "2x" earns an offer on the private route (three retail views); "x" has none on the public.
     for _ in 0..3 {
@@ -404,8 +373,8 @@ fn keys_that_naive_concatenation_would_confuse_keep_their_own_offers() {
         post_to(a.proxy, "/public/demo_db/pageviews", "x").status,
         200
     );
-    let offered = pageviews_key(emulator, "2x");
-    let plain = stored_key(emulator, "1/demo_db/pageviews/web2", "x");
+    let offered = pageviews_key(&emulator, "collide", "2x");
+    let plain = stored_key(&emulator, "collide", "1/demo_db/pageviews/web2", "x");
     assert_ne!(offered, plain);
     let has_offer = |v: Option<Vec<u8>>| {
         v.is_some_and(|v| String::from_utf8_lossy(&v).contains("offer_for_high_loyalty"))
