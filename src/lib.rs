@@ -129,33 +129,8 @@ pub fn add_proxy_resolving(
         spool: spool.clone(),
         shared: tier.clone(),
     };
-    let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(idle);
-    let edge = proxy::Edge::new(shared.clone(), flow, options);
-    let app = listener::PublicApp {
-        edge: Arc::new(edge),
-        config: shared.clone(),
-    };
-    let mut public = Service::new("p13n-edge".into(), app);
-    public.add_tcp(&listen);
-    if let Some((tls_listen, h2)) = tls {
-        public.add_tls_with_settings(&tls_listen, None, tls_settings(shared.clone(), h2));
-    }
-    server.add_service(public);
-
-    let replayer = spool::Replayer {
-        spool: spool.clone(),
-        client: client.clone(),
-        destinations: Arc::new(config::InForce(shared.clone())),
-        cache: cache.clone(),
-        shared: tier.clone(),
-    };
-    server.add_service(background_service("p13n-edge spool replay", replayer));
-    if let Some(tier) = &tier {
-        let warden = shared::Warden { tier: tier.clone() };
-        server.add_service(background_service("p13n-edge shared tier", warden));
-    }
-
+    add_public(server, &shared, flow, &listen, tls, idle);
+    add_background(server, &shared, &client, &cache, &spool, &tier);
     let admin_app = admin::Admin {
         config: shared.clone(),
         client,
@@ -170,6 +145,53 @@ pub fn add_proxy_resolving(
         config: shared,
         cache,
     })
+}
+
+/// The public listener (plain, and TLS if configured): the request step on `flow`.
+fn add_public(
+    server: &mut Server,
+    shared: &Arc<ArcSwap<Config>>,
+    flow: flow::Flow,
+    listen: &str,
+    tls: Option<(String, bool)>,
+    idle: std::time::Duration,
+) {
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(idle);
+    let edge = proxy::Edge::new(shared.clone(), flow, options);
+    let app = listener::PublicApp {
+        edge: Arc::new(edge),
+        config: shared.clone(),
+    };
+    let mut public = Service::new("p13n-edge".into(), app);
+    public.add_tcp(listen);
+    if let Some((tls_listen, h2)) = tls {
+        public.add_tls_with_settings(&tls_listen, None, tls_settings(shared.clone(), h2));
+    }
+    server.add_service(public);
+}
+
+/// The spool's replay, and the shared tier's warden if there is a tier.
+fn add_background(
+    server: &mut Server,
+    shared: &Arc<ArcSwap<Config>>,
+    client: &Arc<upstream::UpstreamClient>,
+    cache: &Arc<cache::OfferCache>,
+    spool: &Arc<spool::Spool>,
+    tier: &Option<Arc<shared::SharedTier>>,
+) {
+    let replayer = spool::Replayer {
+        spool: spool.clone(),
+        client: client.clone(),
+        destinations: Arc::new(config::InForce(shared.clone())),
+        cache: cache.clone(),
+        shared: tier.clone(),
+    };
+    server.add_service(background_service("p13n-edge spool replay", replayer));
+    if let Some(tier) = tier {
+        let warden = shared::Warden { tier: tier.clone() };
+        server.add_service(background_service("p13n-edge shared tier", warden));
+    }
 }
 
 /// The shared tier of `[shared]`, if configured. Validated with the config, so a failure here is

@@ -173,44 +173,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (server, _) = p13n_edge::build_server(loaded, Some(config), upgrade)?;
             server.run_forever();
         }
-        Command::CheckConfig { config } => {
-            let loaded = load(&config)?;
-            let shared = match &loaded.shared {
-                Some(s) => format!(", shared tier {}", s.url),
-                None => String::new(),
-            };
-            println!(
-                "{}: ok ({} services, {} routes{shared})",
-                config.display(),
-                loaded.services.len(),
-                loaded.routes.len()
-            );
-            Ok(())
-        }
+        Command::CheckConfig { config } => check_config(&config),
         Command::Probe {
             at,
             ready,
             timeout_ms,
-        } => {
-            let addr = at.resolve()?;
-            let path = if ready { "/readyz" } else { "/healthz" };
-            let timeout = std::time::Duration::from_millis(timeout_ms);
-            p13n_edge::probe::probe(addr, path, timeout)
-                .with_context(|| format!("probe http://{addr}{path}"))
-        }
-        Command::Spool { action } => match action {
-            SpoolAction::Inspect { at } => {
-                let report = p13n_edge::spool::tools::inspect(&at.resolve()?)?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                Ok(())
-            }
-            SpoolAction::Requeue { at } => {
-                let dir = at.resolve()?;
-                let count = p13n_edge::spool::tools::requeue(&dir)?;
-                println!("{}: {count} dead letters requeued", dir.display());
-                Ok(())
-            }
-        },
+        } => probe(at, ready, timeout_ms),
+        Command::Spool { action } => spool(action),
         Command::Emulator {
             listen,
             rules,
@@ -229,35 +198,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             site,
             site_tls,
             sdk,
-        } => {
-            let loaded = load(&config)?;
-            let sdk = sdk
-                .map(|path| std::fs::read(&path).with_context(|| path.display().to_string()))
-                .transpose()?;
-            let tls_port = loaded.tls.as_ref().map_or(0, |t| t.listen.port());
-            let demo_site = DemoSite::new(
-                &format!("http://localhost:{}", loaded.listen.port()),
-                &format!("localhost:{tls_port}"),
-                sdk,
-            );
-            let emulator = Emulator::from_file(&rules).map_err(anyhow::Error::msg)?;
-            let upstream = &loaded.services[0].upstream;
-            let emulator_listen = format!("{}:{}", upstream.host, upstream.port);
-            let proxy = loaded.listen;
-            if site_tls.is_some() && loaded.tls.is_none() {
-                bail!(
-                    "--site-tls needs a [server.tls] section in {}",
-                    config.display()
-                );
-            }
-            let (mut server, handles) = p13n_edge::build_server(loaded, Some(config), false)?;
-            p13n_edge::add_emulator(&mut server, &emulator_listen, emulator);
-            let site_tls = site_tls.as_deref().map(|listen| (listen, &handles));
-            p13n_edge::add_demo_site(&mut server, &site, site_tls, demo_site);
-            print_demo(&proxy.to_string(), &site);
-            server.run_forever();
+        } => demo(config, &rules, &site, site_tls, sdk),
+    }
+}
+
+fn check_config(config: &Path) -> anyhow::Result<()> {
+    let loaded = load(config)?;
+    let shared = match &loaded.shared {
+        Some(s) => format!(", shared tier {}", s.url),
+        None => String::new(),
+    };
+    println!(
+        "{}: ok ({} services, {} routes{shared})",
+        config.display(),
+        loaded.services.len(),
+        loaded.routes.len()
+    );
+    Ok(())
+}
+
+fn probe(at: AdminAt, ready: bool, timeout_ms: u64) -> anyhow::Result<()> {
+    let addr = at.resolve()?;
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    p13n_edge::probe::probe(addr, path, timeout)
+        .with_context(|| format!("probe http://{addr}{path}"))
+}
+
+fn spool(action: SpoolAction) -> anyhow::Result<()> {
+    match action {
+        SpoolAction::Inspect { at } => {
+            let report = p13n_edge::spool::tools::inspect(&at.resolve()?)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        SpoolAction::Requeue { at } => {
+            let dir = at.resolve()?;
+            let count = p13n_edge::spool::tools::requeue(&dir)?;
+            println!("{}: {count} dead letters requeued", dir.display());
+            Ok(())
         }
     }
+}
+
+fn demo(
+    config: PathBuf,
+    rules: &Path,
+    site: &str,
+    site_tls: Option<String>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let loaded = load(&config)?;
+    let sdk = sdk
+        .map(|path| std::fs::read(&path).with_context(|| path.display().to_string()))
+        .transpose()?;
+    let tls_port = loaded.tls.as_ref().map_or(0, |t| t.listen.port());
+    let demo_site = DemoSite::new(
+        &format!("http://localhost:{}", loaded.listen.port()),
+        &format!("localhost:{tls_port}"),
+        sdk,
+    );
+    let emulator = Emulator::from_file(rules).map_err(anyhow::Error::msg)?;
+    let upstream = &loaded.services[0].upstream;
+    let emulator_listen = format!("{}:{}", upstream.host, upstream.port);
+    let proxy = loaded.listen;
+    if site_tls.is_some() && loaded.tls.is_none() {
+        bail!(
+            "--site-tls needs a [server.tls] section in {}",
+            config.display()
+        );
+    }
+    let (mut server, handles) = p13n_edge::build_server(loaded, Some(config), false)?;
+    p13n_edge::add_emulator(&mut server, &emulator_listen, emulator);
+    let site_tls = site_tls.as_deref().map(|listen| (listen, &handles));
+    p13n_edge::add_demo_site(&mut server, site, site_tls, demo_site);
+    print_demo(&proxy.to_string(), site);
+    server.run_forever();
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -58,6 +58,44 @@ pub(super) fn load(
         .filter_map(|s| std::str::from_utf8(s).ok())
         .map(Secret::new)
         .collect();
+    let same_site = check_cookie(s, &at, problems);
+    let max_age = Duration::from_secs(c.max_age_days.saturating_mul(86_400));
+    if c.max_age_days == 0 || max_age > MAX_AGE_LIMIT {
+        problems.push(format!(
+            "{at}: max_age_days must be 1 to 400 (browsers cap cookies at 400 days)"
+        ));
+    }
+    if s.consent.cookie.as_deref() == Some(c.cookie.as_str()) {
+        problems.push(format!("{at}: cookie is the consent cookie's name"));
+    }
+    check_routes_pass_id(s, &at, problems);
+    if c.refresh_after_days >= c.max_age_days {
+        problems.push(format!(
+            "{at}: refresh_after_days must be less than max_age_days"
+        ));
+    }
+    let header = header(c.header.as_deref(), &at, problems);
+    if problems.len() > before {
+        return (None, loaded);
+    }
+    let mut policy = IdentityPolicy::new(&secrets, c.cookie.clone());
+    policy.secure = c.secure;
+    policy.same_site = same_site;
+    policy.domain = c.domain.clone();
+    policy.max_age = max_age;
+    policy.refresh_after = Duration::from_secs(c.refresh_after_days.saturating_mul(86_400));
+    policy.body_identifier = match c.body_identifier {
+        BodyIdentifierSection::Overwrite => BodyIdentifier::Overwrite,
+        BodyIdentifierSection::Refuse => BodyIdentifier::Refuse,
+    };
+    policy.header = header;
+    (Some(Arc::new(policy)), loaded)
+}
+
+/// The cookie's name and attributes: its SameSite, checked against its prefix, `secure` and
+/// domain.
+fn check_cookie(s: &ServiceSection, at: &str, problems: &mut Vec<String>) -> SameSite {
+    let c = &s.identity;
     if s.identifier_cookie.is_some() {
         problems.push(format!(
             "{at}: identifier_cookie has no use in signed-cookie mode (the edge's cookie names the visitor)"
@@ -102,16 +140,11 @@ pub(super) fn load(
             problems.push(format!("{at}: domain {domain:?} is not a host name"));
         }
     }
-    let max_age = Duration::from_secs(c.max_age_days.saturating_mul(86_400));
-    if c.max_age_days == 0 || max_age > MAX_AGE_LIMIT {
-        problems.push(format!(
-            "{at}: max_age_days must be 1 to 400 (browsers cap cookies at 400 days)"
-        ));
-    }
-    if s.consent.cookie.as_deref() == Some(c.cookie.as_str()) {
-        problems.push(format!("{at}: cookie is the consent cookie's name"));
-    }
-    // The edge puts its id in the first identifier: a route schema must let it pass.
+    same_site
+}
+
+/// The edge puts its id in the first identifier: a route schema must let it pass.
+fn check_routes_pass_id(s: &ServiceSection, at: &str, problems: &mut Vec<String>) {
     let first = s.identifiers.first();
     for route in &s.routes {
         let field = route.fields.iter().find(|f| Some(&f.name) == first);
@@ -127,12 +160,11 @@ pub(super) fn load(
             ));
         }
     }
-    if c.refresh_after_days >= c.max_age_days {
-        problems.push(format!(
-            "{at}: refresh_after_days must be less than max_age_days"
-        ));
-    }
-    let header = c.header.as_deref().and_then(|name| {
+}
+
+/// The header a visitor token may come in, if one is set and the edge does not use it itself.
+fn header(name: Option<&str>, at: &str, problems: &mut Vec<String>) -> Option<HeaderName> {
+    name.and_then(|name| {
         let parsed = HeaderName::try_from(name).ok();
         match parsed {
             Some(h)
@@ -147,22 +179,7 @@ pub(super) fn load(
                 None
             }
         }
-    });
-    if problems.len() > before {
-        return (None, loaded);
-    }
-    let mut policy = IdentityPolicy::new(&secrets, c.cookie.clone());
-    policy.secure = c.secure;
-    policy.same_site = same_site;
-    policy.domain = c.domain.clone();
-    policy.max_age = max_age;
-    policy.refresh_after = Duration::from_secs(c.refresh_after_days.saturating_mul(86_400));
-    policy.body_identifier = match c.body_identifier {
-        BodyIdentifierSection::Overwrite => BodyIdentifier::Overwrite,
-        BodyIdentifierSection::Refuse => BodyIdentifier::Refuse,
-    };
-    policy.header = header;
-    (Some(Arc::new(policy)), loaded)
+    })
 }
 
 /// The current secret first, then the previous ones; each checked for length.
@@ -186,6 +203,28 @@ fn secrets(
         ));
         return secrets;
     }
+    read_current(s, at, base_dir, problems, &mut secrets);
+    for var in &c.previous_secrets_env {
+        match std::env::var(var) {
+            Ok(v) => secrets.push(v.trim().as_bytes().to_vec()),
+            Err(_) => problems.push(format!(
+                "{at}: environment variable {var} (previous_secrets_env) is not set"
+            )),
+        }
+    }
+    check_secrets(&secrets, at, problems);
+    secrets
+}
+
+/// `secret_env` or `secret_file`, whichever is set, into `secrets`.
+fn read_current(
+    s: &ServiceSection,
+    at: &str,
+    base_dir: &Path,
+    problems: &mut Vec<String>,
+    secrets: &mut Vec<Vec<u8>>,
+) {
+    let c = &s.identity;
     let env = ("secret_env", c.secret_env.as_ref());
     let file = ("secret_file", c.secret_file.as_ref());
     match source::read(at, env, file, base_dir, problems) {
@@ -214,14 +253,10 @@ fn secrets(
             "{at}: set exactly one of secret_env and secret_file (secrets are never inline)"
         )),
     }
-    for var in &c.previous_secrets_env {
-        match std::env::var(var) {
-            Ok(v) => secrets.push(v.trim().as_bytes().to_vec()),
-            Err(_) => problems.push(format!(
-                "{at}: environment variable {var} (previous_secrets_env) is not set"
-            )),
-        }
-    }
+}
+
+/// Each secret long enough, and not too many of them.
+fn check_secrets(secrets: &[Vec<u8>], at: &str, problems: &mut Vec<String>) {
     // Counted, never printed.
     if let Some(n) = secrets.iter().position(|s| s.len() < MIN_SECRET_BYTES) {
         let which = if n == 0 {
@@ -238,7 +273,6 @@ fn secrets(
             "{at}: at most {MAX_SECRETS} secrets, current and previous"
         ));
     }
-    secrets
 }
 
 fn env_name(name: &str) -> bool {

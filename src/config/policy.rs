@@ -60,6 +60,38 @@ pub(super) fn call_policy(
     let ms = Duration::from_millis;
     let (r, c) = (&s.retry, &s.circuit);
     let before = problems.len();
+    check_call_settings(s, at, problems);
+    let backoff = Backoff::try_new(ms(r.backoff_base_ms), ms(r.backoff_cap_ms));
+    if let Err(e) = &backoff {
+        problems.push(format!("{at}: retry: {e}"));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(CallPolicy {
+        deadline: ms(s.deadline_ms),
+        max_retries: r.max_retries,
+        backoff: backoff.ok()?,
+        budget: BudgetSettings {
+            ratio: r.budget_ratio,
+            floor_per_second: r.budget_floor_per_second,
+            window: ms(r.budget_window_ms),
+        },
+        retry_after_send: r.after_send,
+        quota: s.max_events_per_second,
+        circuit: CircuitSettings {
+            consecutive_failures: c.consecutive_failures,
+            failure_rate: c.failure_rate,
+            min_calls: c.min_calls,
+            window: ms(c.window_ms),
+            open_for: ms(c.open_ms),
+        },
+    })
+}
+
+/// The deadline, quota, retry and circuit settings, each within its range.
+fn check_call_settings(s: &ServiceSection, at: &str, problems: &mut Vec<String>) {
+    let (r, c) = (&s.retry, &s.circuit);
     let mut check = |ok: bool, what: &str| {
         if !ok {
             problems.push(format!("{at}: {what}"));
@@ -96,32 +128,6 @@ pub(super) fn call_policy(
         c.window_ms >= 100 && c.open_ms >= 100,
         "circuit.window_ms and circuit.open_ms must be at least 100",
     );
-    let backoff = Backoff::try_new(ms(r.backoff_base_ms), ms(r.backoff_cap_ms));
-    if let Err(e) = &backoff {
-        problems.push(format!("{at}: retry: {e}"));
-    }
-    if problems.len() > before {
-        return None;
-    }
-    Some(CallPolicy {
-        deadline: ms(s.deadline_ms),
-        max_retries: r.max_retries,
-        backoff: backoff.ok()?,
-        budget: BudgetSettings {
-            ratio: r.budget_ratio,
-            floor_per_second: r.budget_floor_per_second,
-            window: ms(r.budget_window_ms),
-        },
-        retry_after_send: r.after_send,
-        quota: s.max_events_per_second,
-        circuit: CircuitSettings {
-            consecutive_failures: c.consecutive_failures,
-            failure_rate: c.failure_rate,
-            min_calls: c.min_calls,
-            window: ms(c.window_ms),
-            open_for: ms(c.open_ms),
-        },
-    })
 }
 
 pub(super) fn cors_policy(s: &ServiceSection, at: &str, problems: &mut Vec<String>) -> CorsPolicy {

@@ -31,12 +31,27 @@ pub fn reload(
         }
     };
     let old = shared.load();
+    drop_changed_services(&old, &new, cache);
+    warn_restart_only(&old, &new);
+    shared.store(Arc::new(new));
+    metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
+    metrics::CONFIG_GENERATION.inc();
+    tracing::info!(path = %path.display(), generation = metrics::CONFIG_GENERATION.get(), "config reloaded");
+    Ok(())
+}
+
+/// Drop the cached offers of each service whose routes or tokens changed.
+fn drop_changed_services(old: &Config, new: &Config, cache: &OfferCache) {
     for service in &old.services {
-        if routing(&old, &service.name) != routing(&new, &service.name) {
+        if routing(old, &service.name) != routing(new, &service.name) {
             tracing::info!(service = %service.name, "routes or tokens changed: dropping its cached offers");
             cache.drop_service(&service.name);
         }
     }
+}
+
+/// Warn about each changed setting that only a restart applies.
+fn warn_restart_only(old: &Config, new: &Config) {
     for (what, changed) in [
         ("server.listen", old.listen != new.listen),
         ("admin.listen", old.admin_listen != new.admin_listen),
@@ -79,11 +94,6 @@ pub fn reload(
             tracing::warn!(key = what, "changed, but takes effect only at restart");
         }
     }
-    shared.store(Arc::new(new));
-    metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
-    metrics::CONFIG_GENERATION.inc();
-    tracing::info!(path = %path.display(), generation = metrics::CONFIG_GENERATION.get(), "config reloaded");
-    Ok(())
 }
 
 /// What a service's cached offers depend on: its (path, token name) routes, and its credentials.

@@ -29,21 +29,7 @@ pub(super) fn build_service(
         problems.push(format!("{at}: instance_id must be digits"));
     }
     let upstream = upstream_target(s, at, problems);
-    if s.identifier_cookie.as_ref().is_some_and(|c| {
-        c.is_empty()
-            || !c
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-    }) {
-        problems.push(format!(
-            "{at}: identifier_cookie must be a cookie name of letters, digits, `_`, `-` and `.`"
-        ));
-    }
-    if s.identifiers.is_empty() || s.identifiers.iter().any(|i| i.is_empty() || i.len() > 128) {
-        problems.push(format!(
-            "{at}: identifiers must list 1 or more field names of 1 to 128 characters"
-        ));
-    }
+    check_identifiers(s, at, problems);
     if s.routes.is_empty() {
         problems.push(format!("{at}: no [[service.route]] is configured"));
     }
@@ -75,6 +61,25 @@ pub(super) fn build_service(
         identity,
         id: Arc::from(s.name.as_str()),
     })
+}
+
+/// The identifier fields, and the cookie that may name the visitor instead.
+fn check_identifiers(s: &ServiceSection, at: &str, problems: &mut Vec<String>) {
+    if s.identifier_cookie.as_ref().is_some_and(|c| {
+        c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    }) {
+        problems.push(format!(
+            "{at}: identifier_cookie must be a cookie name of letters, digits, `_`, `-` and `.`"
+        ));
+    }
+    if s.identifiers.is_empty() || s.identifiers.iter().any(|i| i.is_empty() || i.len() > 128) {
+        problems.push(format!(
+            "{at}: identifiers must list 1 or more field names of 1 to 128 characters"
+        ));
+    }
 }
 
 fn schema(r: &RouteSection) -> Option<crate::schema::Schema> {

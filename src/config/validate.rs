@@ -1,6 +1,6 @@
 //! `FileConfig` → `Config`: every check the daemon relies on, all problems collected at once.
 
-use super::file::FileConfig;
+use super::file::{FileConfig, TimeoutsSection};
 use super::policy::{client_policy, rate_limits};
 use super::service::{build_route, build_service, check_route};
 use super::{credentials, identity};
@@ -10,7 +10,7 @@ use crate::spool::SpoolSettings;
 use crate::upstream::DnsPolicy;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,29 +46,11 @@ pub(super) fn build(
         problems.push("server.threads must be at least 1".into());
     }
     check_limits(&file, problems);
-    let ca_file = file.upstream.ca_file.as_ref().map(|f| base_dir.join(f));
-    if let Some(path) = &ca_file {
-        if let Err(e) = std::fs::metadata(path) {
-            problems.push(format!("upstream.ca_file {}: {e}", path.display()));
-        }
-    }
-    let t = &file.timeouts;
-    let dns = DnsPolicy::try_new(
-        Duration::from_millis(t.dns_ttl_ms),
-        Duration::from_millis(t.dns_max_stale_ms),
-        Duration::from_millis(t.dns_timeout_ms),
-    )
-    .map_err(|e| problems.push(format!("timeouts.dns_timeout_ms: {e}")))
-    .ok();
+    let ca_file = ca_file(&file, base_dir, problems);
+    let dns = dns_policy(&file.timeouts, problems);
     let clients = client_policy(&file.clients, problems);
     let rate = rate_limits(&file.rate_limit, problems);
-    let cache = CacheLimits {
-        max_entries: file.cache.max_entries,
-        max_bytes: file.cache.max_bytes,
-    };
-    if cache.max_entries == 0 || cache.max_bytes < 4096 {
-        problems.push("cache.max_entries must be above 0 and cache.max_bytes at least 4096".into());
-    }
+    let cache = cache_limits(&file, problems);
     let spool = spool_settings(&file, base_dir, problems);
     let (services, routes, mut secrets) = services_and_routes(&file, base_dir, problems);
     let shared = file.shared.as_ref().and_then(|s| {
@@ -78,7 +60,7 @@ pub(super) fn build(
     if !problems.is_empty() {
         return Err(ConfigErrors::redacted(std::mem::take(problems), &secrets));
     }
-    let (server, limits, t) = (file.server, file.limits, file.timeouts);
+    let (server, limits) = (file.server, file.limits);
     Ok(Config {
         listen: listen.expect("checked above"),
         tls,
@@ -93,15 +75,7 @@ pub(super) fn build(
         max_header_bytes: limits.max_header_bytes,
         clients,
         rate,
-        timeouts: Timeouts {
-            connect: Duration::from_millis(t.connect_ms),
-            upstream: Duration::from_millis(t.upstream_ms),
-            client_body: Duration::from_millis(t.client_body_ms),
-            client_header: Duration::from_millis(t.client_header_ms),
-            client_idle: Duration::from_millis(t.client_idle_ms),
-            upstream_idle: Duration::from_millis(t.upstream_idle_ms),
-            dns: dns.expect("checked above"),
-        },
+        timeouts: timeouts(&file.timeouts, dns.expect("checked above")),
         ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
         protocol: match file.upstream.protocol {
             super::file::UpstreamProtocol::Http1 => crate::upstream::Protocol::Http1,
@@ -114,6 +88,50 @@ pub(super) fn build(
         services,
         routes,
     })
+}
+
+/// `upstream.ca_file`, relative to the config's directory; it must exist.
+fn ca_file(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>) -> Option<PathBuf> {
+    let ca_file = file.upstream.ca_file.as_ref().map(|f| base_dir.join(f));
+    if let Some(path) = &ca_file {
+        if let Err(e) = std::fs::metadata(path) {
+            problems.push(format!("upstream.ca_file {}: {e}", path.display()));
+        }
+    }
+    ca_file
+}
+
+fn dns_policy(t: &TimeoutsSection, problems: &mut Vec<String>) -> Option<DnsPolicy> {
+    DnsPolicy::try_new(
+        Duration::from_millis(t.dns_ttl_ms),
+        Duration::from_millis(t.dns_max_stale_ms),
+        Duration::from_millis(t.dns_timeout_ms),
+    )
+    .map_err(|e| problems.push(format!("timeouts.dns_timeout_ms: {e}")))
+    .ok()
+}
+
+fn cache_limits(file: &FileConfig, problems: &mut Vec<String>) -> CacheLimits {
+    let cache = CacheLimits {
+        max_entries: file.cache.max_entries,
+        max_bytes: file.cache.max_bytes,
+    };
+    if cache.max_entries == 0 || cache.max_bytes < 4096 {
+        problems.push("cache.max_entries must be above 0 and cache.max_bytes at least 4096".into());
+    }
+    cache
+}
+
+fn timeouts(t: &TimeoutsSection, dns: DnsPolicy) -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(t.connect_ms),
+        upstream: Duration::from_millis(t.upstream_ms),
+        client_body: Duration::from_millis(t.client_body_ms),
+        client_header: Duration::from_millis(t.client_header_ms),
+        client_idle: Duration::from_millis(t.client_idle_ms),
+        upstream_idle: Duration::from_millis(t.upstream_idle_ms),
+        dns,
+    }
 }
 
 /// The public, TLS and admin listeners: valid and distinct.

@@ -3,6 +3,7 @@
 //! reports what it ingested at `GET /_emulator/stats`. No global lock on the ingestion path:
 //! profiles live in a `DashMap`, counters are atomics, the fault plan sits behind `arc-swap`.
 
+mod checks;
 mod faults;
 mod rules;
 
@@ -197,61 +198,62 @@ impl Emulator {
 
     async fn ingest(&self, session: &mut ServerSession) -> Reply {
         let _answering = self.stats.answering();
-        let req = session.req_header();
-        if req.method != http::Method::POST {
-            return Reply::error(405, 3009, "Unsupported method");
-        }
-        if !is_ingest_path(req.uri.path()) {
-            return Reply::error(404, 404, "Not Found");
-        }
-        if !self.rules.ip_allow.is_empty() {
-            let ip = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string());
-            if !ip.is_some_and(|ip| self.rules.ip_allow.contains(&ip)) {
-                return Reply::error(400, 3005, "Request origin not in IP whitelist");
-            }
-        }
-        if let Err(reply) = self.check_credentials(session) {
+        if let Err(reply) = self.admit(session) {
             return reply;
         }
-        let content_type = session
-            .get_header(header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        if content_type != Some(VENDOR_CONTENT_TYPE.as_bytes()) {
-            return Reply::error(415, 415, "Unsupported Media Type");
-        }
-        let body = match read_body(session).await {
-            Ok(b) => b,
-            Err(r) => return r,
+        let (event, visitor) = match self.read_event(session).await {
+            Ok(read) => read,
+            Err(reply) => return reply,
         };
+        if let Some(reply) = self.inject_fault().await {
+            return reply;
+        }
+        self.record(visitor, &event)
+    }
+
+    /// The body as a JSON object, and the visitor it names.
+    async fn read_event(
+        &self,
+        session: &mut ServerSession,
+    ) -> Result<(Map<String, Value>, String), Reply> {
+        let body = read_body(session).await?;
         let event: Map<String, Value> = match serde_json::from_slice(&body) {
             Ok(e) => e,
-            Err(_) => return Reply::error(400, 3004, "Invalid event object."),
+            Err(_) => return Err(Reply::error(400, 3004, "Invalid event object.")),
         };
         let Some(visitor) = self.visitor(&event) else {
-            return Reply::error(400, 3004, "Invalid event object.");
+            return Err(Reply::error(400, 3004, "Invalid event object."));
         };
+        Ok((event, visitor))
+    }
 
-        let plan = self.faults.load_full().filter(|p| p.active(Instant::now()));
-        if let Some(plan) = &plan {
-            let crowded = plan
-                .spec
-                .max_in_flight
-                .is_some_and(|most| self.stats.in_flight.load(Ordering::Relaxed) > most);
-            tokio::time::sleep(plan.latency()).await;
-            if crowded {
-                return Reply::error(429, 2013, vendor_message(2013));
-            }
-            if plan.strikes() {
-                let code = plan.spec.code();
-                let mut reply = Reply::error(plan.spec.status, code, vendor_message(code));
-                reply.retry_after = plan.spec.retry_after.clone();
-                return reply;
-            }
+    /// Under an active fault plan: its latency, then its answer if it strikes (or if too many
+    /// requests are in flight).
+    async fn inject_fault(&self) -> Option<Reply> {
+        let plan = self
+            .faults
+            .load_full()
+            .filter(|p| p.active(Instant::now()))?;
+        let crowded = plan
+            .spec
+            .max_in_flight
+            .is_some_and(|most| self.stats.in_flight.load(Ordering::Relaxed) > most);
+        tokio::time::sleep(plan.latency()).await;
+        if crowded {
+            return Some(Reply::error(429, 2013, vendor_message(2013)));
         }
+        if plan.strikes() {
+            let code = plan.spec.code();
+            let mut reply = Reply::error(plan.spec.status, code, vendor_message(code));
+            reply.retry_after = plan.spec.retry_after.clone();
+            return Some(reply);
+        }
+        None
+    }
 
+    /// The event ingested: counted, its visitor's profile updated, the matching offers
+    /// answered.
+    fn record(&self, visitor: String, event: &Map<String, Value>) -> Reply {
         self.stats.events_ingested.fetch_add(1, Ordering::Relaxed);
         if let Some(Value::String(uuid)) = event.get("uuid") {
             if !self.stats.uuids.insert(uuid.clone()) {
@@ -260,8 +262,8 @@ impl Emulator {
         }
         let offers = {
             let mut profile = self.profiles.entry(visitor).or_default();
-            self.rules.update(&mut profile, &event);
-            self.rules.offers(&profile, &event)
+            self.rules.update(&mut profile, event);
+            self.rules.offers(&profile, event)
         };
         if offers.is_empty() {
             return Reply {
@@ -272,42 +274,6 @@ impl Emulator {
             };
         }
         json_reply(&serde_json::json!({ "offers": offers }))
-    }
-
-    fn check_credentials(&self, session: &ServerSession) -> Result<(), Reply> {
-        let auth = session
-            .get_header(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let key = auth.and_then(|a| a.strip_prefix("TD1 "));
-        let Some((key_account, _)) = key.and_then(|k| k.split_once('/')) else {
-            return Err(Reply::error(
-                401,
-                401,
-                "Authentication required: Authorization: TD1 {account_id}/{apikey}",
-            ));
-        };
-        if !self.rules.api_keys.is_empty()
-            && !self.rules.api_keys.iter().any(|k| Some(k.as_str()) == key)
-        {
-            return Err(Reply::error(401, 401, "Invalid API key"));
-        }
-        let Some(token) = session.get_header("wp13n-token") else {
-            return Err(Reply::error(400, 3000, vendor_message(3000)));
-        };
-        let token = token.to_str().unwrap_or_default();
-        let parts: Vec<&str> = token.split('/').collect();
-        let well_formed = matches!(parts.as_slice(), [a, i, t]
-            if !a.is_empty() && !i.is_empty() && t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !well_formed {
-            return Err(Reply::error(400, 3003, vendor_message(3003)));
-        }
-        if parts[0] != key_account {
-            return Err(Reply::error(400, 3002, vendor_message(3002)));
-        }
-        if !self.rules.tokens.is_empty() && !self.rules.tokens.iter().any(|t| t == token) {
-            return Err(Reply::error(400, 3001, vendor_message(3001)));
-        }
-        Ok(())
     }
 
     /// The profile key: the first configured identifier present, as `field:value`.
@@ -403,31 +369,6 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
     }
 }
 
-/// The content type the vendor's API requires. The emulator keeps its own copies of the
-/// vendor's rules (this, the path form, the error shape) rather than the proxy's, so that a
-/// mistake in the proxy's is caught by it instead of agreed with.
-const VENDOR_CONTENT_TYPE: &str = "application/vnd.treasuredata.v1+json";
-
-/// `/{db}/{table}` or `/public/{db}/{table}`: the vendor's database and table names are 3 to 128
-/// lower-case letters, digits and underscores.
-fn is_ingest_path(path: &str) -> bool {
-    let name = |s: &str| {
-        let chars = s.chars().count();
-        (3..=128).contains(&chars) && s.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
-    };
-    let rest = match path.strip_prefix("/public/") {
-        Some(rest) => rest,
-        None => match path.strip_prefix('/') {
-            Some(rest) => rest,
-            None => return false,
-        },
-    };
-    match rest.split_once('/') {
-        Some((db, table)) => name(db) && name(table),
-        None => false,
-    }
-}
-
 /// The vendor's messages for its codes.
 pub fn vendor_message(code: u32) -> &'static str {
     match code {
@@ -441,24 +382,5 @@ pub fn vendor_message(code: u32) -> &'static str {
         3005 => "Request origin not in IP whitelist.",
         2001 => "Internal component unreachable",
         _ => "Internal server error",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ingest_paths() {
-        assert!(is_ingest_path("/demo_db/pageviews"));
-        assert!(is_ingest_path("/public/demo_db/pageviews"));
-        assert!(!is_ingest_path("/demo_db/pageviews/x"));
-        assert!(!is_ingest_path("/Demo/pageviews"));
-        assert!(!is_ingest_path("/public/demo_db"));
-        assert!(!is_ingest_path("//demo_db/pageviews"));
-        assert!(is_ingest_path("/public_db/pageviews"));
-        assert!(!is_ingest_path("/ab/pageviews"));
-        assert!(!is_ingest_path(&format!("/{}/pageviews", "a".repeat(129))));
-        assert!(!is_ingest_path("demo_db/pageviews"));
     }
 }

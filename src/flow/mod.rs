@@ -41,6 +41,17 @@ struct Step<'a> {
     body: Bytes,
 }
 
+impl Step<'_> {
+    /// The upstream call that carries this event.
+    fn call(&self, client: &ClientInfo) -> Call {
+        Call {
+            endpoint: self.route.endpoint.clone(),
+            body: self.body.clone(),
+            client: client.clone(),
+        }
+    }
+}
+
 impl Flow {
     pub async fn deliver(
         &self,
@@ -51,23 +62,31 @@ impl Flow {
         body: Bytes,
         client: ClientInfo,
     ) -> Result<Answer, EdgeError> {
+        let limits = config.call_limits(&route);
+        let key = CacheKey::new(&route.service.id, &route.id, &visitor);
+        let (decided, cached) = self.decide(&key, &route).await;
+        let step = Step {
+            route: &route,
+            key,
+            event,
+            body,
+        };
+        self.carry_out(decided, cached, step, &client, limits).await
+    }
+
+    /// The plan for `key`, from its cached entry (if the cache is on), its backlog and the
+    /// spool's lag; and the entry's offers.
+    async fn decide(&self, key: &CacheKey, route: &Route) -> (Plan, Option<Offers>) {
         let service = &route.service;
         let policy = service.cache;
-        let limits = config.call_limits(&route);
-        let call = |body: &Bytes| Call {
-            endpoint: route.endpoint.clone(),
-            body: body.clone(),
-            client: client.clone(),
-        };
-        let key = CacheKey::new(&service.id, &route.id, &visitor);
         let cache_off = policy.mode == CacheMode::Off;
         let cached = if cache_off {
             None
         } else {
-            self.lookup(&key, &route).await
+            self.lookup(key, route).await
         };
         // With the cache off nothing is spooled: no backlog to look for, no lag to weigh.
-        let backlog = !cache_off && self.spool.has_pending(&key);
+        let backlog = !cache_off && self.spool.has_pending(key);
         let lagging = !cache_off
             && !backlog
             && policy.pass_through_on_lag
@@ -79,16 +98,23 @@ impl Flow {
                 .with_label_values(&[&service.name])
                 .inc();
         }
-        let step = Step {
-            route: &route,
-            key,
-            event,
-            body,
-        };
-        let series = &route.endpoint.series;
-        match (decided, cached.map(|(offers, _)| offers)) {
+        (decided, cached.map(|(offers, _)| offers))
+    }
+
+    /// The plan carried out: forward, answer from the cached offers, or both.
+    async fn carry_out(
+        &self,
+        decided: Plan,
+        cached: Option<Offers>,
+        step: Step<'_>,
+        client: &ClientInfo,
+        limits: CallLimits,
+    ) -> Result<Answer, EdgeError> {
+        let route = step.route;
+        let (policy, series) = (route.service.cache, &route.endpoint.series);
+        match (decided, cached) {
             (Plan::Bypass, _) => {
-                let result = self.client.send(&call(&step.body), limits).await;
+                let result = self.client.send(&step.call(client), limits).await;
                 Ok(Answer::relay(
                     result.map_err(edge_error)?,
                     Forwarded::Bypass,
@@ -114,16 +140,16 @@ impl Flow {
                 // fallback: that would spool again, and past the deadline answer an error
                 // while the call goes on (a client's retry would then repeat the event).
                 series.lookup(CacheLookup::Miss);
-                self.wait(&step, call(&step.body), limits).await
+                self.wait(&step, step.call(client), limits).await
             }
             (Plan::Forward { .. }, Some(offers)) => {
                 series.lookup(CacheLookup::Miss);
-                let call = call(&step.body);
+                let call = step.call(client);
                 self.forward(step, call, limits, offers).await
             }
             (Plan::Forward { .. }, None) => {
                 series.lookup(CacheLookup::Miss);
-                self.wait(&step, call(&step.body), limits).await
+                self.wait(&step, step.call(client), limits).await
             }
             // `plan` makes a queue or a hit only with an entry: this is the backlog.
             (Plan::Backlog, _) | (Plan::Queue(_) | Plan::Hit, None) => {

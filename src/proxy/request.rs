@@ -18,12 +18,13 @@ use super::form::{self, read_body};
 use super::visitor::{who, Who};
 use super::{Edge, RequestCtx};
 use crate::answer::Answer;
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::error::EdgeError;
-use crate::event::content_type_ok;
+use crate::event::{content_type_ok, Event};
 use crate::guard::OriginCheck;
 use crate::upstream::ClientInfo;
 use http::{header, Method};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
 impl Edge {
@@ -40,20 +41,8 @@ impl Edge {
             .ok_or(EdgeError::UnknownRoute)?
             .clone();
         ctx.route = Some(route.clone());
-        let cors = &route.service.cors;
-        match cors.check(req.headers.get(header::ORIGIN)) {
-            OriginCheck::Refused => return Err(EdgeError::ForeignOrigin),
-            OriginCheck::Allowed(origin) => ctx.cors_origin = Some(origin),
-            OriginCheck::NotConfigured | OriginCheck::NoOrigin => {}
-        }
-        match req.method {
-            Method::POST => {}
-            Method::OPTIONS => {
-                let mut answer = Answer::preflight();
-                answer.preflight_max_age = Some(cors.max_age_seconds);
-                return Ok(answer);
-            }
-            _ => return Err(EdgeError::MethodNotAllowed),
+        if let Some(preflight) = cors_and_method(&route, req, ctx)? {
+            return Ok(preflight);
         }
         self.limits.address(config.rate.per_address, client)?;
         if !content_type_ok(req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())) {
@@ -69,19 +58,7 @@ impl Edge {
             Who::Answered(answer) => return Ok(answer),
         };
         let service = &route.service;
-        // The route's schema: fields it does not list are dropped or refused, before the event
-        // is counted, cached or spooled. Identifiers and `uuid` always pass.
-        if let Some(schema) = &route.schema {
-            let always: Vec<&str> = service
-                .identifiers
-                .iter()
-                .map(String::as_str)
-                .chain([crate::event::UUID_FIELD])
-                .collect();
-            if let Some(body) = schema.apply(&event.body, &always)? {
-                event.body = body;
-            }
-        }
+        apply_schema(&route, &mut event)?;
         let shared = self.flow.shared.as_deref();
         let spec = config.rate.per_identifier;
         self.limits
@@ -96,4 +73,46 @@ impl Edge {
             .deliver(config, route, event.visitor.value, id, event.body, info)
             .await
     }
+}
+
+/// The origin against the service's CORS policy, then the method: `Some` for a preflight,
+/// answered here.
+fn cors_and_method(
+    route: &Route,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Answer>, EdgeError> {
+    let cors = &route.service.cors;
+    match cors.check(req.headers.get(header::ORIGIN)) {
+        OriginCheck::Refused => return Err(EdgeError::ForeignOrigin),
+        OriginCheck::Allowed(origin) => ctx.cors_origin = Some(origin),
+        OriginCheck::NotConfigured | OriginCheck::NoOrigin => {}
+    }
+    match req.method {
+        Method::POST => Ok(None),
+        Method::OPTIONS => {
+            let mut answer = Answer::preflight();
+            answer.preflight_max_age = Some(cors.max_age_seconds);
+            Ok(Some(answer))
+        }
+        _ => Err(EdgeError::MethodNotAllowed),
+    }
+}
+
+/// The route's schema: fields it does not list are dropped or refused, before the event is
+/// counted, cached or spooled. Identifiers and `uuid` always pass.
+fn apply_schema(route: &Route, event: &mut Event) -> Result<(), EdgeError> {
+    if let Some(schema) = &route.schema {
+        let always: Vec<&str> = route
+            .service
+            .identifiers
+            .iter()
+            .map(String::as_str)
+            .chain([crate::event::UUID_FIELD])
+            .collect();
+        if let Some(body) = schema.apply(&event.body, &always)? {
+            event.body = body;
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,42 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Spool {
+    /// Wait until this process holds the spool's lock (at once, but during a graceful upgrade),
+    /// then take over what the previous holder left: its lanes and their records.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.owns_lock.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        loop {
+            let file = self.lock.try_clone()?;
+            match tokio::task::spawn_blocking(move || file.lock()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot take the spool's lock; trying again");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot take the spool's lock; trying again"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        tracing::info!(dir = %self.settings.dir.display(), "the previous p13n-edge released the spool: replaying");
+        loop {
+            let spool = self.clone();
+            match tokio::task::spawn_blocking(move || spool.adopt()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot take over the spool's records; trying again");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take over the spool's records; trying again")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        // Only now: until then `/readyz` says replay waits.
+        self.owns_lock.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Whether replay may read (and, once done, delete) `segment`: it is this process's own, or
     /// its writer is gone. During two upgrades in a row the middle process may still write
     /// while this one already holds the spool.

@@ -10,6 +10,7 @@
 //! the format is 60 lines, torn tails are detected by construction, and it adds no dependency.
 
 mod adopt;
+mod append;
 mod dead;
 mod lane;
 mod reader;
@@ -19,10 +20,10 @@ pub mod tools;
 mod window;
 mod writer;
 
+pub use append::InFlight;
 pub use record::{read_frame, Frame, Record};
 pub use replay::{Destination, Destinations, ReplaySettings, Replayer};
 
-use crate::cache::CacheKey;
 use crate::metrics;
 use dashmap::DashMap;
 use dead::DeadLetters;
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use writer::{write_loop, Job};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,15 +133,6 @@ pub struct Spool {
     inflight: DashMap<(u64, u64), watch::Receiver<Option<bool>>>,
 }
 
-/// A record the caller's own call is still delivering: report the outcome with `finish`.
-pub struct InFlight(watch::Sender<Option<bool>>);
-
-impl InFlight {
-    pub fn finish(self, delivered: bool) {
-        let _ = self.0.send(Some(delivered));
-    }
-}
-
 impl Spool {
     /// Open (or create) the spool in `settings.dir`, count what it holds, start the writer.
     pub fn open(settings: SpoolSettings) -> Result<Arc<Spool>, SpoolError> {
@@ -192,42 +184,6 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Wait until this process holds the spool's lock (at once, but during a graceful upgrade),
-    /// then take over what the previous holder left: its lanes and their records.
-    pub(crate) async fn acquire(self: &Arc<Self>) -> std::io::Result<()> {
-        if self.owns_lock.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        loop {
-            let file = self.lock.try_clone()?;
-            match tokio::task::spawn_blocking(move || file.lock()).await {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot take the spool's lock; trying again");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot take the spool's lock; trying again"),
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        tracing::info!(dir = %self.settings.dir.display(), "the previous p13n-edge released the spool: replaying");
-        loop {
-            let spool = self.clone();
-            match tokio::task::spawn_blocking(move || spool.adopt()).await {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot take over the spool's records; trying again");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot take over the spool's records; trying again")
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        // Only now: until then `/readyz` says replay waits.
-        self.owns_lock.store(true, Ordering::Release);
-        Ok(())
-    }
-
     fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
     }
@@ -276,68 +232,6 @@ impl Spool {
             run: self.run,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         }
-    }
-
-    /// Append an event and wait until it is on disk. With `in_flight`, the caller's call is
-    /// still delivering it: the replayer waits for `InFlight::finish` before sending it again.
-    pub async fn append(
-        &self,
-        key: &CacheKey,
-        route: &str,
-        event: EventId,
-        body: bytes::Bytes,
-        in_flight: bool,
-    ) -> Result<Option<InFlight>, SpoolError> {
-        let lane = self.lane(&key.service)?;
-        let record = Record {
-            run: event.run,
-            seq: event.seq,
-            enqueued_ms: now_ms(),
-            service: key.service.to_string(),
-            route: route.to_string(),
-            visitor: key.visitor.to_string(),
-            body,
-            route_id: key.route.to_string(),
-        };
-        let handle = in_flight.then(|| {
-            let (tx, rx) = watch::channel(None);
-            self.inflight.insert((event.run, event.seq), rx);
-            InFlight(tx)
-        });
-        let visitor = visitor_key(&key.service, &key.visitor);
-        // Counted before the write, so the visitor's next event already queues behind it.
-        *self.pending.entry(visitor.clone()).or_insert(0) += 1;
-        let (done, wait) = oneshot::channel();
-        let result = match self.jobs.try_send(Job {
-            lane: lane.clone(),
-            frame: record.encode(),
-            done,
-        }) {
-            Ok(()) => wait.await.unwrap_or(Err(SpoolError::Stopped)),
-            Err(mpsc::TrySendError::Full(_)) => Err(SpoolError::Full),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(SpoolError::Stopped),
-        };
-        match result {
-            Ok(()) => {
-                lane.depth.fetch_add(1, Ordering::Relaxed);
-                metrics::SPOOL_DEPTH.set(self.depth.fetch_add(1, Ordering::Relaxed) + 1);
-                Ok(handle)
-            }
-            Err(e) => {
-                self.inflight.remove(&(event.run, event.seq));
-                self.unpend(&visitor);
-                metrics::SPOOL_REFUSED.inc();
-                Err(e)
-            }
-        }
-    }
-
-    /// Whether the visitor has events waiting in the spool (in any of the service's routes).
-    pub fn has_pending(&self, key: &CacheKey) -> bool {
-        !self.pending.is_empty()
-            && self
-                .pending
-                .contains_key(&visitor_key(&key.service, &key.visitor))
     }
 
     pub fn depth(&self) -> i64 {
@@ -418,24 +312,6 @@ impl Spool {
     fn take_lanes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Lane>>> {
         crate::lock(&self.lanes_to_start).take()
     }
-
-    /// A record is delivered or dead-lettered: it leaves the visitor's queue.
-    fn settle(&self, lane: &Lane, record: &Record) {
-        self.inflight.remove(&(record.run, record.seq));
-        self.unpend(&visitor_key(
-            &Arc::from(record.service.as_str()),
-            &record.visitor,
-        ));
-        lane.depth.fetch_sub(1, Ordering::Relaxed);
-        metrics::SPOOL_DEPTH.set(self.depth.fetch_sub(1, Ordering::Relaxed) - 1);
-    }
-
-    fn unpend(&self, key: &VisitorKey) {
-        self.pending.remove_if_mut(key, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-    }
 }
 
 fn visitor_key(service: &Arc<str>, visitor: &str) -> VisitorKey {
@@ -472,136 +348,4 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    proptest::proptest! {
-        /// The UUID is version 8, variant 10, and spells the 128 bits as `format!` would.
-        #[test]
-        fn event_uuids_are_version_8_and_spell_their_bits(run: u64, seq: u64) {
-            let id = EventId { run, seq };
-            let text = id.uuid();
-            let bits = u128::from_str_radix(&text.replace('-', ""), 16).unwrap();
-            let hex = format!("{bits:032x}");
-            let spelled = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-            proptest::prop_assert_eq!(&text, &spelled);
-            proptest::prop_assert_eq!((bits >> 76) & 0xf, 8);
-            proptest::prop_assert_eq!((bits >> 62) & 0b11, 0b10);
-            // Distinct events, distinct UUIDs: the run whole and the sequence's low 58 bits.
-            let other = EventId { run, seq: seq.wrapping_add(1) };
-            proptest::prop_assert_ne!(text, other.uuid());
-        }
-    }
-
-    fn settings(dir: &Path) -> SpoolSettings {
-        SpoolSettings {
-            dir: dir.to_path_buf(),
-            max_bytes: 1 << 24,
-            segment_bytes: 1 << 20,
-            sync_interval: None,
-            replay_concurrency: 4,
-            dead_letter_max_bytes: 1 << 20,
-            route_wait: std::time::Duration::from_secs(60),
-        }
-    }
-
-    #[tokio::test]
-    async fn two_processes_during_an_upgrade_never_write_one_segment() {
-        let dir = std::env::temp_dir().join(format!("p13n-edge-epochs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // The running process, and the new one started beside it (another open of the lock
-        // file, as another process's would be: it does not get the lock).
-        let old = Spool::open(settings(&dir)).unwrap();
-        let new = Spool::open(settings(&dir)).unwrap();
-        assert!(old.owns_lock.load(Ordering::Relaxed));
-        assert!(!new.owns_lock.load(Ordering::Relaxed));
-        // A service neither has spooled for yet: the new process writes first.
-        let key = CacheKey::new(&Arc::from("svc"), &Arc::from("1/db/t/web"), "v");
-        let body = bytes::Bytes::from_static(br#"{"td_client_id":"v"}"#);
-        for spool in [&new, &old] {
-            let event = spool.next_event();
-            spool
-                .append(&key, "/db/t", event, body.clone(), false)
-                .await
-                .unwrap();
-        }
-        let at = |s: &Spool| s.lanes.get("svc").unwrap().position();
-        let (old_at, new_at) = (at(&old), at(&new));
-        assert!(
-            old_at.segment < new_at.segment,
-            "old {old_at:?}, new {new_at:?}: the old one's segments come first"
-        );
-        let lane = dir.join(LANES).join("svc");
-        for at in [old_at, new_at] {
-            let data = std::fs::read(lane::segment_path(&lane, at.segment)).unwrap();
-            assert_eq!(records(&data, 0).count(), 1, "one writer per segment");
-        }
-        drop((old, new));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn every_process_claims_an_epoch_of_its_own_even_before_it_writes() {
-        let dir = std::env::temp_dir().join(format!("p13n-edge-claims-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // Nothing is ever spooled: no segment tells the epochs apart.
-        let first = Spool::open(settings(&dir)).unwrap();
-        let second = Spool::open(settings(&dir)).unwrap();
-        drop(first);
-        let third = Spool::open(settings(&dir)).unwrap();
-        let (b, c) = (second.epoch(), third.epoch());
-        assert!(
-            c > b,
-            "the third process ({c}) shares no epoch with the second ({b})"
-        );
-        // A writer at the end of its epoch moves to a newly claimed one, never into another's.
-        let last = (c + 1) * lane::EPOCH - 1;
-        let next = third.segment_after(last).unwrap();
-        assert!(next / lane::EPOCH > c && third.epoch() == next / lane::EPOCH);
-        assert_eq!(third.segment_after(next).unwrap(), next + 1);
-        drop((second, third));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn two_upgrades_in_a_row_leave_the_middle_processs_segments_alone_while_it_lives() {
-        let dir = std::env::temp_dir().join(format!("p13n-edge-middle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let first = Spool::open(settings(&dir)).unwrap();
-        let middle = Spool::open(settings(&dir)).unwrap();
-        let last = Spool::open(settings(&dir)).unwrap();
-        let of = |s: &Spool| s.epoch() * lane::EPOCH;
-        assert!(last.may_replay(of(&last)), "its own");
-        assert!(
-            !last.may_replay(of(&middle)),
-            "the middle one still writes there"
-        );
-        // The first one exits; the last one takes over, but the middle one still lives.
-        drop(first);
-        last.adopt().unwrap();
-        assert!(!last.may_replay(of(&middle)));
-        assert!(dir.join("epochs").join(middle.epoch().to_string()).exists());
-        // Once the middle one is gone too, what it left is the last one's to replay.
-        let middle_epoch = of(&middle);
-        drop(middle);
-        assert!(last.may_replay(middle_epoch));
-        drop(last);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_segment_below_the_checkpoint_is_replayed_not_skipped() {
-        let dir = std::env::temp_dir().join(format!("p13n-edge-below-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (mut checkpoint, _) = lane::CheckpointFile::open(&dir);
-        checkpoint.write(Position {
-            segment: 5,
-            offset: 0,
-        });
-        std::fs::write(lane::segment_path(&dir, 2), b"").unwrap();
-        let at = lane::resume_point(&dir).unwrap();
-        assert_eq!((at.segment, at.offset), (2, 0));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

@@ -120,20 +120,25 @@ impl Spool {
             let _ = done.send(Ok(()));
         }
         if segment.size >= self.settings.segment_bytes {
-            segment.sync_if_dirty();
-            let opened = self
-                .segment_after(segment.number)
-                .and_then(|number| open_segment(&lane.dir, number).map(|file| (file, number)));
-            match opened {
-                Ok((next, number)) => {
-                    *segment = Segment::new(next, number);
-                    lane.publish(Position {
-                        segment: segment.number,
-                        offset: 0,
-                    });
-                }
-                Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
+            self.roll_over(lane, segment);
+        }
+    }
+
+    /// A full segment: synced, and the lane's writes go on in the next one.
+    fn roll_over(&self, lane: &Lane, segment: &mut Segment) {
+        segment.sync_if_dirty();
+        let opened = self
+            .segment_after(segment.number)
+            .and_then(|number| open_segment(&lane.dir, number).map(|file| (file, number)));
+        match opened {
+            Ok((next, number)) => {
+                *segment = Segment::new(next, number);
+                lane.publish(Position {
+                    segment: segment.number,
+                    offset: 0,
+                });
             }
+            Err(e) => tracing::error!(error = %e, "cannot start a new spool segment"),
         }
     }
 }

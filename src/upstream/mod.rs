@@ -4,6 +4,7 @@
 
 mod backoff;
 mod budget;
+mod call;
 mod circuit;
 mod connection;
 mod dns;
@@ -15,6 +16,9 @@ pub mod response;
 
 pub use backoff::{parse_retry_after, Backoff, BackoffError};
 pub use budget::{BudgetSettings, RetryBudget};
+pub use call::{
+    Call, CallLimits, CallPolicy, ClientInfo, Protocol, UpstreamError, UpstreamResponse,
+};
 pub use circuit::{Circuit, CircuitSettings, CircuitState};
 pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver};
@@ -25,120 +29,12 @@ use quota::{quota_answer, Quota};
 use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
-use bytes::Bytes;
 use dashmap::DashMap;
 use http::HeaderValue;
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::TransportConnector;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-/// How calls travel to the upstream (`upstream.protocol`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Protocol {
-    /// A pool of HTTP/1.1 connections, one call on each at a time.
-    #[default]
-    Http1,
-    /// A few shared HTTP/2 connections per upstream address, every call a stream on one.
-    Http2,
-}
-
-/// What an upstream call can fail with, before an answer arrived.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error(transparent)]
-    Dns(#[from] DnsError),
-    /// The request was not (fully) sent: safe to try again.
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// The request may have reached the upstream: it may have ingested the event.
-    #[error("failed after sending: {0}")]
-    Io(String),
-    #[error("upstream call passed its deadline")]
-    Timeout,
-    #[error("upstream response exceeds {0} bytes")]
-    TooLarge(usize),
-    #[error("circuit open: the upstream is failing, calls are refused for now")]
-    CircuitOpen,
-}
-
-impl UpstreamError {
-    /// A bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            UpstreamError::Dns(_) => "dns",
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Io(_) => "io",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::TooLarge(_) => "too_large",
-            UpstreamError::CircuitOpen => "circuit_open",
-        }
-    }
-}
-
-/// The upstream's answer, body untouched.
-#[derive(Debug, Clone)]
-pub struct UpstreamResponse {
-    pub status: u16,
-    pub content_type: Option<HeaderValue>,
-    pub retry_after: Option<HeaderValue>,
-    pub body: Bytes,
-}
-
-/// One event to send: the endpoint supplies the path, credentials and policy; the body goes as
-/// is.
-pub struct Call {
-    pub endpoint: Arc<Endpoint>,
-    pub body: Bytes,
-    pub client: ClientInfo,
-}
-
-/// What the upstream may learn of the browser. Replayed events carry none of it: the spool
-/// keeps only the event.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    pub user_agent: Option<HeaderValue>,
-    /// Sent as `X-Forwarded-For` when `clients.forward_address` is on.
-    pub address: Option<std::net::IpAddr>,
-}
-
-/// Limits of one call, taken from the config in force when the request started.
-#[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
-    pub timeouts: Timeouts,
-    pub max_body: usize,
-    /// Bounds the whole call, retries and backoff included.
-    pub deadline: Duration,
-    /// Whether a call that finds the service's quota spent waits for its slot, and behind whom.
-    pub quota_wait: QuotaWait,
-}
-
-impl CallLimits {
-    /// The limits for a call on `endpoint`, bounded by its service's deadline.
-    pub fn new(timeouts: Timeouts, max_body: usize, endpoint: &Endpoint) -> Self {
-        CallLimits {
-            timeouts,
-            max_body,
-            deadline: endpoint.policy.deadline,
-            quota_wait: QuotaWait::UntilDeadline,
-        }
-    }
-}
-
-/// How a service's calls are retried and bounded.
-#[derive(Debug, Clone, Copy)]
-pub struct CallPolicy {
-    /// Bounds the whole call, retries and backoff included.
-    pub deadline: Duration,
-    pub max_retries: u32,
-    pub backoff: Backoff,
-    pub budget: BudgetSettings,
-    /// Retry timeouts and I/O errors after the request was sent (the upstream may have ingested).
-    pub retry_after_send: bool,
-    pub circuit: CircuitSettings,
-    /// Calls a second to the upstream, live and replayed together; `None`: no limit.
-    pub quota: Option<f64>,
-}
 
 /// Idle upstream connections kept per upstream peer.
 const POOL_SIZE: usize = 512;
@@ -228,22 +124,10 @@ impl UpstreamClient {
                 return Err(UpstreamError::CircuitOpen);
             }
             let result = self.attempt(call, limits, deadline, &circuit).await;
-            let reason = match &result {
-                Ok(r) if r.status == 429 => "429",
-                Err(UpstreamError::Connect(_) | UpstreamError::Dns(_)) => "connect",
-                Err(UpstreamError::Io(_) | UpstreamError::Timeout) if policy.retry_after_send => {
-                    "after_send"
-                }
-                _ => return result,
+            let Some(reason) = retry_reason(&result, policy) else {
+                return result;
             };
-            let retry_after = match &result {
-                Ok(r) => r
-                    .retry_after
-                    .as_ref()
-                    .and_then(|v| parse_retry_after(v.as_bytes(), SystemTime::now())),
-                Err(_) => None,
-            };
-            let delay = retry_after.unwrap_or_else(|| policy.backoff.delay(retry, fastrand::f64()));
+            let delay = retry_delay(&result, policy, retry);
             // Retry-After is honoured, but never past the deadline: then the caller gets the 429.
             if retry >= policy.max_retries || Instant::now() + delay >= deadline {
                 return give_up(result, policy);
@@ -457,6 +341,38 @@ fn without_credentials(mut r: UpstreamResponse, service: &Endpoint) -> UpstreamR
         tracing::warn!(service = %service.service, status = r.status, "the upstream's answer quoted a credential: replaced by ***");
     }
     r
+}
+
+/// Why an attempt's outcome is worth another attempt (the metric's label); `None`: it is the
+/// answer.
+fn retry_reason(
+    result: &Result<UpstreamResponse, UpstreamError>,
+    policy: &CallPolicy,
+) -> Option<&'static str> {
+    match result {
+        Ok(r) if r.status == 429 => Some("429"),
+        Err(UpstreamError::Connect(_) | UpstreamError::Dns(_)) => Some("connect"),
+        Err(UpstreamError::Io(_) | UpstreamError::Timeout) if policy.retry_after_send => {
+            Some("after_send")
+        }
+        _ => None,
+    }
+}
+
+/// The wait before retry number `retry`: the upstream's `Retry-After`, else the backoff's.
+fn retry_delay(
+    result: &Result<UpstreamResponse, UpstreamError>,
+    policy: &CallPolicy,
+    retry: u32,
+) -> Duration {
+    let retry_after = match result {
+        Ok(r) => r
+            .retry_after
+            .as_ref()
+            .and_then(|v| parse_retry_after(v.as_bytes(), SystemTime::now())),
+        Err(_) => None,
+    };
+    retry_after.unwrap_or_else(|| policy.backoff.delay(retry, fastrand::f64()))
 }
 
 /// The last answer once retrying stops. A 429 always carries a `Retry-After`, ours if the

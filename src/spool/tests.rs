@@ -1,0 +1,134 @@
+//! The spool: event UUIDs, and processes sharing a spool directory across graceful upgrades.
+
+use super::*;
+use crate::cache::CacheKey;
+
+proptest::proptest! {
+    /// The UUID is version 8, variant 10, and spells the 128 bits as `format!` would.
+    #[test]
+    fn event_uuids_are_version_8_and_spell_their_bits(run: u64, seq: u64) {
+        let id = EventId { run, seq };
+        let text = id.uuid();
+        let bits = u128::from_str_radix(&text.replace('-', ""), 16).unwrap();
+        let hex = format!("{bits:032x}");
+        let spelled = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+        proptest::prop_assert_eq!(&text, &spelled);
+        proptest::prop_assert_eq!((bits >> 76) & 0xf, 8);
+        proptest::prop_assert_eq!((bits >> 62) & 0b11, 0b10);
+        // Distinct events, distinct UUIDs: the run whole and the sequence's low 58 bits.
+        let other = EventId { run, seq: seq.wrapping_add(1) };
+        proptest::prop_assert_ne!(text, other.uuid());
+    }
+}
+
+fn settings(dir: &Path) -> SpoolSettings {
+    SpoolSettings {
+        dir: dir.to_path_buf(),
+        max_bytes: 1 << 24,
+        segment_bytes: 1 << 20,
+        sync_interval: None,
+        replay_concurrency: 4,
+        dead_letter_max_bytes: 1 << 20,
+        route_wait: std::time::Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn two_processes_during_an_upgrade_never_write_one_segment() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-epochs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The running process, and the new one started beside it (another open of the lock
+    // file, as another process's would be: it does not get the lock).
+    let old = Spool::open(settings(&dir)).unwrap();
+    let new = Spool::open(settings(&dir)).unwrap();
+    assert!(old.owns_lock.load(Ordering::Relaxed));
+    assert!(!new.owns_lock.load(Ordering::Relaxed));
+    // A service neither has spooled for yet: the new process writes first.
+    let key = CacheKey::new(&Arc::from("svc"), &Arc::from("1/db/t/web"), "v");
+    let body = bytes::Bytes::from_static(br#"{"td_client_id":"v"}"#);
+    for spool in [&new, &old] {
+        let event = spool.next_event();
+        spool
+            .append(&key, "/db/t", event, body.clone(), false)
+            .await
+            .unwrap();
+    }
+    let at = |s: &Spool| s.lanes.get("svc").unwrap().position();
+    let (old_at, new_at) = (at(&old), at(&new));
+    assert!(
+        old_at.segment < new_at.segment,
+        "old {old_at:?}, new {new_at:?}: the old one's segments come first"
+    );
+    let lane = dir.join(LANES).join("svc");
+    for at in [old_at, new_at] {
+        let data = std::fs::read(lane::segment_path(&lane, at.segment)).unwrap();
+        assert_eq!(records(&data, 0).count(), 1, "one writer per segment");
+    }
+    drop((old, new));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_process_claims_an_epoch_of_its_own_even_before_it_writes() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-claims-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Nothing is ever spooled: no segment tells the epochs apart.
+    let first = Spool::open(settings(&dir)).unwrap();
+    let second = Spool::open(settings(&dir)).unwrap();
+    drop(first);
+    let third = Spool::open(settings(&dir)).unwrap();
+    let (b, c) = (second.epoch(), third.epoch());
+    assert!(
+        c > b,
+        "the third process ({c}) shares no epoch with the second ({b})"
+    );
+    // A writer at the end of its epoch moves to a newly claimed one, never into another's.
+    let last = (c + 1) * lane::EPOCH - 1;
+    let next = third.segment_after(last).unwrap();
+    assert!(next / lane::EPOCH > c && third.epoch() == next / lane::EPOCH);
+    assert_eq!(third.segment_after(next).unwrap(), next + 1);
+    drop((second, third));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_upgrades_in_a_row_leave_the_middle_processs_segments_alone_while_it_lives() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-middle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = Spool::open(settings(&dir)).unwrap();
+    let middle = Spool::open(settings(&dir)).unwrap();
+    let last = Spool::open(settings(&dir)).unwrap();
+    let of = |s: &Spool| s.epoch() * lane::EPOCH;
+    assert!(last.may_replay(of(&last)), "its own");
+    assert!(
+        !last.may_replay(of(&middle)),
+        "the middle one still writes there"
+    );
+    // The first one exits; the last one takes over, but the middle one still lives.
+    drop(first);
+    last.adopt().unwrap();
+    assert!(!last.may_replay(of(&middle)));
+    assert!(dir.join("epochs").join(middle.epoch().to_string()).exists());
+    // Once the middle one is gone too, what it left is the last one's to replay.
+    let middle_epoch = of(&middle);
+    drop(middle);
+    assert!(last.may_replay(middle_epoch));
+    drop(last);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_segment_below_the_checkpoint_is_replayed_not_skipped() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-below-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut checkpoint, _) = lane::CheckpointFile::open(&dir);
+    checkpoint.write(Position {
+        segment: 5,
+        offset: 0,
+    });
+    std::fs::write(lane::segment_path(&dir, 2), b"").unwrap();
+    let at = lane::resume_point(&dir).unwrap();
+    assert_eq!((at.segment, at.offset), (2, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
