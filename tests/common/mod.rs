@@ -94,6 +94,12 @@ pub fn throughout(window: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Hold `lock` for a test that reads a process-wide metric (one series for every proxy in the
+/// test binary), so that what it reads is its own doing; taken also after a holder failed.
+pub fn alone(lock: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {

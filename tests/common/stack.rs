@@ -2,7 +2,7 @@
 //! or the real binary as a child process (`Daemon`). Each is stopped, and its ports released,
 //! when it is dropped.
 
-use super::{demo_rules, to, wait_listening, Emulator, Response, Setup};
+use super::{demo_rules, to, wait_listening, Emulator, Recorder, Response, Setup};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use std::io::Read;
@@ -145,6 +145,28 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     _running: Running,
+}
+
+/// The proxy in this process in front of a `Recorder` answering every request with `reply`.
+pub struct Edge {
+    /// The proxy's public listener.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: Recorder,
+    _proxy: Proxy,
+}
+
+impl Edge {
+    pub fn start(reply: &'static str, setup: Setup) -> Edge {
+        let upstream = Recorder::start(reply);
+        let proxy = setup.upstream(upstream.url()).start_proxy();
+        Edge {
+            addr: proxy.addr,
+            admin: proxy.admin,
+            upstream,
+            _proxy: proxy,
+        }
+    }
 }
 
 impl Setup {
