@@ -102,6 +102,7 @@ fn spool(c: &mut Criterion) {
         max_bytes: 1 << 34,
         segment_bytes: 64 << 20,
         replay_concurrency: 8,
+        replay_nice: 0,
         dead_letter_max_bytes: 1 << 20,
         route_wait: Duration::from_secs(60),
     };

@@ -47,6 +47,9 @@ bogus_top = 1
 listen = "nowhere"
 lisen = "typo"
 
+[spool]
+replay_nice = 20
+
 [[service]]
 name = "Bad-Name"
 base_url = "http://127.0.0.1:9/some/path"
@@ -76,6 +79,7 @@ token = "missing"
         "unknown key `server.lisen`",
         "unknown key `service.0.colour`",
         "server.listen",
+        "spool.replay_nice must be between 0 and 19",
         "name must match [0-9a-z_]{3,128}",
         "base_url",
         "54 tokens, but a personalization service allows at most 50",

@@ -501,3 +501,55 @@ fn tokens_come_from_a_file_and_the_environment_and_a_reload_rereads_them() {
         assert!(!logs.contains(&secret[4..]), "a token was logged:\n{logs}");
     }
 }
+
+/// Each thread of process `pid`: its name and its nice value (`/proc/{pid}/task/*/stat`).
+fn threads_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
+        // "tid (name) state ppid ...": the name may hold spaces, the fields after it do not.
+        let (head, rest) = stat.rsplit_once(") ").unwrap();
+        let name = head.split_once(" (").unwrap().1.to_string();
+        // After the name: state is field 3 of the line, nice field 19.
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        found.push((name, nice));
+    }
+    found
+}
+
+#[test]
+fn replay_gives_way_to_answers_by_its_nice_value_and_the_rest_keeps_the_daemons() {
+    let emulator = Emulator::start(&demo_rules());
+    let daemon = Setup::new("replay_nice")
+        .upstream(emulator.url())
+        .set("spool.replay_nice", 7)
+        .spawn(&[]);
+    let pid = daemon.child.id();
+    // Replay's runtime (pingora names a background service's threads after it) takes its
+    // priority when it starts; every other thread keeps the daemon's own.
+    let replay = |threads: &[(String, i64)]| {
+        threads
+            .iter()
+            .find(|(name, _)| name.starts_with("BG p13n-edge sp"))
+            .map(|(_, nice)| *nice)
+    };
+    assert!(
+        eventually(SECONDS_10, || replay(&threads_nice(pid)) == Some(7)),
+        "{:?}",
+        threads_nice(pid)
+    );
+    let threads = threads_nice(pid);
+    let others: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| !name.starts_with("BG p13n-edge sp"))
+        .collect();
+    assert!(others.len() >= 3, "{threads:?}");
+    assert!(others.iter().all(|(_, nice)| *nice == 0), "{threads:?}");
+    // Replay still delivers: an event spooled while the upstream fails arrives after.
+    assert_eq!(post(daemon.proxy, "n").status, 200);
+    emulator.faults(json!({"status": 503, "rate": 1.0, "seconds": 0.3}));
+    assert_eq!(post(daemon.proxy, "n").status, 200);
+    assert!(eventually(SECONDS_10, || emulator.ingested() == 2));
+}

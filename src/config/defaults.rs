@@ -82,6 +82,9 @@ pub(super) fn default_spool_dir() -> String {
 pub(super) fn default_replay_concurrency() -> usize {
     512
 }
+pub(super) fn default_replay_nice() -> u8 {
+    10
+}
 pub(super) fn default_spool_bytes() -> u64 {
     1 << 30
 }

@@ -58,7 +58,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("server.threads", old.threads != new.threads),
         (
             "spool",
-            old.spool.dir != new.spool.dir || old.spool.max_bytes != new.spool.max_bytes,
+            old.spool.dir != new.spool.dir
+                || old.spool.max_bytes != new.spool.max_bytes
+                || old.spool.replay_nice != new.spool.replay_nice,
         ),
         (
             "cache",

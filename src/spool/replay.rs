@@ -81,6 +81,7 @@ impl BackgroundService for Replayer {
         let Some(mut lanes) = self.spool.take_lanes() else {
             return;
         };
+        yield_to_answers(self.spool.settings.replay_nice);
         // During a graceful upgrade the old process replays until it exits; then this one.
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -214,3 +215,17 @@ impl Replayer {
 
 #[cfg(test)]
 mod tests;
+
+/// Replay's work can wait, the answers' cannot: its thread (pingora runs each background service
+/// on a runtime of one thread) takes `steps` more nice than the daemon's own, so that it gives
+/// way to the answers' thread when the CPU is short. At 2,000 events/s 50 ms away this cut p99
+/// from 4.6 to 3.5 ms (medians of six runs each, README).
+fn yield_to_answers(steps: u8) {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let thread = Some(rustix::thread::gettid());
+    let lowered = getpriority_process(thread)
+        .and_then(|now| setpriority_process(thread, (now + i32::from(steps)).min(19)));
+    if let Err(e) = lowered {
+        tracing::warn!(error = %e, "cannot lower replay's priority; it competes with answers");
+    }
+}
