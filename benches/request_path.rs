@@ -54,6 +54,7 @@ fn benches(c: &mut Criterion) {
                 endpoint: route.endpoint.clone(),
                 body: body.clone(),
                 client: Default::default(),
+                replay: false,
             };
             request_bytes(&call)
         })

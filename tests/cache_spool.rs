@@ -425,3 +425,43 @@ fn a_lagging_spool_sends_fast_hits_upstream_when_the_service_says_so() {
         assert!(eventually(Duration::from_secs(10), || ingested(&stack) == 4));
     }
 }
+
+#[test]
+fn replay_keeps_its_upstream_connections_apart_from_the_answers() {
+    // Replay runs on a runtime of its own at a lower priority (spool.replay_nice): an answer on
+    // a connection replay opened would be woken by replay's thread, so neither takes the
+    // other's idle connections.
+    let edge = Edge::start(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"offers\":{}}",
+        Setup::new("apart").fast(),
+    );
+    let send = |visitor: &str, n: usize| {
+        let r = to(edge.addr).event(PAGEVIEWS, &view(visitor, n));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("cache-status").unwrap()
+    };
+    for round in 0..3 {
+        // A new visitor: answered by the upstream. Then a hit: replayed in the background.
+        let fresh = format!("new{round}");
+        assert!(send(&fresh, 0).contains("fwd=miss"));
+        assert!(send(&fresh, 1).contains("; hit;"));
+        let sent = 2 * (round + 1);
+        assert!(eventually(SECONDS_10, || edge.upstream.requests().len() == sent));
+    }
+    let (answers, replayed): (Vec<_>, Vec<_>) = edge
+        .upstream
+        .bodies_by_connection()
+        .into_iter()
+        .partition(|(body, _)| body.contains(r#""n":0"#));
+    assert_eq!(
+        (answers.len(), replayed.len()),
+        (3, 3),
+        "{answers:?} {replayed:?}"
+    );
+    let on = |calls: &[(String, usize)]| calls.iter().map(|c| c.1).collect::<Vec<_>>();
+    let (mine, theirs) = (on(&answers), on(&replayed));
+    assert!(
+        mine.iter().all(|c| !theirs.contains(c)),
+        "answers on {mine:?}, replay on {theirs:?}"
+    );
+}

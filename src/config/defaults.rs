@@ -82,7 +82,7 @@ pub(super) fn default_spool_dir() -> String {
 pub(super) fn default_replay_concurrency() -> usize {
     512
 }
-pub(super) fn default_replay_nice() -> u8 {
+pub(super) fn default_replay_nice() -> i64 {
     10
 }
 pub(super) fn default_spool_bytes() -> u64 {

@@ -58,9 +58,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("server.threads", old.threads != new.threads),
         (
             "spool",
-            old.spool.dir != new.spool.dir
-                || old.spool.max_bytes != new.spool.max_bytes
-                || old.spool.replay_nice != new.spool.replay_nice,
+            old.spool.dir != new.spool.dir || old.spool.max_bytes != new.spool.max_bytes,
+        ),
+        (
+            "spool.replay_nice",
+            old.spool.replay_nice != new.spool.replay_nice,
         ),
         (
             "cache",

@@ -202,7 +202,7 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
     if !(1..=1024).contains(&sp.replay_concurrency) {
         problems.push("spool.replay_concurrency must be between 1 and 1024".into());
     }
-    if sp.replay_nice > 19 {
+    if !(0..=19).contains(&sp.replay_nice) {
         problems.push("spool.replay_nice must be between 0 and 19".into());
     }
     if sp.dead_letter_max_bytes < 1 << 20 {
@@ -218,7 +218,7 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
         sync_interval: (sp.sync_interval_ms > 0)
             .then(|| Duration::from_millis(sp.sync_interval_ms)),
         replay_concurrency: sp.replay_concurrency.clamp(1, 1024),
-        replay_nice: sp.replay_nice.min(19),
+        replay_nice: sp.replay_nice.clamp(0, 19) as u8,
         dead_letter_max_bytes: sp.dead_letter_max_bytes,
         route_wait: Duration::from_secs(sp.route_wait_seconds),
     }

@@ -48,6 +48,7 @@ impl Step<'_> {
             endpoint: self.route.endpoint.clone(),
             body: self.body.clone(),
             client: client.clone(),
+            replay: false,
         }
     }
 }

@@ -55,7 +55,7 @@ pub struct SpoolSettings {
     pub sync_interval: Option<std::time::Duration>,
     /// Records replay sends at once in each lane (a visitor's own records one after another).
     pub replay_concurrency: usize,
-    /// Nice steps replay's thread takes below the daemon's (`spool.replay_nice`).
+    /// How much higher replay's nice value is than the daemon's (`spool.replay_nice`).
     pub replay_nice: u8,
     /// Most bytes of the dead-letter log.
     pub dead_letter_max_bytes: u64,

@@ -216,16 +216,34 @@ impl Replayer {
 #[cfg(test)]
 mod tests;
 
-/// Replay's work can wait, the answers' cannot: its thread (pingora runs each background service
-/// on a runtime of one thread) takes `steps` more nice than the daemon's own, so that it gives
-/// way to the answers' thread when the CPU is short. At 2,000 events/s 50 ms away this cut p99
-/// from 4.6 to 3.5 ms (medians of six runs each, README).
+/// Replay's work can wait, the answers' cannot: its runtime (pingora runs each background
+/// service on a runtime of one thread, and threads it starts inherit the value) raises its nice
+/// value by `steps`, so that it gives way to the answers' thread when the CPU is short; replay
+/// keeps connections of its own (`UpstreamClient`), so no answer waits on this thread. At
+/// 2,000 events/s 50 ms away this cut p99 from 4.6 to 3.5 ms (medians of six runs each, README).
+#[cfg(target_os = "linux")]
 fn yield_to_answers(steps: u8) {
     use rustix::process::{getpriority_process, setpriority_process};
+    if steps == 0 {
+        return;
+    }
     let thread = Some(rustix::thread::gettid());
-    let lowered = getpriority_process(thread)
-        .and_then(|now| setpriority_process(thread, (now + i32::from(steps)).min(19)));
+    let lowered = getpriority_process(thread).and_then(|now| {
+        let wanted = (now + i32::from(steps)).min(19);
+        if wanted < now + i32::from(steps) {
+            tracing::info!(
+                nice = now,
+                replay = wanted,
+                "the daemon's nice value leaves replay fewer steps than spool.replay_nice"
+            );
+        }
+        setpriority_process(thread, wanted)
+    });
     if let Err(e) = lowered {
         tracing::warn!(error = %e, "cannot lower replay's priority; it competes with answers");
     }
 }
+
+/// Elsewhere replay keeps the daemon's priority: nice values are per process there.
+#[cfg(not(target_os = "linux"))]
+fn yield_to_answers(_steps: u8) {}

@@ -65,6 +65,8 @@ pub struct Call {
     pub endpoint: Arc<Endpoint>,
     pub body: Bytes,
     pub client: ClientInfo,
+    /// Sent by replay: on replay's own connections (`UpstreamClient`'s pools).
+    pub replay: bool,
 }
 
 /// What the upstream may learn of the browser. Replayed events carry none of it: the spool

@@ -43,8 +43,11 @@ const POOL_SIZE: usize = 512;
 /// by every call for the life of the process: they survive config reloads.
 pub struct UpstreamClient {
     transport: TransportConnector,
-    pool: pool::Pool,
-    h2: h2::H2Pool,
+    /// The answers' connections, and replay's apart: a socket is driven by the runtime that
+    /// opened it, and replay's runtime yields the CPU to the answers' (`spool.replay_nice`), so
+    /// an answer on a connection replay opened would wait on replay's thread.
+    answers: Pools,
+    replay: Pools,
     protocol: Protocol,
     dns: DnsCache,
     budgets: DashMap<String, Arc<RetryBudget>>,
@@ -53,6 +56,21 @@ pub struct UpstreamClient {
     circuits: DashMap<String, Arc<Mutex<Circuit>>>,
     /// Routes whose token the upstream refused, until a call on them succeeds.
     rejected: DashMap<String, String>,
+}
+
+/// Idle HTTP/1 connections and HTTP/2 connections, by address.
+struct Pools {
+    h1: pool::Pool,
+    h2: h2::H2Pool,
+}
+
+impl Pools {
+    fn new() -> Pools {
+        Pools {
+            h1: pool::Pool::new(POOL_SIZE),
+            h2: h2::H2Pool::default(),
+        }
+    }
 }
 
 impl UpstreamClient {
@@ -68,8 +86,8 @@ impl UpstreamClient {
         options.ca_file = ca_file;
         UpstreamClient {
             transport: TransportConnector::new(Some(options)),
-            pool: pool::Pool::new(POOL_SIZE),
-            h2: h2::H2Pool::default(),
+            answers: Pools::new(),
+            replay: Pools::new(),
             protocol,
             dns: DnsCache::new(dns, resolver),
             budgets: DashMap::new(),
@@ -224,9 +242,14 @@ impl UpstreamClient {
         call: &Call,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let pools = if call.replay {
+            &self.replay
+        } else {
+            &self.answers
+        };
         match self.protocol {
             Protocol::Http1 => {
-                connection::attempt(&self.transport, &self.pool, addr, call, limits).await
+                connection::attempt(&self.transport, &pools.h1, addr, call, limits).await
             }
             Protocol::Http2 => {
                 let target = &call.endpoint.target;
@@ -235,7 +258,7 @@ impl UpstreamClient {
                     connection::connect(&self.transport, addr, target, &limits.timeouts, alpn)
                 };
                 let key = connection::pool_key(addr, target);
-                self.h2.attempt(key, connect, call, limits).await
+                pools.h2.attempt(key, connect, call, limits).await
             }
         }
     }

@@ -135,10 +135,11 @@ token = "web"
         self
     }
 
-    /// Remove the value at a dotted path (walked as `set` walks it).
+    /// Remove the value at a dotted path (walked as `set` walks it); it must be there.
     pub fn remove(mut self, path: &str) -> Setup {
         let (parent, last) = path.rsplit_once('.').unwrap_or(("", path));
-        table_at(&mut self.doc, parent).remove(last);
+        let removed = table_at(&mut self.doc, parent).remove(last);
+        assert!(removed.is_some(), "{path} is not in the config");
         self
     }
 
@@ -156,10 +157,14 @@ token = "web"
         toml::to_string(&self.doc).unwrap()
     }
 
-    /// The test's scratch directory, with the test key in its `key` file.
+    /// The test's scratch directory, with the test key in its `key` file unless the test has
+    /// written another there.
     pub fn dir(&self) -> PathBuf {
         let dir = scratch(&self.name);
-        std::fs::write(dir.join("key"), format!("{KEY}\n")).unwrap();
+        let key = dir.join("key");
+        if !key.exists() {
+            std::fs::write(key, format!("{KEY}\n")).unwrap();
+        }
         dir
     }
 

@@ -105,9 +105,9 @@ impl Stack {
 
     /// Change the config with `edit`, write it and reload it, as SIGHUP does.
     pub fn reload(&self, edit: impl FnOnce(Setup) -> Setup) {
-        let mut setup = self.setup.lock().unwrap();
-        *setup = edit(setup.clone());
-        std::fs::write(&self.config_path, setup.toml()).unwrap();
+        let edited = edit(self.setup());
+        std::fs::write(&self.config_path, edited.toml()).unwrap();
+        *self.setup.lock().unwrap() = edited;
         p13n_edge::config::reload(&self.config_path, &self.handles.config, &self.handles.cache)
             .unwrap_or_else(|e| panic!("reload: {e}"));
     }

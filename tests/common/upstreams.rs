@@ -83,7 +83,9 @@ impl Emulator {
 /// the connections it accepted.
 pub struct Recorder {
     pub addr: SocketAddr,
+    /// Each request, raw, and the number of the connection it came on (from 0).
     pub seen: Arc<Mutex<Vec<String>>>,
+    on: Arc<Mutex<Vec<usize>>>,
     pub connections: Arc<AtomicUsize>,
 }
 
@@ -92,20 +94,23 @@ impl Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let on = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (log, accepted) = (seen.clone(), connections.clone());
+        let (log, came_on, accepted) = (seen.clone(), on.clone(), connections.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
-                accepted.fetch_add(1, Ordering::Relaxed);
-                let log = log.clone();
+                let number = accepted.fetch_add(1, Ordering::Relaxed);
+                let (log, came_on) = (log.clone(), came_on.clone());
                 std::thread::spawn(move || loop {
                     let Some(req) = read_message(&mut stream) else {
                         return;
                     };
-                    log.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&req).into_owned());
+                    // One lock for both: a request and its connection are recorded together.
+                    let mut log = log.lock().unwrap();
+                    log.push(String::from_utf8_lossy(&req).into_owned());
+                    came_on.lock().unwrap().push(number);
+                    drop(log);
                     if stream.write_all(reply.as_bytes()).is_err() {
                         return;
                     }
@@ -115,6 +120,7 @@ impl Recorder {
         Recorder {
             addr,
             seen,
+            on,
             connections,
         }
     }
@@ -134,6 +140,16 @@ impl Recorder {
         self.requests()
             .iter()
             .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The bodies of the requests it received, each with the number of its connection.
+    pub fn bodies_by_connection(&self) -> Vec<(String, usize)> {
+        let seen = self.seen.lock().unwrap();
+        let on = self.on.lock().unwrap();
+        seen.iter()
+            .zip(on.iter())
+            .map(|(raw, n)| (raw.split("\r\n\r\n").nth(1).unwrap_or_default().into(), *n))
             .collect()
     }
 

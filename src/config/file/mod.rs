@@ -254,10 +254,11 @@ pub struct SpoolSection {
     /// the upstream. A visitor's own events still go one after another, in order.
     #[serde(default = "default_replay_concurrency")]
     pub replay_concurrency: usize,
-    /// Added to the daemon's nice value for replay's thread (0 to 19): replay can wait, the
-    /// answers cannot, so when the CPU is short replay gives way. Applied at start.
+    /// How much higher than the daemon's own replay's nice value is, 0 to 19 (a lower
+    /// priority): replay can wait, the answers cannot, so when the CPU is short replay gives
+    /// way. Applied at start; Linux only.
     #[serde(default = "default_replay_nice")]
-    pub replay_nice: u8,
+    pub replay_nice: i64,
     /// Most bytes of the dead-letter log (events the upstream refused as invalid, 3004 or 413,
     /// and events whose route stayed gone). Past it, such events are held in the spool instead.
     #[serde(default = "default_dead_letter_bytes")]

@@ -136,6 +136,7 @@ impl Replayer {
             endpoint,
             body: record.body.clone(),
             client: ClientInfo::default(),
+            replay: true,
         };
         let started = std::time::Instant::now();
         let mut paced = Duration::ZERO;
