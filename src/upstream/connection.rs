@@ -42,7 +42,7 @@ pub(super) async fn attempt(
         match exchange(stream, &request, limits.max_body).await {
             Ok((response, reusable)) => {
                 if let Some(stream) = reusable {
-                    pool.put(key, stream);
+                    pool.put(key, stream, limits.timeouts.upstream_idle);
                 }
                 return Ok(response);
             }

@@ -111,7 +111,7 @@ impl H2Pool {
         C: Fn() -> F,
         F: Future<Output = Result<Stream, UpstreamError>>,
     {
-        let slot = lock(&self.slots).entry(key).or_default().clone();
+        let slot = self.slot(key);
         let mut fresh_tried = false;
         loop {
             let (connection, fresh) = self.connection(&slot, &connect).await?;
@@ -137,6 +137,23 @@ impl H2Pool {
                 Err(Failure::TooLarge) => return Err(UpstreamError::TooLarge(limits.max_body)),
             }
         }
+    }
+
+    /// The connections for `key`. A key seen for the first time (a new address of the upstream's
+    /// host, say) first clears out the keys no call is using and no connection is left on, so
+    /// that the map follows the addresses in use rather than every address ever resolved.
+    fn slot(&self, key: u64) -> Slot {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get(&key) {
+            return slot.clone();
+        }
+        slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .try_lock()
+                    .map_or(true, |held| held.iter().any(Connection::usable))
+        });
+        slots.entry(key).or_default().clone()
     }
 
     /// The least busy of the slot's connections with a stream to spare, or a new one (whether it
@@ -296,4 +313,26 @@ fn request(call: &Call) -> Request<()> {
         }
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_left_without_a_connection_or_a_caller_are_forgotten() {
+        let pool = H2Pool::default();
+        let refused = || async { Err(UpstreamError::Connect("refused".into())) };
+        // A thousand addresses, one after another, none of them reachable.
+        for key in 0..1000 {
+            let slot = pool.slot(key);
+            assert!(pool.connection(&slot, &refused).await.is_err());
+        }
+        assert!(lock(&pool.slots).len() <= 1, "{}", lock(&pool.slots).len());
+        // A key some call still holds stays.
+        let held = pool.slot(5000);
+        let _ = pool.slot(5001);
+        assert!(lock(&pool.slots).contains_key(&5000));
+        drop(held);
+    }
 }
