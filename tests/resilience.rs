@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -355,4 +356,122 @@ fn an_http2_connection_gone_silent_is_not_used_after_a_call_times_out_on_it() {
         assert_eq!(r.status, 200, "call {n}: {}", r.text());
     }
     assert_eq!(relay.opened.load(Ordering::SeqCst), 2);
+}
+
+/// One HTTP/2 frame: its type, flags, stream and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// `:status: 200` (HPACK static index 8) and `content-type: application/json` (a literal on
+/// static name 31), then the body, ending the stream.
+fn h2_answer(stream: u32) -> Vec<u8> {
+    let mut head = vec![0x88, 0x0f, 0x10, 0x10];
+    head.extend_from_slice(b"application/json");
+    let mut frames = h2_frame(0x1, 0x4, stream, &head);
+    frames.extend(h2_frame(0x0, 0x1, stream, br#"{"offers":{}}"#));
+    frames
+}
+
+/// An HTTP/2 upstream speaking raw frames. On its first connection it waits for two whole
+/// requests, then sends GOAWAY (NO_ERROR) naming only the first as accepted, answers that one
+/// and closes: the second was never processed. Later connections answer every request. Returns
+/// its address and each answer's connection (from 0) and stream.
+fn goaway_after_first_of_two() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(usize, u32)>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = answered.clone();
+    std::thread::spawn(move || {
+        for (n, tcp) in listener.incoming().enumerate() {
+            let Ok(mut tcp) = tcp else { return };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut preface = [0u8; 24];
+                tcp.read_exact(&mut preface).unwrap();
+                tcp.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
+                let mut whole = Vec::new();
+                let answer = |tcp: &mut std::net::TcpStream, stream: u32| {
+                    tcp.write_all(&h2_answer(stream)).unwrap();
+                    log.lock().unwrap().push((n, stream));
+                };
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).is_err() {
+                        break;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    let mut payload = vec![0u8; len];
+                    tcp.read_exact(&mut payload).unwrap();
+                    match kind {
+                        // SETTINGS, not an ACK: acknowledged.
+                        0x4 if flags & 0x1 == 0 => {
+                            tcp.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap()
+                        }
+                        // PING: answered.
+                        0x6 if flags & 0x1 == 0 => {
+                            tcp.write_all(&h2_frame(0x6, 0x1, 0, &payload)).unwrap()
+                        }
+                        // DATA or HEADERS ending the stream: a whole request.
+                        0x0 | 0x1 if flags & 0x1 != 0 => whole.push(stream),
+                        _ => {}
+                    }
+                    if n == 0 && whole.len() == 2 {
+                        let mut goaway = whole[0].to_be_bytes().to_vec();
+                        goaway.extend_from_slice(&0u32.to_be_bytes());
+                        tcp.write_all(&h2_frame(0x7, 0, 0, &goaway)).unwrap();
+                        answer(&mut tcp, whole[0]);
+                        // Closed once the client has read the answer and the GOAWAY.
+                        let _ = tcp.shutdown(std::net::Shutdown::Write);
+                        let _ = tcp.read_to_end(&mut Vec::new());
+                        break;
+                    }
+                    if n > 0 {
+                        for stream in whole.drain(..) {
+                            answer(&mut tcp, stream);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+#[test]
+fn a_call_past_the_last_stream_a_goaway_accepted_goes_again_on_a_new_connection() {
+    let (upstream, answered) = goaway_after_first_of_two();
+    let proxy = Setup::new("h2_goaway")
+        .upstream(format!("http://{upstream}"))
+        .set("upstream.protocol", "h2")
+        .set("service.cache.mode", "off")
+        .start_proxy();
+    // Two calls at once: two streams on the first connection, of which the upstream takes one.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2)
+            .map(|n| {
+                let addr = proxy.addr;
+                s.spawn(move || {
+                    let body = format!(r#"{{"td_client_id":"g{n}","td_path":"/x"}}"#);
+                    to(addr).event(PAGEVIEWS, &body).status
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let answered = answered.lock().unwrap().clone();
+    assert_eq!(statuses, [200, 200], "{answered:?}");
+    // Each event was processed once: one on the first connection, the other on the next.
+    let on: Vec<usize> = answered.iter().map(|a| a.0).collect();
+    assert_eq!(on, [0, 1], "{answered:?}");
 }

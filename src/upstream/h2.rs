@@ -263,10 +263,14 @@ async fn exchange(
     })
 }
 
-/// A stream the server refused (`REFUSED_STREAM`, or past the last one a `GOAWAY` accepted) was
-/// not processed; `opening` says the stream was never sent at all.
+/// A stream the server refused was not processed: `REFUSED_STREAM`, or a graceful `GOAWAY`
+/// (`NO_ERROR`) that accepted only streams below it (the h2 crate fails exactly those with the
+/// GOAWAY; streams it accepted and left unanswered end with the connection, as I/O errors).
+/// `opening` says the stream was never sent at all.
 fn unsent_if_refused(e: h2::Error, opening: bool) -> Failure {
-    if opening || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+    let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR));
+    if opening || refused {
         Failure::Unsent(describe(&e))
     } else {
         Failure::Sent(describe(&e))
