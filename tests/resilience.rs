@@ -358,6 +358,9 @@ fn an_http2_connection_gone_silent_is_not_used_after_a_call_times_out_on_it() {
     assert_eq!(relay.opened.load(Ordering::SeqCst), 2);
 }
 
+/// Each answer's connection (from 0) and stream, in the order sent.
+type Answered = Arc<std::sync::Mutex<Vec<(usize, u32)>>>;
+
 /// One HTTP/2 frame: its type, flags, stream and payload.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -381,7 +384,7 @@ fn h2_answer(stream: u32) -> Vec<u8> {
 /// requests, then sends GOAWAY (NO_ERROR) naming only the first as accepted, answers that one
 /// and closes: the second was never processed. Later connections answer every request. Returns
 /// its address and each answer's connection (from 0) and stream.
-fn goaway_after_first_of_two() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(usize, u32)>>>) {
+fn goaway_after_first_of_two() -> (SocketAddr, Answered) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
