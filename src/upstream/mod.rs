@@ -23,6 +23,7 @@ pub use circuit::{Circuit, CircuitSettings, CircuitState};
 pub use connection::request_bytes;
 pub use dns::{DnsCache, DnsError, DnsPolicy, Freshness, Resolve, SystemResolver};
 pub use endpoint::{Endpoint, Timeouts, UpstreamTarget};
+use pool::Pools;
 pub use quota::QuotaWait;
 use quota::{quota_answer, Quota};
 
@@ -58,21 +59,6 @@ pub struct UpstreamClient {
     rejected: DashMap<String, String>,
 }
 
-/// Idle HTTP/1 connections and HTTP/2 connections, by address.
-struct Pools {
-    h1: pool::Pool,
-    h2: h2::H2Pool,
-}
-
-impl Pools {
-    fn new() -> Pools {
-        Pools {
-            h1: pool::Pool::new(POOL_SIZE),
-            h2: h2::H2Pool::default(),
-        }
-    }
-}
-
 impl UpstreamClient {
     /// `ca_file` replaces the system roots for `https` upstreams; `resolver` looks up upstream
     /// names under the `dns` policy.
@@ -86,8 +72,8 @@ impl UpstreamClient {
         options.ca_file = ca_file;
         UpstreamClient {
             transport: TransportConnector::new(Some(options)),
-            answers: Pools::new(),
-            replay: Pools::new(),
+            answers: Pools::new(POOL_SIZE),
+            replay: Pools::new(POOL_SIZE),
             protocol,
             dns: DnsCache::new(dns, resolver),
             budgets: DashMap::new(),

@@ -10,6 +10,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Idle HTTP/1 connections and HTTP/2 connections, by address: one set for the answers and one
+/// for replay (`UpstreamClient`).
+pub(super) struct Pools {
+    pub(super) h1: Pool,
+    pub(super) h2: super::h2::H2Pool,
+}
+
+impl Pools {
+    pub(super) fn new(per_peer: usize) -> Pools {
+        Pools {
+            h1: Pool::new(per_peer),
+            h2: super::h2::H2Pool::default(),
+        }
+    }
+}
+
 pub struct Pool {
     idle: Mutex<HashMap<u64, Vec<(Stream, Instant)>>>,
     per_peer: usize,

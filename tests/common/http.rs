@@ -10,6 +10,14 @@ use std::time::Duration;
 /// The route every test config has: `demo_db/pageviews`.
 pub const PAGEVIEWS: &str = "/demo_db/pageviews";
 
+/// POST a `/retail` page view of `visitor` to `addr`'s `demo_db/pageviews`.
+pub fn post_view(addr: SocketAddr, visitor: &str) -> Response {
+    to(addr).event(
+        PAGEVIEWS,
+        &format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail"}}"#),
+    )
+}
+
 /// A listener to send requests to.
 #[derive(Clone, Copy)]
 pub struct Target(pub SocketAddr);

@@ -293,6 +293,16 @@ impl Daemon {
         assert!(status.success());
     }
 
+    /// How many reloads have ended with `result` (`"ok"` or `"error"`).
+    pub fn reloads(&self, result: &str) -> u64 {
+        let needle = format!("p13n_edge_config_reloads_total{{result=\"{result}\"}} ");
+        to(self.admin)
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(needle.as_str())?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Whether the process has ended.
     pub fn ended(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
