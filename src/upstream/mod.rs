@@ -228,11 +228,12 @@ impl UpstreamClient {
         call: &Call,
         limits: CallLimits,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let pools = if call.replay {
-            &self.replay
+        let (pools, other) = if call.replay {
+            (&self.replay, &self.answers)
         } else {
-            &self.answers
+            (&self.answers, &self.replay)
         };
+        other.h1.sweep_if_due(limits.timeouts.upstream_idle);
         match self.protocol {
             Protocol::Http1 => {
                 connection::attempt(&self.transport, &pools.h1, addr, call, limits).await

@@ -27,14 +27,23 @@ impl Pools {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<u64, Vec<(Stream, Instant)>>>,
+    idle: Mutex<Idle>,
     per_peer: usize,
+}
+
+struct Idle {
+    by_peer: HashMap<u64, Vec<(Stream, Instant)>>,
+    /// When connections past their idle time are next closed everywhere.
+    next_sweep: Instant,
 }
 
 impl Pool {
     pub fn new(per_peer: usize) -> Self {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idle {
+                by_peer: HashMap::new(),
+                next_sweep: Instant::now(),
+            }),
             per_peer,
         }
     }
@@ -43,7 +52,7 @@ impl Pool {
     /// are closed on the way.
     pub fn take(&self, peer: u64, max_idle: Duration) -> Option<Stream> {
         let mut idle = lock(&self.idle);
-        let stack = idle.get_mut(&peer)?;
+        let stack = idle.by_peer.get_mut(&peer)?;
         while let Some((stream, since)) = stack.pop() {
             if since.elapsed() < max_idle {
                 return Some(stream);
@@ -52,23 +61,47 @@ impl Pool {
         None
     }
 
-    /// Keep `stream` for reuse, unless `peer` already has `per_peer` idle connections. A peer
-    /// seen for the first time (a new address of the upstream's host, say) first closes the
-    /// connections idle for `max_idle` or more and forgets the peers left with none: no call
-    /// would take them, and an address no longer resolved would keep them open for good.
+    /// Keep `stream` for reuse, unless `peer` already has `per_peer` idle connections.
     pub fn put(&self, peer: u64, stream: Stream, max_idle: Duration) {
-        let mut idle = lock(&self.idle);
-        if let Some(stack) = idle.get_mut(&peer) {
+        let expired = {
+            let mut idle = lock(&self.idle);
+            let stack = idle.by_peer.entry(peer).or_default();
             if stack.len() < self.per_peer {
                 stack.push((stream, Instant::now()));
             }
-            return;
+            idle.sweep_if_due(max_idle)
+        };
+        drop(expired);
+    }
+
+    /// Close, once every `max_idle`, the connections idle that long to any peer, and forget the
+    /// peers left with none: a peer no call takes from any more (an address DNS no longer
+    /// gives) would otherwise keep its connections open for good. The other pool's calls
+    /// sweep this one too, so that a pool its own calls left alone is swept all the same.
+    pub fn sweep_if_due(&self, max_idle: Duration) {
+        let expired = lock(&self.idle).sweep_if_due(max_idle);
+        drop(expired);
+    }
+}
+
+impl Idle {
+    /// The connections to close (after the lock is released), if a sweep is due.
+    fn sweep_if_due(&mut self, max_idle: Duration) -> Vec<Stream> {
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return Vec::new();
         }
-        idle.retain(|_, stack| {
-            stack.retain(|(_, since)| since.elapsed() < max_idle);
+        self.next_sweep = now + max_idle;
+        let mut expired = Vec::new();
+        self.by_peer.retain(|_, stack| {
+            let (kept, old): (Vec<_>, Vec<_>) = std::mem::take(stack)
+                .into_iter()
+                .partition(|(_, since)| now.duration_since(*since) < max_idle);
+            *stack = kept;
+            expired.extend(old.into_iter().map(|(stream, _)| stream));
             !stack.is_empty()
         });
-        idle.insert(peer, vec![(stream, Instant::now())]);
+        expired
     }
 }
 
@@ -85,21 +118,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_peer_closes_what_idled_too_long_elsewhere_and_forgets_empty_peers() {
+    async fn every_max_idle_the_connections_idle_that_long_close_and_empty_peers_go() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::new(4);
         let hour = Duration::from_secs(3600);
+        // The first put sweeps (nothing yet) and sets the next sweep an hour away.
         pool.put(1, connected(&listener).await, hour);
         pool.put(1, connected(&listener).await, hour);
-        // Another peer, its calls idling no time at all: peer 1's connections are all past it.
-        pool.put(2, connected(&listener).await, Duration::ZERO);
-        assert!(!lock(&pool.idle).contains_key(&1));
-        // A peer already known sweeps nothing.
-        pool.put(2, connected(&listener).await, Duration::ZERO);
-        assert_eq!(lock(&pool.idle)[&2].len(), 2);
-        // Within max_idle, a new peer leaves the others their connections.
-        pool.put(3, connected(&listener).await, hour);
-        assert_eq!(lock(&pool.idle)[&2].len(), 2);
-        assert!(pool.take(2, hour).is_some());
+        // Not due: a sweep with any max_idle leaves them.
+        pool.sweep_if_due(Duration::ZERO);
+        assert_eq!(lock(&pool.idle).by_peer[&1].len(), 2);
+        // Due (the peer DNS stopped giving is idle past max_idle): closed, and the peer gone,
+        // while another peer's fresh connection stays.
+        lock(&pool.idle).next_sweep = Instant::now();
+        pool.put(2, connected(&listener).await, Duration::from_millis(50));
+        assert_eq!(lock(&pool.idle).by_peer[&1].len(), 2, "younger than 50 ms");
+        std::thread::sleep(Duration::from_millis(60));
+        lock(&pool.idle).next_sweep = Instant::now();
+        pool.put(2, connected(&listener).await, Duration::from_millis(50));
+        let idle = lock(&pool.idle);
+        assert!(!idle.by_peer.contains_key(&1));
+        assert_eq!(idle.by_peer[&2].len(), 1, "the one just put");
     }
 }
