@@ -65,11 +65,12 @@ impl Pool {
     pub fn put(&self, peer: u64, stream: Stream, max_idle: Duration) {
         let expired = {
             let mut idle = lock(&self.idle);
+            let now = Instant::now();
             let stack = idle.by_peer.entry(peer).or_default();
             if stack.len() < self.per_peer {
-                stack.push((stream, Instant::now()));
+                stack.push((stream, now));
             }
-            idle.sweep_if_due(max_idle)
+            idle.sweep_if_due(now, max_idle)
         };
         drop(expired);
     }
@@ -77,17 +78,21 @@ impl Pool {
     /// Close, once every `max_idle`, the connections idle that long to any peer, and forget the
     /// peers left with none: a peer no call takes from any more (an address DNS no longer
     /// gives) would otherwise keep its connections open for good. The other pool's calls
-    /// sweep this one too, so that a pool its own calls left alone is swept all the same.
+    /// sweep this one too, so that a pool its own calls left alone is swept all the same; they
+    /// skip it while this pool's own calls hold its lock (those calls sweep it themselves).
     pub fn sweep_if_due(&self, max_idle: Duration) {
-        let expired = lock(&self.idle).sweep_if_due(max_idle);
+        let Ok(mut idle) = self.idle.try_lock() else {
+            return;
+        };
+        let expired = idle.sweep_if_due(Instant::now(), max_idle);
+        drop(idle);
         drop(expired);
     }
 }
 
 impl Idle {
     /// The connections to close (after the lock is released), if a sweep is due.
-    fn sweep_if_due(&mut self, max_idle: Duration) -> Vec<Stream> {
-        let now = Instant::now();
+    fn sweep_if_due(&mut self, now: Instant, max_idle: Duration) -> Vec<Stream> {
         if now < self.next_sweep {
             return Vec::new();
         }
