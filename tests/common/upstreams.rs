@@ -137,9 +137,9 @@ impl Recorder {
 
     /// The bodies of the requests it received, in order.
     pub fn bodies(&self) -> Vec<String> {
-        self.requests()
-            .iter()
-            .map(|raw| raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+        self.bodies_by_connection()
+            .into_iter()
+            .map(|(body, _)| body)
             .collect()
     }
 
