@@ -116,13 +116,18 @@ pub fn error_body(code: u32, message: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-/// Read the vendor code from an error body, if it has the vendor's shape.
+/// Read the vendor code from an error body, if it has the vendor's shape. A body that does not
+/// start as a JSON object (after whitespace) is not parsed at all, and the message is skipped,
+/// never built.
 pub fn vendor_code(body: &[u8]) -> Option<u32> {
     #[derive(serde::Deserialize)]
     struct Shape {
         code: u32,
         #[allow(dead_code)]
-        message: serde_json::Value,
+        message: serde::de::IgnoredAny,
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
     }
     serde_json::from_slice::<Shape>(body).ok().map(|s| s.code)
 }
@@ -139,5 +144,8 @@ mod tests {
         assert_eq!(EdgeError::InvalidEvent("x").code(), 3004);
         assert_eq!(vendor_code(br#"{"code":2013,"message":"m"}"#), Some(2013));
         assert_eq!(vendor_code(b"<html>"), None);
+        assert_eq!(vendor_code(b" \n{\"message\":[1,{}],\"code\":7}"), Some(7));
+        assert_eq!(vendor_code(br#"{"code":2013}"#), None);
+        assert_eq!(vendor_code(br#"{"code":"2013","message":"m"}"#), None);
     }
 }

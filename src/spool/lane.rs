@@ -278,6 +278,24 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Position {
     }
 }
 
+/// A checkpoint line's length: two 20-digit numbers, a space and a newline.
+const CHECKPOINT_LINE: usize = 42;
+
+/// `at` as a checkpoint line: `{:020} {:020}\n` (u64's 20 digits at most), without `format!`:
+/// replay writes one after each delivered record.
+fn checkpoint_line(at: Position) -> [u8; CHECKPOINT_LINE] {
+    let mut line = [b'0'; CHECKPOINT_LINE];
+    for (mut n, end) in [(at.segment, 20), (at.offset, 41)] {
+        for digit in line[end - 20..end].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    line[20] = b' ';
+    line[41] = b'\n';
+    line
+}
+
 /// Replay's progress, rewritten in place: a fixed-width `segment offset` line, so that an update
 /// is one 42-byte write at offset 0, within one disk sector, that never leaves part of an older
 /// line behind. It is not synced: a crash of the OS can repeat events, never lose them.
@@ -301,25 +319,41 @@ impl CheckpointFile {
 
     pub fn write(&mut self, at: Position) {
         use std::os::unix::fs::FileExt;
-        let line = format!("{:020} {:020}\n", at.segment, at.offset);
+        let line = checkpoint_line(at);
         if self.file.is_none() {
             self.file = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(self.dir.join(CHECKPOINT))
-                .and_then(|f| f.set_len(line.len() as u64).map(|()| f))
+                .and_then(|f| f.set_len(CHECKPOINT_LINE as u64).map(|()| f))
                 .ok();
         }
         let written = self
             .file
             .as_ref()
-            .is_some_and(|f| f.write_all_at(line.as_bytes(), 0).is_ok());
+            .is_some_and(|f| f.write_all_at(&line, 0).is_ok());
         if !written {
             // Opened again next time.
             self.file = None;
             tracing::error!(
                 "cannot write the spool checkpoint; a restart may deliver events twice"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_line_is_the_fixed_width_format() {
+        for (segment, offset) in [(0, 0), (1, 42), (u64::MAX, 7), (123_456, u64::MAX)] {
+            let line = checkpoint_line(Position { segment, offset });
+            assert_eq!(
+                line.to_vec(),
+                format!("{segment:020} {offset:020}\n").into_bytes()
             );
         }
     }

@@ -33,10 +33,14 @@ fn verdict(result: &Result<UpstreamResponse, UpstreamError>) -> Verdict {
         Err(UpstreamError::TooLarge(_)) => return Verdict::DeadLetter("answer_too_large"),
         Err(_) => return Verdict::Retry,
     };
+    match r.status {
+        200..=299 => return Verdict::Delivered,
+        429 | 500.. => return Verdict::Retry,
+        _ => {}
+    }
+    // Only a refusal's body is read for its vendor code.
     let code = vendor_code(&r.body);
     match (r.status, code) {
-        (200..=299, _) => Verdict::Delivered,
-        (429, _) | (500.., _) => Verdict::Retry,
         (413, _) => Verdict::DeadLetter("too_large"),
         (400, Some(3004)) => Verdict::DeadLetter("invalid_event"),
         (401 | 403, _) | (400, Some(3000..=3003 | 3006)) => Verdict::Hold(

@@ -6,6 +6,7 @@ use crate::lock;
 use crate::spool::lane::{CheckpointFile, Lane};
 use crate::spool::{Position, Record};
 use futures::stream::{self, StreamExt};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
@@ -83,17 +84,20 @@ impl Replayer {
 }
 
 /// The batch's records by visitor (and service), each visitor's in order: indexes into
-/// `records`.
+/// `records`, the visitors in the order of their first record. One map lookup a record: a
+/// batch can hold the whole replay window's records, each of another visitor.
 fn by_visitor(records: &[(Record, u64)]) -> Vec<Vec<usize>> {
     let mut visitors: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<(&str, &str), usize, ahash::RandomState> =
+        HashMap::with_capacity_and_hasher(records.len(), ahash::RandomState::new());
     for (i, (record, _)) in records.iter().enumerate() {
-        let same = visitors.iter_mut().find(|v| {
-            let seen = &records[v[0]].0;
-            seen.visitor == record.visitor && seen.service == record.service
-        });
-        match same {
-            Some(queue) => queue.push(i),
-            None => visitors.push(vec![i]),
+        let key = (record.service.as_str(), record.visitor.as_str());
+        match seen.get(&key) {
+            Some(&queue) => visitors[queue].push(i),
+            None => {
+                seen.insert(key, visitors.len());
+                visitors.push(vec![i]);
+            }
         }
     }
     visitors
@@ -113,6 +117,36 @@ async fn passed(progress: &Mutex<Progress>, advanced: &Notify, i: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(service: &str, visitor: &str) -> (Record, u64) {
+        let record = Record {
+            run: 1,
+            seq: 0,
+            enqueued_ms: 0,
+            service: service.into(),
+            route: "/db/t".into(),
+            visitor: visitor.into(),
+            body: bytes::Bytes::new(),
+            route_id: String::new(),
+        };
+        (record, 0)
+    }
+
+    #[test]
+    fn a_batch_is_split_by_service_and_visitor_in_order() {
+        let records = [
+            record("a", "v1"),
+            record("a", "v2"),
+            record("b", "v1"),
+            record("a", "v1"),
+            record("b", "v1"),
+            record("a", "v3"),
+        ];
+        assert_eq!(
+            by_visitor(&records),
+            vec![vec![0, 3], vec![1], vec![2, 4], vec![5]]
+        );
+    }
 
     #[test]
     fn the_checkpoint_moves_only_past_a_delivered_prefix() {
