@@ -83,7 +83,8 @@ pub struct Config {
     pub shared: Option<SharedSettings>,
     pub services: Vec<Arc<Service>>,
     /// Exact request path (`/db/table` or `/public/db/table`) to its route.
-    pub routes: HashMap<String, Arc<Route>>,
+    /// Looked up by each request's path: ahash, randomly keyed.
+    pub routes: HashMap<String, Arc<Route>, ahash::RandomState>,
 }
 
 /// Token buckets; `None` is off.

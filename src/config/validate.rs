@@ -224,7 +224,7 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
     }
 }
 
-type Routes = HashMap<String, Arc<Route>>;
+type Routes = HashMap<String, Arc<Route>, ahash::RandomState>;
 
 /// Every service and its routes; a service with a problem is left out (its problems listed).
 /// Also every credential loaded, to be scrubbed out of the problems.
@@ -237,7 +237,7 @@ fn services_and_routes(
         problems.push("no [[service]] is configured: the proxy would serve nothing".into());
     }
     let mut services = Vec::new();
-    let mut routes = Routes::new();
+    let mut routes = Routes::default();
     let mut secrets = Vec::new();
     let mut service_names = HashMap::new();
     for (i, section) in file.services.iter().enumerate() {

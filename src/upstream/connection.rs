@@ -15,7 +15,7 @@ use pingora::connectors::TransportConnector;
 use pingora::protocols::{Stream, ALPN};
 use pingora::upstreams::peer::HttpPeer;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use tokio::io::AsyncWriteExt;
@@ -93,9 +93,9 @@ async fn connect_now(
 
 /// Connections to the same address, with the same TLS and host name, are interchangeable.
 pub(super) fn pool_key(addr: SocketAddr, target: &UpstreamTarget) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (addr, target.tls, &target.host).hash(&mut hasher);
-    hasher.finish()
+    static KEYS: std::sync::LazyLock<ahash::RandomState> =
+        std::sync::LazyLock::new(ahash::RandomState::new);
+    KEYS.hash_one((addr, target.tls, &target.host))
 }
 
 fn peer(addr: SocketAddr, target: &UpstreamTarget, t: &Timeouts) -> HttpPeer {

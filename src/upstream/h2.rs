@@ -87,7 +87,7 @@ impl Connection {
 /// upstream closed, or that failed a call, is dropped from the list when the next call looks.
 #[derive(Default)]
 pub(super) struct H2Pool {
-    slots: Mutex<HashMap<u64, Slot>>,
+    slots: Mutex<HashMap<u64, Slot, ahash::RandomState>>,
 }
 
 /// Why an exchange failed.

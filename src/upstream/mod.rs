@@ -31,6 +31,10 @@ use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
 use dashmap::DashMap;
+
+/// The hasher of the per-call maps (keyed by service and upstream, looked up on every call):
+/// ahash, a third of SipHash's cost.
+type Keyed = ahash::RandomState;
 use http::HeaderValue;
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::TransportConnector;
@@ -51,12 +55,12 @@ pub struct UpstreamClient {
     replay: Pools,
     protocol: Protocol,
     dns: DnsCache,
-    budgets: DashMap<String, Arc<RetryBudget>>,
+    budgets: DashMap<String, Arc<RetryBudget>, Keyed>,
     /// The schedules of the services with a quota.
-    quotas: DashMap<String, Arc<Quota>>,
-    circuits: DashMap<String, Arc<Mutex<Circuit>>>,
+    quotas: DashMap<String, Arc<Quota>, Keyed>,
+    circuits: DashMap<String, Arc<Mutex<Circuit>>, Keyed>,
     /// Routes whose token the upstream refused, until a call on them succeeds.
-    rejected: DashMap<String, String>,
+    rejected: DashMap<String, String, Keyed>,
 }
 
 impl UpstreamClient {
@@ -76,10 +80,10 @@ impl UpstreamClient {
             replay: Pools::new(POOL_SIZE),
             protocol,
             dns: DnsCache::new(dns, resolver),
-            budgets: DashMap::new(),
-            quotas: DashMap::new(),
-            circuits: DashMap::new(),
-            rejected: DashMap::new(),
+            budgets: DashMap::default(),
+            quotas: DashMap::default(),
+            circuits: DashMap::default(),
+            rejected: DashMap::default(),
         }
     }
 
@@ -104,30 +108,33 @@ impl UpstreamClient {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let endpoint = &call.endpoint;
         let policy = &endpoint.policy;
-        let deadline = Instant::now() + limits.deadline;
+        // One clock reading for the call's start; each retry reads it again.
+        let mut now = Instant::now();
+        let deadline = now + limits.deadline;
         let budget = self.budget(&endpoint.service);
-        budget.deposit(&policy.budget, Instant::now());
+        budget.deposit(&policy.budget, now);
         let circuit = self.circuit(&endpoint.target.authority);
         let mut retry = 0;
         loop {
             // Every attempt, a retry too, is a call the quota counts.
             if let Some(rate) = policy.quota {
-                let queued = Instant::now();
                 let taken = self
                     .take_quota(&endpoint.service, rate, deadline, limits)
                     .await;
-                *paced += queued.elapsed();
+                let after = Instant::now();
+                *paced += after - now;
+                now = after;
                 if let Err(wait) = taken {
                     return Ok(quota_answer(wait));
                 }
             }
-            if !lock(&circuit).allow(&policy.circuit, Instant::now()) {
+            if !lock(&circuit).allow(&policy.circuit, now) {
                 metrics::UPSTREAM_ERRORS
                     .with_label_values(&[&endpoint.service, "circuit_open"])
                     .inc();
                 return Err(UpstreamError::CircuitOpen);
             }
-            let result = self.attempt(call, limits, deadline, &circuit).await;
+            let result = self.attempt(call, limits, (now, deadline), &circuit).await;
             let Some(reason) = retry_reason(&result, policy) else {
                 return result;
             };
@@ -149,21 +156,21 @@ impl UpstreamClient {
                 .with_label_values(&[&endpoint.service])
                 .observe(delay.as_secs_f64());
             tokio::time::sleep(delay).await;
+            now = Instant::now();
             retry += 1;
         }
     }
 
-    /// One attempt, on the host's addresses in turn, bounded by the deadline; recorded in the
-    /// circuit and the metrics.
+    /// One attempt, started now (`started`, the caller's clock reading), on the host's
+    /// addresses in turn, bounded by the deadline; recorded in the circuit and the metrics.
     async fn attempt(
         &self,
         call: &Call,
         limits: CallLimits,
-        deadline: Instant,
+        (started, deadline): (Instant, Instant),
         circuit: &Mutex<Circuit>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let endpoint = &call.endpoint;
-        let started = Instant::now();
         let mut limits = limits;
         limits.timeouts.upstream = limits
             .timeouts
@@ -176,10 +183,11 @@ impl UpstreamClient {
                 Ok(result) => result.map(|r| without_credentials(r, endpoint)),
                 Err(_) => Err(UpstreamError::Timeout),
             };
+        let ended = Instant::now();
         endpoint
             .series
             .upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe((ended - started).as_secs_f64());
         let healthy = match &result {
             Ok(r) => {
                 self.observe_answer(endpoint, r);
@@ -193,7 +201,7 @@ impl UpstreamClient {
                 false
             }
         };
-        let changed = lock(circuit).record(&endpoint.policy.circuit, healthy, Instant::now());
+        let changed = lock(circuit).record(&endpoint.policy.circuit, healthy, ended);
         if let Some(state) = changed {
             let upstream = &endpoint.target.authority;
             metrics::CIRCUIT_STATE
@@ -317,7 +325,7 @@ impl UpstreamClient {
 
 /// The state kept under `key`, made on first use. The read path takes no write lock and
 /// allocates no key.
-fn shared<T>(map: &DashMap<String, Arc<T>>, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+fn shared<T>(map: &DashMap<String, Arc<T>, Keyed>, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
     if let Some(found) = map.get(key) {
         return found.clone();
     }

@@ -32,7 +32,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    by_peer: HashMap<u64, Vec<(Stream, Instant)>>,
+    by_peer: HashMap<u64, Vec<(Stream, Instant)>, ahash::RandomState>,
     /// When connections past their idle time are next closed everywhere.
     next_sweep: Instant,
 }
@@ -41,7 +41,7 @@ impl Pool {
     pub fn new(per_peer: usize) -> Self {
         Pool {
             idle: Mutex::new(Idle {
-                by_peer: HashMap::new(),
+                by_peer: HashMap::default(),
                 next_sweep: Instant::now(),
             }),
             per_peer,
