@@ -126,13 +126,13 @@ pub struct Spool {
     pending: DashMap<VisitorKey, u32, ahash::RandomState>,
     depth: AtomicI64,
     disk_bytes: AtomicU64,
-    lanes: DashMap<Arc<str>, Arc<Lane>>,
+    lanes: DashMap<Arc<str>, Arc<Lane>, ahash::RandomState>,
     /// Lanes for the replayer to start, each sent once.
     new_lanes: tokio::sync::mpsc::UnboundedSender<Arc<Lane>>,
     lanes_to_start: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Lane>>>>,
     dead: DeadLetters,
     /// Records whose live call still runs: the replayer waits for its outcome.
-    inflight: DashMap<(u64, u64), watch::Receiver<Option<bool>>>,
+    inflight: DashMap<(u64, u64), watch::Receiver<Option<bool>>, ahash::RandomState>,
 }
 
 impl Spool {
@@ -163,11 +163,11 @@ impl Spool {
             pending: DashMap::with_hasher(ahash::RandomState::new()),
             depth: AtomicI64::new(0),
             disk_bytes: AtomicU64::new(0),
-            lanes: DashMap::new(),
+            lanes: DashMap::default(),
             new_lanes,
             lanes_to_start: Mutex::new(Some(lanes_to_start)),
             dead,
-            inflight: DashMap::new(),
+            inflight: DashMap::default(),
         });
         if owns_lock {
             spool.adopt().map_err(io)?;

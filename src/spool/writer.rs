@@ -20,10 +20,13 @@ pub(super) struct Job {
 
 type Done = oneshot::Sender<Result<(), SpoolError>>;
 
+/// Each lane's open segment, by the lane's name.
+type Open = HashMap<Arc<str>, Segment, ahash::RandomState>;
+
 /// The writer thread: batch what is queued and hand it to `Spool::write_batch`, until the spool
 /// is dropped.
 pub(super) fn write_loop(spool: &std::sync::Weak<Spool>, jobs: mpsc::Receiver<Job>) {
-    let mut open: HashMap<Arc<str>, Segment> = HashMap::new();
+    let mut open = Open::default();
     let Some(interval) = spool.upgrade().map(|s| s.settings.sync_interval) else {
         return;
     };
@@ -51,7 +54,7 @@ pub(super) fn write_loop(spool: &std::sync::Weak<Spool>, jobs: mpsc::Receiver<Jo
 
 impl Spool {
     /// Write a batch: each lane's part, one `fdatasync` per lane written, then acknowledge.
-    fn write_batch(&self, open: &mut HashMap<Arc<str>, Segment>, batch: Vec<Job>) {
+    fn write_batch(&self, open: &mut Open, batch: Vec<Job>) {
         // Each lane's frames, in arrival order, within the bound on disk.
         let mut groups: Vec<(Arc<Lane>, Vec<u8>, Vec<Done>)> = Vec::new();
         let mut total = self.disk_bytes.load(Ordering::Relaxed);
@@ -76,7 +79,7 @@ impl Spool {
 
     fn write_lane(
         &self,
-        open: &mut HashMap<Arc<str>, Segment>,
+        open: &mut Open,
         lane: &Lane,
         buf: &[u8],
         dones: Vec<Done>,
