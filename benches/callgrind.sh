@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by callgrind: unlike req/s or CPU time, the count does not
 # depend on the machine's speed or on its neighbours' load. For each server (p13n-edge
-# pass-through in front of a static nginx upstream, examples/ceiling, examples/serve_ceiling,
-# and nginx doing p13n-edge's job in front of the same upstream), a fresh process under
+# pass-through in front of a static nginx upstream, the same in `fast` mode (its spool drained
+# before the stop), examples/ceiling, examples/serve_ceiling, and nginx doing p13n-edge's job
+# in front of the same upstream), a fresh process under
 # `valgrind --tool=callgrind` answers N1 requests and stops; another answers N2. Both see the
 # same start, connections and shutdown, so (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost of one
 # request: every thread of the server counted (pingora's worker, p13n-edge's admin and
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-2000}
 N2=${N2:-6000}
-TARGETS=${CALLGRIND_TARGETS:-"pass ceiling serve-ceiling nginx"}
+TARGETS=${CALLGRIND_TARGETS:-"pass fast ceiling serve-ceiling nginx"}
 BIN_DIR=${BIN_DIR:-target/release}
 
 need=()
@@ -154,14 +155,16 @@ for t in $TARGETS; do
   echo "callgrind $t: ${PER[$t]} instructions a request ($((SECONDS - start)) s)" >&2
 done
 
-per_nginx() { [ -n "${PER[nginx]:-}" ] && awk -v a="$1" -v b="${PER[nginx]}" 'BEGIN {printf "%.2f", a / b}' || echo "-"; }
+per() { [ -n "${PER[$2]:-}" ] && awk -v a="$1" -v b="${PER[$2]}" 'BEGIN {printf "%.2f", a / b}' || echo "-"; }
 echo "Instructions per request (callgrind, all threads of the server; the upstream not counted):"
 echo "a fresh process answers $N1, another $N2 requests (h2load over HTTP/1.1, 4 connections, one"
 echo "visitor's event) and stops gracefully; per request is the difference over $((N2 - N1)) requests."
-echo "Counts, not times: they do not move with the machine's load."
+echo "\`fast\` answers from its cache (but the first request) and its spool drains before the stop:"
+echo "its count is a hit's, its event's append, replay and upstream call included. Counts, not"
+echo "times: they do not move with the machine's load (nor do they count the kernel's work)."
 echo
-echo "| server | Ir, $N1 requests | Ir, $N2 requests | instructions per request | / nginx |"
-echo "|---|---|---|---|---|"
+echo "| server | Ir, $N1 requests | Ir, $N2 requests | instructions per request | / pass | / nginx |"
+echo "|---|---|---|---|---|---|"
 for t in $TARGETS; do
-  echo "| $t | ${IR1[$t]} | ${IR2[$t]} | ${PER[$t]} | $(per_nginx "${PER[$t]}") |"
+  echo "| $t | ${IR1[$t]} | ${IR2[$t]} | ${PER[$t]} | $(per "${PER[$t]}" pass) | $(per "${PER[$t]}" nginx) |"
 done
