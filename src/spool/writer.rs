@@ -77,13 +77,7 @@ impl Spool {
         }
     }
 
-    fn write_lane(
-        &self,
-        open: &mut Open,
-        lane: &Lane,
-        buf: &[u8],
-        dones: Vec<Done>,
-    ) {
+    fn write_lane(&self, open: &mut Open, lane: &Lane, buf: &[u8], dones: Vec<Done>) {
         let fail = |dones: Vec<Done>, e: &std::io::Error| {
             for done in dones {
                 let _ = done.send(Err(SpoolError::Io(e.to_string())));
