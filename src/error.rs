@@ -116,15 +116,15 @@ pub fn error_body(code: u32, message: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-/// Read the vendor code from an error body, if it has the vendor's shape. A body that does not
-/// start as a JSON object (after whitespace) is not parsed at all, and the message is skipped,
-/// never built.
+/// Read the vendor code from an error body, if it has the vendor's shape: a JSON object with a
+/// numeric `code` and a valid `message`. A body that does not start as an object (after
+/// whitespace: an HTML error page, an array) is not parsed at all.
 pub fn vendor_code(body: &[u8]) -> Option<u32> {
     #[derive(serde::Deserialize)]
     struct Shape {
         code: u32,
         #[allow(dead_code)]
-        message: serde::de::IgnoredAny,
+        message: serde_json::Value,
     }
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
@@ -147,5 +147,8 @@ mod tests {
         assert_eq!(vendor_code(b" \n{\"message\":[1,{}],\"code\":7}"), Some(7));
         assert_eq!(vendor_code(br#"{"code":2013}"#), None);
         assert_eq!(vendor_code(br#"{"code":"2013","message":"m"}"#), None);
+        // serde reads a struct from an array too: not the vendor's shape.
+        assert_eq!(vendor_code(br#"[3004,"m"]"#), None);
+        assert_eq!(vendor_code(b"{\"code\":2013,\"message\":\"\xff\"}"), None);
     }
 }
