@@ -15,6 +15,14 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&text, &spelled);
         proptest::prop_assert_eq!((bits >> 76) & 0xf, 8);
         proptest::prop_assert_eq!((bits >> 62) & 0b11, 0b10);
+        // The layout, pinned: a record replayed by another version must keep its UUID.
+        let payload = (u128::from(run) << 58) | (u128::from(seq) & ((1 << 58) - 1));
+        let expected = (((payload >> 74) & ((1 << 48) - 1)) << 80)
+            | (0x8 << 76)
+            | (((payload >> 62) & 0xfff) << 64)
+            | (0b10 << 62)
+            | (payload & ((1 << 62) - 1));
+        proptest::prop_assert_eq!(bits, expected);
         // Distinct events, distinct UUIDs: the run whole and the sequence's low 58 bits.
         let other = EventId { run, seq: seq.wrapping_add(1) };
         proptest::prop_assert_ne!(text, other.uuid());

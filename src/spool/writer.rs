@@ -109,13 +109,14 @@ impl Spool {
             + buf.len() as u64;
         metrics::SPOOL_BYTES.set(total as i64);
         metrics::SPOOL_COMMITS.inc();
+        // The answers waiting on this commit first, then replay: its wake-up can wait.
+        for done in dones {
+            let _ = done.send(Ok(()));
+        }
         lane.publish(Position {
             segment: segment.number,
             offset: segment.size,
         });
-        for done in dones {
-            let _ = done.send(Ok(()));
-        }
         if segment.size >= self.settings.segment_bytes {
             self.roll_over(lane, segment);
         }
