@@ -506,7 +506,7 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
 # 2,000 and 5,000 events/s offered for RATE_SECONDS each. Targets: the spool drains within 3 s
 # of the load ending, every 2xx answer's event counted at the upstream, p99 < 5 ms.
 if has rates; then
-  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU
+  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
       # Every visitor cached and fresh (fast mode's fresh_ms is 60 s), so every answer is a hit.
@@ -517,7 +517,11 @@ if has rates; then
       R2XX[$rate]+="$RUN_2XX "; ROTHER[$rate]+="$RUN_OTHER "; RERR[$rate]+="$RUN_ERRORS "
       RDEPTH[$rate]+="$RUN_DEPTH "; RDRAIN[$rate]+="$RUN_DRAIN "; REVENTS[$rate]+="$RUN_EVENTS "; RDUPS[$rate]+="$RUN_DUPS "; RNOTHIT[$rate]+="$RUN_NOT_HITS "; RCPU[$rate]+="$RUN_CPU "
       RPEAK[$rate]+="$RUN_PEAK "; RIN[$rate]+="$RUN_IN_FLIGHT "; RCONNS[$rate]=$RUN_CONNS
-      echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms, statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once" >&2
+      # The machine's floor at the same pace: the same clients against the static nginx
+      # upstream directly (no proxy, no disk).
+      floor=$(wrk -t1 -c"$RUN_CONNS" -d"${RATE_SECS}s" --latency -s benches/load/paced_status.lua "${TARGET[direct]}" | wrk_pct 99%)
+      RFLOOR[$rate]+="$floor "
+      echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once" >&2
     done
   done
   {
@@ -528,13 +532,14 @@ if has rates; then
     echo "ended, *drain* the time from then to an empty spool; the upstream's peaks are the emulator's"
     echo "max_per_second and max_in_flight over the run and the drain, and the proxy's CPU (user +"
     echo "system) over the run and the drain per answer; events are counted once each"
-    echo "(a repeated uuid is shown apart, not counted). The issue's target: drained"
-    echo "within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
+    echo "(a repeated uuid is shown apart, not counted). *Direct p99* is the same clients' p99 against"
+    echo "the static nginx upstream itself, run after each: the machine's floor at that pace. The"
+    echo "issue's target: drained within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
     echo
-    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for rate in $RATES; do
-      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) |"
+      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${RFLOOR[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) |"
     done
     echo
   } | out rates
