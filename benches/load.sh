@@ -532,8 +532,9 @@ if has rates; then
     echo "ended, *drain* the time from then to an empty spool; the upstream's peaks are the emulator's"
     echo "max_per_second and max_in_flight over the run and the drain, and the proxy's CPU (user +"
     echo "system) over the run and the drain per answer; events are counted once each"
-    echo "(a repeated uuid is shown apart, not counted). *Direct p99* is the same clients' p99 against"
-    echo "the static nginx upstream itself, run after each: the machine's floor at that pace. The"
+    echo "(a repeated uuid is shown apart, not counted). *Direct p99* is the p99 of the same paced"
+    echo "connections against the static nginx upstream itself, run after each (answered sooner, they"
+    echo "send a little more often): the machine's floor. The"
     echo "issue's target: drained within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
     echo
     echo "| offered events/s | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer |"

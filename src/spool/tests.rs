@@ -3,6 +3,16 @@
 use super::*;
 use crate::cache::CacheKey;
 
+/// A known answer: the layout, whatever the code computing it.
+#[test]
+fn an_event_uuid_is_its_run_and_sequence() {
+    let id = EventId {
+        run: 0x0123_4567_89ab_cdef,
+        seq: 0x0fed_cba9_8765_4321,
+    };
+    assert_eq!(id.uuid(), "01234567-89ab-8cde-bfed-cba987654321");
+}
+
 proptest::proptest! {
     /// The UUID is version 8, variant 10, and spells the 128 bits as `format!` would.
     #[test]
