@@ -40,7 +40,7 @@ pub static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static SPOOL_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "p13n_edge_spool_depth",
-        "Accepted events in the spool, not yet delivered."
+        "Events in the spool (being written or on disk), not yet delivered."
     )
     .expect("metric registers once")
 });

@@ -50,22 +50,35 @@ impl Spool {
         let visitor = visitor_key(&key.service, &key.visitor);
         // Counted before the write, so the visitor's next event already queues behind it.
         *self.pending.entry(visitor.clone()).or_insert(0) += 1;
+        // In the depth from before the write too: once the writer commits, replay may settle
+        // the record before this append runs again. A refusal uncounts it: here if the writer
+        // never took the job, the writer's own otherwise.
+        lane.depth.fetch_add(1, Ordering::Relaxed);
+        metrics::SPOOL_DEPTH.set(self.depth.fetch_add(1, Ordering::Relaxed) + 1);
         let (done, wait) = oneshot::channel();
         let result = match self.jobs.try_send(Job {
             lane: lane.clone(),
             frame: record.encode(),
             done,
         }) {
-            Ok(()) => wait.await.unwrap_or(Err(SpoolError::Stopped)),
-            Err(mpsc::TrySendError::Full(_)) => Err(SpoolError::Full),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(SpoolError::Stopped),
+            Ok(()) => match wait.await {
+                Ok(written) => written,
+                // The writer dropped the job unanswered (it stopped).
+                Err(_) => {
+                    self.uncount(&lane);
+                    Err(SpoolError::Stopped)
+                }
+            },
+            Err(refused) => {
+                self.uncount(&lane);
+                Err(match refused {
+                    mpsc::TrySendError::Full(_) => SpoolError::Full,
+                    mpsc::TrySendError::Disconnected(_) => SpoolError::Stopped,
+                })
+            }
         };
         match result {
-            Ok(()) => {
-                lane.depth.fetch_add(1, Ordering::Relaxed);
-                metrics::SPOOL_DEPTH.set(self.depth.fetch_add(1, Ordering::Relaxed) + 1);
-                Ok(handle)
-            }
+            Ok(()) => Ok(handle),
             Err(e) => {
                 self.inflight.remove(&(event.run, event.seq));
                 self.unpend(&visitor);
@@ -90,6 +103,11 @@ impl Spool {
             &Arc::from(record.service.as_str()),
             &record.visitor,
         ));
+        self.uncount(lane);
+    }
+
+    /// A record leaves the depth: delivered, dead-lettered or refused.
+    pub(super) fn uncount(&self, lane: &Lane) {
         lane.depth.fetch_sub(1, Ordering::Relaxed);
         metrics::SPOOL_DEPTH.set(self.depth.fetch_sub(1, Ordering::Relaxed) - 1);
     }

@@ -151,3 +151,47 @@ fn a_segment_below_the_checkpoint_is_replayed_not_skipped() {
     assert_eq!((at.segment, at.offset), (2, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Replay can settle a record as soon as the writer has committed it, before the append that
+/// wrote it runs again: the depth must count the record from the start, or it reads low (and
+/// a shutdown drain, waiting for a depth of zero, ends with a record undelivered).
+#[tokio::test]
+async fn a_record_settled_before_its_append_resumes_is_still_counted() {
+    use std::future::Future;
+    let dir = std::env::temp_dir().join(format!("p13n-edge-depth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Spool::open(settings(&dir)).unwrap();
+    let key = CacheKey::new(&Arc::from("svc"), &Arc::from("1/db/t/web"), "v");
+    let body = bytes::Bytes::from_static(br#"{"td_client_id":"v"}"#);
+    let event = spool.next_event();
+    let mut append = Box::pin(spool.append(&key, "/db/t", event, body, false));
+    // Queued with the writer; not polled again until replay has settled the record.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(append.as_mut().poll(&mut cx).is_pending());
+    let lane = spool.lanes.get("svc").unwrap().clone();
+    let started = std::time::Instant::now();
+    while lane.position().offset == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let record = Record {
+        run: event.run,
+        seq: event.seq,
+        enqueued_ms: 0,
+        service: "svc".into(),
+        route: "/db/t".into(),
+        visitor: "v".into(),
+        body: bytes::Bytes::new(),
+        route_id: String::new(),
+    };
+    spool.settle(&lane, &record);
+    assert_eq!(spool.depth(), 0, "the depth reads low");
+    assert_eq!(lane.depth(), 0);
+    append.await.unwrap();
+    assert_eq!(spool.depth(), 0, "the record is counted once");
+    assert_eq!(lane.depth(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

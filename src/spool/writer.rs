@@ -60,7 +60,7 @@ impl Spool {
         let mut total = self.disk_bytes.load(Ordering::Relaxed);
         for job in batch {
             if total + job.frame.len() as u64 > self.settings.max_bytes {
-                let _ = job.done.send(Err(SpoolError::Full));
+                self.refuse(&job.lane, job.done, SpoolError::Full);
                 continue;
             }
             total += job.frame.len() as u64;
@@ -80,7 +80,7 @@ impl Spool {
     fn write_lane(&self, open: &mut Open, lane: &Lane, buf: &[u8], dones: Vec<Done>) {
         let fail = |dones: Vec<Done>, e: &std::io::Error| {
             for done in dones {
-                let _ = done.send(Err(SpoolError::Io(e.to_string())));
+                self.refuse(lane, done, SpoolError::Io(e.to_string()));
             }
         };
         let segment = match open.entry(lane.name.clone()) {
@@ -120,6 +120,12 @@ impl Spool {
         if segment.size >= self.settings.segment_bytes {
             self.roll_over(lane, segment);
         }
+    }
+
+    /// An append refused: it no longer counts in the depth (it did from before it was queued).
+    fn refuse(&self, lane: &Lane, done: Done, e: SpoolError) {
+        self.uncount(lane);
+        let _ = done.send(Err(e));
     }
 
     /// A full segment: synced, and the lane's writes go on in the next one.
