@@ -3,6 +3,7 @@
 //! record settled once replay has delivered or dead-lettered it.
 
 use super::lane::Lane;
+use super::record::Fields;
 use super::writer::Job;
 use super::{now_ms, visitor_key, EventId, Record, Spool, SpoolError, VisitorKey};
 use crate::cache::CacheKey;
@@ -32,16 +33,17 @@ impl Spool {
         in_flight: bool,
     ) -> Result<Option<InFlight>, SpoolError> {
         let lane = self.lane(&key.service)?;
-        let record = Record {
+        let frame = Fields {
             run: event.run,
             seq: event.seq,
             enqueued_ms: now_ms(),
-            service: key.service.to_string(),
-            route: route.to_string(),
-            visitor: key.visitor.to_string(),
-            body,
-            route_id: key.route.to_string(),
-        };
+            service: &key.service,
+            route,
+            visitor: &key.visitor,
+            body: &body,
+            route_id: &key.route,
+        }
+        .encode();
         let handle = in_flight.then(|| {
             let (tx, rx) = watch::channel(None);
             self.inflight.insert((event.run, event.seq), rx);
@@ -58,7 +60,7 @@ impl Spool {
         let (done, wait) = oneshot::channel();
         let result = match self.jobs.try_send(Job {
             lane: lane.clone(),
-            frame: record.encode(),
+            frame,
             done,
         }) {
             Ok(()) => match wait.await {
