@@ -100,10 +100,8 @@ impl Spool {
             for visitor in visitors {
                 *self.pending.entry(visitor).or_insert(0) += 1;
             }
-            self.depth.fetch_add(n, Ordering::Relaxed);
-            lane.depth.fetch_add(n, Ordering::Relaxed);
+            self.count(&lane, n);
         }
-        metrics::SPOOL_DEPTH.set(self.depth());
         Ok(())
     }
 

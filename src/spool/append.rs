@@ -55,8 +55,7 @@ impl Spool {
         // In the depth from before the write too: once the writer commits, replay may settle
         // the record before this append runs again. A refusal uncounts it: here if the writer
         // never took the job, the writer's own otherwise.
-        lane.depth.fetch_add(1, Ordering::Relaxed);
-        metrics::SPOOL_DEPTH.set(self.depth.fetch_add(1, Ordering::Relaxed) + 1);
+        self.count(&lane, 1);
         let (done, wait) = oneshot::channel();
         let result = match self.jobs.try_send(Job {
             lane: lane.clone(),
@@ -67,12 +66,12 @@ impl Spool {
                 Ok(written) => written,
                 // The writer dropped the job unanswered (it stopped).
                 Err(_) => {
-                    self.uncount(&lane);
+                    self.count(&lane, -1);
                     Err(SpoolError::Stopped)
                 }
             },
             Err(refused) => {
-                self.uncount(&lane);
+                self.count(&lane, -1);
                 Err(match refused {
                     mpsc::TrySendError::Full(_) => SpoolError::Full,
                     mpsc::TrySendError::Disconnected(_) => SpoolError::Stopped,
@@ -105,13 +104,14 @@ impl Spool {
             &Arc::from(record.service.as_str()),
             &record.visitor,
         ));
-        self.uncount(lane);
+        self.count(lane, -1);
     }
 
-    /// A record leaves the depth: delivered, dead-lettered or refused.
-    pub(super) fn uncount(&self, lane: &Lane) {
-        lane.depth.fetch_sub(1, Ordering::Relaxed);
-        metrics::SPOOL_DEPTH.set(self.depth.fetch_sub(1, Ordering::Relaxed) - 1);
+    /// `n` records enter the depth (appended, adopted) or, negative, leave it (delivered,
+    /// dead-lettered, refused): the lane's and the spool's, and the gauge.
+    pub(super) fn count(&self, lane: &Lane, n: i64) {
+        lane.depth.fetch_add(n, Ordering::Relaxed);
+        metrics::SPOOL_DEPTH.set(self.depth.fetch_add(n, Ordering::Relaxed) + n);
     }
 
     pub(super) fn unpend(&self, key: &VisitorKey) {

@@ -124,7 +124,7 @@ impl Spool {
 
     /// An append refused: it no longer counts in the depth (it did from before it was queued).
     fn refuse(&self, lane: &Lane, done: Done, e: SpoolError) {
-        self.uncount(lane);
+        self.count(lane, -1);
         let _ = done.send(Err(e));
     }
 
