@@ -15,7 +15,6 @@ use pingora::connectors::TransportConnector;
 use pingora::protocols::{Stream, ALPN};
 use pingora::upstreams::peer::HttpPeer;
 use std::future::Future;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use tokio::io::AsyncWriteExt;

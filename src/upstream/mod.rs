@@ -31,10 +31,6 @@ use crate::error::vendor_code;
 use crate::lock;
 use crate::metrics;
 use dashmap::DashMap;
-
-/// The hasher of the per-call maps (keyed by service and upstream, looked up on every call):
-/// ahash, a third of SipHash's cost.
-type Keyed = ahash::RandomState;
 use http::HeaderValue;
 use pingora::connectors::ConnectorOptions;
 use pingora::connectors::TransportConnector;
@@ -42,6 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Idle upstream connections kept per upstream peer.
+/// The hasher of the per-call maps (keyed by service and upstream, looked up on every call):
+/// ahash, a third of SipHash's cost.
+type Keyed = ahash::RandomState;
+
 const POOL_SIZE: usize = 512;
 
 /// Connection pool, DNS cache, retry budgets (per service) and circuits (per upstream), shared
