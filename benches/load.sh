@@ -483,8 +483,13 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
   local dup0 miss0; read -r before dup0 <<< "$(emu_stat "$3" events_ingested duplicates)"
   miss0=$(not_hits "$2"); local deferred0 cpu0; deferred0=$(counter "$2" p13n_edge_quota_deferred_total)
   cpu0=$(cpu_ticks "$6")
+  local commits0 commit_s0; commits0=$(counter "$2" p13n_edge_spool_commit_seconds_count)
+  commit_s0=$(counter "$2" p13n_edge_spool_commit_seconds_sum)
   out=$(wrk -t1 -c"$conns" -d"$5s" --latency -s benches/load/paced_status.lua "http://127.0.0.1:$1/demo_db/pageviews")
   RUN_DEPTH=$(spool_depth "$2")
+  # The spool's group commits during the run: how many, and their mean time (write + fdatasync).
+  RUN_COMMITS=$(( $(counter "$2" p13n_edge_spool_commit_seconds_count) - commits0 ))
+  RUN_COMMIT_US=$(awk -v a="$commit_s0" -v b="$(counter "$2" p13n_edge_spool_commit_seconds_sum)" -v n="$RUN_COMMITS" 'BEGIN {printf "%.0f", (n > 0) ? (b - a) / n * 1e6 : 0}')
   RUN_NOT_HITS=$(( $(not_hits "$2") - miss0 ))
   RUN_DRAIN=$(drain "$2")
   RUN_DEFERRED=$(( $(counter "$2" p13n_edge_quota_deferred_total) - deferred0 ))
@@ -506,7 +511,7 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
 # 2,000 and 5,000 events/s offered for RATE_SECONDS each. Targets: the spool drains within 3 s
 # of the load ending, every 2xx answer's event counted at the upstream, p99 < 5 ms.
 if has rates; then
-  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR
+  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RCOMMITS RCOMMIT
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
       # Every visitor cached and fresh (fast mode's fresh_ms is 60 s), so every answer is a hit.
@@ -517,11 +522,12 @@ if has rates; then
       R2XX[$rate]+="$RUN_2XX "; ROTHER[$rate]+="$RUN_OTHER "; RERR[$rate]+="$RUN_ERRORS "
       RDEPTH[$rate]+="$RUN_DEPTH "; RDRAIN[$rate]+="$RUN_DRAIN "; REVENTS[$rate]+="$RUN_EVENTS "; RDUPS[$rate]+="$RUN_DUPS "; RNOTHIT[$rate]+="$RUN_NOT_HITS "; RCPU[$rate]+="$RUN_CPU "
       RPEAK[$rate]+="$RUN_PEAK "; RIN[$rate]+="$RUN_IN_FLIGHT "; RCONNS[$rate]=$RUN_CONNS
+      RCOMMITS[$rate]+="$RUN_COMMITS "; RCOMMIT[$rate]+="$RUN_COMMIT_US "
       # The machine's floor at the same pace: the same clients against the static nginx
       # upstream directly (no proxy, no disk).
       floor=$(wrk -t1 -c"$RUN_CONNS" -d"${RATE_SECS}s" --latency -s benches/load/paced_status.lua "${TARGET[direct]}" | wrk_pct 99%)
       RFLOOR[$rate]+="$floor "
-      echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once" >&2
+      echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once, $RUN_COMMITS spool commits of $RUN_COMMIT_US µs on average" >&2
     done
   done
   {
@@ -532,15 +538,17 @@ if has rates; then
     echo "ended, *drain* the time from then to an empty spool; the upstream's peaks are the emulator's"
     echo "max_per_second and max_in_flight over the run and the drain, and the proxy's CPU (user +"
     echo "system) over the run and the drain per answer; events are counted once each"
-    echo "(a repeated uuid is shown apart, not counted). *Direct p99* is the p99 of the same paced"
+    echo "(a repeated uuid is shown apart, not counted). *Spool commits* are the group commits during"
+    echo "the run and their mean time, each one lane's write and its fdatasync"
+    echo "(\`p13n_edge_spool_commit_seconds\`). *Direct p99* is the p99 of the same paced"
     echo "connections against the static nginx upstream itself, run after each (answered sooner, they"
     echo "send a little more often): the machine's floor. The"
     echo "issue's target: drained within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
     echo
-    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer | spool commits, mean µs |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for rate in $RATES; do
-      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${RFLOOR[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) |"
+      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${RFLOOR[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) | $(echo "${RCOMMITS[$rate]}" | median), $(echo "${RCOMMIT[$rate]}" | median) |"
     done
     echo
   } | out rates

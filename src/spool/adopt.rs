@@ -3,8 +3,9 @@
 //! writer moves on to.
 
 use super::lane::{self, segments, Lane};
-use super::{records, visitor_key, Spool, VisitorKey};
+use super::{records, visitor_key, Position, Spool, VisitorKey};
 use crate::metrics;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -105,11 +106,24 @@ impl Spool {
         Ok(())
     }
 
-    /// Set the bytes on disk from the segments present.
+    /// Set the bytes on disk from the segments present: their sizes, but for the segments this
+    /// process is writing, the records in them (their preallocated rest is not counted: the
+    /// writer counts what it writes, and a segment is deleted at its final size).
     pub(super) fn measure(&self) -> std::io::Result<()> {
+        let writing: Vec<(PathBuf, Position)> = self
+            .lanes
+            .iter()
+            .filter(|l| l.writes)
+            .map(|l| (l.dir.clone(), l.position()))
+            .collect();
         let mut total = 0;
         for dir in lane::lane_dirs(&self.settings.dir)? {
             for segment in segments(&dir)? {
+                let own = writing.iter().find(|(d, at)| *d == dir && at.segment == segment);
+                if let Some((_, at)) = own {
+                    total += at.offset;
+                    continue;
+                }
                 // Another process's replay may have just deleted it.
                 match std::fs::metadata(lane::segment_path(&dir, segment)) {
                     Ok(m) => total += m.len(),

@@ -232,7 +232,7 @@ pub(crate) fn open_segment(dir: &Path, segment: u64) -> std::io::Result<std::fs:
     let path = segment_path(dir, segment);
     let file = std::fs::OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)?;
     // The new name must survive a crash too; if that cannot be made sure, the empty file goes,
     // so that the next attempt can create it again.

@@ -169,14 +169,7 @@ async fn a_record_settled_before_its_append_resumes_is_still_counted() {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(append.as_mut().poll(&mut cx).is_pending());
     let lane = spool.lanes.get("svc").unwrap().clone();
-    let started = std::time::Instant::now();
-    while lane.position().offset == 0 {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "never committed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    until(|| lane.position().offset > 0);
     let record = Record {
         run: event.run,
         seq: event.seq,
@@ -193,5 +186,123 @@ async fn a_record_settled_before_its_append_resumes_is_still_counted() {
     append.await.unwrap();
     assert_eq!(spool.depth(), 0, "the record is counted once");
     assert_eq!(lane.depth(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Wait for `done`, 10 s at most.
+fn until(done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "never");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+async fn append_for(spool: &Spool, visitor: &str) {
+    let key = CacheKey::new(&Arc::from("svc"), &Arc::from("1/db/t/web"), visitor);
+    let body = bytes::Bytes::from(format!(r#"{{"td_client_id":"{visitor}"}}"#));
+    let event = spool.next_event();
+    spool
+        .append(&key, "/db/t", event, body, false)
+        .await
+        .unwrap();
+}
+
+/// A new segment gets its `segment_bytes` on disk before its first append, so that appends
+/// change no file size (a cheaper `fdatasync`). The zeros after its records read as its end:
+/// to the next process (which counts and replays its records, nothing skipped as corrupt) and
+/// in the bytes counted against `max_bytes` (the records, not the allocation).
+#[tokio::test]
+async fn a_segment_is_preallocated_and_the_zeros_after_its_records_read_as_its_end() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-prealloc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Spool::open(settings(&dir)).unwrap();
+    for visitor in ["a", "b", "c"] {
+        append_for(&spool, visitor).await;
+    }
+    let lane = spool.lanes.get("svc").unwrap().clone();
+    // The writer publishes its position just after it acknowledges.
+    until(|| lane.position().offset == spool.disk_bytes.load(Ordering::Relaxed));
+    let at = lane.position();
+    let path = lane::segment_path(&lane.dir, at.segment);
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(size, settings(&dir).segment_bytes, "preallocated");
+    assert!(at.offset > 0 && at.offset < size);
+    spool.measure().unwrap();
+    assert_eq!(
+        spool.disk_bytes.load(Ordering::Relaxed),
+        at.offset,
+        "its own segment is measured by its records"
+    );
+    drop(spool);
+    // The next process: the three records, then the end (not a corrupt frame at the zeros).
+    let next = Spool::open(settings(&dir)).unwrap();
+    assert_eq!(next.depth(), 3);
+    let mut reader = reader::SegmentReader::new(lane.dir.clone());
+    let from = Position {
+        segment: at.segment,
+        offset: 0,
+    };
+    let reader::Batch::Records(found, end) =
+        reader::next_batch(&mut reader, from, u64::MAX, 512).await
+    else {
+        panic!("no records")
+    };
+    let visitors: Vec<&str> = found.iter().map(|(r, _)| r.visitor.as_str()).collect();
+    assert_eq!((visitors, end), (vec!["a", "b", "c"], at.offset));
+    let after = Position {
+        segment: at.segment,
+        offset: end,
+    };
+    assert!(matches!(
+        reader::next_batch(&mut reader, after, u64::MAX, 512).await,
+        reader::Batch::End
+    ));
+    drop(next);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Appends past the preallocation extend the segment, and a segment rolls over full: it ends
+/// at its last record, so what it weighs when replay deletes it is what was counted for it.
+#[tokio::test]
+async fn a_full_segment_ends_at_its_last_record() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-rollover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Spool::open(SpoolSettings {
+        segment_bytes: 4096,
+        ..settings(&dir)
+    })
+    .unwrap();
+    let mut n = 0;
+    let lane = loop {
+        append_for(&spool, &format!("visitor-{n}")).await;
+        n += 1;
+        let lane = spool.lanes.get("svc").unwrap().clone();
+        if lane.position().segment > lane::segments(&lane.dir).unwrap()[0] {
+            break lane;
+        }
+    };
+    let first = lane::segments(&lane.dir).unwrap()[0];
+    let data = std::fs::read(lane::segment_path(&lane.dir, first)).unwrap();
+    assert!(data.len() >= 4096);
+    let mut end = 0;
+    let count = std::iter::from_fn(|| match read_frame(&data, end) {
+        Frame::Record(_, next) => {
+            end = next;
+            Some(())
+        }
+        _ => None,
+    })
+    .count();
+    assert_eq!(end, data.len(), "no zeros after the last record");
+    // The writer acknowledges before it rolls over: the last append may be in the next one.
+    until(|| {
+        let written = data.len() as u64 + lane.position().offset;
+        spool.disk_bytes.load(Ordering::Relaxed) == written
+    });
+    let at = lane.position();
+    let rest = std::fs::read(lane::segment_path(&lane.dir, at.segment)).unwrap();
+    assert_eq!(count + records(&rest[..at.offset as usize], 0).count(), n);
+    drop(spool);
     let _ = std::fs::remove_dir_all(&dir);
 }

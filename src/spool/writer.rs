@@ -5,7 +5,7 @@ use super::lane::{open_segment, Lane};
 use super::{Position, Spool, SpoolError, QUEUE};
 use crate::metrics;
 use std::collections::HashMap;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -87,8 +87,8 @@ impl Spool {
             std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let number = lane.position().segment;
-                match open_segment(&lane.dir, number) {
-                    Ok(file) => slot.insert(Segment::new(file, number)),
+                match Segment::create(&lane.dir, number, self.settings.segment_bytes) {
+                    Ok(segment) => slot.insert(segment),
                     Err(e) => {
                         tracing::error!(error = %e, lane = %lane.name, "cannot open a spool segment; refusing this batch");
                         return fail(dones, &e);
@@ -131,12 +131,12 @@ impl Spool {
     /// A full segment: synced, and the lane's writes go on in the next one.
     fn roll_over(&self, lane: &Lane, segment: &mut Segment) {
         segment.sync_if_dirty();
-        let opened = self
-            .segment_after(segment.number)
-            .and_then(|number| open_segment(&lane.dir, number).map(|file| (file, number)));
+        let opened = self.segment_after(segment.number).and_then(|number| {
+            Segment::create(&lane.dir, number, self.settings.segment_bytes)
+        });
         match opened {
-            Ok((next, number)) => {
-                *segment = Segment::new(next, number);
+            Ok(next) => {
+                *segment = next;
                 lane.publish(Position {
                     segment: segment.number,
                     offset: 0,
@@ -157,18 +157,21 @@ pub(super) struct Segment {
 }
 
 impl Segment {
-    fn new(file: std::fs::File, number: u64) -> Segment {
-        Segment {
+    /// Segment `number` in `dir`, new, with its first `bytes` given to it on disk (`preallocate`).
+    fn create(dir: &std::path::Path, number: u64, bytes: u64) -> std::io::Result<Segment> {
+        let file = open_segment(dir, number)?;
+        preallocate(&file, bytes);
+        Ok(Segment {
             file,
             number,
             size: 0,
             dirty_since: None,
-        }
+        })
     }
 
     /// Append `buf` whole, durable now or (in `sync_interval` mode) within the interval.
     fn write(&mut self, buf: &[u8], interval: Option<std::time::Duration>) -> std::io::Result<()> {
-        let written = self.file.write_all(buf).and_then(|()| match interval {
+        let written = self.file.write_all_at(buf, self.size).and_then(|()| match interval {
             None => self.file.sync_data(),
             Some(d) => {
                 let since = *self.dirty_since.get_or_insert_with(Instant::now);
@@ -181,7 +184,8 @@ impl Segment {
             }
         });
         if written.is_err() {
-            // Nothing of a failed batch may stay behind to be replayed.
+            // Nothing of a failed batch may stay behind to be replayed (the preallocated space
+            // goes with it: later writes extend the file).
             let _ = self.file.set_len(self.size);
         } else {
             self.size += buf.len() as u64;
@@ -196,5 +200,24 @@ impl Segment {
                 tracing::error!(error = %e, "spool fdatasync failed");
             }
         }
+    }
+}
+
+/// Give a new segment its first `bytes` on disk before anything is written, reading as zeros,
+/// which read as the end of the log (`record::read_frame`): an append within them leaves the
+/// file's size as it is, so its `fdatasync` need not commit a new size to the file system's
+/// journal as well as the data. On this machine's ext4, a commit's `fdatasync` took about a
+/// third less time (README). Where the file system cannot allocate, the size alone is set (a
+/// sparse file, which saves the size's commit too); where even that fails, writes extend the
+/// file as before. Segments roll over past `segment_bytes`, so only a lane's last segment when
+/// its process stops keeps zeros at its end; the next process reads through them once.
+fn preallocate(file: &std::fs::File, bytes: u64) {
+    #[cfg(target_os = "linux")]
+    let allocated = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, bytes)
+        .map_err(std::io::Error::from);
+    #[cfg(not(target_os = "linux"))]
+    let allocated: std::io::Result<()> = Err(std::io::ErrorKind::Unsupported.into());
+    if let Err(e) = allocated.or_else(|_| file.set_len(bytes)) {
+        tracing::debug!(error = %e, "cannot preallocate a spool segment; appends extend it");
     }
 }
