@@ -13,7 +13,9 @@
 #   far       pass-through and fast in front of an upstream 50 ms away, ~500 req/s (latency, and
 #             every event counted at the upstream)
 #   rates     fast in front of that upstream at 2,000 and 5,000 events/s for RATE_SECONDS (10)
-#             each, default settings: spool depth when the load ends, time to drain, events lost
+#             each, default settings, each with independent (Poisson) and in-step (fixed)
+#             arrivals (ARRIVALS="poisson fixed"): p99, spool depth when the load ends, time to
+#             drain, events lost, the spool's commits
 #   protocol  the same at 2,000 events/s over HTTP/1.1 and over HTTP/2 to the upstream
 #             (connections opened, p99, CPU per answer)
 #   quota     fast with max_events_per_second = 500 in front of its own 50 ms emulator, 2,000
@@ -485,10 +487,14 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
   cpu0=$(cpu_ticks "$6")
   local commits0 commit_s0; commits0=$(counter "$2" p13n_edge_spool_commit_seconds_count)
   commit_s0=$(counter "$2" p13n_edge_spool_commit_seconds_sum)
+  local quick0; quick0=$(counter "$2" 'p13n_edge_spool_commit_seconds_bucket{le="0.001"}')
   out=$(wrk -t1 -c"$conns" -d"$5s" --latency -s benches/load/paced_status.lua "http://127.0.0.1:$1/demo_db/pageviews")
   RUN_DEPTH=$(spool_depth "$2")
-  # The spool's group commits during the run: how many, and their mean time (write + fdatasync).
+  # The spool's group commits during the run: how many, their mean time (write + fdatasync),
   RUN_COMMITS=$(( $(counter "$2" p13n_edge_spool_commit_seconds_count) - commits0 ))
+  # and the share of them that took over 1 ms (the histogram's bucket bound).
+  local quick; quick=$(( $(counter "$2" 'p13n_edge_spool_commit_seconds_bucket{le="0.001"}') - quick0 ))
+  RUN_SLOW_COMMITS=$(awk -v q="$quick" -v n="$RUN_COMMITS" 'BEGIN {printf "%.1f", (n > 0) ? (n - q) * 100 / n : 0}')
   RUN_COMMIT_US=$(awk -v a="$commit_s0" -v b="$(counter "$2" p13n_edge_spool_commit_seconds_sum)" -v n="$RUN_COMMITS" 'BEGIN {printf "%.0f", (n > 0) ? (b - a) / n * 1e6 : 0}')
   RUN_NOT_HITS=$(( $(not_hits "$2") - miss0 ))
   RUN_DRAIN=$(drain "$2")
@@ -508,47 +514,63 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
 }
 
 # The issue's rates in front of the distant upstream, default settings (farfast as it is):
-# 2,000 and 5,000 events/s offered for RATE_SECONDS each. Targets: the spool drains within 3 s
-# of the load ending, every 2xx answer's event counted at the upstream, p99 < 5 ms.
+# 2,000 and 5,000 events/s offered for RATE_SECONDS each, with each of two arrival patterns
+# (benches/load/paced.lua): `poisson`, each connection's requests independent of the others',
+# and `fixed`, every connection waiting exactly 10 ms, which falls in step with the group
+# commits. Targets: the spool drains within 3 s of the load ending, every 2xx answer's event
+# counted at the upstream, p99 < 5 ms.
 if has rates; then
-  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RCOMMITS RCOMMIT
+  ARRIVALS=${ARRIVALS:-"poisson fixed"}
+  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RCOMMITS RCOMMIT RSLOW
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
-      # Every visitor cached and fresh (fast mode's fresh_ms is 60 s), so every answer is a hit.
-      warm_once "$FARFAST" 2 64; drain "$FARFAST_ADMIN" >/dev/null
-      far_run "$FARFAST" "$FARFAST_ADMIN" "$FAR" "$rate" "$RATE_SECS" "$FARFAST_PID"
-      check_events "fast at $rate/s" "$RUN_2XX" "$RUN_EVENTS"
-      RRPS[$rate]+="$RUN_RPS "; RP50[$rate]+="$RUN_P50 "; RP99[$rate]+="$RUN_P99 "
-      R2XX[$rate]+="$RUN_2XX "; ROTHER[$rate]+="$RUN_OTHER "; RERR[$rate]+="$RUN_ERRORS "
-      RDEPTH[$rate]+="$RUN_DEPTH "; RDRAIN[$rate]+="$RUN_DRAIN "; REVENTS[$rate]+="$RUN_EVENTS "; RDUPS[$rate]+="$RUN_DUPS "; RNOTHIT[$rate]+="$RUN_NOT_HITS "; RCPU[$rate]+="$RUN_CPU "
-      RPEAK[$rate]+="$RUN_PEAK "; RIN[$rate]+="$RUN_IN_FLIGHT "; RCONNS[$rate]=$RUN_CONNS
-      RCOMMITS[$rate]+="$RUN_COMMITS "; RCOMMIT[$rate]+="$RUN_COMMIT_US "
-      # The machine's floor at the same pace: the same clients against the static nginx
-      # upstream directly (no proxy, no disk).
-      floor=$(wrk -t1 -c"$RUN_CONNS" -d"${RATE_SECS}s" --latency -s benches/load/paced_status.lua "${TARGET[direct]}" | wrk_pct 99%)
-      RFLOOR[$rate]+="$floor "
-      echo "round $round fast at $rate/s: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once, $RUN_COMMITS spool commits of $RUN_COMMIT_US µs on average" >&2
+      for arrivals in $ARRIVALS; do
+        k="$rate $arrivals"; export PACING=$arrivals
+        # Every visitor cached and fresh (fast mode's fresh_ms is 60 s), so every answer is a hit.
+        warm_once "$FARFAST" 2 64; drain "$FARFAST_ADMIN" >/dev/null
+        far_run "$FARFAST" "$FARFAST_ADMIN" "$FAR" "$rate" "$RATE_SECS" "$FARFAST_PID"
+        check_events "fast at $rate/s ($arrivals)" "$RUN_2XX" "$RUN_EVENTS"
+        RRPS[$k]+="$RUN_RPS "; RP50[$k]+="$RUN_P50 "; RP99[$k]+="$RUN_P99 "
+        R2XX[$k]+="$RUN_2XX "; ROTHER[$k]+="$RUN_OTHER "; RERR[$k]+="$RUN_ERRORS "
+        RDEPTH[$k]+="$RUN_DEPTH "; RDRAIN[$k]+="$RUN_DRAIN "; REVENTS[$k]+="$RUN_EVENTS "; RDUPS[$k]+="$RUN_DUPS "; RNOTHIT[$k]+="$RUN_NOT_HITS "; RCPU[$k]+="$RUN_CPU "
+        RPEAK[$k]+="$RUN_PEAK "; RIN[$k]+="$RUN_IN_FLIGHT "; RCONNS[$k]=$RUN_CONNS
+        RCOMMITS[$k]+="$RUN_COMMITS "; RCOMMIT[$k]+="$RUN_COMMIT_US "; RSLOW[$k]+="$RUN_SLOW_COMMITS "
+        # The machine's floor at the same pace: the same clients against the static nginx
+        # upstream directly (no proxy, no disk).
+        floor=$(wrk -t1 -c"$RUN_CONNS" -d"${RATE_SECS}s" --latency -s benches/load/paced_status.lua "${TARGET[direct]}" | wrk_pct 99%)
+        RFLOOR[$k]+="$floor "
+        echo "round $round fast at $rate/s, $arrivals arrivals: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once, $RUN_COMMITS spool commits of $RUN_COMMIT_US µs on average ($RUN_SLOW_COMMITS% over 1 ms)" >&2
+      done
     done
   done
+  unset PACING
   {
     echo "\`fast\` at the issue's rates, default settings (no quota, the default replay window), in front"
-    echo "of the emulator answering after 50 ms: ${RATE_SECS}s per run, paced connections (each waiting"
-    echo "10 ms between requests), 1024 visitors warmed first so that every answer is a hit; medians of"
-    echo "$ROUNDS runs, answers and events totals. *Spool at end* is p13n_edge_spool_depth when the load"
-    echo "ended, *drain* the time from then to an empty spool; the upstream's peaks are the emulator's"
-    echo "max_per_second and max_in_flight over the run and the drain, and the proxy's CPU (user +"
-    echo "system) over the run and the drain per answer; events are counted once each"
-    echo "(a repeated uuid is shown apart, not counted). *Spool commits* are the group commits during"
-    echo "the run and their mean time, each one lane's write and its fdatasync"
-    echo "(\`p13n_edge_spool_commit_seconds\`). *Direct p99* is the p99 of the same paced"
-    echo "connections against the static nginx upstream itself, run after each (answered sooner, they"
-    echo "send a little more often): the machine's floor. The"
-    echo "issue's target: drained within 3 s, every 2xx answer's event counted at the upstream, p99 < 5 ms."
+    echo "of the emulator answering after 50 ms: ${RATE_SECS}s per run, paced connections, 1024 visitors"
+    echo "warmed first so that every answer is a hit; medians of $ROUNDS runs, answers and events totals."
+    echo "*Arrivals*: \`poisson\`, each connection waits a random time between requests, exponentially"
+    echo "distributed with a mean of 10 ms, so that its requests come independently of the others', as"
+    echo "independent visitors' do; \`fixed\`, each waits exactly 10 ms. Connections answered by the same"
+    echo "group commit then send again together, so the connections fall in step with the commits and"
+    echo "arrive in bursts, and fewer arrive than offered (req/s). *Spool at end* is"
+    echo "p13n_edge_spool_depth when the load ended, *drain* the time from then to an empty spool; the"
+    echo "upstream's peaks are the emulator's max_per_second and max_in_flight over the run and the"
+    echo "drain, and the proxy's CPU (user + system) over the run and the drain per answer; events are"
+    echo "counted once each (a repeated uuid is shown apart, not counted). *Spool commits* are the group"
+    echo "commits during the run, their mean time and the share that took over 1 ms, each one lane's"
+    echo "write and its fdatasync (\`p13n_edge_spool_commit_seconds\`): a hit waits for the commit under"
+    echo "way, then for its own. *Direct p99* is the p99 of the same connections, the same arrivals,"
+    echo "against the static nginx upstream itself, run after each (answered sooner, they send a little"
+    echo "more often): the machine's floor. The issue's target: drained within 3 s, every 2xx answer's"
+    echo "event counted at the upstream, p99 < 5 ms."
     echo
-    echo "| offered events/s | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer | spool commits, mean µs |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| offered events/s | arrivals | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer | spool commits, mean µs, over 1 ms |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for rate in $RATES; do
-      echo "| $rate | ${RCONNS[$rate]} | $(echo "${RRPS[$rate]}" | median) | $(echo "${RP50[$rate]}" | median) | $(echo "${RP99[$rate]}" | median) | $(echo "${RFLOOR[$rate]}" | median) | $(echo "${R2XX[$rate]}" | total) | $(echo "${ROTHER[$rate]}" | total) | $(echo "${RERR[$rate]}" | total) | $(echo "${RNOTHIT[$rate]}" | total) | $(echo "${RDEPTH[$rate]}" | median) | $(echo "${RDRAIN[$rate]}" | median) s | $(echo "${REVENTS[$rate]}" | total) ($(echo "${RDUPS[$rate]}" | total) repeated) | $(echo "${RPEAK[$rate]}" | median), $(echo "${RIN[$rate]}" | median) | $(echo "${RCPU[$rate]}" | median) | $(echo "${RCOMMITS[$rate]}" | median), $(echo "${RCOMMIT[$rate]}" | median) |"
+      for arrivals in $ARRIVALS; do
+        k="$rate $arrivals"
+        echo "| $rate | $arrivals | ${RCONNS[$k]} | $(echo "${RRPS[$k]}" | median) | $(echo "${RP50[$k]}" | median) | $(echo "${RP99[$k]}" | median) | $(echo "${RFLOOR[$k]}" | median) | $(echo "${R2XX[$k]}" | total) | $(echo "${ROTHER[$k]}" | total) | $(echo "${RERR[$k]}" | total) | $(echo "${RNOTHIT[$k]}" | total) | $(echo "${RDEPTH[$k]}" | median) | $(echo "${RDRAIN[$k]}" | median) s | $(echo "${REVENTS[$k]}" | total) ($(echo "${RDUPS[$k]}" | total) repeated) | $(echo "${RPEAK[$k]}" | median), $(echo "${RIN[$k]}" | median) | $(echo "${RCPU[$k]}" | median) | $(echo "${RCOMMITS[$k]}" | median), $(echo "${RCOMMIT[$k]}" | median), $(echo "${RSLOW[$k]}" | median)% |"
+      done
     done
     echo
   } | out rates
