@@ -119,7 +119,9 @@ impl Spool {
         let mut total = 0;
         for dir in lane::lane_dirs(&self.settings.dir)? {
             for segment in segments(&dir)? {
-                let own = writing.iter().find(|(d, at)| *d == dir && at.segment == segment);
+                let own = writing
+                    .iter()
+                    .find(|(d, at)| *d == dir && at.segment == segment);
                 if let Some((_, at)) = own {
                     total += at.offset;
                     continue;

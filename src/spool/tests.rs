@@ -193,7 +193,10 @@ async fn a_record_settled_before_its_append_resumes_is_still_counted() {
 fn until(done: impl Fn() -> bool) {
     let started = std::time::Instant::now();
     while !done() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "never");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }

@@ -131,9 +131,9 @@ impl Spool {
     /// A full segment: synced, and the lane's writes go on in the next one.
     fn roll_over(&self, lane: &Lane, segment: &mut Segment) {
         segment.sync_if_dirty();
-        let opened = self.segment_after(segment.number).and_then(|number| {
-            Segment::create(&lane.dir, number, self.settings.segment_bytes)
-        });
+        let opened = self
+            .segment_after(segment.number)
+            .and_then(|number| Segment::create(&lane.dir, number, self.settings.segment_bytes));
         match opened {
             Ok(next) => {
                 *segment = next;
@@ -171,18 +171,21 @@ impl Segment {
 
     /// Append `buf` whole, durable now or (in `sync_interval` mode) within the interval.
     fn write(&mut self, buf: &[u8], interval: Option<std::time::Duration>) -> std::io::Result<()> {
-        let written = self.file.write_all_at(buf, self.size).and_then(|()| match interval {
-            None => self.file.sync_data(),
-            Some(d) => {
-                let since = *self.dirty_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= d {
-                    self.dirty_since = None;
-                    self.file.sync_data()
-                } else {
-                    Ok(())
+        let written = self
+            .file
+            .write_all_at(buf, self.size)
+            .and_then(|()| match interval {
+                None => self.file.sync_data(),
+                Some(d) => {
+                    let since = *self.dirty_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= d {
+                        self.dirty_since = None;
+                        self.file.sync_data()
+                    } else {
+                        Ok(())
+                    }
                 }
-            }
-        });
+            });
         if written.is_err() {
             // Nothing of a failed batch may stay behind to be replayed (the preallocated space
             // goes with it: later writes extend the file).
