@@ -39,6 +39,10 @@ VISITORS=${VISITORS:-"100000 1000000"}
 ALL_SECTIONS="main half far rates protocol quota tls memory shared callgrind"
 SECTIONS=${SECTIONS:-$ALL_SECTIONS}
 RATES=${RATES:-"2000 5000"}
+ARRIVALS=${ARRIVALS:-"poisson fixed"}
+for a in $ARRIVALS; do [[ $a == poisson || $a == fixed ]] || { echo "ARRIVALS: poisson or fixed, not $a" >&2; exit 2; }; done
+# The rates section sets the arrivals its runs use; every other section's are fixed.
+unset PACING
 RATE_SECS=${RATE_SECONDS:-10}
 BIN_DIR=${BIN_DIR:-target/release}
 CONNS=32
@@ -258,7 +262,7 @@ per_req_us() { # ticks before, after, requests: CPU µs per request
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 spool_depth() { metric "$1" p13n_edge_spool_depth; }
 # A counter's total over all its labels.
-counter() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($1, m "{") == 1 || $1 == m {n += $2} END {print n + 0}'; }
+counter() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($1, m "{") == 1 || $1 == m {n += $2} END {printf "%.17g\n", n}'; }
 # Cache lookups that were not hits (misses, stale answers), over all labels.
 not_hits() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^p13n_edge_cache_lookups_total/ && !/result="hit"/ {n += $2} END {print n + 0}'; }
 # Wait until the spool is empty (every accepted event delivered); prints the seconds it took.
@@ -515,12 +519,11 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
 
 # The issue's rates in front of the distant upstream, default settings (farfast as it is):
 # 2,000 and 5,000 events/s offered for RATE_SECONDS each, with each of two arrival patterns
-# (benches/load/paced.lua): `poisson`, each connection's requests independent of the others',
-# and `fixed`, every connection waiting exactly 10 ms, which falls in step with the group
-# commits. Targets: the spool drains within 3 s of the load ending, every 2xx answer's event
+# (benches/load/paced.lua): `poisson`, each connection waiting a random time between requests,
+# which keeps the connections out of step, and `fixed`, every connection waiting exactly 10 ms,
+# which falls in step with the group commits. Targets: the spool drains within 3 s of the load ending, every 2xx answer's event
 # counted at the upstream, p99 < 5 ms.
 if has rates; then
-  ARRIVALS=${ARRIVALS:-"poisson fixed"}
   declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RCOMMITS RCOMMIT RSLOW
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
@@ -549,10 +552,11 @@ if has rates; then
     echo "of the emulator answering after 50 ms: ${RATE_SECS}s per run, paced connections, 1024 visitors"
     echo "warmed first so that every answer is a hit; medians of $ROUNDS runs, answers and events totals."
     echo "*Arrivals*: \`poisson\`, each connection waits a random time between requests, exponentially"
-    echo "distributed with a mean of 10 ms, so that its requests come independently of the others', as"
-    echo "independent visitors' do; \`fixed\`, each waits exactly 10 ms. Connections answered by the same"
+    echo "distributed with a mean of 10 ms, which keeps the connections out of step with one another, as"
+    echo "independent visitors are; \`fixed\`, each waits exactly 10 ms. Connections answered by the same"
     echo "group commit then send again together, so the connections fall in step with the commits and"
-    echo "arrive in bursts, and fewer arrive than offered (req/s). *Spool at end* is"
+    echo "arrive in bursts, and fewer arrive than offered (req/s). Both are closed loops: a connection"
+    echo "sends its next request only after its answer. *Spool at end* is"
     echo "p13n_edge_spool_depth when the load ended, *drain* the time from then to an empty spool; the"
     echo "upstream's peaks are the emulator's max_per_second and max_in_flight over the run and the"
     echo "drain, and the proxy's CPU (user + system) over the run and the drain per answer; events are"

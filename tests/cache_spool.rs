@@ -296,7 +296,8 @@ fn kill_9_then_restart(setup: Setup, window: u64) {
     assert_eq!(accepted, 60);
     daemon.kill();
 
-    // A torn write: half a frame at the end of the newest segment.
+    // A torn write: half a frame after the last record of the newest segment, in the space
+    // set aside after it (zeros), as a crash mid-write leaves it.
     let spool = setup.dir().join("spool").join("lanes").join(&setup.name);
     let mut segments: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
@@ -306,7 +307,10 @@ fn kill_9_then_restart(setup: Setup, window: u64) {
     segments.sort();
     let newest = segments.last().unwrap();
     let mut data = std::fs::read(newest).unwrap();
-    data.extend_from_slice(&[0x40, 0, 0, 0, 1, 2, 3, 4, b'{']);
+    let end = p13n_edge::spool::log_end(&data);
+    let torn = [0x40, 0, 0, 0, 1, 2, 3, 4, b'{'];
+    data.resize(data.len().max(end + 4096), 0);
+    data[end..end + torn.len()].copy_from_slice(&torn);
     std::fs::write(newest, data).unwrap();
 
     // Restart with a slow upstream, and kill -9 again in the middle of the replay: the records
@@ -318,6 +322,8 @@ fn kill_9_then_restart(setup: Setup, window: u64) {
         .as_u64()
         .unwrap()
         >= 30));
+    // The torn write was trimmed at the start, never read as a corrupt record.
+    let mut corrupt = to(daemon.admin).counter("p13n_edge_spool_corrupt_total");
     daemon.kill();
 
     emulator.clear_faults();
@@ -348,6 +354,8 @@ fn kill_9_then_restart(setup: Setup, window: u64) {
         ["200", "429"],
         "garbage reached the upstream: {s}"
     );
+    corrupt += to(daemon.admin).counter("p13n_edge_spool_corrupt_total");
+    assert_eq!(corrupt, 0, "a torn write counted as a corrupt record");
     daemon.kill();
 }
 

@@ -106,6 +106,30 @@ impl Spool {
         Ok(())
     }
 
+    /// A segment whose writer is gone (a crash, a stop, the process before an upgrade) loses
+    /// what follows its log's end: the space its writer set aside, and a write a crash tore,
+    /// neither of which replay would read. Its size is then what it holds, for `max_bytes`.
+    fn trim(&self, path: &std::path::Path, segment: u64, data: &[u8]) {
+        let epoch = segment / lane::EPOCH;
+        let own = crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch);
+        let end = super::log_end(data);
+        if own || end == data.len() || lane::epoch_alive(&self.settings.dir, epoch) {
+            return;
+        }
+        let trimmed = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(end as u64));
+        match trimmed {
+            Ok(()) => {
+                tracing::info!(segment = %path.display(), bytes = data.len() - end, "trimmed what follows a spool segment's last record")
+            }
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot trim a spool segment")
+            }
+        }
+    }
+
     /// Set the bytes on disk from the segments present: their sizes, but for the segments this
     /// process is writing, the records in them (their preallocated rest is not counted: the
     /// writer counts what it writes, and a segment is deleted at its final size).
@@ -149,7 +173,9 @@ impl Spool {
             if segment < start.segment {
                 continue;
             }
-            let data = std::fs::read(lane::segment_path(&lane.dir, segment))?;
+            let path = lane::segment_path(&lane.dir, segment);
+            let data = std::fs::read(&path)?;
+            self.trim(&path, segment, &data);
             let from = if segment == start.segment {
                 start.offset as usize
             } else {

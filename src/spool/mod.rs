@@ -21,7 +21,7 @@ mod window;
 mod writer;
 
 pub use append::InFlight;
-pub use record::{read_frame, Frame, Record};
+pub use record::{log_end, read_frame, wants_more, Frame, Record};
 pub use replay::{Destination, Destinations, ReplaySettings, Replayer};
 
 use crate::metrics;

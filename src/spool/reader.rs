@@ -170,7 +170,7 @@ pub(super) async fn next_batch(
         if offset > 0 {
             return Batch::Records(records, at.offset + offset as u64);
         }
-        if complete || data.len() < want {
+        if complete || data.len() < want || !super::wants_more(data) {
             return Batch::End;
         }
         // A record larger than what was read: read more.

@@ -151,6 +151,31 @@ pub fn read_frame(data: &[u8], offset: usize) -> Frame {
     }
 }
 
+/// Whether more bytes after `data` could make the frame at its start whole: its header is cut
+/// short, or its payload is (a frame larger than what was read). Not when its length reads as
+/// the end (zeros set aside after a segment's records) or as impossible.
+pub fn wants_more(data: &[u8]) -> bool {
+    let Some(header) = data.first_chunk::<HEADER>() else {
+        return true;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    len != 0 && len <= MAX_PAYLOAD && HEADER + len > data.len()
+}
+
+/// Where a segment's log ends: past its last whole record, and past the corrupt frames before
+/// it, but not past corrupt frames with nothing after them but the end: those are the write a
+/// crash tore (its length written, its payload not, in the space set aside after the records).
+pub fn log_end(data: &[u8]) -> usize {
+    let (mut offset, mut end) = (0, 0);
+    loop {
+        match read_frame(data, offset) {
+            Frame::Record(_, next) => (offset, end) = (next, next),
+            Frame::Corrupt(next) => offset = next,
+            Frame::End => return end,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +248,43 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// A crash tears the last write: its length is on disk, its payload partly zeros. The
+    /// log ends before it; a corrupt frame with a record after it stays in the log (skipped).
+    #[test]
+    fn the_log_ends_before_a_torn_last_write_and_zeros() {
+        let first = record(1, "{}").encode();
+        let mut log = first.clone();
+        log.extend(record(2, "{}").encode());
+        let whole = log.len();
+        log.extend_from_slice(&[0; 64]);
+        assert_eq!(log_end(&log), whole, "zeros set aside");
+        let mut torn = record(3, r#"{"td_client_id":"v3"}"#).encode();
+        torn[20..].fill(0);
+        log.splice(whole..whole, torn);
+        assert!(matches!(read_frame(&log, whole), Frame::Corrupt(_)));
+        assert_eq!(log_end(&log), whole, "a torn write");
+        let mut middle = first.clone();
+        let cut = middle.len() - 1;
+        middle[cut] ^= 1;
+        middle.extend(record(2, "{}").encode());
+        assert_eq!(
+            log_end(&middle),
+            middle.len(),
+            "a corrupt frame before a record"
+        );
+        assert_eq!(log_end(&[]), 0);
+    }
+
+    #[test]
+    fn only_a_frame_cut_short_wants_more_bytes() {
+        let frame = record(1, "{}").encode();
+        assert!(wants_more(&frame[..3]), "a header cut short");
+        assert!(wants_more(&frame[..frame.len() - 1]), "a payload cut short");
+        assert!(!wants_more(&frame));
+        assert!(!wants_more(&[0; 4096]), "zeros: the end");
+        assert!(!wants_more(&[0xff; 16]), "an impossible length");
     }
 
     #[test]

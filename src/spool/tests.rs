@@ -211,12 +211,12 @@ async fn append_for(spool: &Spool, visitor: &str) {
         .unwrap();
 }
 
-/// A new segment gets its `segment_bytes` on disk before its first append, so that appends
-/// change no file size (a cheaper `fdatasync`). The zeros after its records read as its end:
-/// to the next process (which counts and replays its records, nothing skipped as corrupt) and
-/// in the bytes counted against `max_bytes` (the records, not the allocation).
+/// A segment sets disk aside after its records, so that most appends change no file size (a
+/// cheaper `fdatasync`). The zeros read as its end, to replay; `max_bytes` counts the records,
+/// not the space set aside; a writer that stops gives the space back, and what a crash leaves
+/// (zeros, and a write it tore) the next process trims, and counts and replays the records.
 #[tokio::test]
-async fn a_segment_is_preallocated_and_the_zeros_after_its_records_read_as_its_end() {
+async fn a_segment_sets_space_aside_and_what_follows_its_records_reads_as_its_end() {
     let dir = std::env::temp_dir().join(format!("p13n-edge-prealloc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let spool = Spool::open(settings(&dir)).unwrap();
@@ -228,19 +228,17 @@ async fn a_segment_is_preallocated_and_the_zeros_after_its_records_read_as_its_e
     until(|| lane.position().offset == spool.disk_bytes.load(Ordering::Relaxed));
     let at = lane.position();
     let path = lane::segment_path(&lane.dir, at.segment);
-    let size = std::fs::metadata(&path).unwrap().len();
-    assert_eq!(size, settings(&dir).segment_bytes, "preallocated");
-    assert!(at.offset > 0 && at.offset < size);
+    let size = || std::fs::metadata(&path).unwrap().len();
+    // settings' segment_bytes (1 MiB) bounds what is set aside.
+    assert_eq!(size(), settings(&dir).segment_bytes, "space set aside");
+    assert!(at.offset > 0 && at.offset < size());
     spool.measure().unwrap();
     assert_eq!(
         spool.disk_bytes.load(Ordering::Relaxed),
         at.offset,
         "its own segment is measured by its records"
     );
-    drop(spool);
-    // The next process: the three records, then the end (not a corrupt frame at the zeros).
-    let next = Spool::open(settings(&dir)).unwrap();
-    assert_eq!(next.depth(), 3);
+    // Replay reads the records, then the end: not a corrupt frame at the zeros.
     let mut reader = reader::SegmentReader::new(lane.dir.clone());
     let from = Position {
         segment: at.segment,
@@ -261,12 +259,37 @@ async fn a_segment_is_preallocated_and_the_zeros_after_its_records_read_as_its_e
         reader::next_batch(&mut reader, after, u64::MAX, 512).await,
         reader::Batch::End
     ));
+    // The writer holds the spool only while it writes; once it is gone, the writer stops.
+    until(|| Arc::strong_count(&spool) == 1);
+    drop(spool);
+    until(|| size() == at.offset);
+    // A crash instead: the space set aside, and a torn write in it.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(1 << 20).unwrap();
+    let mut torn = Record {
+        run: 1,
+        seq: 9,
+        enqueued_ms: 0,
+        service: "svc".into(),
+        route: "/db/t".into(),
+        visitor: "d".into(),
+        body: bytes::Bytes::from_static(br#"{"td_client_id":"d"}"#),
+        route_id: String::new(),
+    }
+    .encode();
+    torn[20..].fill(0);
+    std::os::unix::fs::FileExt::write_all_at(&file, &torn, at.offset).unwrap();
+    let next = Spool::open(settings(&dir)).unwrap();
+    assert_eq!(next.depth(), 3, "the three records, not the torn one");
+    assert_eq!(size(), at.offset, "trimmed after its last record");
+    assert_eq!(next.disk_bytes.load(Ordering::Relaxed), at.offset);
     drop(next);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Appends past the preallocation extend the segment, and a segment rolls over full: it ends
-/// at its last record, so what it weighs when replay deletes it is what was counted for it.
+/// The space set aside stops at `segment_bytes` and appends past it extend the segment, so a
+/// segment rolls over full and ends at its last record: what it weighs when replay deletes it
+/// is what was counted for it.
 #[tokio::test]
 async fn a_full_segment_ends_at_its_last_record() {
     let dir = std::env::temp_dir().join(format!("p13n-edge-rollover-{}", std::process::id()));
