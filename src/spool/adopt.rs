@@ -106,28 +106,12 @@ impl Spool {
         Ok(())
     }
 
-    /// A segment whose writer is gone (a crash, a stop, the process before an upgrade) loses
-    /// what follows its log's end: the space its writer set aside, and a write a crash tore,
-    /// neither of which replay would read. Its size is then what it holds, for `max_bytes`.
-    fn trim(&self, path: &std::path::Path, segment: u64, data: &[u8]) {
+    /// Whether `segment`'s writer has ended: another process's, gone (a crash, a stop, the
+    /// process before an upgrade). Nothing will write to it again.
+    fn writer_ended(&self, segment: u64) -> bool {
         let epoch = segment / lane::EPOCH;
-        let own = crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch);
-        let end = super::log_end(data);
-        if own || end == data.len() || lane::epoch_alive(&self.settings.dir, epoch) {
-            return;
-        }
-        let trimmed = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.set_len(end as u64));
-        match trimmed {
-            Ok(()) => {
-                tracing::info!(segment = %path.display(), bytes = data.len() - end, "trimmed what follows a spool segment's last record")
-            }
-            Err(e) => {
-                tracing::warn!(segment = %path.display(), error = %e, "cannot trim a spool segment")
-            }
-        }
+        !crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch)
+            && !lane::epoch_alive(&self.settings.dir, epoch)
     }
 
     /// Set the bytes on disk from the segments present: their sizes, but for the segments this
@@ -174,13 +158,17 @@ impl Spool {
                 continue;
             }
             let path = lane::segment_path(&lane.dir, segment);
+            // Whether its writer is gone, asked before it is read: then the bytes read are final.
+            let ended = self.writer_ended(segment);
             let data = std::fs::read(&path)?;
-            self.trim(&path, segment, &data);
             let from = if segment == start.segment {
                 start.offset as usize
             } else {
                 0
             };
+            if ended {
+                trim(&path, &data, from);
+            }
             visitors.extend(
                 records(&data, from)
                     .filter(|r| r.run != self.run)
@@ -188,5 +176,30 @@ impl Spool {
             );
         }
         Ok(visitors)
+    }
+}
+
+/// A segment whose writer has ended loses what follows the end of its log as replay reads it
+/// (from `from`, where replay resumes): the space its writer set aside, and a write a crash
+/// tore, neither of which replay would deliver. Its size is then what it holds, for
+/// `max_bytes`.
+fn trim(path: &std::path::Path, data: &[u8], from: usize) {
+    let end = from + super::log_end(&data[from.min(data.len())..]);
+    if end >= data.len() {
+        return;
+    }
+    let trimmed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(end as u64));
+    let (segment, bytes) = (path.display(), data.len() - end);
+    match trimmed {
+        Ok(()) if data[end..].iter().all(|&b| b == 0) => {
+            tracing::debug!(%segment, bytes, "gave back the space set aside after a spool segment's records")
+        }
+        Ok(()) => {
+            tracing::warn!(%segment, bytes, "trimmed what a crash left after a spool segment's last record (a torn write)")
+        }
+        Err(e) => tracing::warn!(%segment, error = %e, "cannot trim a spool segment"),
     }
 }

@@ -219,6 +219,10 @@ async fn append_for(spool: &Spool, visitor: &str) {
 async fn a_segment_sets_space_aside_and_what_follows_its_records_reads_as_its_end() {
     let dir = std::env::temp_dir().join(format!("p13n-edge-prealloc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let settings = |dir: &Path| SpoolSettings {
+        segment_bytes: 4 << 20,
+        ..settings(dir)
+    };
     let spool = Spool::open(settings(&dir)).unwrap();
     for visitor in ["a", "b", "c"] {
         append_for(&spool, visitor).await;
@@ -229,8 +233,8 @@ async fn a_segment_sets_space_aside_and_what_follows_its_records_reads_as_its_en
     let at = lane.position();
     let path = lane::segment_path(&lane.dir, at.segment);
     let size = || std::fs::metadata(&path).unwrap().len();
-    // settings' segment_bytes (1 MiB) bounds what is set aside.
-    assert_eq!(size(), settings(&dir).segment_bytes, "space set aside");
+    // The first append (one record, as long as each of the others) set 1 MiB aside past it.
+    assert_eq!(size(), (1 << 20) + at.offset / 3, "space set aside");
     assert!(at.offset > 0 && at.offset < size());
     spool.measure().unwrap();
     assert_eq!(
@@ -329,6 +333,76 @@ async fn a_full_segment_ends_at_its_last_record() {
     let at = lane.position();
     let rest = std::fs::read(lane::segment_path(&lane.dir, at.segment)).unwrap();
     assert_eq!(count + records(&rest[..at.offset as usize], 0).count(), n);
+    drop(spool);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn record_for(visitor: &str, seq: u64) -> Record {
+    Record {
+        run: 1,
+        seq,
+        enqueued_ms: 0,
+        service: "svc".into(),
+        route: "/db/t".into(),
+        visitor: visitor.into(),
+        body: bytes::Bytes::from(format!(r#"{{"td_client_id":"{visitor}"}}"#)),
+        route_id: String::new(),
+    }
+}
+
+/// Only a segment whose writer has ended is trimmed: not one a live process still writes (the
+/// middle one of two upgrades in a row), and never before where replay resumes: a record
+/// already delivered that rots does not take the undelivered ones after it along.
+#[tokio::test]
+async fn only_an_ended_writers_segment_is_trimmed_and_from_where_replay_resumes() {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-trim-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = Spool::open(settings(&dir)).unwrap();
+    let middle = Spool::open(settings(&dir)).unwrap();
+    append_for(&middle, "m").await;
+    let lane_dir = dir.join(LANES).join("svc");
+    let live = lane::segment_path(&lane_dir, middle.epoch() * lane::EPOCH);
+    let set_aside = std::fs::metadata(&live).unwrap().len();
+    // The first exits; the last adopts while the middle one still writes.
+    drop(first);
+    let last = Spool::open(settings(&dir)).unwrap();
+    assert!(last.owns_lock.load(Ordering::Relaxed));
+    assert_eq!(
+        std::fs::metadata(&live).unwrap().len(),
+        set_aside,
+        "trimmed while it lives"
+    );
+    drop((middle, last));
+
+    // A segment an ended writer left: three records and zeros; replay resumes after the first,
+    // whose length has since rotted to zero (it reads as the end from the segment's start).
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&lane_dir).unwrap();
+    let frames: Vec<Vec<u8>> = ["x", "y", "z"]
+        .iter()
+        .zip(1..)
+        .map(|(v, seq)| record_for(v, seq).encode())
+        .collect();
+    let mut data = frames.concat();
+    let records_end = data.len() as u64;
+    data.resize(data.len() + 4096, 0);
+    data[..4].fill(0);
+    let segment = 5;
+    std::fs::write(lane::segment_path(&lane_dir, segment), &data).unwrap();
+    let (mut checkpoint, _) = lane::CheckpointFile::open(&lane_dir);
+    checkpoint.write(Position {
+        segment,
+        offset: frames[0].len() as u64,
+    });
+    let spool = Spool::open(settings(&dir)).unwrap();
+    assert_eq!(spool.depth(), 2, "the two undelivered records");
+    let size = std::fs::metadata(lane::segment_path(&lane_dir, segment))
+        .unwrap()
+        .len();
+    assert_eq!(
+        size, records_end,
+        "trimmed after the last record, not the rotted one"
+    );
     drop(spool);
     let _ = std::fs::remove_dir_all(&dir);
 }
