@@ -115,8 +115,8 @@ impl Spool {
     }
 
     /// Set the bytes on disk from the segments present: their sizes, but for the segments this
-    /// process is writing, the records in them (their preallocated rest is not counted: the
-    /// writer counts what it writes, and a segment is deleted at its final size).
+    /// process is writing, the records in them (the space set aside after those is not counted:
+    /// the writer counts what it writes, and a full segment is deleted at its final size).
     pub(super) fn measure(&self) -> std::io::Result<()> {
         let writing: Vec<(PathBuf, Position)> = self
             .lanes
