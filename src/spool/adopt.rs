@@ -50,9 +50,13 @@ impl Spool {
     /// its writer is gone. During two upgrades in a row the middle process may still write
     /// while this one already holds the spool.
     pub(super) fn may_replay(&self, segment: u64) -> bool {
+        self.writes_in(segment) || self.writer_ended(segment)
+    }
+
+    /// Whether `segment` is in one of this process's epochs.
+    fn writes_in(&self, segment: u64) -> bool {
         let epoch = segment / lane::EPOCH;
         crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch)
-            || !lane::epoch_alive(&self.settings.dir, epoch)
     }
 
     /// The segment after `number` for a writer: the next one, or, at the end of this process's
@@ -109,9 +113,7 @@ impl Spool {
     /// Whether `segment`'s writer has ended: another process's, gone (a crash, a stop, the
     /// process before an upgrade). Nothing will write to it again.
     fn writer_ended(&self, segment: u64) -> bool {
-        let epoch = segment / lane::EPOCH;
-        !crate::lock(&self.claims).iter().any(|(e, _)| *e == epoch)
-            && !lane::epoch_alive(&self.settings.dir, epoch)
+        !self.writes_in(segment) && !lane::epoch_alive(&self.settings.dir, segment / lane::EPOCH)
     }
 
     /// Set the bytes on disk from the segments present: their sizes, but for the segments this

@@ -270,17 +270,7 @@ async fn a_segment_sets_space_aside_and_what_follows_its_records_reads_as_its_en
     // A crash instead: the space set aside, and a torn write in it.
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(1 << 20).unwrap();
-    let mut torn = Record {
-        run: 1,
-        seq: 9,
-        enqueued_ms: 0,
-        service: "svc".into(),
-        route: "/db/t".into(),
-        visitor: "d".into(),
-        body: bytes::Bytes::from_static(br#"{"td_client_id":"d"}"#),
-        route_id: String::new(),
-    }
-    .encode();
+    let mut torn = record_for("d", 9).encode();
     torn[20..].fill(0);
     std::os::unix::fs::FileExt::write_all_at(&file, &torn, at.offset).unwrap();
     let next = Spool::open(settings(&dir)).unwrap();
@@ -315,16 +305,8 @@ async fn a_full_segment_ends_at_its_last_record() {
     let first = lane::segments(&lane.dir).unwrap()[0];
     let data = std::fs::read(lane::segment_path(&lane.dir, first)).unwrap();
     assert!(data.len() >= 4096);
-    let mut end = 0;
-    let count = std::iter::from_fn(|| match read_frame(&data, end) {
-        Frame::Record(_, next) => {
-            end = next;
-            Some(())
-        }
-        _ => None,
-    })
-    .count();
-    assert_eq!(end, data.len(), "no zeros after the last record");
+    assert_eq!(log_end(&data), data.len(), "no zeros after the last record");
+    let count = records(&data, 0).count();
     // The writer acknowledges before it rolls over: the last append may be in the next one.
     until(|| {
         let written = data.len() as u64 + lane.position().offset;
