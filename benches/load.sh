@@ -66,7 +66,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   scripts/setup
-  cargo build --release -q --bins --example ceiling --example serve_ceiling
+  cargo build --release -q --bins --example ceiling --example serve_ceiling --example commit_floor
 fi
 BIN=$BIN_DIR/p13n-edge
 
@@ -284,6 +284,8 @@ wrk_errors() { awk '/Socket errors/ {gsub(",", ""); n = $4 + $6 + $8 + $10} END 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
 wrk_pct() { awk -v p="$1" '$1==p {print $2}' | to_ms; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# A value from a line of key=value pairs on stdin (examples/commit_floor.rs prints one).
+kv() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
 total() { tr ' ' '\n' | awk '{s += $1} END {print s + 0}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a - b}'; }
@@ -524,7 +526,7 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
 # which falls in step with the group commits. Targets: the spool drains within 3 s of the load ending, every 2xx answer's event
 # counted at the upstream, p99 < 5 ms.
 if has rates; then
-  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RCOMMITS RCOMMIT RSLOW
+  declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RDISK RDISKSLOW RCOMMITS RCOMMIT RSLOW
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
       for arrivals in $ARRIVALS; do
@@ -542,7 +544,12 @@ if has rates; then
         # upstream directly (no proxy, no disk).
         floor=$(wrk -t1 -c"$RUN_CONNS" -d"${RATE_SECS}s" --latency -s benches/load/paced_status.lua "${TARGET[direct]}" | wrk_pct 99%)
         RFLOOR[$k]+="$floor "
-        echo "round $round fast at $rate/s, $arrivals arrivals: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once, $RUN_COMMITS spool commits of $RUN_COMMIT_US µs on average ($RUN_SLOW_COMMITS% over 1 ms)" >&2
+        # The disk's floor at the same pace: the same clients against a bare group commit on
+        # the spool's file system (examples/commit_floor.rs: no network, no proxy).
+        disk=$("$BIN_DIR/examples/commit_floor" "$work" "$RUN_CONNS" "$RATE_SECS" "$arrivals")
+        disk_p99=$(kv p99_ms <<< "$disk"); disk_slow=$(kv commits_over_1ms_pct <<< "$disk")
+        RDISK[$k]+="$disk_p99 "; RDISKSLOW[$k]+="$disk_slow "
+        echo "round $round fast at $rate/s, $arrivals arrivals: $RUN_RPS req/s, p99 $RUN_P99 ms (direct at the same pace $floor ms, the disk alone $disk_p99 ms with $disk_slow% of its commits over 1 ms), statuses $RUN_STATUSES, $RUN_NOT_HITS not hits, spool $RUN_DEPTH, drained in ${RUN_DRAIN}s, $RUN_EVENTS events, upstream peaks $RUN_PEAK/s and $RUN_IN_FLIGHT at once, $RUN_COMMITS spool commits of $RUN_COMMIT_US µs on average ($RUN_SLOW_COMMITS% over 1 ms)" >&2
       done
     done
   done
@@ -565,15 +572,19 @@ if has rates; then
     echo "write and its fdatasync (\`p13n_edge_spool_commit_seconds\`): a hit waits for the commit under"
     echo "way, then for its own. *Direct p99* is the p99 of the same connections, the same arrivals,"
     echo "against the static nginx upstream itself, run after each (answered sooner, they send a little"
-    echo "more often): the machine's floor. The issue's target: drained within 3 s, every 2xx answer's"
-    echo "event counted at the upstream, p99 < 5 ms."
+    echo "more often): the network's floor. *Disk alone* is the p99 of the same clients, the same"
+    echo "arrivals, each answered once its record is durable, by a bare group commit on the spool's file"
+    echo "system (one pwrite and one fdatasync per batch, space set aside as the spool does; no network,"
+    echo "no proxy: examples/commit_floor.rs), run after each, and the share of its commits that took"
+    echo "over 1 ms: the disk's floor at that moment. The issue's target: drained within 3 s, every 2xx"
+    echo "answer's event counted at the upstream, p99 < 5 ms."
     echo
-    echo "| offered events/s | arrivals | connections | req/s | p50 ms | p99 ms | direct p99 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer | spool commits, mean µs, over 1 ms |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| offered events/s | arrivals | connections | req/s | p50 ms | p99 ms | direct p99 ms | disk alone: p99 ms, commits over 1 ms | 2xx answers | other answers | socket errors | not cache hits | spool at end | drain | events at the upstream | upstream: most calls in a second, at once | proxy CPU µs/answer | spool commits, mean µs, over 1 ms |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for rate in $RATES; do
       for arrivals in $ARRIVALS; do
         k="$rate $arrivals"
-        echo "| $rate | $arrivals | ${RCONNS[$k]} | $(echo "${RRPS[$k]}" | median) | $(echo "${RP50[$k]}" | median) | $(echo "${RP99[$k]}" | median) | $(echo "${RFLOOR[$k]}" | median) | $(echo "${R2XX[$k]}" | total) | $(echo "${ROTHER[$k]}" | total) | $(echo "${RERR[$k]}" | total) | $(echo "${RNOTHIT[$k]}" | total) | $(echo "${RDEPTH[$k]}" | median) | $(echo "${RDRAIN[$k]}" | median) s | $(echo "${REVENTS[$k]}" | total) ($(echo "${RDUPS[$k]}" | total) repeated) | $(echo "${RPEAK[$k]}" | median), $(echo "${RIN[$k]}" | median) | $(echo "${RCPU[$k]}" | median) | $(echo "${RCOMMITS[$k]}" | median), $(echo "${RCOMMIT[$k]}" | median), $(echo "${RSLOW[$k]}" | median)% |"
+        echo "| $rate | $arrivals | ${RCONNS[$k]} | $(echo "${RRPS[$k]}" | median) | $(echo "${RP50[$k]}" | median) | $(echo "${RP99[$k]}" | median) | $(echo "${RFLOOR[$k]}" | median) | $(echo "${RDISK[$k]}" | median), $(echo "${RDISKSLOW[$k]}" | median)% | $(echo "${R2XX[$k]}" | total) | $(echo "${ROTHER[$k]}" | total) | $(echo "${RERR[$k]}" | total) | $(echo "${RNOTHIT[$k]}" | total) | $(echo "${RDEPTH[$k]}" | median) | $(echo "${RDRAIN[$k]}" | median) s | $(echo "${REVENTS[$k]}" | total) ($(echo "${RDUPS[$k]}" | total) repeated) | $(echo "${RPEAK[$k]}" | median), $(echo "${RIN[$k]}" | median) | $(echo "${RCPU[$k]}" | median) | $(echo "${RCOMMITS[$k]}" | median), $(echo "${RCOMMIT[$k]}" | median), $(echo "${RSLOW[$k]}" | median)% |"
       done
     done
     echo
