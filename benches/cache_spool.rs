@@ -103,7 +103,6 @@ fn spool(c: &mut Criterion) {
         segment_bytes: 64 << 20,
         replay_concurrency: 8,
         replay_nice: 0,
-        writer_boost: 0,
         dead_letter_max_bytes: 1 << 20,
         route_wait: Duration::from_secs(60),
     };

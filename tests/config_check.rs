@@ -49,7 +49,6 @@ lisen = "typo"
 
 [spool]
 replay_nice = 20
-writer_boost = 21
 
 [[service]]
 name = "Bad-Name"
@@ -81,7 +80,6 @@ token = "missing"
         "unknown key `service.0.colour`",
         "server.listen",
         "spool.replay_nice must be between 0 and 19",
-        "spool.writer_boost must be between 0 and 20",
         "name must match [0-9a-z_]{3,128}",
         "base_url",
         "54 tokens, but a personalization service allows at most 50",

@@ -171,11 +171,9 @@ fn threads_nice(pid: u32) -> Vec<(String, i64)> {
 #[test]
 fn replay_gives_way_to_answers_by_its_nice_value_and_the_rest_keeps_the_daemons() {
     let emulator = Emulator::start(&demo_rules());
-    // The writer's own priority is the next test's.
     let daemon = Setup::new("replay_nice")
         .upstream(emulator.url())
         .set("spool.replay_nice", 7)
-        .set("spool.writer_boost", 0)
         .spawn(&[]);
     let pid = daemon.child.id();
     // Replay's runtime (pingora names a background service's threads after it) takes its
@@ -217,89 +215,4 @@ fn replay_gives_way_to_answers_by_its_nice_value_and_the_rest_keeps_the_daemons(
     assert!(eventually(SECONDS_10, || depth() == 1));
     emulator.clear_faults();
     assert!(eventually(SECONDS_10, || depth() == 0 && emulator.ingested() == 2));
-}
-
-/// The spool writer's nice value (`p13n_edge_spool_writer_nice`).
-fn writer_nice_gauge(admin: std::net::SocketAddr) -> Option<i64> {
-    to(admin).metrics().lines().find_map(|line| {
-        line.strip_prefix("p13n_edge_spool_writer_nice ")?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// The spool writer goes ahead of the answers by `spool.writer_boost` where the OS lets it
-/// lower a nice value (root here: CAP_SYS_NICE), and where it does not (the same daemon with no
-/// capabilities and RLIMIT_NICE 0) keeps the daemon's priority, says so, and still commits; the
-/// gauge tells which, in both.
-#[test]
-fn the_spool_writer_goes_ahead_of_the_answers_where_the_os_allows_it_and_says_which() {
-    use std::os::unix::fs::MetadataExt;
-    let emulator = Emulator::start(&demo_rules());
-    let setup = Setup::new("writer_boost")
-        .upstream(emulator.url())
-        .fast()
-        .set("spool.writer_boost", 5);
-    let config = setup.write();
-    let root = std::fs::metadata(&config).unwrap().uid() == 0;
-    let nices = |pid: u32| {
-        let own = name_and_nice(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap()).1;
-        let writer = threads_nice(pid)
-            .into_iter()
-            .find(|(name, _)| name == "p13n-edge spool")
-            .map(|(_, nice)| nice);
-        (own, writer)
-    };
-    // A hit is answered once its event is committed: the writer works, whatever its priority.
-    // (A visitor of its own each time: the first daemon's spooled event is the second's.)
-    let commits = |daemon: &Daemon, visitor: &str| {
-        for _ in 0..2 {
-            let answer = post_view(daemon.proxy, visitor);
-            assert_eq!(answer.status, 200, "{}", answer.text());
-        }
-        to(daemon.admin).counter("p13n_edge_spool_commits_total") >= 1
-    };
-    if root {
-        let daemon = setup.spawn(&[]);
-        let pid = daemon.child.id();
-        assert!(
-            eventually(SECONDS_10, || {
-                let (own, writer) = nices(pid);
-                writer == Some((own - 5).max(-20)) && writer_nice_gauge(daemon.admin) == writer
-            }),
-            "{:?} {:?}",
-            threads_nice(pid),
-            writer_nice_gauge(daemon.admin)
-        );
-        assert!(commits(&daemon, "first"));
-        daemon.kill();
-    }
-    let mut command = std::process::Command::new("prlimit");
-    command.arg("--nice=0:0").arg("--");
-    if root {
-        command.args(["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]);
-    }
-    command
-        .arg(env!("CARGO_BIN_EXE_p13n-edge"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info");
-    let daemon = Daemon::spawn_command(command, setup.proxy, setup.admin);
-    let pid = daemon.child.id();
-    assert!(
-        eventually(SECONDS_10, || {
-            let (own, writer) = nices(pid);
-            writer == Some(own) && writer_nice_gauge(daemon.admin) == Some(own)
-        }),
-        "{:?} {:?}",
-        threads_nice(pid),
-        writer_nice_gauge(daemon.admin)
-    );
-    assert!(commits(&daemon, "second"));
-    let logs = daemon.kill();
-    assert!(
-        logs.contains("the spool writer keeps the daemon's priority"),
-        "{logs}"
-    );
 }

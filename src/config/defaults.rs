@@ -85,9 +85,6 @@ pub(super) fn default_replay_concurrency() -> usize {
 pub(super) fn default_replay_nice() -> i64 {
     10
 }
-pub(super) fn default_writer_boost() -> i64 {
-    10
-}
 pub(super) fn default_spool_bytes() -> u64 {
     1 << 30
 }

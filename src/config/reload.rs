@@ -65,10 +65,6 @@ fn warn_restart_only(old: &Config, new: &Config) {
             old.spool.replay_nice != new.spool.replay_nice,
         ),
         (
-            "spool.writer_boost",
-            old.spool.writer_boost != new.spool.writer_boost,
-        ),
-        (
             "cache",
             old.cache.max_entries != new.cache.max_entries
                 || old.cache.max_bytes != new.cache.max_bytes,

@@ -205,9 +205,6 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
     if !(0..=19).contains(&sp.replay_nice) {
         problems.push("spool.replay_nice must be between 0 and 19".into());
     }
-    if !(0..=20).contains(&sp.writer_boost) {
-        problems.push("spool.writer_boost must be between 0 and 20".into());
-    }
     if sp.dead_letter_max_bytes < 1 << 20 {
         problems.push("spool.dead_letter_max_bytes must be at least 1048576 (1 MiB)".into());
     }
@@ -222,7 +219,6 @@ fn spool_settings(file: &FileConfig, base_dir: &Path, problems: &mut Vec<String>
             .then(|| Duration::from_millis(sp.sync_interval_ms)),
         replay_concurrency: sp.replay_concurrency.clamp(1, 1024),
         replay_nice: sp.replay_nice.clamp(0, 19) as u8,
-        writer_boost: sp.writer_boost.clamp(0, 20) as u8,
         dead_letter_max_bytes: sp.dead_letter_max_bytes,
         route_wait: Duration::from_secs(sp.route_wait_seconds),
     }

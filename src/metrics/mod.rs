@@ -126,7 +126,6 @@ pub fn init() {
     LazyLock::force(&SPOOL_CORRUPT);
     LazyLock::force(&SPOOL_COMMITS);
     LazyLock::force(&SPOOL_COMMIT_DURATION);
-    LazyLock::force(&SPOOL_WRITER_NICE);
     LazyLock::force(&CRAWLERS);
     LazyLock::force(&NO_CONSENT);
     LazyLock::force(&VISITOR_IDS);

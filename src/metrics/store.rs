@@ -134,15 +134,6 @@ pub static SPOOL_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static SPOOL_WRITER_NICE: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "p13n_edge_spool_writer_nice",
-        "The spool writer thread's nice value: spool.writer_boost below the daemon's where the \
-         OS allows it (CAP_SYS_NICE or RLIMIT_NICE), else the daemon's."
-    )
-    .expect("metric registers once")
-});
-
 pub static SPOOL_COMMIT_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "p13n_edge_spool_commit_seconds",

@@ -57,8 +57,6 @@ pub struct SpoolSettings {
     pub replay_concurrency: usize,
     /// How much higher replay's nice value is than the daemon's (`spool.replay_nice`).
     pub replay_nice: u8,
-    /// How much lower the writer's nice value is than the daemon's (`spool.writer_boost`).
-    pub writer_boost: u8,
     /// Most bytes of the dead-letter log.
     pub dead_letter_max_bytes: u64,
     /// How long a record whose route is gone waits before it becomes a dead letter.

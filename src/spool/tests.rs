@@ -47,7 +47,6 @@ fn settings(dir: &Path) -> SpoolSettings {
         sync_interval: None,
         replay_concurrency: 4,
         replay_nice: 0,
-        writer_boost: 0,
         dead_letter_max_bytes: 1 << 20,
         route_wait: std::time::Duration::from_secs(60),
     }

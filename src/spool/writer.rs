@@ -27,13 +27,9 @@ type Open = HashMap<Arc<str>, Segment, ahash::RandomState>;
 /// is dropped.
 pub(super) fn write_loop(spool: &std::sync::Weak<Spool>, jobs: mpsc::Receiver<Job>) {
     let mut open = Open::default();
-    let Some((interval, boost)) = spool
-        .upgrade()
-        .map(|s| (s.settings.sync_interval, s.settings.writer_boost))
-    else {
+    let Some(interval) = spool.upgrade().map(|s| s.settings.sync_interval) else {
         return;
     };
-    hurry(boost);
     loop {
         let first = match interval {
             None => jobs.recv().ok(),
@@ -265,37 +261,3 @@ impl Segment {
         }
     }
 }
-
-/// Every spooled answer waits for the writer's commit, which takes little CPU but must get it at
-/// once: this thread's nice value goes `steps` below the daemon's (a higher priority), so that
-/// the answers' thread, replay and other processes on a short CPU do not delay it. At 5,000
-/// events/s 50 ms away a commit took 183-202 µs on average against 250-299 µs, and p99 4.6-4.8
-/// ms against 5.2-7.2 ms (README). Lowering a nice value needs CAP_SYS_NICE or an RLIMIT_NICE
-/// that allows it; without either the writer keeps the daemon's. `p13n_edge_spool_writer_nice`
-/// tells which.
-#[cfg(target_os = "linux")]
-fn hurry(steps: u8) {
-    use rustix::process::{getpriority_process, setpriority_process};
-    let thread = Some(rustix::thread::gettid());
-    let Ok(now) = getpriority_process(thread) else {
-        return;
-    };
-    metrics::SPOOL_WRITER_NICE.set(i64::from(now));
-    if steps == 0 {
-        return;
-    }
-    let wanted = (now - i32::from(steps)).max(-20);
-    match setpriority_process(thread, wanted) {
-        Ok(()) => metrics::SPOOL_WRITER_NICE.set(i64::from(wanted)),
-        Err(e) => tracing::info!(
-            error = %e,
-            nice = now,
-            "the spool writer keeps the daemon's priority: raising it (spool.writer_boost) needs \
-             CAP_SYS_NICE or an RLIMIT_NICE that allows it (systemd: LimitNICE=)"
-        ),
-    }
-}
-
-/// Elsewhere the writer keeps the daemon's priority: nice values are per process there.
-#[cfg(not(target_os = "linux"))]
-fn hurry(_steps: u8) {}

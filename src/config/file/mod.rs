@@ -259,12 +259,6 @@ pub struct SpoolSection {
     /// way. Applied at start; Linux only.
     #[serde(default = "default_replay_nice")]
     pub replay_nice: i64,
-    /// How much lower than the daemon's own the spool writer's nice value is, 0 to 20 (a higher
-    /// priority): every spooled answer waits for its commit. Needs CAP_SYS_NICE or an
-    /// RLIMIT_NICE that allows it (systemd's LimitNICE=); without, the writer keeps the
-    /// daemon's. Applied at start; Linux only.
-    #[serde(default = "default_writer_boost")]
-    pub writer_boost: i64,
     /// Most bytes of the dead-letter log (events the upstream refused as invalid, 3004 or 413,
     /// and events whose route stayed gone). Past it, such events are held in the spool instead.
     #[serde(default = "default_dead_letter_bytes")]
