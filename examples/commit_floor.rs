@@ -141,16 +141,18 @@ fn write_loop(
         let end = size + buf.len() as u64;
         if end > allocated {
             allocated = end + SET_ASIDE;
+            // As the spool does: where the file system cannot allocate, the size alone.
             #[cfg(target_os = "linux")]
-            rustix::fs::fallocate(
+            let set = rustix::fs::fallocate(
                 file,
                 rustix::fs::FallocateFlags::empty(),
                 size,
                 allocated - size,
             )
-            .unwrap();
+            .map_err(std::io::Error::from);
             #[cfg(not(target_os = "linux"))]
-            file.set_len(allocated).unwrap();
+            let set: std::io::Result<()> = Err(std::io::ErrorKind::Unsupported.into());
+            set.or_else(|_| file.set_len(allocated)).unwrap();
         }
         file.write_all_at(&buf, size).unwrap();
         file.sync_data().unwrap();
