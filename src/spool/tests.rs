@@ -39,6 +39,13 @@ proptest::proptest! {
     }
 }
 
+/// A directory of this test process's own, `p13n-edge-{name}-{pid}`, empty.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("p13n-edge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 fn settings(dir: &Path) -> SpoolSettings {
     SpoolSettings {
         dir: dir.to_path_buf(),
@@ -54,8 +61,7 @@ fn settings(dir: &Path) -> SpoolSettings {
 
 #[tokio::test]
 async fn two_processes_during_an_upgrade_never_write_one_segment() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-epochs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("epochs");
     // The running process, and the new one started beside it (another open of the lock
     // file, as another process's would be: it does not get the lock).
     let old = Spool::open(settings(&dir)).unwrap();
@@ -89,8 +95,7 @@ async fn two_processes_during_an_upgrade_never_write_one_segment() {
 
 #[test]
 fn every_process_claims_an_epoch_of_its_own_even_before_it_writes() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-claims-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("claims");
     // Nothing is ever spooled: no segment tells the epochs apart.
     let first = Spool::open(settings(&dir)).unwrap();
     let second = Spool::open(settings(&dir)).unwrap();
@@ -112,8 +117,7 @@ fn every_process_claims_an_epoch_of_its_own_even_before_it_writes() {
 
 #[test]
 fn two_upgrades_in_a_row_leave_the_middle_processs_segments_alone_while_it_lives() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-middle-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("middle");
     let first = Spool::open(settings(&dir)).unwrap();
     let middle = Spool::open(settings(&dir)).unwrap();
     let last = Spool::open(settings(&dir)).unwrap();
@@ -138,8 +142,7 @@ fn two_upgrades_in_a_row_leave_the_middle_processs_segments_alone_while_it_lives
 
 #[test]
 fn a_segment_below_the_checkpoint_is_replayed_not_skipped() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-below-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("below");
     std::fs::create_dir_all(&dir).unwrap();
     let (mut checkpoint, _) = lane::CheckpointFile::open(&dir);
     checkpoint.write(Position {
@@ -158,8 +161,7 @@ fn a_segment_below_the_checkpoint_is_replayed_not_skipped() {
 #[tokio::test]
 async fn a_record_settled_before_its_append_resumes_is_still_counted() {
     use std::future::Future;
-    let dir = std::env::temp_dir().join(format!("p13n-edge-depth-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("depth");
     let spool = Spool::open(settings(&dir)).unwrap();
     let key = CacheKey::new(&Arc::from("svc"), &Arc::from("1/db/t/web"), "v");
     let body = bytes::Bytes::from_static(br#"{"td_client_id":"v"}"#);
@@ -217,8 +219,7 @@ async fn append_for(spool: &Spool, visitor: &str) {
 /// (zeros, and a write it tore) the next process trims, and counts and replays the records.
 #[tokio::test]
 async fn a_segment_sets_space_aside_and_what_follows_its_records_reads_as_its_end() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-prealloc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("prealloc");
     let settings = |dir: &Path| SpoolSettings {
         segment_bytes: 4 << 20,
         ..settings(dir)
@@ -286,8 +287,7 @@ async fn a_segment_sets_space_aside_and_what_follows_its_records_reads_as_its_en
 /// is what was counted for it.
 #[tokio::test]
 async fn a_full_segment_ends_at_its_last_record() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-rollover-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("rollover");
     let spool = Spool::open(SpoolSettings {
         segment_bytes: 4096,
         ..settings(&dir)
@@ -337,8 +337,7 @@ fn record_for(visitor: &str, seq: u64) -> Record {
 /// already delivered that rots does not take the undelivered ones after it along.
 #[tokio::test]
 async fn only_an_ended_writers_segment_is_trimmed_and_from_where_replay_resumes() {
-    let dir = std::env::temp_dir().join(format!("p13n-edge-trim-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("trim");
     let first = Spool::open(settings(&dir)).unwrap();
     let middle = Spool::open(settings(&dir)).unwrap();
     append_for(&middle, "m").await;
