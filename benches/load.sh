@@ -74,7 +74,7 @@ BIN=$BIN_DIR/p13n-edge
 
 work=$(mktemp -d /tmp/p13n-edge-load.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 started=$SECONDS
 section_start=$SECONDS
@@ -138,6 +138,11 @@ if [ "$(printf '%s\n1.25.1\n' "$ngx_version" | sort -V | head -1)" = 1.25.1 ]; t
 else
   nginx_proxy "127.0.0.1:$NGX_TLS ssl http2" "$tls_directives" | nginx_conf nginxtls
 fi
+# Each server in a process group of its own (job control on while they start): `only_running`
+# stops the ones a section does not use, and a stopped process in the script's own group would
+# get SIGHUP and SIGCONT from the kernel whenever that group is orphaned (the script started
+# from a shell that has exited) and one of its processes ends.
+set -m
 "$NGINX" -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!); UP_MASTER=$!
 "$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!); NGX_MASTER=$!
 "$NGINX" -c "$work/nginxtls.conf" -g 'daemon off;' & pids+=($!); NGX_TLS_MASTER=$!
@@ -232,13 +237,14 @@ RUST_LOG=warn $BIN_DIR/examples/ceiling "127.0.0.1:$CEIL" 2>"$work/ceiling.log" 
 RUST_LOG=warn $BIN_DIR/examples/serve_ceiling "127.0.0.1:$SCEIL" 2>"$work/serve_ceiling.log" & pids+=($!); SCEIL_PID=$!
 RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$EMU" --rules conf/demo-rules.toml --threads 1 2>"$work/emu.log" & pids+=($!); EMU_PID=$!
 RUST_LOG=warn $BIN run --config "$work/emu.toml" 2>"$work/emup.log" & pids+=($!); EMUP_PID=$!
-RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$FAR" --rules conf/demo-rules.toml --threads 1 2>"$work/far.log" & pids+=($!)
-RUST_LOG=warn $BIN run --config "$work/farpass.toml" 2>"$work/farpass.log" & pids+=($!)
+RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$FAR" --rules conf/demo-rules.toml --threads 1 2>"$work/far.log" & pids+=($!); FAR_PID=$!
+RUST_LOG=warn $BIN run --config "$work/farpass.toml" 2>"$work/farpass.log" & pids+=($!); FARPASS_PID=$!
 RUST_LOG=warn $BIN run --config "$work/farfast.toml" 2>"$work/farfast.log" & pids+=($!); FARFAST_PID=$!
 RUST_LOG=warn $BIN run --config "$work/farh2.toml" 2>"$work/farh2.log" & pids+=($!); FARH2_PID=$!
-RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$QEMU" --rules conf/demo-rules.toml --threads 1 2>"$work/qemu.log" & pids+=($!)
+RUST_LOG=warn $BIN emulator --listen "127.0.0.1:$QEMU" --rules conf/demo-rules.toml --threads 1 2>"$work/qemu.log" & pids+=($!); QEMU_PID=$!
 RUST_LOG=warn $BIN run --config "$work/quota.toml" 2>"$work/quota.log" & pids+=($!); QUOTA_PID=$!
 RUST_LOG=warn $BIN run --config "$work/tlspass.toml" 2>"$work/tlspass.log" & pids+=($!); TLSPASS_PID=$!
+set +m
 for p in $UP $NGX $HAP $PASS $FAST $FSYNC $CEIL $SCEIL $EMU $EMUP $FAR $FARPASS $FARFAST $QEMU $QUOTA \
   $TLSPASS $NGX_TLS $HAP_TLS $FARH2; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
@@ -257,6 +263,17 @@ declare -A SERVER=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [haproxy]=$HAP_PID [p
 declare -A UPSTREAM=([direct]="" [nginx]=$UP_WORKER [haproxy]=$UP_WORKER [pass]=$UP_WORKER
   [fast]=$UP_WORKER [fastsync]=$UP_WORKER [ceiling]="" [serve-ceiling]="" [emulator]=$EMU_PID)
 declare -A SPOOL_ADMIN=([fast]=$FAST_ADMIN [fastsync]=$FSYNC_ADMIN)
+# Only the servers a section uses run during it; the others are stopped (SIGSTOP), so that their
+# idle timers (each pingora process wakes about 100 times a second) do not take turns on the
+# two cores. The static upstream (its master and worker) runs throughout: most sections use it.
+ALWAYS="$UP_MASTER $UP_WORKER"
+only_running() { # pid...: every other server stopped, these (and their children) running
+  local keep=" $ALWAYS $* " p
+  for p in $* $ALWAYS; do keep+="$(pgrep -P "$p" | tr '\n' ' ' || true) "; done
+  for p in "${pids[@]}" $(for q in "${pids[@]}"; do pgrep -P "$q" || true; done); do
+    if [[ "$keep" == *" $p "* ]]; then kill -CONT "$p" 2>/dev/null || true; else kill -STOP "$p" 2>/dev/null || true; fi
+  done
+}
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 per_req_us() { # ticks before, after, requests: CPU µs per request
   awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (n > 0) ? (b - a) / hz * 1e6 / n : 0}'
@@ -318,6 +335,7 @@ declare -A TARGET=(
 ORDER=(direct nginx haproxy pass fast fastsync ceiling serve-ceiling emulator)
 declare -A RPS SUST P50 P99 CPU UCPU M S
 if has main || has half; then
+  only_running $NGX_MASTER $HAP_PID $PASS_PID $FAST_PID $FSYNC_PID $CEIL_PID $SCEIL_PID $EMU_PID $EMUP_PID
   for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
       -d "$BODY" "${TARGET[$t]}")
@@ -400,6 +418,7 @@ fi
 
 # p99 at half of the pass-through peak: the same offered rate for direct, nginx and pass-through.
 if has half; then
+  only_running $NGX_MASTER $PASS_PID
   if [ -z "${M[pass]:-}" ]; then  # without the main section, measure the peak here
     M[pass]=$(wrk -t1 -c$CONNS -d"${SECS}s" -s benches/load/post.lua "${TARGET[pass]}" | awk '/Requests\/sec/ {print $2}')
   fi
@@ -431,6 +450,7 @@ fi
 # A distant upstream (the emulator answering after 50 ms): pass-through and fast at the same
 # offered rate, paced connections sized for it, and every event counted at the upstream.
 if has far; then
+  only_running $FAR_PID $FARPASS_PID $FARFAST_PID
   FAR_RATE=500
   # Warm up: every visitor of post.lua cached, connections open. One second: `fast` answers hits
   # far faster than replay can deliver them 50 ms away (about 640 a second), and the spool must
@@ -528,6 +548,7 @@ far_run() { # proxy port, admin port, emulator port, offered events/s, seconds, 
 # which falls in step with the group commits. Targets: the spool drains within 3 s of the load ending, every 2xx answer's event
 # counted at the upstream, p99 < 5 ms.
 if has rates; then
+  only_running $FAR_PID $FARFAST_PID
   declare -A RRPS RP50 RP99 R2XX ROTHER RERR RDEPTH RDRAIN REVENTS RCONNS RPEAK RIN RDUPS RNOTHIT RCPU RFLOOR RDISK RDISKSLOW RCOMMITS RCOMMIT RSLOW
   for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
@@ -598,6 +619,7 @@ fi
 # HTTP/1.1 against HTTP/2 to the same distant upstream: fast at 2,000 events/s, the replay
 # window's calls on a pool of connections or as streams on one.
 if has protocol; then
+  only_running $FAR_PID $FARFAST_PID $FARH2_PID
   declare -A HRPS HP99 HCONNS HCPU HDRAIN HEVENTS H2XX HC0
   # Connections opened during this section only: farfast also served the sections before.
   for t in farfast farh2; do
@@ -636,6 +658,7 @@ fi
 # The quota: fast mode with max_events_per_second = 500, 2,000 events/s offered. The upstream
 # must never see more than 500 calls in a second; every event still arrives, later.
 if has quota; then
+  only_running $QEMU_PID $QUOTA_PID
   QUOTA_RATE=2000
   # The misses of the warm-up are live calls under the quota: 16 connections, 50 ms each.
   warm_once "$QUOTA" 5 16
@@ -667,6 +690,7 @@ fi
 # visitor's event) to p13n-edge pass-through's TLS listener, nginx and HAProxy terminating TLS
 # and doing the same job, all in front of the same static upstream.
 if has tls; then
+  only_running $TLSPASS_PID $NGX_TLS_MASTER $HAP_TLS_PID
   declare -A TLS_URL=([pass]="https://127.0.0.1:$TLSPASS/demo_db/pageviews"
     [nginx]="https://127.0.0.1:$NGX_TLS/demo_db/pageviews" [haproxy]="https://127.0.0.1:$HAP_TLS/demo_db/pageviews")
   declare -A TLS_PID=([pass]=$TLSPASS_PID [nginx]=$NGX_TLS_WORKER [haproxy]=$HAP_TLS_PID)
@@ -720,6 +744,7 @@ fi
 
 # Memory per cached visitor: RSS of the pass-through proxy before and after N new visitors.
 if has memory; then
+  only_running $PASS_PID
   rss() { awk '/VmRSS/ {print $2*1024}' "/proc/$1/status"; }
   MEM=""
   base_rss=$(rss "$PASS_PID"); base_entries=$(metric "$PASS_ADMIN" p13n_edge_cache_entries); offset=0
@@ -750,6 +775,7 @@ fi
 # latency through the balancer, and what one shared lookup costs a local miss (the daemons'
 # p13n_edge_shared_duration_seconds). New visitors each run; the spools drain between runs.
 if has shared; then
+  only_running  # its own servers, started below, run
   read -r RDS SOLO_LB SOLO_A SOLO_A_ADMIN SOLO_B SOLO_B_ADMIN SH_LB SH_A SH_A_ADMIN SH_B SH_B_ADMIN <<< "$(ports 11)"
   mkdir -p "$work/redis"
   redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$work/redis" >"$work/redis.log" 2>&1 & pids+=($!)
@@ -863,6 +889,7 @@ fi
 
 # Instructions per request under callgrind: counts, not times, so they hold on a noisy machine.
 if has callgrind; then
+  only_running  # callgrind.sh starts its own
   SKIP_BUILD=1 BIN_DIR="$BIN_DIR" benches/callgrind.sh | out callgrind
   took callgrind
 fi
