@@ -34,6 +34,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use spool::SpoolError;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -55,10 +56,55 @@ pub fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// What the services of a proxy share, for reload and for tests.
+/// What the services of a proxy share, for reload and for tests; and the addresses its server
+/// listens on, for the listeners added beside it.
 pub struct Handles {
     pub config: Arc<ArcSwap<Config>>,
     pub cache: Arc<cache::OfferCache>,
+    pub listeners: Listeners,
+}
+
+/// The addresses one pingora `Server` listens on, and what listens on each. No two listeners of
+/// a `Server` may share one: pingora hands a listener on an address it has already bound the
+/// first one's socket (meant for the sockets an upgrade passes on), so two services would accept
+/// on one socket, and both would close it at shutdown, the second close hitting whatever took
+/// the descriptor's number since (a debug build aborts). The config's own listeners are
+/// validated with it; every other one is claimed here before it is added.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners(Vec<(String, SocketAddr)>);
+
+impl Listeners {
+    /// The listeners of a validated config: its public, admin and TLS addresses.
+    fn of(config: &Config) -> Listeners {
+        let mut taken = vec![
+            ("server.listen".to_string(), config.listen),
+            ("admin.listen".to_string(), config.admin_listen),
+        ];
+        if let Some(tls) = &config.tls {
+            taken.push(("server.tls.listen".to_string(), tls.listen));
+        }
+        Listeners(taken)
+    }
+
+    /// Claim `addr` (`host:port`) for `what`. Refused, naming both, where it would share a
+    /// socket with one claimed before (`config::same_socket`).
+    pub fn claim(&mut self, what: &str, addr: &str) -> Result<(), String> {
+        let resolved: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("{what} {addr}: {e}"))?
+            .collect();
+        for new in &resolved {
+            if let Some((other, at)) = self.0.iter().find(|(_, old)| config::same_socket(old, new))
+            {
+                return Err(format!(
+                    "{what} ({addr}) and {other} ({at}) would listen on the same socket: give each its own port"
+                ));
+            }
+        }
+        self.0
+            .extend(resolved.into_iter().map(|a| (what.to_string(), a)));
+        Ok(())
+    }
 }
 
 /// A pingora server with the public proxy and the admin listener, ready for `run`. With `path`,
@@ -142,6 +188,7 @@ pub fn add_proxy_resolving(
     admin.threads = Some(1);
     server.add_service(admin);
     Ok(Handles {
+        listeners: Listeners::of(&shared.load()),
         config: shared,
         cache,
     })
@@ -209,7 +256,13 @@ fn shared_tier(config: &Config) -> Option<Arc<shared::SharedTier>> {
 
 /// Add the upstream emulator on `listen`. It speaks HTTP/1.1 and, with prior knowledge,
 /// cleartext HTTP/2 (h2c), as an `upstream.protocol = "h2"` proxy calls an `http://` upstream.
-pub fn add_emulator(server: &mut Server, listen: &str, emulator: emulator::Emulator) {
+pub fn add_emulator(
+    server: &mut Server,
+    listeners: &mut Listeners,
+    listen: &str,
+    emulator: emulator::Emulator,
+) -> Result<(), String> {
+    listeners.claim("the emulator", listen)?;
     let mut app = pingora::apps::http_app::HttpServer::new_app(emulator);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
@@ -217,19 +270,25 @@ pub fn add_emulator(server: &mut Server, listen: &str, emulator: emulator::Emula
     let mut service = Service::new("p13n-edge emulator".into(), app);
     service.add_tcp(listen);
     server.add_service(service);
+    Ok(())
 }
 
 /// Add the demo site on `listen`, and over TLS on `tls_listen` with the certificate of the
 /// proxy's own TLS listener.
 pub fn add_demo_site(
     server: &mut Server,
+    handles: &mut Handles,
     listen: &str,
-    tls_listen: Option<(&str, &Handles)>,
+    tls_listen: Option<&str>,
     site: site::DemoSite,
-) {
+) -> Result<(), String> {
+    handles.listeners.claim("the demo site", listen)?;
+    if let Some(tls_listen) = tls_listen {
+        handles.listeners.claim("the demo site's TLS", tls_listen)?;
+    }
     let mut service = Service::new("p13n-edge demo site".into(), site);
     service.add_tcp(listen);
-    if let Some((tls_listen, handles)) = tls_listen {
+    if let Some(tls_listen) = tls_listen {
         service.add_tls_with_settings(
             tls_listen,
             None,
@@ -238,6 +297,7 @@ pub fn add_demo_site(
     }
     service.threads = Some(1);
     server.add_service(service);
+    Ok(())
 }
 
 /// TLS settings that take the certificate of the config in force at each handshake.
@@ -253,7 +313,11 @@ fn tls_settings(config: Arc<ArcSwap<Config>>, h2: bool) -> TlsSettings {
 }
 
 /// A server holding only the emulator, with a short grace period.
-pub fn emulator_server(listen: &str, emulator: emulator::Emulator, threads: usize) -> Server {
+pub fn emulator_server(
+    listen: &str,
+    emulator: emulator::Emulator,
+    threads: usize,
+) -> Result<Server, String> {
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
@@ -262,6 +326,6 @@ pub fn emulator_server(listen: &str, emulator: emulator::Emulator, threads: usiz
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    add_emulator(&mut server, listen, emulator);
-    server
+    add_emulator(&mut server, &mut Listeners::default(), listen, emulator)?;
+    Ok(server)
 }

@@ -290,7 +290,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Emulator::new(Default::default()),
             };
             tracing::info!(%listen, "emulator listening");
-            p13n_edge::emulator_server(&listen, emulator, threads).run_forever();
+            p13n_edge::emulator_server(&listen, emulator, threads)
+                .map_err(anyhow::Error::msg)?
+                .run_forever();
         }
         Command::Demo {
             config,
@@ -368,10 +370,22 @@ fn demo(
             config.display()
         );
     }
-    let (mut server, handles) = p13n_edge::build_server(loaded, Some(config), false)?;
-    p13n_edge::add_emulator(&mut server, &emulator_listen, emulator);
-    let site_tls = site_tls.as_deref().map(|listen| (listen, &handles));
-    p13n_edge::add_demo_site(&mut server, site, site_tls, demo_site);
+    let (mut server, mut handles) = p13n_edge::build_server(loaded, Some(config), false)?;
+    p13n_edge::add_emulator(
+        &mut server,
+        &mut handles.listeners,
+        &emulator_listen,
+        emulator,
+    )
+    .map_err(anyhow::Error::msg)?;
+    p13n_edge::add_demo_site(
+        &mut server,
+        &mut handles,
+        site,
+        site_tls.as_deref(),
+        demo_site,
+    )
+    .map_err(anyhow::Error::msg)?;
     print_demo(&proxy.to_string(), site);
     server.run_forever();
 }

@@ -427,3 +427,89 @@ header = "Cookie""#,
         "{text}"
     );
 }
+
+/// `p13n-edge demo` adds the emulator and the site to the proxy's own server. On an address one
+/// of its listeners has already, pingora handed the new listener the same socket: two services
+/// accepted on it (the emulator answering the admin's scrapes, say), and both closed it at
+/// shutdown. Now the demo refuses to start, naming both.
+#[test]
+fn the_demo_refuses_an_emulator_or_a_site_on_a_listener_s_address() {
+    for (name, shared) in [
+        ("demo_emulator_on_admin", "emulator"),
+        ("demo_site_on_proxy", "site"),
+    ] {
+        let setup = Setup::new(name);
+        let (proxy, admin) = (setup.proxy, setup.admin);
+        let setup = match shared {
+            "emulator" => setup.upstream(format!("http://{admin}")),
+            _ => setup.upstream(format!("http://127.0.0.1:{}", free_port())),
+        };
+        let site = match shared {
+            "site" => proxy.to_string(),
+            _ => format!("127.0.0.1:{}", free_port()),
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+            .args([
+                "demo",
+                "--rules",
+                "conf/demo-rules.toml",
+                "--site",
+                &site,
+                "--config",
+            ])
+            .arg(setup.write())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let exited = eventually(SECONDS_10, || child.try_wait().unwrap().is_some());
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            exited,
+            "{name}: the demo started with two listeners on one address"
+        );
+        assert!(!out.status.success(), "{name}: {stderr}");
+        let (what, other) = match shared {
+            "emulator" => ("the emulator", format!("admin.listen ({admin})")),
+            _ => ("the demo site", format!("server.listen ({proxy})")),
+        };
+        assert!(
+            stderr.contains(what) && stderr.contains(&other) && stderr.contains("same socket"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_listener_is_refused_where_it_would_share_a_socket_and_only_there() {
+    let mut listeners = p13n_edge::Listeners::default();
+    listeners.claim("a", "127.0.0.1:7001").unwrap();
+    listeners.claim("b", "127.0.0.2:7001").unwrap(); // another address, the same port
+    listeners.claim("c", "127.0.0.1:7002").unwrap();
+    for (what, addr) in [("again", "127.0.0.1:7001"), ("all", "0.0.0.0:7002")] {
+        let refused = listeners.claim(what, addr).unwrap_err();
+        assert!(refused.contains("same socket"), "{refused}");
+    }
+    listeners.claim("everywhere", "0.0.0.0:7003").unwrap();
+    let refused = listeners.claim("one", "127.0.0.9:7003").unwrap_err();
+    assert!(refused.contains("everywhere (0.0.0.0:7003)"), "{refused}");
+    assert!(listeners.claim("bad", "no port").is_err());
+}
+
+/// Listeners on one port, one of them on every address: they were checked only for equal
+/// addresses, so the config passed and the daemon failed to bind. The pair is named.
+#[test]
+fn listeners_that_would_share_a_port_are_refused_by_name() {
+    let setup = Setup::new("check_config_overlap");
+    let port = setup.proxy.port();
+    let overlapping = setup.set("admin.listen", format!("0.0.0.0:{port}"));
+    let (ok, text) = check(&overlapping.write(), &[]);
+    assert!(!ok, "{text}");
+    let pair =
+        format!("admin.listen (0.0.0.0:{port}) must differ from server.listen (127.0.0.1:{port})");
+    assert!(text.contains(&pair), "{pair} in {text}");
+}

@@ -147,14 +147,21 @@ fn listeners(
         .tls
         .as_ref()
         .and_then(|t| super::tls::tls_listener(t, base_dir, problems));
-    if tls
-        .as_ref()
-        .is_some_and(|t| Some(t.listen) == listen || Some(t.listen) == admin_listen)
-    {
-        problems.push("server.tls.listen must differ from server.listen and admin.listen".into());
-    }
-    if listen.is_some() && listen == admin_listen {
-        problems.push("admin.listen must differ from server.listen".into());
+    let named = [
+        ("server.listen", listen),
+        ("admin.listen", admin_listen),
+        ("server.tls.listen", tls.as_ref().map(|t| t.listen)),
+    ];
+    for (i, (key, addr)) in named.iter().enumerate() {
+        for (other, other_addr) in &named[..i] {
+            if let (Some(a), Some(b)) = (addr, other_addr) {
+                if same_socket(a, b) {
+                    problems.push(format!(
+                        "{key} ({a}) must differ from {other} ({b}): each listener needs its own port"
+                    ));
+                }
+            }
+        }
     }
     (listen, admin_listen, tls)
 }
@@ -276,6 +283,12 @@ fn services_and_routes(
         services.push(service);
     }
     (services, routes, secrets)
+}
+
+/// Whether two listeners on `a` and `b` would be one socket, or one refused: the same port on
+/// the same address, or on any address where either listens on all of them.
+pub fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn parse_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {

@@ -38,12 +38,22 @@ pub const TOKEN: &str = "1/1/00000000000000000000000000000001";
 /// How long `eventually` waits for what every test waits for: a delivery, a reload.
 pub const SECONDS_10: Duration = Duration::from_secs(10);
 
+/// A port of 127.0.0.1 free now, and never handed out before in this process: two listeners
+/// of one test given the same port would share a socket (`p13n_edge::Listeners`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A scratch directory for one test, the same for every call with `name` in this process. The

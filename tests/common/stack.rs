@@ -184,10 +184,16 @@ impl Setup {
         }
         let config_path = self.write();
         let mut server = quick_server();
-        let handles = p13n_edge::add_proxy(&mut server, self.config()).unwrap();
+        let mut handles = p13n_edge::add_proxy(&mut server, self.config()).unwrap();
         let rules = toml::from_str(rules).unwrap();
         let emulated = p13n_edge::emulator::Emulator::new(rules);
-        p13n_edge::add_emulator(&mut server, &emulator.to_string(), emulated);
+        p13n_edge::add_emulator(
+            &mut server,
+            &mut handles.listeners,
+            &emulator.to_string(),
+            emulated,
+        )
+        .unwrap();
         let running = Running::start(server, &[self.proxy, self.admin, emulator]);
         Stack {
             service: self.name.clone(),

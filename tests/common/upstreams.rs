@@ -27,7 +27,8 @@ impl Emulator {
         let mut server = quick_server();
         let rules = toml::from_str(rules).unwrap();
         let emulated = p13n_edge::emulator::Emulator::new(rules);
-        p13n_edge::add_emulator(&mut server, &addr.to_string(), emulated);
+        let mut listeners = p13n_edge::Listeners::default();
+        p13n_edge::add_emulator(&mut server, &mut listeners, &addr.to_string(), emulated).unwrap();
         Emulator {
             addr,
             _running: Some(Running::start(server, &[addr])),
