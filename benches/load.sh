@@ -74,7 +74,10 @@ BIN=$BIN_DIR/p13n-edge
 
 work=$(mktemp -d /tmp/p13n-edge-load.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# A server is signalled with its process group (an nginx master with its workers) where it leads
+# one (`set -m` below), alone otherwise; one that has died already is passed over.
+signal() { kill "-$1" -- "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do signal CONT "$p"; signal TERM "$p"; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 started=$SECONDS
 section_start=$SECONDS
@@ -139,9 +142,9 @@ else
   nginx_proxy "127.0.0.1:$NGX_TLS ssl http2" "$tls_directives" | nginx_conf nginxtls
 fi
 # Each server in a process group of its own (job control on while they start): `only_running`
-# stops the ones a section does not use, and a stopped process in the script's own group would
-# get SIGHUP and SIGCONT from the kernel whenever that group is orphaned (the script started
-# from a shell that has exited) and one of its processes ends.
+# stops the ones a section does not use, and where the script's own group is orphaned (started
+# from a shell that has since exited), the kernel sends SIGHUP and SIGCONT to a group of it
+# that holds a stopped process.
 set -m
 "$NGINX" -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!); UP_MASTER=$!
 "$NGINX" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!); NGX_MASTER=$!
@@ -266,12 +269,11 @@ declare -A SPOOL_ADMIN=([fast]=$FAST_ADMIN [fastsync]=$FSYNC_ADMIN)
 # Only the servers a section uses run during it; the others are stopped (SIGSTOP), so that their
 # idle timers (each pingora process wakes about 100 times a second) do not take turns on the
 # two cores. The static upstream (its master and worker) runs throughout: most sections use it.
-ALWAYS="$UP_MASTER $UP_WORKER"
-only_running() { # pid...: every other server stopped, these (and their children) running
+ALWAYS="$UP_MASTER"
+only_running() { # pid...: every other server (its process group) stopped, these running
   local keep=" $ALWAYS $* " p
-  for p in $* $ALWAYS; do keep+="$(pgrep -P "$p" | tr '\n' ' ' || true) "; done
-  for p in "${pids[@]}" $(for q in "${pids[@]}"; do pgrep -P "$q" || true; done); do
-    if [[ "$keep" == *" $p "* ]]; then kill -CONT "$p" 2>/dev/null || true; else kill -STOP "$p" 2>/dev/null || true; fi
+  for p in "${pids[@]}"; do
+    if [[ "$keep" == *" $p "* ]]; then signal CONT "$p"; else signal STOP "$p"; fi
   done
 }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
@@ -778,6 +780,7 @@ if has shared; then
   only_running  # its own servers, started below, run
   read -r RDS SOLO_LB SOLO_A SOLO_A_ADMIN SOLO_B SOLO_B_ADMIN SH_LB SH_A SH_A_ADMIN SH_B SH_B_ADMIN <<< "$(ports 11)"
   mkdir -p "$work/redis"
+  set -m  # as the servers above: `callgrind` stops these
   redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$work/redis" >"$work/redis.log" 2>&1 & pids+=($!)
   shared_toml="[shared]
 url = \"redis://127.0.0.1:$RDS/0\""
@@ -800,6 +803,7 @@ NGX
   }
   balancer lbsolo "$SOLO_LB" "$SOLO_A" "$SOLO_B"
   balancer lbshared "$SH_LB" "$SH_A" "$SH_B"
+  set +m
   for p in $RDS $SOLO_LB $SOLO_A $SOLO_B $SH_LB $SH_A $SH_B; do
     for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
     (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "nothing listens on port $p; logs in $work"; exit 1; }

@@ -70,7 +70,7 @@ pub struct Handles {
 /// on one socket, and both would close it at shutdown, the second close hitting whatever took
 /// the descriptor's number since (a debug build aborts). The config's own listeners are
 /// validated with it; every other one is claimed here before it is added.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Listeners(Vec<(String, SocketAddr)>);
 
 impl Listeners {
@@ -86,23 +86,25 @@ impl Listeners {
         Listeners(taken)
     }
 
-    /// Claim `addr` (`host:port`) for `what`. Refused, naming both, where it would share a
-    /// socket with one claimed before (`config::same_socket`).
+    /// Claim `addr` (`host:port`) for `what`: its first address, the one pingora binds. Refused,
+    /// naming both, where it would share a socket with one claimed before
+    /// (`config::same_socket`), or where `addr` names no address.
     pub fn claim(&mut self, what: &str, addr: &str) -> Result<(), String> {
-        let resolved: Vec<SocketAddr> = addr
+        let first = addr
             .to_socket_addrs()
-            .map_err(|e| format!("{what} {addr}: {e}"))?
-            .collect();
-        for new in &resolved {
-            if let Some((other, at)) = self.0.iter().find(|(_, old)| config::same_socket(old, new))
-            {
-                return Err(format!(
-                    "{what} ({addr}) and {other} ({at}) would listen on the same socket: give each its own port"
-                ));
-            }
+            .map_err(|e| format!("{what} ({addr}): {e}"))?
+            .next()
+            .ok_or_else(|| format!("{what} ({addr}): names no address"))?;
+        if let Some((other, at)) = self
+            .0
+            .iter()
+            .find(|(_, old)| config::same_socket(old, &first))
+        {
+            return Err(format!(
+                "{what} ({addr}) overlaps {other} ({at}): the same port on the same address, or on 0.0.0.0 or [::]"
+            ));
         }
-        self.0
-            .extend(resolved.into_iter().map(|a| (what.to_string(), a)));
+        self.0.push((what.to_string(), first));
         Ok(())
     }
 }

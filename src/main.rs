@@ -289,10 +289,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => Emulator::from_file(&path).map_err(anyhow::Error::msg)?,
                 None => Emulator::new(Default::default()),
             };
+            let server = p13n_edge::emulator_server(&listen, emulator, threads)
+                .map_err(anyhow::Error::msg)?;
             tracing::info!(%listen, "emulator listening");
-            p13n_edge::emulator_server(&listen, emulator, threads)
-                .map_err(anyhow::Error::msg)?
-                .run_forever();
+            server.run_forever();
         }
         Command::Demo {
             config,
@@ -362,7 +362,10 @@ fn demo(
     );
     let emulator = Emulator::from_file(rules).map_err(anyhow::Error::msg)?;
     let upstream = &loaded.services[0].upstream;
-    let emulator_listen = format!("{}:{}", upstream.host, upstream.port);
+    let emulator_listen = match upstream.host.contains(':') {
+        true => format!("[{}]:{}", upstream.host, upstream.port),
+        false => format!("{}:{}", upstream.host, upstream.port),
+    };
     let proxy = loaded.listen;
     if site_tls.is_some() && loaded.tls.is_none() {
         bail!(

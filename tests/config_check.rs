@@ -473,31 +473,53 @@ fn the_demo_refuses_an_emulator_or_a_site_on_a_listener_s_address() {
             "{name}: the demo started with two listeners on one address"
         );
         assert!(!out.status.success(), "{name}: {stderr}");
-        let (what, other) = match shared {
-            "emulator" => ("the emulator", format!("admin.listen ({admin})")),
-            _ => ("the demo site", format!("server.listen ({proxy})")),
+        let (what, site_or_upstream, other) = match shared {
+            "emulator" => ("the emulator", admin, format!("admin.listen ({admin})")),
+            _ => ("the demo site", proxy, format!("server.listen ({proxy})")),
         };
         assert!(
-            stderr.contains(what) && stderr.contains(&other) && stderr.contains("same socket"),
+            stderr.contains(&format!("{what} ({site_or_upstream}) overlaps {other}")),
             "{name}: {stderr}"
         );
     }
 }
 
+/// As pingora binds (dual-stack IPv6, SO_REUSEADDR): what would share a socket or fail to bind
+/// is refused, what binds beside it is not.
 #[test]
 fn a_listener_is_refused_where_it_would_share_a_socket_and_only_there() {
     let mut listeners = p13n_edge::Listeners::default();
-    listeners.claim("a", "127.0.0.1:7001").unwrap();
-    listeners.claim("b", "127.0.0.2:7001").unwrap(); // another address, the same port
-    listeners.claim("c", "127.0.0.1:7002").unwrap();
-    for (what, addr) in [("again", "127.0.0.1:7001"), ("all", "0.0.0.0:7002")] {
-        let refused = listeners.claim(what, addr).unwrap_err();
-        assert!(refused.contains("same socket"), "{refused}");
+    for (what, addr) in [
+        ("a", "127.0.0.1:7001"),
+        ("another address", "127.0.0.2:7001"),
+        ("another port", "127.0.0.1:7002"),
+        ("IPv6 loopback", "[::1]:7001"),
+        ("IPv4 everywhere, IPv6 not", "0.0.0.0:7004"),
+        ("IPv6 beside 0.0.0.0", "[::1]:7004"),
+        ("port 0", "127.0.0.1:0"),
+        ("port 0 elsewhere", "127.0.0.2:0"),
+    ] {
+        listeners.claim(what, addr).unwrap();
     }
-    listeners.claim("everywhere", "0.0.0.0:7003").unwrap();
-    let refused = listeners.claim("one", "127.0.0.9:7003").unwrap_err();
-    assert!(refused.contains("everywhere (0.0.0.0:7003)"), "{refused}");
-    assert!(listeners.claim("bad", "no port").is_err());
+    for (what, addr, overlapped) in [
+        ("again", "127.0.0.1:7001", "a (127.0.0.1:7001)"),
+        ("IPv4 everywhere", "0.0.0.0:7002", "another port"),
+        ("mapped", "[::ffff:127.0.0.1]:7001", "a (127.0.0.1:7001)"),
+        ("IPv6 everywhere", "[::]:7001", "a (127.0.0.1:7001)"),
+        (
+            "beside 0.0.0.0",
+            "127.0.0.9:7004",
+            "IPv4 everywhere, IPv6 not",
+        ),
+        ("port 0 again", "127.0.0.1:0", "port 0 (127.0.0.1:0)"),
+    ] {
+        let refused = listeners.claim(what, addr).unwrap_err();
+        assert!(
+            refused.starts_with(&format!("{what} ({addr}) overlaps {overlapped}")),
+            "{refused}"
+        );
+    }
+    assert!(listeners.claim("no port", "127.0.0.1").is_err());
 }
 
 /// Listeners on one port, one of them on every address: they were checked only for equal
@@ -509,7 +531,6 @@ fn listeners_that_would_share_a_port_are_refused_by_name() {
     let overlapping = setup.set("admin.listen", format!("0.0.0.0:{port}"));
     let (ok, text) = check(&overlapping.write(), &[]);
     assert!(!ok, "{text}");
-    let pair =
-        format!("admin.listen (0.0.0.0:{port}) must differ from server.listen (127.0.0.1:{port})");
+    let pair = format!("admin.listen (0.0.0.0:{port}) overlaps server.listen (127.0.0.1:{port})");
     assert!(text.contains(&pair), "{pair} in {text}");
 }

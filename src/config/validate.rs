@@ -9,7 +9,7 @@ use crate::cache::CacheLimits;
 use crate::spool::SpoolSettings;
 use crate::upstream::DnsPolicy;
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +157,7 @@ fn listeners(
             if let (Some(a), Some(b)) = (addr, other_addr) {
                 if same_socket(a, b) {
                     problems.push(format!(
-                        "{key} ({a}) must differ from {other} ({b}): each listener needs its own port"
+                        "{key} ({a}) overlaps {other} ({b}): the same port on the same address, or on 0.0.0.0 or [::]"
                     ));
                 }
             }
@@ -285,10 +285,26 @@ fn services_and_routes(
     (services, routes, secrets)
 }
 
-/// Whether two listeners on `a` and `b` would be one socket, or one refused: the same port on
-/// the same address, or on any address where either listens on all of them.
+/// Whether listeners on `a` and `b` would be one socket, or the second refused, as pingora binds
+/// them (`SO_REUSEADDR`, IPv6 sockets dual-stack): the same port and address (an IPv4-mapped
+/// IPv6 address is its IPv4 address), or `[::]` beside any address, or `0.0.0.0` beside any
+/// IPv4 address. On port 0 each gets a port of its own, so only the same address collides.
 pub fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    if a.port() != b.port() {
+        return false;
+    }
+    if x == y {
+        return true;
+    }
+    if a.port() == 0 {
+        return false;
+    }
+    let everywhere = |ip: IpAddr, other: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.is_unspecified(),
+        IpAddr::V4(v4) => v4.is_unspecified() && other.is_ipv4(),
+    };
+    everywhere(x, y) || everywhere(y, x)
 }
 
 fn parse_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
