@@ -362,9 +362,10 @@ fn demo(
     );
     let emulator = Emulator::from_file(rules).map_err(anyhow::Error::msg)?;
     let upstream = &loaded.services[0].upstream;
-    let emulator_listen = match upstream.host.contains(':') {
-        true => format!("[{}]:{}", upstream.host, upstream.port),
-        false => format!("{}:{}", upstream.host, upstream.port),
+    let emulator_listen = if upstream.host.contains(':') {
+        format!("[{}]:{}", upstream.host, upstream.port)
+    } else {
+        format!("{}:{}", upstream.host, upstream.port)
     };
     let proxy = loaded.listen;
     if site_tls.is_some() && loaded.tls.is_none() {
