@@ -100,9 +100,7 @@ impl Listeners {
             .iter()
             .find(|(_, old)| config::same_socket(old, &first))
         {
-            return Err(format!(
-                "{what} ({addr}) overlaps {other} ({at}): the same port on the same address, or on 0.0.0.0 or [::]"
-            ));
+            return Err(config::overlap(what, addr, other, at));
         }
         self.0.push((what.to_string(), first));
         Ok(())

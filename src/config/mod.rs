@@ -21,7 +21,7 @@ pub use destinations::InForce;
 pub use file::FileConfig;
 pub use reload::{catch_hangups, reload, Reloader};
 pub use tls::{CertFromConfig, TlsListener};
-pub use validate::{names_ok, same_socket};
+pub use validate::{names_ok, overlap, same_socket};
 
 use crate::cache::CacheLimits;
 use crate::guard::rate::BucketSpec;

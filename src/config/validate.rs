@@ -9,6 +9,7 @@ use crate::cache::CacheLimits;
 use crate::spool::SpoolSettings;
 use crate::upstream::DnsPolicy;
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,9 +157,7 @@ fn listeners(
         for (other, other_addr) in &named[..i] {
             if let (Some(a), Some(b)) = (addr, other_addr) {
                 if same_socket(a, b) {
-                    problems.push(format!(
-                        "{key} ({a}) overlaps {other} ({b}): the same port on the same address, or on 0.0.0.0 or [::]"
-                    ));
+                    problems.push(overlap(key, a, other, b));
                 }
             }
         }
@@ -305,6 +304,11 @@ pub fn same_socket(a: &SocketAddr, b: &SocketAddr) -> bool {
         IpAddr::V4(v4) => v4.is_unspecified() && other.is_ipv4(),
     };
     everywhere(x, y) || everywhere(y, x)
+}
+
+/// Why a listener on `a` (for `what`) is refused beside one on `b` (for `other`).
+pub fn overlap(what: &str, a: impl fmt::Display, other: &str, b: impl fmt::Display) -> String {
+    format!("{what} ({a}) overlaps {other} ({b}): the same port on the same address, or on 0.0.0.0 or [::]")
 }
 
 fn parse_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
