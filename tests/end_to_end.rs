@@ -333,3 +333,61 @@ type = "strings"
         ]
     );
 }
+
+/// The emulator's memory is bounded: past its limits it forgets the oldest `uuid`s (a repeat of
+/// one is then not counted) and a profile for each new visitor, and says so in its stats.
+#[test]
+fn the_emulator_remembers_a_bounded_number_of_uuids_and_profiles() {
+    let rules = toml::from_str(&demo_rules()).unwrap();
+    let emulator = Emulator::serving(p13n_edge::emulator::Emulator::new(rules).remembering(3, 2));
+    let ingest = |visitor: u32, uuid: u32| {
+        let body = format!(
+            r#"{{"td_client_id":"v{visitor}","td_path":"/retail","uuid":"00000000-0000-0000-0000-{uuid:012}"}}"#
+        );
+        let r = to(emulator.addr)
+            .post(PAGEVIEWS)
+            .header(
+                "Authorization",
+                "TD1 1/0123456789abcdef0123456789abcdef01234567",
+            )
+            .header("WP13n-Token", "1/1/00000000000000000000000000000001")
+            .header("Content-Type", "application/vnd.treasuredata.v1+json")
+            .body(body.as_bytes())
+            .send();
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    for n in 0..3 {
+        ingest(n % 2, n);
+    }
+    ingest(0, 1); // a repeat, remembered
+    let s = emulator.stats();
+    assert_eq!(
+        (
+            &s["duplicates"],
+            &s["uuids_remembered"],
+            &s["uuids_forgotten"]
+        ),
+        (&json!(1), &json!(3), &json!(0)),
+        "{s}"
+    );
+    for n in 3..100 {
+        ingest(n, n);
+    }
+    let s = emulator.stats();
+    assert_eq!(
+        (&s["profiles"], &s["profiles_forgotten"]),
+        (&json!(2), &json!(97)),
+        "{s}"
+    );
+    ingest(100, 0); // long forgotten: not counted as a repeat
+    let s = emulator.stats();
+    assert_eq!(s["events_ingested"], 102, "{s}");
+    assert_eq!(s["duplicates"], 1, "{s}");
+    assert_eq!(s["uuids_remembered"], 3, "{s}");
+    assert_eq!(s["uuids_forgotten"], 98, "{s}");
+    assert_eq!(
+        (&s["profiles"], &s["profiles_forgotten"]),
+        (&json!(2), &json!(98)),
+        "{s}"
+    );
+}

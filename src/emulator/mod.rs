@@ -5,14 +5,18 @@
 
 mod checks;
 mod faults;
+mod recent;
 mod rules;
 
 pub use faults::{FaultPlan, FaultSpec};
+pub use recent::UUIDS;
 pub use rules::{Profile, Rules};
+
+use recent::Recent;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use http::{header, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -22,9 +26,14 @@ use std::time::Instant;
 
 const MAX_BODY: usize = 1 << 20;
 
+/// Visitors' profiles kept by default; past it, one is forgotten for each new visitor.
+pub const PROFILES: usize = 1 << 20;
+
 pub struct Emulator {
     rules: Rules,
     profiles: DashMap<String, Profile>,
+    /// The most profiles kept: the emulator's memory stays bounded however many visitors come.
+    max_profiles: usize,
     faults: ArcSwapOption<FaultPlan>,
     stats: Stats,
 }
@@ -35,9 +44,10 @@ struct Stats {
     events_ingested: AtomicU64,
     by_status: DashMap<u16, AtomicU64>,
     by_code: DashMap<u32, AtomicU64>,
-    /// Events seen with a `uuid` field, to count redeliveries.
-    uuids: DashSet<String>,
+    /// The newest events' `uuid`s, to count redeliveries.
+    uuids: Recent,
     duplicates: AtomicU64,
+    profiles_forgotten: AtomicU64,
     /// Ingest requests being answered now, and the most at once since the last reset or fault
     /// plan.
     in_flight: AtomicU64,
@@ -121,9 +131,18 @@ impl Emulator {
         Emulator {
             rules,
             profiles: DashMap::new(),
+            max_profiles: PROFILES,
             faults: ArcSwapOption::empty(),
             stats: Stats::default(),
         }
+    }
+
+    /// Remembering at most `uuids` event ids (to count repeats) and `profiles` visitors, the
+    /// oldest id and any one profile forgotten past them (defaults `UUIDS`, `PROFILES`).
+    pub fn remembering(mut self, uuids: usize, profiles: usize) -> Self {
+        self.stats.uuids = Recent::new(uuids);
+        self.max_profiles = profiles.max(1);
+        self
     }
 
     /// Load rules from a TOML file.
@@ -144,6 +163,9 @@ impl Emulator {
             "max_in_flight": s.max_in_flight.load(Ordering::Relaxed),
             "max_per_second": s.max_per_second.load(Ordering::Relaxed),
             "profiles": self.profiles.len(),
+            "profiles_forgotten": s.profiles_forgotten.load(Ordering::Relaxed),
+            "uuids_remembered": s.uuids.len(),
+            "uuids_forgotten": s.uuids.forgotten(),
             "by_status": by_status,
             "by_code": by_code,
         })
@@ -156,6 +178,7 @@ impl Emulator {
         s.requests.store(0, Ordering::Relaxed);
         s.events_ingested.store(0, Ordering::Relaxed);
         s.duplicates.store(0, Ordering::Relaxed);
+        s.profiles_forgotten.store(0, Ordering::Relaxed);
         s.restart_peaks();
         s.by_status.clear();
         s.by_code.clear();
@@ -251,15 +274,33 @@ impl Emulator {
         None
     }
 
+    /// A new visitor past `max_profiles`: one profile forgotten first (whichever the map gives;
+    /// concurrent ingests may pass the limit by one each, no more).
+    fn make_room_for(&self, visitor: &str) {
+        if self.profiles.len() < self.max_profiles || self.profiles.contains_key(visitor) {
+            return;
+        }
+        // The key cloned and the shard's guard dropped before the removal, which locks it.
+        let victim = self.profiles.iter().next().map(|e| e.key().clone());
+        if let Some(victim) = victim {
+            if self.profiles.remove(&victim).is_some() {
+                self.stats
+                    .profiles_forgotten
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The event ingested: counted, its visitor's profile updated, the matching offers
     /// answered.
     fn record(&self, visitor: String, event: &Map<String, Value>) -> Reply {
         self.stats.events_ingested.fetch_add(1, Ordering::Relaxed);
         if let Some(Value::String(uuid)) = event.get("uuid") {
-            if !self.stats.uuids.insert(uuid.clone()) {
+            if self.stats.uuids.repeat(uuid) {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.make_room_for(&visitor);
         let offers = {
             let mut profile = self.profiles.entry(visitor).or_default();
             self.rules.update(&mut profile, event);

@@ -23,10 +23,15 @@ impl std::fmt::Display for Emulator {
 impl Emulator {
     /// An emulator alone, answering by `rules`, on a free port.
     pub fn start(rules: &str) -> Emulator {
+        Emulator::serving(p13n_edge::emulator::Emulator::new(
+            toml::from_str(rules).unwrap(),
+        ))
+    }
+
+    /// `emulated` alone, on a free port.
+    pub fn serving(emulated: p13n_edge::emulator::Emulator) -> Emulator {
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
         let mut server = quick_server();
-        let rules = toml::from_str(rules).unwrap();
-        let emulated = p13n_edge::emulator::Emulator::new(rules);
         let mut listeners = p13n_edge::Listeners::default();
         p13n_edge::add_emulator(&mut server, &mut listeners, &addr.to_string(), emulated).unwrap();
         Emulator {
