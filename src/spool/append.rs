@@ -100,10 +100,13 @@ impl Spool {
     /// A record is delivered or dead-lettered: it leaves the visitor's queue.
     pub(super) fn settle(&self, lane: &Lane, record: &Record) {
         self.inflight.remove(&(record.run, record.seq));
-        self.unpend(&visitor_key(
-            &Arc::from(record.service.as_str()),
-            &record.visitor,
-        ));
+        // A service's lane is named after it (the old root lane holds any service's records).
+        let service = if *lane.name == *record.service {
+            lane.name.clone()
+        } else {
+            Arc::from(record.service.as_str())
+        };
+        self.unpend(&visitor_key(&service, &record.visitor));
         self.count(lane, -1);
     }
 

@@ -282,11 +282,15 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Position {
 const CHECKPOINT_LINE: usize = 42;
 
 /// `at` as a checkpoint line: `{:020} {:020}\n` (u64's 20 digits at most), without `format!`:
-/// replay writes one after each delivered record.
+/// replay writes one after each delivered record. The line starts as zeros and only a number's
+/// own digits are written over them (seven or eight, not twenty).
 fn checkpoint_line(at: Position) -> [u8; CHECKPOINT_LINE] {
     let mut line = [b'0'; CHECKPOINT_LINE];
     for (mut n, end) in [(at.segment, 20), (at.offset, 41)] {
         for digit in line[end - 20..end].iter_mut().rev() {
+            if n == 0 {
+                break;
+            }
             *digit = b'0' + (n % 10) as u8;
             n /= 10;
         }
@@ -349,7 +353,14 @@ mod tests {
 
     #[test]
     fn a_checkpoint_line_is_the_fixed_width_format() {
-        for (segment, offset) in [(0, 0), (1, 42), (u64::MAX, 7), (123_456, u64::MAX)] {
+        for (segment, offset) in [
+            (0, 0),
+            (1, 42),
+            (u64::MAX, 7),
+            (123_456, u64::MAX),
+            (100, 1 << 20),
+            (10 << 20, 1_000_000),
+        ] {
             let line = checkpoint_line(Position { segment, offset });
             assert_eq!(
                 line.to_vec(),
