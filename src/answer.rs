@@ -184,7 +184,7 @@ impl Answer {
     ) -> Answer {
         let age = Instant::now().saturating_duration_since(offers.fetched);
         // Pieces pushed, not `format!`: a fast hit's answer is this and little more.
-        let mut cache_status = String::with_capacity(48);
+        let mut cache_status = String::with_capacity(64);
         cache_status.push_str("p13n-edge; ");
         match freshness {
             Freshness::Fresh => {
@@ -222,8 +222,10 @@ impl Answer {
     /// handed to pingora without a case map: `ResponseHeader::insert_header` parses each name
     /// back from its bytes and keeps its case beside it, about 700 instructions a header
     /// (callgrind). Without a case map pingora writes the names it knows titled (`Content-Type`,
-    /// `Age`, `Cache-Control`, ...) and the others in lower case (`cache-status`, `vary`), as
-    /// HTTP/2 sends every name; HTTP names are case-insensitive.
+    /// `Age`, `Cache-Control`, ...) and the others in lower case, as it did for `http`'s
+    /// constants before (`vary`, `retry-after`); only `cache-status`, given as a string then,
+    /// was written `Cache-Status`. HTTP/2 sends every name in lower case; names are
+    /// case-insensitive.
     pub async fn write(self, session: &mut ServerSession) -> pingora::Result<()> {
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = http::StatusCode::from_u16(self.status).map_err(|_| {
@@ -300,35 +302,36 @@ mod tests {
 
     #[test]
     fn a_cached_answer_says_how_fresh_and_why_in_cache_status() {
-        let offers = |age: u64| Offers {
+        // Fetched `ms` ago: a few seconds at most, so that the clock (the time since boot) has
+        // them; half-seconds, so that the whole seconds stay put while the test runs.
+        let offers = |ms: u64| Offers {
             status: 200,
             content_type: None,
             body: Bytes::from_static(b"{}"),
-            // Half a second younger than `age`: the whole seconds stay put while the test runs.
-            fetched: Instant::now() - Duration::from_secs(age) + Duration::from_millis(500),
+            fetched: Instant::now() - Duration::from_millis(ms),
             shared_at: 0,
         };
         let fresh = Duration::from_secs(60);
         let status = |o, f, why| Answer::cached(o, f, why, fresh).cache_status.unwrap();
         assert_eq!(
-            status(offers(20), Freshness::Fresh, None),
-            "p13n-edge; hit; ttl=40"
+            status(offers(2_500), Freshness::Fresh, None),
+            "p13n-edge; hit; ttl=57"
         );
         assert_eq!(
-            status(offers(1), Freshness::Fresh, Some(Detail::Queued)),
+            status(offers(500), Freshness::Fresh, Some(Detail::Queued)),
             "p13n-edge; hit; ttl=59; detail=queued"
         );
         assert_eq!(
-            status(offers(90), Freshness::Stale, Some(Detail::Upstream5xx)),
+            status(offers(500), Freshness::Stale, Some(Detail::Upstream5xx)),
             "p13n-edge; fwd=stale; detail=upstream-5xx"
         );
         assert_eq!(
-            status(offers(90), Freshness::Stale, None),
+            status(offers(500), Freshness::Stale, None),
             "p13n-edge; fwd=stale; detail=stale"
         );
         assert_eq!(
-            Answer::cached(offers(91), Freshness::Stale, None, fresh).age,
-            Some(90)
+            Answer::cached(offers(2_500), Freshness::Stale, None, fresh).age,
+            Some(2)
         );
     }
 }
