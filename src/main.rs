@@ -174,6 +174,13 @@ enum Command {
         rules: Option<PathBuf>,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// The newest `uuid`s remembered to count repeats (`duplicates` in its stats); older
+        /// ones are forgotten first.
+        #[arg(long, default_value_t = p13n_edge::emulator::UUIDS)]
+        remember_uuids: usize,
+        /// The most visitor profiles kept; past it one is forgotten for each new visitor.
+        #[arg(long, default_value_t = p13n_edge::emulator::PROFILES)]
+        max_profiles: usize,
     },
     /// Run the emulator (:8081), the proxy (:8080), its admin listener (:9090) and a demo site
     /// (http://localhost:3000) together.
@@ -284,11 +291,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             rules,
             threads,
+            remember_uuids,
+            max_profiles,
         } => {
             let emulator = match rules {
                 Some(path) => Emulator::from_file(&path).map_err(anyhow::Error::msg)?,
                 None => Emulator::new(Default::default()),
-            };
+            }
+            .remembering(remember_uuids, max_profiles);
             let server = p13n_edge::emulator_server(&listen, emulator, threads)
                 .map_err(anyhow::Error::msg)?;
             tracing::info!(%listen, "emulator listening");

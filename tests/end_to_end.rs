@@ -340,22 +340,7 @@ type = "strings"
 fn the_emulator_remembers_a_bounded_number_of_uuids_and_profiles() {
     let rules = toml::from_str(&demo_rules()).unwrap();
     let emulator = Emulator::serving(p13n_edge::emulator::Emulator::new(rules).remembering(3, 2));
-    let ingest = |visitor: u32, uuid: u32| {
-        let body = format!(
-            r#"{{"td_client_id":"v{visitor}","td_path":"/retail","uuid":"00000000-0000-0000-0000-{uuid:012}"}}"#
-        );
-        let r = to(emulator.addr)
-            .post(PAGEVIEWS)
-            .header(
-                "Authorization",
-                "TD1 1/0123456789abcdef0123456789abcdef01234567",
-            )
-            .header("WP13n-Token", "1/1/00000000000000000000000000000001")
-            .header("Content-Type", "application/vnd.treasuredata.v1+json")
-            .body(body.as_bytes())
-            .send();
-        assert_eq!(r.status, 200, "{}", r.text());
-    };
+    let ingest = |visitor: u32, uuid: u32| ingest_with_uuid(&emulator, visitor, uuid);
     for n in 0..3 {
         ingest(n % 2, n);
     }
@@ -388,6 +373,71 @@ fn the_emulator_remembers_a_bounded_number_of_uuids_and_profiles() {
     assert_eq!(
         (&s["profiles"], &s["profiles_forgotten"]),
         (&json!(2), &json!(98)),
+        "{s}"
+    );
+}
+
+/// An event of visitor `v{visitor}` with its own `uuid` (number `uuid`), straight to `emulator`.
+fn ingest_with_uuid(emulator: &Emulator, visitor: u32, uuid: u32) {
+    let body = format!(
+        r#"{{"td_client_id":"v{visitor}","td_path":"/retail","uuid":"00000000-0000-0000-0000-{uuid:012}"}}"#
+    );
+    let r = to(emulator.addr)
+        .post(PAGEVIEWS)
+        .header(
+            "Authorization",
+            "TD1 1/0123456789abcdef0123456789abcdef01234567",
+        )
+        .header("WP13n-Token", "1/1/00000000000000000000000000000001")
+        .header("Content-Type", "application/vnd.treasuredata.v1+json")
+        .body(body.as_bytes())
+        .send();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// `p13n-edge emulator`, the real binary: its memory limits are flags.
+#[test]
+fn the_emulator_command_takes_its_memory_limits_as_flags() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+        .args(["emulator", "--threads", "1", "--listen"])
+        .arg(addr.to_string())
+        .args(["--remember-uuids", "2", "--max-profiles", "1", "--rules"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/demo-rules.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends.
+    struct Owned(std::process::Child);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Owned(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emulator never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let emulator = Emulator::at(addr);
+    for n in 0..3 {
+        ingest_with_uuid(&emulator, n, n);
+    }
+    ingest_with_uuid(&emulator, 0, 0); // forgotten (the third pushed it out): no repeat
+    ingest_with_uuid(&emulator, 0, 2); // still remembered: a repeat
+    let s = emulator.stats();
+    assert_eq!(s["events_ingested"], 5, "{s}");
+    assert_eq!(s["duplicates"], 1, "{s}");
+    assert_eq!(s["uuids_remembered"], 2, "{s}");
+    assert_eq!(
+        (&s["profiles"], &s["profiles_forgotten"]),
+        (&json!(1), &json!(3)),
         "{s}"
     );
 }
