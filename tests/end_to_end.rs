@@ -399,32 +399,14 @@ fn ingest_with_uuid(emulator: &Emulator, visitor: u32, uuid: u32) {
 #[test]
 fn the_emulator_command_takes_its_memory_limits_as_flags() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_p13n-edge"));
+    command
         .args(["emulator", "--threads", "1", "--listen"])
         .arg(addr.to_string())
         .args(["--remember-uuids", "2", "--max-profiles", "1", "--rules"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/demo-rules.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed however the test ends.
-    struct Owned(std::process::Child);
-    impl Drop for Owned {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Owned(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the emulator never listened"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/demo-rules.toml"));
+    // Owned, killed and its output shown on a failure as a daemon's; it has one listener.
+    let _emulator = Daemon::spawn_command(command, addr, addr);
     let emulator = Emulator::at(addr);
     for n in 0..3 {
         ingest_with_uuid(&emulator, n, n);
