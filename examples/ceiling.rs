@@ -42,8 +42,6 @@ fn main() {
     let listen = std::env::args().nth(1).unwrap_or("127.0.0.1:8090".into());
     let conf = ServerConf {
         threads: 1,
-        // As the daemon runs (src/lib.rs): a current-thread runtime.
-        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -48,7 +48,6 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.threads,
-        work_stealing: WORK_STEALING,
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: config.upgrade_sock.clone(),
@@ -313,13 +312,6 @@ fn tls_settings(config: Arc<ArcSwap<Config>>, h2: bool) -> TlsSettings {
     settings
 }
 
-/// Each of a service's threads runs a tokio current-thread runtime of its own (pingora's
-/// `NoSteal`), not one work-stealing runtime: pingora hands each new connection to one of them at
-/// random, and its task stays there; no worker pays for the work-stealing scheduler's shared
-/// queue and its self-tuning (a clock read and a `powf` each time a worker parks). Upstream
-/// HTTP/1 connections are pooled by thread to match (`upstream::pool`).
-const WORK_STEALING: bool = false;
-
 /// A server holding only the emulator, with a short grace period.
 pub fn emulator_server(
     listen: &str,
@@ -328,7 +320,6 @@ pub fn emulator_server(
 ) -> Result<Server, String> {
     let conf = ServerConf {
         threads,
-        work_stealing: WORK_STEALING,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

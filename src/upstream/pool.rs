@@ -3,10 +3,6 @@
 //! them on the pass-through path. Here an idle connection is a stack entry with a timestamp: one
 //! the upstream closed meanwhile fails on first use, before any answer, and the call moves to a
 //! fresh connection (see `connection::attempt`).
-//!
-//! Each thread has idle connections of its own. Every thread of a service runs a runtime of its
-//! own (`lib.rs`), and a connection's readiness comes from the reactor of the thread that opened
-//! it: a call on another thread would have that thread woken first, on every read.
 
 use crate::lock;
 use pingora::protocols::Stream;
@@ -36,8 +32,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    /// By the thread that opened them (`thread_slot`) and the peer.
-    by_peer: HashMap<(u64, u64), Vec<(Stream, Instant)>, ahash::RandomState>,
+    by_peer: HashMap<u64, Vec<(Stream, Instant)>, ahash::RandomState>,
     /// When connections past their idle time are next closed everywhere.
     next_sweep: Instant,
 }
@@ -53,11 +48,11 @@ impl Pool {
         }
     }
 
-    /// The most recently used connection to `peer` that this thread opened, idle for less than
-    /// `max_idle`; older ones are closed on the way.
+    /// The most recently used connection to `peer` idle for less than `max_idle`; older ones
+    /// are closed on the way.
     pub fn take(&self, peer: u64, max_idle: Duration) -> Option<Stream> {
         let mut idle = lock(&self.idle);
-        let stack = idle.by_peer.get_mut(&(thread_slot(), peer))?;
+        let stack = idle.by_peer.get_mut(&peer)?;
         while let Some((stream, since)) = stack.pop() {
             if since.elapsed() < max_idle {
                 return Some(stream);
@@ -66,13 +61,12 @@ impl Pool {
         None
     }
 
-    /// Keep `stream`, opened on this thread, for reuse, unless this thread already has
-    /// `per_peer` idle connections to `peer`.
+    /// Keep `stream` for reuse, unless `peer` already has `per_peer` idle connections.
     pub fn put(&self, peer: u64, stream: Stream, max_idle: Duration) {
         let expired = {
             let mut idle = lock(&self.idle);
             let now = Instant::now();
-            let stack = idle.by_peer.entry((thread_slot(), peer)).or_default();
+            let stack = idle.by_peer.entry(peer).or_default();
             if stack.len() < self.per_peer {
                 stack.push((stream, now));
             }
@@ -94,14 +88,6 @@ impl Pool {
         drop(idle);
         drop(expired);
     }
-}
-
-/// This thread's number, the same for its whole life and another thread's never.
-fn thread_slot() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    thread_local!(static SLOT: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
-    SLOT.with(|slot| *slot)
 }
 
 impl Idle {
@@ -146,41 +132,17 @@ mod tests {
         pool.put(1, connected(&listener).await, hour);
         // Not due: a sweep with any max_idle leaves them.
         pool.sweep_if_due(Duration::ZERO);
-        let slot = thread_slot();
-        assert_eq!(lock(&pool.idle).by_peer[&(slot, 1)].len(), 2);
+        assert_eq!(lock(&pool.idle).by_peer[&1].len(), 2);
         // Due (the peer DNS stopped giving is idle past max_idle): closed, and the peer gone,
         // while another peer's fresh connection stays.
         lock(&pool.idle).next_sweep = Instant::now();
         pool.put(2, connected(&listener).await, Duration::from_millis(50));
-        assert_eq!(
-            lock(&pool.idle).by_peer[&(slot, 1)].len(),
-            2,
-            "younger than 50 ms"
-        );
+        assert_eq!(lock(&pool.idle).by_peer[&1].len(), 2, "younger than 50 ms");
         std::thread::sleep(Duration::from_millis(60));
         lock(&pool.idle).next_sweep = Instant::now();
         pool.put(2, connected(&listener).await, Duration::from_millis(50));
         let idle = lock(&pool.idle);
-        assert!(!idle.by_peer.contains_key(&(slot, 1)));
-        assert_eq!(idle.by_peer[&(slot, 2)].len(), 1, "the one just put");
-    }
-
-    #[tokio::test]
-    async fn a_thread_takes_only_the_connections_it_opened() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = std::sync::Arc::new(Pool::new(4));
-        let hour = Duration::from_secs(3600);
-        pool.put(1, connected(&listener).await, hour);
-        // Another thread, with a runtime of its own (as each of a service's threads has), finds
-        // none to that peer: the one here would have its readiness from this thread's reactor.
-        let elsewhere = std::thread::spawn({
-            let pool = pool.clone();
-            move || pool.take(1, hour).is_some()
-        });
-        assert!(!elsewhere.join().unwrap());
-        assert!(
-            pool.take(1, hour).is_some(),
-            "the thread that opened it does"
-        );
+        assert!(!idle.by_peer.contains_key(&1));
+        assert_eq!(idle.by_peer[&2].len(), 1, "the one just put");
     }
 }
