@@ -306,6 +306,8 @@ fn checkpoint_line(at: Position) -> [u8; CHECKPOINT_LINE] {
 pub(crate) struct CheckpointFile {
     dir: PathBuf,
     file: Option<std::fs::File>,
+    /// What the file holds, as last written: the same position is not written again.
+    written: Option<Position>,
 }
 
 impl CheckpointFile {
@@ -315,6 +317,7 @@ impl CheckpointFile {
         let mut checkpoint = CheckpointFile {
             dir: dir.to_path_buf(),
             file: None,
+            written: None,
         };
         // Rewritten at once, in the fixed width, whatever an older version left.
         checkpoint.write(at);
@@ -323,6 +326,9 @@ impl CheckpointFile {
 
     pub fn write(&mut self, at: Position) {
         use std::os::unix::fs::FileExt;
+        if self.written == Some(at) {
+            return;
+        }
         let line = checkpoint_line(at);
         if self.file.is_none() {
             self.file = std::fs::OpenOptions::new()
@@ -337,6 +343,7 @@ impl CheckpointFile {
             .file
             .as_ref()
             .is_some_and(|f| f.write_all_at(&line, 0).is_ok());
+        self.written = written.then_some(at);
         if !written {
             // Opened again next time.
             self.file = None;
@@ -367,5 +374,26 @@ mod tests {
                 format!("{segment:020} {offset:020}\n").into_bytes()
             );
         }
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_once_for_a_position() {
+        let dir = std::env::temp_dir().join(format!("p13n-edge-checkpoint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut checkpoint, at) = CheckpointFile::open(&dir);
+        let next = Position {
+            segment: at.segment,
+            offset: 42,
+        };
+        checkpoint.write(next);
+        assert_eq!(read_checkpoint(&dir), next);
+        // Changed behind its back: writing the position it last wrote is no write at all.
+        std::fs::write(dir.join(CHECKPOINT), checkpoint_line(at)).unwrap();
+        checkpoint.write(next);
+        assert_eq!(read_checkpoint(&dir), at, "not written again");
+        let later = Position { offset: 43, ..next };
+        checkpoint.write(later);
+        assert_eq!(read_checkpoint(&dir), later);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

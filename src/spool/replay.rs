@@ -127,6 +127,7 @@ impl Replayer {
         let checkpoint = Mutex::new(checkpoint);
         let mut reader = SegmentReader::new(dir.clone());
         let mut window = Window::new();
+        let window_gauge = metrics::SPOOL_REPLAY_WINDOW.with_label_values(&[&lane.name]);
         loop {
             let writer = lane.position();
             if at.segment > writer.segment {
@@ -148,9 +149,7 @@ impl Replayer {
                     self.deliver_batch(&lane, records, at.segment, &checkpoint)
                         .await;
                     window.record(*lock(&lane.sample), ceiling);
-                    metrics::SPOOL_REPLAY_WINDOW
-                        .with_label_values(&[&lane.name])
-                        .set(window.size(ceiling) as i64);
+                    window_gauge.set(window.size(ceiling) as i64);
                     at.offset = next;
                     lock(&checkpoint).write(at);
                 }
