@@ -6,7 +6,8 @@
 # pingora-proxy (examples/serve_ceiling.rs), and p13n-edge in front of its emulator. Alternating,
 # over ROUNDS rounds; after a `fast` run the spool is left to drain (every hit's event delivered)
 # before the next run, and that time counts in its sustained rate. Each run also reports the CPU
-# time per request of the server under test and of the upstream. Prints medians and ratios and
+# time per request of the server under test and of the upstream, and p13n-edge's split by thread
+# (answering, spool writer, replay, the rest). Prints medians and ratios and
 # writes benches/results.md. Then, by section:
 #   main      the table above
 #   half      p99 at half of the pass-through peak (direct, nginx, pass-through, same offered rate)
@@ -277,6 +278,19 @@ only_running() { # pid...: every other server (its process group) stopped, these
   done
 }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+# A p13n-edge process's CPU ticks by part: its answering threads (named after the service,
+# `p13n-edge`), the spool's writer (`p13n-edge spool`), replay (its background service's runtime,
+# `BG p13n-edge spool replay`, and that runtime's blocking threads: the kernel keeps 15 bytes of a
+# name) and the rest (admin, reload, timers). A thread that ended meanwhile is not counted.
+part_ticks() {
+  local t name
+  for t in /proc/"$1"/task/*; do
+    name=$(cat "$t/comm" 2>/dev/null) || continue
+    sed 's/.*) //' "$t/stat" 2>/dev/null | awk -v n="$name" '{
+      part = (n == "p13n-edge") ? "answers" : (n == "p13n-edge spool") ? "writer" : (n ~ /^BG p13n-edge sp/) ? "replay" : "other"
+      print part, $12 + $13 }'
+  done | awk '{t[$1] += $2} END {print t["answers"] + 0, t["writer"] + 0, t["replay"] + 0, t["other"] + 0}'
+}
 per_req_us() { # ticks before, after, requests: CPU µs per request
   awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (n > 0) ? (b - a) / hz * 1e6 / n : 0}'
 }
@@ -335,7 +349,9 @@ declare -A TARGET=(
   [emulator]="http://127.0.0.1:$EMUP/demo_db/pageviews"
 )
 ORDER=(direct nginx haproxy pass fast fastsync ceiling serve-ceiling emulator)
-declare -A RPS SUST P50 P99 CPU UCPU M S
+declare -A RPS SUST P50 P99 CPU UCPU M S PARTS
+# The targets whose CPU is also split by thread (part_ticks).
+SPLIT=(pass fast fastsync)
 if has main || has half; then
   only_running $NGX_MASTER $HAP_PID $PASS_PID $FAST_PID $FSYNC_PID $CEIL_PID $SCEIL_PID $EMU_PID $EMUP_PID
   for t in "${ORDER[@]}"; do  # warm up, and check each answers 200
@@ -356,13 +372,19 @@ fi
 if has main; then
   for round in $(seq "$ROUNDS"); do
     for t in "${ORDER[@]}"; do
+      split=false; [[ " ${SPLIT[*]} " == *" $t "* ]] && split=true
+      $split && read -ra p0 <<< "$(part_ticks "${SERVER[$t]}")"
       s0=$(cpu_ticks "${SERVER[$t]}"); u0=$(cpu_ticks "${UPSTREAM[$t]}")
       out=$(wrk -t1 -c$CONNS -d"${SECS}s" --latency -s benches/load/post.lua "${TARGET[$t]}")
       if echo "$out" | grep -q "Non-2xx"; then echo "$t: non-2xx answers"; echo "$out"; exit 1; fi
       waited=0
       [ -n "${SPOOL_ADMIN[$t]:-}" ] && waited=$(drain "${SPOOL_ADMIN[$t]}")
       s1=$(cpu_ticks "${SERVER[$t]}"); u1=$(cpu_ticks "${UPSTREAM[$t]}")
+      $split && read -ra p1 <<< "$(part_ticks "${SERVER[$t]}")"
       n=$(echo "$out" | wrk_n)
+      if $split; then
+        for i in 0 1 2 3; do PARTS[$t,$i]+="$(per_req_us "${p0[$i]}" "${p1[$i]}" "$n") "; done
+      fi
       took=$(echo "$out" | awk '/requests in/ {print $4}' | tr -d , | to_ms)
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
       RPS[$t]+="$rps "
@@ -413,6 +435,18 @@ if has main; then
     echo "| p13n-edge fast, sync 100 ms, sustained / nginx | $(ratio "${S[fastsync]}" "${M[nginx]}") |"
     echo "| serve-ceiling / ceiling | $(ratio "${M[serve-ceiling]}" "${M[ceiling]}") |"
     echo "| serve-ceiling / ceiling, CPU µs/req | $(ratio "${C[serve-ceiling]}" "${C[ceiling]}") |"
+    echo
+    echo "Where p13n-edge's CPU a request goes, by thread, over the same runs (medians, µs): the"
+    echo "answering thread; the spool's writer (its write and \`fdatasync\` of each group commit);"
+    echo "replay (reading the spool, the upstream call that pass-through makes on the answering"
+    echo "thread, refreshing the cache); the rest (admin, reload, timers). The kernel's work on"
+    echo "interrupts is in no thread's time."
+    echo
+    echo "| target | answering thread | spool writer | replay | other |"
+    echo "|---|---|---|---|---|"
+    for t in "${SPLIT[@]}"; do
+      echo "| $t | $(echo "${PARTS[$t,0]}" | median) | $(echo "${PARTS[$t,1]}" | median) | $(echo "${PARTS[$t,2]}" | median) | $(echo "${PARTS[$t,3]}" | median) |"
+    done
     echo
   } | out main
   took main
