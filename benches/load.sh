@@ -278,18 +278,20 @@ only_running() { # pid...: every other server (its process group) stopped, these
   done
 }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-# A p13n-edge process's CPU ticks by part: its answering threads (named after the service,
-# `p13n-edge`), the spool's writer (`p13n-edge spool`), replay (its background service's runtime,
-# `BG p13n-edge spool replay`, and that runtime's blocking threads: the kernel keeps 15 bytes of a
-# name) and the rest (admin, reload, timers). A thread that ended meanwhile is not counted.
+# A p13n-edge process's CPU ticks in three parts: its answering threads (named after the
+# service, `p13n-edge`, as the process's main thread is, which is not one of them), the spool's
+# writer (`p13n-edge spool`) and replay (its background service's runtime, `BG p13n-edge spool
+# replay`, and that runtime's blocking threads: the kernel keeps 15 bytes of a name). The rest is
+# the process's time less these (`cpu_ticks`, which keeps the threads that ended).
 part_ticks() {
   local t name
   for t in /proc/"$1"/task/*; do
+    [ "${t##*/}" = "$1" ] && continue
     name=$(cat "$t/comm" 2>/dev/null) || continue
     sed 's/.*) //' "$t/stat" 2>/dev/null | awk -v n="$name" '{
       part = (n == "p13n-edge") ? "answers" : (n == "p13n-edge spool") ? "writer" : (n ~ /^BG p13n-edge sp/) ? "replay" : "other"
       print part, $12 + $13 }'
-  done | awk '{t[$1] += $2} END {print t["answers"] + 0, t["writer"] + 0, t["replay"] + 0, t["other"] + 0}'
+  done | awk '{t[$1] += $2} END {print t["answers"] + 0, t["writer"] + 0, t["replay"] + 0}'
 }
 per_req_us() { # ticks before, after, requests: CPU µs per request
   awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (n > 0) ? (b - a) / hz * 1e6 / n : 0}'
@@ -383,7 +385,8 @@ if has main; then
       $split && read -ra p1 <<< "$(part_ticks "${SERVER[$t]}")"
       n=$(echo "$out" | wrk_n)
       if $split; then
-        for i in 0 1 2 3; do PARTS[$t,$i]+="$(per_req_us "${p0[$i]}" "${p1[$i]}" "$n") "; done
+        for i in 0 1 2; do PARTS[$t,$i]+="$(per_req_us "${p0[$i]}" "${p1[$i]}" "$n") "; done
+        PARTS[$t,3]+="$(per_req_us $((p1[0] + p1[1] + p1[2] + s0)) $((p0[0] + p0[1] + p0[2] + s1)) "$n") "
       fi
       took=$(echo "$out" | awk '/requests in/ {print $4}' | tr -d , | to_ms)
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -439,8 +442,9 @@ if has main; then
     echo "Where p13n-edge's CPU a request goes, by thread, over the same runs (medians, µs): the"
     echo "answering thread; the spool's writer (its write and \`fdatasync\` of each group commit);"
     echo "replay (reading the spool, the upstream call that pass-through makes on the answering"
-    echo "thread, refreshing the cache); the rest (admin, reload, timers). The kernel's work on"
-    echo "interrupts is in no thread's time."
+    echo "thread, refreshing the cache); the rest (the process's time less these: admin, reload,"
+    echo "timers, threads that ended). Interrupt work may be charged to whichever thread it"
+    echo "interrupted, or to none (where the kernel accounts it apart)."
     echo
     echo "| target | answering thread | spool writer | replay | other |"
     echo "|---|---|---|---|---|"

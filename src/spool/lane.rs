@@ -379,6 +379,7 @@ mod tests {
     #[test]
     fn a_checkpoint_is_written_once_for_a_position() {
         let dir = std::env::temp_dir().join(format!("p13n-edge-checkpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (mut checkpoint, at) = CheckpointFile::open(&dir);
         let next = Position {
