@@ -57,6 +57,8 @@ CONNS=32
 # tables say how many were.
 STEAL_LIMIT=${STEAL_LIMIT:-2}
 TRIES=${TRIES:-3}
+[[ $TRIES =~ ^[1-9][0-9]*$ ]] || { echo "TRIES: a whole number from 1, not $TRIES" >&2; exit 2; }
+[[ $STEAL_LIMIT =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "STEAL_LIMIT: a share in %, not $STEAL_LIMIT" >&2; exit 2; }
 REPEATED=0
 calm() { awk -v s="$1" -v l="$STEAL_LIMIT" 'BEGIN {exit !(s <= l)}'; }
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -403,7 +405,7 @@ if has main; then
         s1=$(cpu_ticks "${SERVER[$t]}"); u1=$(cpu_ticks "${UPSTREAM[$t]}")
         $split && read -ra p1 <<< "$(part_ticks "${SERVER[$t]}")"
         calm "$stolen" && break
-        [ "$try" = "$TRIES" ] && break
+        (( try == TRIES )) && break
         REPEATED=$((REPEATED + 1))
         echo "round $round $t: $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s with $stolen% of the machine's CPU stolen, over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
       done
@@ -549,7 +551,7 @@ if has far; then
         n=$(echo "$out" | wrk_n); events=$(( $(unique_events "$FAR") - before ))
         check_events "$t" "$n" "$events"
         calm "$stolen" && break
-        [ "$try" = "$TRIES" ] && break
+        (( try == TRIES )) && break
         REPEATED=$((REPEATED + 1))
         echo "round $round $t: p99 $(echo "$out" | wrk_pct 99%) ms with $stolen% of the machine's CPU stolen, over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
       done
@@ -566,9 +568,10 @@ if has far; then
   {
     echo "With a distant upstream: the emulator answering after 50 ms, about $FAR_RATE requests/s offered"
     echo "to each (paced connections, 1024 visitors); medians of $ROUNDS runs. Answers and events are"
-    echo "totals over the runs; the upstream counts its events, once each, once the spool has drained (it"
-    echo "can count a few more: requests still in flight when wrk stopped). A run with more than"
-    echo "${STEAL_LIMIT}% of the machine's CPU stolen was run again, as in the rates section; runs repeated: $((REPEATED - repeated0))."
+    echo "totals over the runs kept; the upstream counts its events, once each, once the spool has"
+    echo "drained (it can count a few more: requests still in flight when wrk stopped). A run with more"
+    echo "than ${STEAL_LIMIT}% of the machine's CPU stolen was run again, up to $TRIES times in all, the last"
+    echo "kept (each try's events checked for loss); runs repeated: $((REPEATED - repeated0))."
     echo
     echo "| target | req/s | p50 ms | p99 ms | spool drained after | 2xx answers | events at the upstream | each round: p99 ms (CPU stolen) |"
     echo "|---|---|---|---|---|---|---|---|"
@@ -633,7 +636,7 @@ steady_far_run() {
     far_run "$@"
     check_events "$what" "$RUN_2XX" "$RUN_EVENTS"
     calm "$RUN_STOLEN" && return
-    [ "$try" = "$TRIES" ] && return
+    (( try == TRIES )) && return
     REPEATED=$((REPEATED + 1))
     echo "$what: $RUN_STOLEN% of the machine's CPU stolen (p99 $RUN_P99 ms), over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
   done
@@ -678,7 +681,7 @@ if has rates; then
   {
     echo "\`fast\` at the issue's rates, default settings (no quota, the default replay window), in front"
     echo "of the emulator answering after 50 ms: ${RATE_SECS}s per run, paced connections, 1024 visitors"
-    echo "warmed first so that every answer is a hit; medians of $ROUNDS runs, answers and events totals."
+    echo "warmed first so that every answer is a hit; medians of $ROUNDS runs, answers and events totals over the runs kept."
     echo "*Arrivals*: \`poisson\`, each connection waits a random time between requests, exponentially"
     echo "distributed with a mean of 10 ms, which keeps the connections out of step with one another, as"
     echo "independent visitors are; \`fixed\`, each waits exactly 10 ms. Connections answered by the same"
@@ -742,8 +745,9 @@ if has protocol; then
     echo "${RATE_SECS}s in front of the emulator answering after 50 ms, as above; medians of $ROUNDS runs."
     echo "*Connections opened* is the rise of p13n_edge_upstream_connections_opened_total over this"
     echo "section's runs and warm-ups, all rounds together; CPU is the proxy's per answer, its"
-    echo "replayed upstream call included. A run with more than ${STEAL_LIMIT}% of the machine's CPU stolen"
-    echo "was run again, as in the rates section; runs repeated: $((REPEATED - repeated0))."
+    echo "replayed upstream call included (repeated runs' connections too). A run with more than"
+    echo "${STEAL_LIMIT}% of the machine's CPU stolen was run again, up to $TRIES times in all, the last kept"
+    echo "(each try's events checked for loss); runs repeated: $((REPEATED - repeated0))."
     echo
     echo "| protocol | req/s | p99 ms | connections opened | drain | 2xx answers | events at the upstream | proxy CPU µs/answer | each round: p99 ms (CPU stolen) |"
     echo "|---|---|---|---|---|---|---|---|---|"
