@@ -61,6 +61,14 @@ TRIES=${TRIES:-3}
 [[ $STEAL_LIMIT =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "STEAL_LIMIT: a share in %, not $STEAL_LIMIT" >&2; exit 2; }
 REPEATED=0
 calm() { awk -v s="$1" -v l="$STEAL_LIMIT" 'BEGIN {exit !(s <= l)}'; }
+# After try $1 of a run: whether to run it again (more than STEAL_LIMIT% stolen, $2, and tries
+# left), counted and said with what the try measured ($3).
+again() {
+  calm "$2" && return 1
+  (( $1 == TRIES )) && return 1
+  REPEATED=$((REPEATED + 1))
+  echo "$3 with $2% of the machine's CPU stolen, over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
+}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 need=()
@@ -404,10 +412,7 @@ if has main; then
         [ -n "${SPOOL_ADMIN[$t]:-}" ] && waited=$(drain "${SPOOL_ADMIN[$t]}")
         s1=$(cpu_ticks "${SERVER[$t]}"); u1=$(cpu_ticks "${UPSTREAM[$t]}")
         $split && read -ra p1 <<< "$(part_ticks "${SERVER[$t]}")"
-        calm "$stolen" && break
-        (( try == TRIES )) && break
-        REPEATED=$((REPEATED + 1))
-        echo "round $round $t: $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s with $stolen% of the machine's CPU stolen, over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
+        again "$try" "$stolen" "round $round $t: $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s" || break
       done
       STOLEN[$t]+="$stolen "
       n=$(echo "$out" | wrk_n)
@@ -550,10 +555,7 @@ if has far; then
         [ "$t" = farfast ] && waited=$(drain "$FARFAST_ADMIN")
         n=$(echo "$out" | wrk_n); events=$(( $(unique_events "$FAR") - before ))
         check_events "$t" "$n" "$events"
-        calm "$stolen" && break
-        (( try == TRIES )) && break
-        REPEATED=$((REPEATED + 1))
-        echo "round $round $t: p99 $(echo "$out" | wrk_pct 99%) ms with $stolen% of the machine's CPU stolen, over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
+        again "$try" "$stolen" "round $round $t: p99 $(echo "$out" | wrk_pct 99%) ms" || break
       done
       FROUNDS[$t]+="${FROUNDS[$t]:+, }$(echo "$out" | wrk_pct 99%) ($stolen%)"
       FRPS[$t]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
@@ -635,10 +637,7 @@ steady_far_run() {
     warm_once "$1" 2 64; drain "$2" >/dev/null
     far_run "$@"
     check_events "$what" "$RUN_2XX" "$RUN_EVENTS"
-    calm "$RUN_STOLEN" && return
-    (( try == TRIES )) && return
-    REPEATED=$((REPEATED + 1))
-    echo "$what: $RUN_STOLEN% of the machine's CPU stolen (p99 $RUN_P99 ms), over STEAL_LIMIT=$STEAL_LIMIT%: run again" >&2
+    again "$try" "$RUN_STOLEN" "$what: p99 $RUN_P99 ms" || return 0
   done
 }
 
