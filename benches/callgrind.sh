@@ -11,6 +11,8 @@
 # over HTTP/1.1, 4 connections, one visitor's event. Prints a markdown table on stdout, progress
 # on stderr. benches/load.sh runs it as its `callgrind` section; alone:
 #   benches/callgrind.sh       (N1=2000 N2=6000 by default; SKIP_BUILD=1, BIN_DIR as load.sh)
+# COUNT=syscalls counts system calls instead, the same way, under `strace -f -c` (the kernel's
+# side, which callgrind does not see): calls per request and the most frequent ones.
 # Background work that ticks with time (timers, replay polling) is counted too, and the N2 run
 # lasts longer; it is small against the requests' instructions, but it is not zero.
 set -euo pipefail
@@ -18,6 +20,8 @@ cd "$(dirname "$0")/.."
 N1=${N1:-2000}
 N2=${N2:-6000}
 TARGETS=${CALLGRIND_TARGETS:-"pass fast ceiling serve-ceiling nginx"}
+COUNT=${COUNT:-instructions}
+[[ $COUNT == instructions || $COUNT == syscalls ]] || { echo "COUNT: instructions or syscalls, not $COUNT" >&2; exit 2; }
 BIN_DIR=${BIN_DIR:-target/release}
 
 need=()
@@ -25,6 +29,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v python3 >/dev/null || need+=(python3)  # free ports
+[ "$COUNT" != syscalls ] || command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
@@ -132,8 +137,12 @@ count() { # target n
     nginx) nginx_proxy_conf "$p"; sig=QUIT  # nginx's graceful shutdown
       cmd=("$NGINX" -c "$work/nginx.conf" -g 'daemon off; master_process off;') ;;
   esac
-  RUST_LOG=warn valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$file" \
-    "${cmd[@]}" 2>"$work/$1.$2.log" & current=$!
+  if [ "$COUNT" = syscalls ]; then
+    RUST_LOG=warn strace -f -qq -c -U calls,name -o "$file" "${cmd[@]}" 2>"$work/$1.$2.log" & current=$!
+  else
+    RUST_LOG=warn valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$file" \
+      "${cmd[@]}" 2>"$work/$1.$2.log" & current=$!
+  fi
   for _ in $(seq 600); do listening "$p" && break; sleep 0.1; done
   listening "$p" || { echo "$1 under callgrind does not listen" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
   out=$(h2load --h1 -n "$2" -c 4 -d "$work/body.json" -H 'Content-Type: application/json' \
@@ -141,23 +150,49 @@ count() { # target n
   echo "$out" | grep -q "status codes: $2 2xx" || { echo "$1: not every answer 2xx"; echo "$out"; exit 1; } >&2
   # `fast`: every hit's event delivered (replay counted) before the stop.
   [ "$1" != fast ] || drained "$work/pass-spool" || { echo "fast: the spool did not drain" >&2; exit 1; }
-  kill -"$sig" "$current"
+  # strace passes no signal on to its child: the server itself is told to stop.
+  if [ "$COUNT" = syscalls ]; then pkill -"$sig" -P "$current"; else kill -"$sig" "$current"; fi
   wait "$current" || true
   current=""
-  [ -s "$file" ] || { echo "$1: callgrind wrote nothing" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
-  IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+  [ -s "$file" ] || { echo "$1: $COUNT counted nothing" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
+  if [ "$COUNT" = syscalls ]; then
+    # Each system call's count ("calls name" lines; the last is the total).
+    CALLS=$(awk 'NF == 2 && $1 ~ /^[0-9]+$/ && $2 != "total" {print $2 "=" $1}' "$file" | tr '\n' ' ')
+    IR=$(awk 'NF == 2 && $2 == "total" {print $1}' "$file")
+  else
+    IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+  fi
 }
 
-declare -A PER IR1 IR2
+declare -A PER IR1 IR2 C1 C2
 for t in $TARGETS; do
   start=$SECONDS
-  count "$t" "$N1"; IR1[$t]=$IR
-  count "$t" "$N2"; IR2[$t]=$IR
-  PER[$t]=$(awk -v a="${IR1[$t]}" -v b="${IR2[$t]}" -v n1="$N1" -v n2="$N2" 'BEGIN {printf "%d", (b - a) / (n2 - n1)}')
-  echo "callgrind $t: ${PER[$t]} instructions a request ($((SECONDS - start)) s)" >&2
+  count "$t" "$N1"; IR1[$t]=$IR; C1[$t]=${CALLS:-}
+  count "$t" "$N2"; IR2[$t]=$IR; C2[$t]=${CALLS:-}
+  PER[$t]=$(awk -v a="${IR1[$t]}" -v b="${IR2[$t]}" -v n1="$N1" -v n2="$N2" 'BEGIN {printf (b - a) / (n2 - n1) < 100 ? "%.2f" : "%d", (b - a) / (n2 - n1)}')
+  echo "$COUNT $t: ${PER[$t]} a request ($((SECONDS - start)) s)" >&2
 done
 
 per() { [ -n "${PER[$2]:-}" ] && awk -v a="$1" -v b="${PER[$2]}" 'BEGIN {printf "%.2f", a / b}' || echo "-"; }
+if [ "$COUNT" = syscalls ]; then
+  echo "System calls per request (strace -f -c, all threads of the server; the upstream not"
+  echo "counted): a fresh process answers $N1, another $N2 requests (h2load over HTTP/1.1, 4"
+  echo "connections, one visitor's event) and stops gracefully; per request is the difference over"
+  echo "$((N2 - N1)) requests. Under strace every call is slower, so the count of \`epoll_wait\`s (a"
+  echo "thread waiting with nothing to do) is higher than at full speed; the others are not."
+  echo
+  echo "| server | system calls per request | / pass | / nginx | the most, per request |"
+  echo "|---|---|---|---|---|"
+  for t in $TARGETS; do
+    most=$(awk -v a="${C1[$t]}" -v b="${C2[$t]}" -v n="$((N2 - N1))" 'BEGIN {
+      split(a, x, " "); for (i in x) { split(x[i], kv, "="); c[kv[1]] -= kv[2] }
+      split(b, y, " "); for (i in y) { split(y[i], kv, "="); c[kv[1]] += kv[2] }
+      for (k in c) if (c[k] / n >= 0.05) printf "%s %.2f\n", k, c[k] / n }' | sort -k2,2gr | head -6 | paste -sd, - | sed 's/,/, /g')
+    echo "| $t | ${PER[$t]} | $(per "${PER[$t]}" pass) | $(per "${PER[$t]}" nginx) | $most |"
+  done
+  exit 0
+fi
+
 echo "Instructions per request (callgrind, all threads of the server; the upstream not counted):"
 echo "a fresh process answers $N1, another $N2 requests (h2load over HTTP/1.1, 4 connections, one"
 echo "visitor's event) and stops gracefully; per request is the difference over $((N2 - N1)) requests."

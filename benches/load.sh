@@ -27,7 +27,8 @@
 #   memory    RSS per cached visitor at 100k and 1M visitors
 #   shared    two instances behind round-robin, with and without the shared tier (redis-server):
 #             hit rate of returning visitors, p50/p99, the cost of a shared lookup
-#   callgrind instructions per request, machine-independent (benches/callgrind.sh)
+#   callgrind instructions per request, machine-independent, and system calls per request
+#             (benches/callgrind.sh)
 # One command, from a fresh checkout:
 #   benches/load.sh            (ROUNDS=3 SECONDS_PER_RUN=5 VISITORS="100000 1000000" by default)
 # SECTIONS="far rates" runs only those (default: all) and prints their tables, leaving
@@ -77,6 +78,7 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)  # TLS + HTTP/2, and callgrind's counts
 command -v valgrind >/dev/null || need+=(valgrind)      # callgrind
+command -v strace >/dev/null || need+=(strace)          # system calls per request
 command -v openssl >/dev/null || need+=(openssl)        # the TLS section's throwaway certificate
 command -v curl >/dev/null || need+=(curl)
 command -v redis-server >/dev/null || need+=(redis-server)  # the shared tier's server
@@ -1026,6 +1028,8 @@ fi
 if has callgrind; then
   only_running  # callgrind.sh starts its own
   SKIP_BUILD=1 BIN_DIR="$BIN_DIR" benches/callgrind.sh | out callgrind
+  # And the kernel's side, which callgrind does not count: system calls per request.
+  { echo; SKIP_BUILD=1 BIN_DIR="$BIN_DIR" COUNT=syscalls CALLGRIND_TARGETS="pass fast serve-ceiling nginx" benches/callgrind.sh; } | out callgrind
   took callgrind
 fi
 
