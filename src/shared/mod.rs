@@ -23,7 +23,7 @@ pub use warden::Warden;
 use crate::lock;
 use crate::metrics;
 use redis::aio::ConnectionManager;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ pub struct SharedTier {
     durations: [prometheus::Histogram; 4],
     /// The last failure's kind, for `/readyz`.
     last_error: Mutex<Option<&'static str>>,
+    /// Whether any operation has succeeded yet: until one has, the tier is not connected,
+    /// whatever the breaker (which starts up) says.
+    answered: AtomicBool,
 }
 
 impl SharedTier {
@@ -124,6 +127,7 @@ impl SharedTier {
             durations: [Op::Get, Op::Put, Op::Limit, Op::Ping]
                 .map(|op| metrics::SHARED_DURATION.with_label_values(&[op.label()])),
             last_error: Mutex::new(None),
+            answered: AtomicBool::new(false),
         })
     }
 
@@ -225,6 +229,7 @@ impl SharedTier {
         match error {
             None => {
                 breaker.success();
+                self.answered.store(true, Ordering::Relaxed);
                 self.durations[op as usize].observe(started.elapsed().as_secs_f64());
             }
             Some(kind) => {
@@ -275,7 +280,7 @@ impl SharedTier {
         let why = lock(&self.last_error).unwrap_or("not connected yet");
         let at = &self.settings.url;
         match breaker.state() {
-            TierState::Up if self.connections.get().is_some() => Vec::new(),
+            TierState::Up if self.answered.load(Ordering::Relaxed) => Vec::new(),
             TierState::Up => vec![format!("shared tier {at}: not connected yet")],
             TierState::Down | TierState::Probing => vec![format!(
                 "shared tier {at}: failing ({why}, {} failures in a row), retried in {} ms; \

@@ -113,11 +113,14 @@ fn one_visitor_limit_holds_across_instances() {
     let emulator = Emulator::start(&demo_rules());
     let (rate, burst) = (10.0, 5.0);
     let edge = |instance| {
-        edge("limit", instance, &emulator, &server.url(), 200)
+        // A budget no busy machine misses: this is about the limit, not the budget.
+        edge("limit", instance, &emulator, &server.url(), 1000)
             .set("rate_limit.per_identifier_per_second", rate)
             .set("rate_limit.per_identifier_burst", burst)
     };
     let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
+    // Until the tier has answered an instance, that instance's limits are its own.
+    tier_warning_clears(&[&a, &b]);
 
     let (mut admitted, mut limited) = (0, 0);
     let started = Instant::now();
@@ -155,6 +158,28 @@ fn one_visitor_limit_holds_across_instances() {
             ) > 0.0
         );
     }
+}
+
+#[test]
+fn the_tier_counts_as_connected_once_it_has_answered() {
+    let server = Valkey::start("answered");
+    server.pause();
+    let emulator = Emulator::start(&demo_rules());
+    // Connections are accepted by the kernel and never answered: the first ping waits its
+    // whole connect timeout.
+    let a = edge("answered", "a", &emulator, &server.url(), 100)
+        .set("shared.connect_timeout_ms", 5000)
+        .spawn(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let early = readiness(a.admin);
+    assert_eq!(early.status, 200);
+    assert!(
+        early.warnings.contains("not connected yet"),
+        "{:?}",
+        early
+    );
+    server.resume();
+    tier_warning_clears(&[&a]);
 }
 
 /// Every instance's `/readyz` warning about the tier clears.
