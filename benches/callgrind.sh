@@ -128,6 +128,8 @@ drained() { for _ in $(seq 600); do [ "$(pending "$1")" = 0 ] && return 0; sleep
 # One server under callgrind answering n requests, stopped gracefully: its Ir total in IR.
 count() { # target n
   local p admin out cmd sig=TERM file="$work/callgrind.$1.$2.out"
+  # strace's summaries apart from callgrind's files (CALLGRIND_KEEP keeps only those).
+  [ "$COUNT" != syscalls ] || file="$work/strace.$1.$2.out"
   read -r p admin <<< "$(ports 2)"  # the upstream listens: neither can be its port
   case $1 in
     pass|fast) pass_conf "$p" "$admin" "$([ "$1" = fast ] && echo fast)"; rm -rf "$work/pass-spool"
@@ -144,14 +146,19 @@ count() { # target n
       "${cmd[@]}" 2>"$work/$1.$2.log" & current=$!
   fi
   for _ in $(seq 600); do listening "$p" && break; sleep 0.1; done
-  listening "$p" || { echo "$1 under callgrind does not listen" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
+  listening "$p" || { echo "$1 under $COUNT counting does not listen" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
   out=$(h2load --h1 -n "$2" -c 4 -d "$work/body.json" -H 'Content-Type: application/json' \
     "http://127.0.0.1:$p/demo_db/pageviews")
   echo "$out" | grep -q "status codes: $2 2xx" || { echo "$1: not every answer 2xx"; echo "$out"; exit 1; } >&2
   # `fast`: every hit's event delivered (replay counted) before the stop.
   [ "$1" != fast ] || drained "$work/pass-spool" || { echo "fast: the spool did not drain" >&2; exit 1; }
-  # strace passes no signal on to its child: the server itself is told to stop.
-  if [ "$COUNT" = syscalls ]; then pkill -"$sig" -P "$current"; else kill -"$sig" "$current"; fi
+  # strace, signalled, would pass the signal on but detach and summarise at once, leaving the
+  # server's shutdown uncounted: the server itself (strace's child) is told to stop.
+  if [ "$COUNT" = syscalls ]; then
+    pkill -"$sig" -P "$current" || { echo "$1: the server under strace is gone" >&2; exit 1; }
+  else
+    kill -"$sig" "$current"
+  fi
   wait "$current" || true
   current=""
   [ -s "$file" ] || { echo "$1: $COUNT counted nothing" >&2; tail "$work/$1.$2.log" >&2; exit 1; }
@@ -162,6 +169,7 @@ count() { # target n
   else
     IR=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
   fi
+  [ -n "$IR" ] || { echo "$1: no total in $COUNT's output" >&2; tail "$file" >&2; exit 1; }
 }
 
 declare -A PER IR1 IR2 C1 C2
@@ -178,8 +186,10 @@ if [ "$COUNT" = syscalls ]; then
   echo "System calls per request (strace -f -c, all threads of the server; the upstream not"
   echo "counted): a fresh process answers $N1, another $N2 requests (h2load over HTTP/1.1, 4"
   echo "connections, one visitor's event) and stops gracefully; per request is the difference over"
-  echo "$((N2 - N1)) requests. Under strace every call is slower, so the count of \`epoll_wait\`s (a"
-  echo "thread waiting with nothing to do) is higher than at full speed; the others are not."
+  echo "$((N2 - N1)) requests. Under strace every call is slower, and how many calls a request"
+  echo "takes depends on timing: \`epoll_wait\` (a thread waiting with nothing to do) most, and"
+  echo "futex waits and wakes, reads that find nothing yet and timer wake-ups too. Not a"
+  echo "load-independent count, as the instructions are: a rough one, for comparing servers."
   echo
   echo "| server | system calls per request | / pass | / nginx | the most, per request |"
   echo "|---|---|---|---|---|"
