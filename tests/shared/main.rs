@@ -119,7 +119,7 @@ fn one_visitor_limit_holds_across_instances() {
             .set("rate_limit.per_identifier_burst", burst)
     };
     let (a, b) = (edge("a").spawn(&[]), edge("b").spawn(&[]));
-    // Until the tier has answered an instance, that instance's limits are its own.
+    // Until the tier has answered an instance, its limit checks may count locally.
     tier_warning_clears(&[&a, &b]);
 
     let (mut admitted, mut limited) = (0, 0);
@@ -166,11 +166,11 @@ fn the_tier_counts_as_connected_once_it_has_answered() {
     server.pause();
     let emulator = Emulator::start(&demo_rules());
     // Connections are accepted by the kernel and never answered: the first ping waits its
-    // whole connect timeout.
+    // whole connect timeout. Well within it, long after the warden has made the connections.
     let a = edge("answered", "a", &emulator, &server.url(), 100)
         .set("shared.connect_timeout_ms", 5000)
         .spawn(&[]);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1500));
     let early = readiness(a.admin);
     assert_eq!(early.status, 200);
     assert!(
