@@ -173,11 +173,7 @@ fn the_tier_counts_as_connected_once_it_has_answered() {
     std::thread::sleep(Duration::from_millis(1500));
     let early = readiness(a.admin);
     assert_eq!(early.status, 200);
-    assert!(
-        early.warnings.contains("not connected yet"),
-        "{:?}",
-        early
-    );
+    assert!(early.warnings.contains("not connected yet"), "{:?}", early);
     server.resume();
     tier_warning_clears(&[&a]);
 }
