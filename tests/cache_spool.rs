@@ -14,6 +14,16 @@ fn view(visitor: &str, n: usize) -> String {
     format!(r#"{{"td_client_id":"{visitor}","td_path":"/retail/x","n":{n}}}"#)
 }
 
+/// The spool's depth: its records not yet delivered, over all lanes.
+fn spool_depth(stack: &Stack) -> f64 {
+    let metrics = to(stack.admin).metrics();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("p13n_edge_spool_depth "));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn ingested(stack: &Stack) -> u64 {
     stack.emulator.ingested()
 }
@@ -212,6 +222,52 @@ fn replay_sends_to_several_visitors_at_once_and_keeps_each_in_order() {
         );
         assert!(r.text().contains("offer_for_women"), "{v}: {}", r.text());
     }
+}
+
+#[test]
+fn a_record_that_waits_upstream_does_not_hold_back_the_records_after_it() {
+    // One visitor's event is held upstream (its call answered late, within the timeouts) until
+    // released. Replay sent in batches, the next when the whole last one was answered: every
+    // event spooled behind the held one waited for it.
+    let emulator = Emulator::start(&demo_rules());
+    let stall = Stall::start(emulator.addr, "/held-back");
+    let stack = Stack::builder("overtaken")
+        .fast()
+        .upstream(stall.url())
+        .set("timeouts.upstream_ms", 60_000)
+        .service("deadline_ms", 60_000)
+        .start();
+    let visitors = 40;
+    for v in 0..=visitors {
+        let r = stack.post(PAGEVIEWS, &view(&format!("o{v}"), 0));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let held = r#"{"td_client_id":"o0","td_path":"/held-back"}"#;
+    assert_eq!(stack.post(PAGEVIEWS, held).status, 200);
+    assert!(eventually(SECONDS_10, || stall.held() > 0));
+    for v in 1..=visitors {
+        let r = stack.post(PAGEVIEWS, &view(&format!("o{v}"), 1));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let before = (visitors + 1) as u64;
+    assert!(
+        eventually(SECONDS_10, || emulator.ingested()
+            == before + visitors as u64),
+        "the events after the held one waited for it: {} depth {} held {}",
+        emulator.stats(),
+        spool_depth(&stack),
+        stall.held()
+    );
+    assert_eq!(spool_depth(&stack), 1.0);
+    stall.release();
+    assert!(
+        eventually(SECONDS_10, || emulator.ingested()
+            == before + visitors as u64 + 1),
+        "{}",
+        emulator.stats()
+    );
+    assert_eq!(emulator.stats()["duplicates"], 0);
+    assert!(eventually(SECONDS_10, || spool_depth(&stack) == 0.0));
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! Spool replay: deliver spooled events through the same upstream client and retry policy as
 //! live traffic, refresh the visitor's cached offers, and advance the checkpoint. Each lane (a
 //! service's segments) replays on its own task, so a service whose upstream is down or refuses
-//! our credentials holds only its own events. A lane's records are taken in batches of up to
-//! `spool.replay_concurrency`; a batch's visitors are sent to at once,
-//! each visitor's own records one after another, so the upstream sees every visitor's events in
-//! order. A record waits for an upstream that fails; the next batch starts when the whole batch
-//! is delivered, so nothing overtakes it by more than one batch, and the checkpoint only ever
-//! moves past records delivered along with every record before them.
+//! our credentials holds only its own events. Up to a window's size of a lane's records are in
+//! flight at once (the window adapts, `spool.replay_concurrency` its ceiling), the next read and
+//! sent as each is answered; each visitor's own records go one after another, so the upstream
+//! sees every visitor's events in order. A record waits for an upstream that fails; the records
+//! after it go on, at most twice the ceiling past it, and the checkpoint only ever moves past
+//! records delivered along with every record before them (`batch.rs`).
 //!
 //! A record is never given up. An upstream 429, 5xx or failure is retried with backoff; an
 //! answer that says our side is wrong (401, 403, a token code, any other 4xx) holds the lane
@@ -22,18 +22,19 @@
 mod attempt;
 mod batch;
 
+use batch::Stop;
+
 use super::lane::{segment_path, segments, CheckpointFile, Lane};
-use super::reader::{next_batch, Batch, SegmentReader};
-use super::window::{Sample, Window};
+use super::reader::SegmentReader;
+use super::window::Window;
 use super::{Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache};
-use crate::lock;
 use crate::metrics;
 use crate::upstream::{CallLimits, Endpoint, UpstreamClient};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -123,8 +124,7 @@ impl Replayer {
 
     async fn run_lane(&self, lane: Arc<Lane>) {
         let dir = lane.dir.clone();
-        let (checkpoint, mut at) = CheckpointFile::open(&dir);
-        let checkpoint = Mutex::new(checkpoint);
+        let (mut checkpoint, mut at) = CheckpointFile::open(&dir);
         let mut reader = SegmentReader::new(dir.clone());
         let mut window = Window::new();
         let window_gauge = metrics::SPOOL_REPLAY_WINDOW.with_label_values(&[&lane.name]);
@@ -140,29 +140,28 @@ impl Replayer {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            let current = at.segment == writer.segment;
-            let limit = if current { writer.offset } else { u64::MAX };
-            let ceiling = self.destinations.settings().concurrency;
-            match next_batch(&mut reader, at, limit, window.size(ceiling)).await {
-                Batch::Records(records, next) => {
-                    *lock(&lane.sample) = Sample::default();
-                    self.deliver_batch(&lane, records, at.segment, &checkpoint)
-                        .await;
-                    window.record(*lock(&lane.sample), ceiling);
-                    window_gauge.set(window.size(ceiling) as i64);
-                    at.offset = next;
-                    lock(&checkpoint).write(at);
-                }
-                Batch::Unreadable(e) => {
+            let stop = self
+                .flow(
+                    &lane,
+                    &mut reader,
+                    &mut checkpoint,
+                    &mut at,
+                    &mut window,
+                    &window_gauge,
+                )
+                .await;
+            match stop {
+                Stop::Unreadable(e) => {
                     tracing::error!(segment = at.segment, error = %e, "cannot read a spool segment; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Batch::End if current && !lane.writes => return,
-                Batch::End if current => self.caught_up(&lane).await,
-                Batch::End => {
+                Stop::CaughtUp if !lane.writes => return,
+                Stop::CaughtUp => self.caught_up(&lane).await,
+                Stop::Finished => {
+                    let writer = lane.position();
                     if let Some(next) = self.next_segment(&lane, &mut reader, at, writer).await {
                         at = next;
-                        lock(&checkpoint).write(at);
+                        checkpoint.write(at);
                     }
                 }
             }

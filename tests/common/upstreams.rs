@@ -1,11 +1,12 @@
 //! What stands upstream of the proxy in a test: the emulator (the product's own, with its
 //! control routes behind a handle), a `Recorder` that keeps every request's bytes and counts
-//! connections, and a `Relay` that can make its connections go silent.
+//! connections, a `Relay` that can make its connections go silent, and a `Stall` that holds
+//! the requests that carry a marker.
 
 use super::{quick_server, read_message, to, Running};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// An emulator: its address and its control routes (`/_emulator/...`).
@@ -214,5 +215,77 @@ impl Relay {
     pub fn freeze(&self) {
         self.frozen_below
             .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// A relay to `upstream` that holds every request carrying `marker` until `release`: nothing of
+/// it goes on and nothing comes back; then it closes that connection, unanswered. Requests
+/// without the marker, and with it after the release, pass as usual.
+pub struct Stall {
+    pub addr: SocketAddr,
+    held: Arc<AtomicUsize>,
+    released: Arc<AtomicBool>,
+}
+
+impl Stall {
+    pub fn start(upstream: SocketAddr, marker: &'static str) -> Stall {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (held, released) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (holding, release) = (held.clone(), released.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut server = TcpStream::connect(upstream).unwrap();
+                let (mut back_from, mut back_to) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut back_from, &mut back_to));
+                let (held, released) = (holding.clone(), release.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = std::io::Read::read(&mut client, &mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let marked = buf[..n]
+                            .windows(marker.len())
+                            .any(|w| w == marker.as_bytes());
+                        if marked && !released.load(Ordering::SeqCst) {
+                            held.fetch_add(1, Ordering::SeqCst);
+                            while !released.load(Ordering::SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                            }
+                            break;
+                        }
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Stall {
+            addr,
+            held,
+            released,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many requests it has held (released or not).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
     }
 }

@@ -1,116 +1,234 @@
-//! Spool replay, one batch of a lane: its visitors at once, each visitor's records in order,
-//! and the checkpoint moved past the delivered prefix.
+//! Spool replay within one segment of a lane: up to the window's size of records in flight at
+//! once, the next one read and sent as soon as one is answered (not when a whole batch is),
+//! each visitor's records in order, and the checkpoint moved past the delivered prefix.
+//!
+//! Sending in batches, the next one when the slowest record of the last was answered, sent the
+//! upstream a burst of a window's calls every round trip. 50 ms away at 5,000 events/s those
+//! were about 250 calls at once, 20 times a second: bursts of several milliseconds of work for
+//! replay's thread and the upstream, during which the spool's writer and the answers waited for
+//! a CPU (README, "What moved it"). A steady flow sends the same calls spread over the round trip.
 
 use super::Replayer;
-use crate::lock;
 use crate::spool::lane::{CheckpointFile, Lane};
+use crate::spool::reader::{next_batch, Batch, SegmentReader};
+use crate::spool::window::Window;
 use crate::spool::{Position, Record};
-use futures::stream::{self, StreamExt};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use tokio::sync::Notify;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
-/// Which records of a batch are delivered, and how many from its start without a gap.
-struct Progress {
-    done: Vec<bool>,
-    delivered: usize,
+/// Why a segment's flow stopped, with nothing in flight.
+pub(super) enum Stop {
+    /// Every record up to the writer's position is delivered: wait for more.
+    CaughtUp,
+    /// The segment is finished (the writer moved on) and every record of it delivered.
+    Finished,
+    /// The segment could not be read: try again later, skip nothing.
+    Unreadable(std::io::Error),
 }
 
-impl Progress {
-    /// Record `i` is delivered; the new length of the delivered prefix, if it grew.
-    fn finish(&mut self, i: usize) -> Option<usize> {
-        self.done[i] = true;
-        let before = self.delivered;
-        while self.done.get(self.delivered) == Some(&true) {
-            self.delivered += 1;
+/// One record read and not yet behind the checkpoint.
+struct Slot {
+    /// The offset just past it.
+    end: u64,
+    visitor: u64,
+    enqueued_ms: u64,
+    done: bool,
+}
+
+/// What the last read found, so that the flow neither reads again for nothing nor misses more.
+enum Dry {
+    /// The writer's position: read again once it moves.
+    AtWriter(Position),
+    /// The end of a finished segment: nothing more will come.
+    SegmentEnd,
+    Unreadable(std::io::Error),
+}
+
+/// The records of a segment from the checkpoint on: in log order, the delivered prefix dropped
+/// as it grows; each visitor's records, the first of which is sent (or waiting to be) and the
+/// others held until the checkpoint has passed the one before. A crash then repeats only the
+/// records in flight and those delivered ahead of one still in flight: at most one record for
+/// each visitor.
+#[derive(Default)]
+struct Flow {
+    slots: VecDeque<Slot>,
+    /// The number of `slots[0]` (records are numbered in the order read).
+    base: u64,
+    /// Each visitor's records in the flow, by number: the first one is sent or ready, the others
+    /// held here.
+    visitors: HashMap<u64, VecDeque<(u64, Option<Record>)>, ahash::RandomState>,
+    /// Records that may be sent now, in log order.
+    ready: VecDeque<(u64, Record)>,
+}
+
+impl Flow {
+    fn add(&mut self, record: Record, end: u64, visitor: u64) {
+        let number = self.base + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            end,
+            visitor,
+            enqueued_ms: record.enqueued_ms,
+            done: false,
+        });
+        let queue = self.visitors.entry(visitor).or_default();
+        if queue.is_empty() {
+            queue.push_back((number, None));
+            self.ready.push_back((number, record));
+        } else {
+            queue.push_back((number, Some(record)));
         }
-        (self.delivered > before).then_some(self.delivered)
+    }
+
+    /// Record `number` is delivered: the end of the delivered prefix, if that grew.
+    fn finish(&mut self, number: u64) -> Option<u64> {
+        self.slots[(number - self.base) as usize].done = true;
+        let mut end = None;
+        while self.slots.front().is_some_and(|s| s.done) {
+            let slot = self.slots.pop_front().expect("a front slot");
+            self.base += 1;
+            end = Some(slot.end);
+            let queue = self.visitors.get_mut(&slot.visitor).expect("its visitor");
+            queue.pop_front();
+            match queue.front_mut() {
+                // The checkpoint has passed the visitor's record: its next one may go.
+                Some((next, held)) => {
+                    let record = held.take().expect("a held record");
+                    self.ready.push_back((*next, record));
+                }
+                None => {
+                    self.visitors.remove(&slot.visitor);
+                }
+            }
+        }
+        end
     }
 }
 
 impl Replayer {
-    /// Deliver a batch: its visitors at once, each visitor's records in order. The checkpoint
-    /// moves past each record once it and every record before it are delivered, so that a
-    /// crash repeats only the records in flight and those delivered ahead of one still in flight:
-    /// at most one record for each visitor of the batch.
-    pub(super) async fn deliver_batch(
+    /// Replay segment `at.segment` from `at` until a `Stop`, the checkpoint moved past each
+    /// record once it and every record before it are delivered.
+    pub(super) async fn flow(
         &self,
         lane: &Lane,
-        records: Vec<(Record, u64)>,
-        segment: u64,
-        checkpoint: &Mutex<CheckpointFile>,
-    ) {
-        if let Some((first, _)) = records.first() {
+        reader: &mut SegmentReader,
+        checkpoint: &mut CheckpointFile,
+        at: &mut Position,
+        window: &mut Window,
+        window_gauge: &prometheus::IntGauge,
+    ) -> Stop {
+        let segment = at.segment;
+        let mut read_to = at.offset;
+        let mut flow = Flow::default();
+        let mut running = FuturesUnordered::new();
+        let mut dry: Option<Dry> = None;
+        // Answers since the window last learned: it learns once per window's worth, about a
+        // round trip, as it did once per batch.
+        let mut answered = 0;
+        let visitor_of = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        loop {
+            let ceiling = self.destinations.settings().concurrency.max(1);
+            let size = window.size(ceiling);
+            let room = size.saturating_sub(running.len() + flow.ready.len());
+            // Read while there is room, and at most twice the ceiling past the checkpoint: a
+            // record that waits (retried) holds memory and repeats on a crash to that bound.
+            let writer = lane.position();
+            let read_again = match &dry {
+                None => true,
+                Some(Dry::AtWriter(seen)) => *seen != writer,
+                Some(Dry::SegmentEnd | Dry::Unreadable(_)) => false,
+            };
+            // A read for an eighth of the window at least (or when nothing is in flight): one
+            // per answer would cost a blocking-pool hop each, as the writer commits a few
+            // records at a time.
+            let worth = room > 0 && (room >= size.div_ceil(8) || running.is_empty());
+            if worth && flow.slots.len() < 2 * ceiling && read_again {
+                let limit = if writer.segment == segment {
+                    writer.offset
+                } else {
+                    u64::MAX
+                };
+                let from = Position {
+                    segment,
+                    offset: read_to,
+                };
+                match next_batch(reader, from, limit, room).await {
+                    Batch::Records(records, next) => {
+                        dry = None;
+                        let was_empty = flow.slots.is_empty();
+                        for (record, end) in records {
+                            let visitor = visitor_of.hash_one((&record.service, &record.visitor));
+                            flow.add(record, end, visitor);
+                        }
+                        read_to = next;
+                        if flow.slots.is_empty() {
+                            // Only corrupt frames: nothing to wait for.
+                            at.offset = read_to;
+                            checkpoint.write(*at);
+                        } else if was_empty {
+                            self.oldest(lane, &flow);
+                        }
+                    }
+                    Batch::End if writer.segment == segment => dry = Some(Dry::AtWriter(writer)),
+                    Batch::End => dry = Some(Dry::SegmentEnd),
+                    Batch::Unreadable(e) => dry = Some(Dry::Unreadable(e)),
+                }
+            }
+            while running.len() < size {
+                let Some((number, record)) = flow.ready.pop_front() else {
+                    break;
+                };
+                running.push(async move {
+                    self.replay(lane, &record).await;
+                    number
+                });
+            }
+            if running.is_empty() {
+                // Nothing in flight, so nothing held or ready either: every record read is
+                // delivered and behind the checkpoint.
+                match dry.take() {
+                    Some(Dry::AtWriter(_)) => return Stop::CaughtUp,
+                    Some(Dry::SegmentEnd) => return Stop::Finished,
+                    Some(Dry::Unreadable(e)) => return Stop::Unreadable(e),
+                    None => continue,
+                }
+            }
+            let number = tokio::select! {
+                Some(number) = running.next() => number,
+                // More committed: read it (once there is room).
+                _ = lane.wake.notified(), if !matches!(dry, Some(Dry::SegmentEnd)) => continue,
+                // A segment that could not be read is tried again (and a missed wake-up caught).
+                _ = tokio::time::sleep(Duration::from_secs(1)), if dry.is_some() => {
+                    if matches!(dry, Some(Dry::Unreadable(_))) {
+                        dry = None;
+                    }
+                    continue;
+                }
+            };
+            if let Some(end) = flow.finish(number) {
+                at.offset = if flow.slots.is_empty() { read_to } else { end };
+                checkpoint.write(*at);
+                self.oldest(lane, &flow);
+            }
+            answered += 1;
+            if answered >= size {
+                answered = 0;
+                let sample = std::mem::take(&mut *crate::lock(&lane.sample));
+                window.record(sample, ceiling);
+                window_gauge.set(window.size(ceiling) as i64);
+            }
+        }
+    }
+
+    /// The lane's oldest record not yet delivered, for the spool's age (and its lag bound).
+    fn oldest(&self, lane: &Lane, flow: &Flow) {
+        if let Some(front) = flow.slots.front() {
             lane.oldest_ms.store(
-                first.enqueued_ms.max(1),
+                front.enqueued_ms.max(1),
                 std::sync::atomic::Ordering::Relaxed,
             );
             self.spool.publish_oldest();
         }
-        let visitors = by_visitor(&records);
-        let progress = Mutex::new(Progress {
-            done: vec![false; records.len()],
-            delivered: 0,
-        });
-        let advanced = Notify::new();
-        let width = visitors.len();
-        let (records, progress, advanced) = (&records, &progress, &advanced);
-        stream::iter(visitors)
-            .for_each_concurrent(width, |queue| async move {
-                let last = queue.last().copied();
-                for i in queue {
-                    self.replay(lane, &records[i].0).await;
-                    let caught_up = {
-                        let mut p = lock(progress);
-                        if let Some(upto) = p.finish(i) {
-                            let at = Position {
-                                segment,
-                                offset: records[upto - 1].1,
-                            };
-                            lock(checkpoint).write(at);
-                            advanced.notify_waiters();
-                        }
-                        p.delivered > i
-                    };
-                    // A visitor's next record waits until the checkpoint has passed this one:
-                    // each visitor then holds at most one record that a crash would repeat.
-                    if !caught_up && Some(i) != last {
-                        passed(progress, advanced, i).await;
-                    }
-                }
-            })
-            .await;
-    }
-}
-
-/// The batch's records by visitor (and service), each visitor's in order: indexes into
-/// `records`, the visitors in the order of their first record. One map lookup a record: a
-/// batch can hold the whole replay window's records, each of another visitor.
-fn by_visitor(records: &[(Record, u64)]) -> Vec<Vec<usize>> {
-    let mut visitors: Vec<Vec<usize>> = Vec::new();
-    let mut seen: HashMap<(&str, &str), usize, ahash::RandomState> =
-        HashMap::with_capacity_and_hasher(records.len(), ahash::RandomState::new());
-    for (i, (record, _)) in records.iter().enumerate() {
-        let key = (record.service.as_str(), record.visitor.as_str());
-        match seen.get(&key) {
-            Some(&queue) => visitors[queue].push(i),
-            None => {
-                seen.insert(key, visitors.len());
-                visitors.push(vec![i]);
-            }
-        }
-    }
-    visitors
-}
-
-/// Wait until the delivered prefix has passed record `i`.
-async fn passed(progress: &Mutex<Progress>, advanced: &Notify, i: usize) {
-    loop {
-        let notified = advanced.notified();
-        if lock(progress).delivered > i {
-            break;
-        }
-        notified.await;
     }
 }
 
@@ -118,45 +236,45 @@ async fn passed(progress: &Mutex<Progress>, advanced: &Notify, i: usize) {
 mod tests {
     use super::*;
 
-    fn record(service: &str, visitor: &str) -> (Record, u64) {
-        let record = Record {
+    fn record(seq: u64) -> Record {
+        Record {
             run: 1,
-            seq: 0,
-            enqueued_ms: 0,
-            service: service.into(),
+            seq,
+            enqueued_ms: seq,
+            service: "a".into(),
             route: "/db/t".into(),
-            visitor: visitor.into(),
+            visitor: String::new(),
             body: bytes::Bytes::new(),
             route_id: String::new(),
-        };
-        (record, 0)
+        }
+    }
+
+    fn ready(flow: &mut Flow) -> Vec<u64> {
+        flow.ready.drain(..).map(|(n, _)| n).collect()
     }
 
     #[test]
-    fn a_batch_is_split_by_service_and_visitor_in_order() {
-        let records = [
-            record("a", "v1"),
-            record("a", "v2"),
-            record("b", "v1"),
-            record("a", "v1"),
-            record("b", "v1"),
-            record("a", "v3"),
-        ];
-        assert_eq!(
-            by_visitor(&records),
-            vec![vec![0, 3], vec![1], vec![2, 4], vec![5]]
-        );
-    }
-
-    #[test]
-    fn the_checkpoint_moves_only_past_a_delivered_prefix() {
-        let mut p = Progress {
-            done: vec![false; 4],
-            delivered: 0,
-        };
-        assert_eq!(p.finish(1), None);
-        assert_eq!(p.finish(2), None);
-        assert_eq!(p.finish(0), Some(3));
-        assert_eq!(p.finish(3), Some(4));
+    fn a_visitors_next_record_waits_until_the_checkpoint_has_passed_the_one_before() {
+        let mut flow = Flow::default();
+        // Visitors 7, 8, 7, 9, 7.
+        for (seq, visitor) in [7, 8, 7, 9, 7].into_iter().enumerate() {
+            flow.add(record(seq as u64), 10 * (seq as u64 + 1), visitor);
+        }
+        assert_eq!(ready(&mut flow), vec![0, 1, 3]);
+        // Record 1 (visitor 8) delivered first: no prefix yet, nothing new may go.
+        assert_eq!(flow.finish(1), None);
+        assert!(flow.ready.is_empty());
+        // Record 0 delivered: the prefix is 0 and 1; visitor 7's next (2) may go.
+        assert_eq!(flow.finish(0), Some(20));
+        assert_eq!(ready(&mut flow), vec![2]);
+        // 3 then 2: the prefix reaches 3, and 7's last (4) may go.
+        assert_eq!(flow.finish(3), None);
+        assert_eq!(flow.finish(2), Some(40));
+        assert_eq!(ready(&mut flow), vec![4]);
+        assert_eq!(flow.finish(4), Some(50));
+        assert!(flow.slots.is_empty() && flow.visitors.is_empty());
+        // Numbering goes on after the flow has emptied.
+        flow.add(record(5), 60, 8);
+        assert_eq!(ready(&mut flow), vec![5]);
     }
 }

@@ -1,7 +1,7 @@
 //! Spool replay: reading a lane's segments in batches.
 
 use super::*;
-use crate::spool::reader::CHUNK;
+use crate::spool::reader::{next_batch, Batch, CHUNK};
 
 #[tokio::test]
 async fn a_missing_segment_ends_and_an_unreadable_one_is_retried_not_skipped() {
