@@ -17,6 +17,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+/// While records are in flight, how long replay goes without looking for more committed ones
+/// if none is answered meanwhile: the most a newly committed record then waits to be read.
+const READ_AGAIN: Duration = Duration::from_millis(5);
+
 /// Why a segment's flow stopped, with nothing in flight.
 pub(super) enum Stop {
     /// Every record up to the writer's position is delivered: wait for more.
@@ -166,7 +170,8 @@ impl Replayer {
                             at.offset = read_to;
                             checkpoint.write(*at);
                         } else if was_empty {
-                            self.oldest(lane, &flow);
+                            oldest(lane, &flow);
+                            self.spool.publish_oldest();
                         }
                     }
                     Batch::End if writer.segment == segment => dry = Some(Dry::AtWriter(writer)),
@@ -193,12 +198,16 @@ impl Replayer {
                     None => continue,
                 }
             }
+            // The next answer, or (none for a while) a look for more committed records: not a
+            // wake-up at each commit, which would cost replay's thread one at each group commit
+            // while its calls are in flight. An unreadable segment is tried again after a second.
+            let pause = match dry {
+                Some(Dry::Unreadable(_)) => Duration::from_secs(1),
+                _ => READ_AGAIN,
+            };
             let number = tokio::select! {
                 Some(number) = running.next() => number,
-                // More committed: read it (once there is room).
-                _ = lane.wake.notified(), if !matches!(dry, Some(Dry::SegmentEnd)) => continue,
-                // A segment that could not be read is tried again (and a missed wake-up caught).
-                _ = tokio::time::sleep(Duration::from_secs(1)), if dry.is_some() => {
+                _ = tokio::time::sleep(pause), if !matches!(dry, Some(Dry::SegmentEnd)) => {
                     if matches!(dry, Some(Dry::Unreadable(_))) {
                         dry = None;
                     }
@@ -208,27 +217,28 @@ impl Replayer {
             if let Some(end) = flow.finish(number) {
                 at.offset = if flow.slots.is_empty() { read_to } else { end };
                 checkpoint.write(*at);
-                self.oldest(lane, &flow);
+                oldest(lane, &flow);
             }
             answered += 1;
             if answered >= size {
                 answered = 0;
+                // The spool's age gauge, as often: every lane is read for it.
+                self.spool.publish_oldest();
                 let sample = std::mem::take(&mut *crate::lock(&lane.sample));
                 window.record(sample, ceiling);
                 window_gauge.set(window.size(ceiling) as i64);
             }
         }
     }
+}
 
-    /// The lane's oldest record not yet delivered, for the spool's age (and its lag bound).
-    fn oldest(&self, lane: &Lane, flow: &Flow) {
-        if let Some(front) = flow.slots.front() {
-            lane.oldest_ms.store(
-                front.enqueued_ms.max(1),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            self.spool.publish_oldest();
-        }
+/// The lane's oldest record not yet delivered, for its lag bound and the spool's age.
+fn oldest(lane: &Lane, flow: &Flow) {
+    if let Some(front) = flow.slots.front() {
+        lane.oldest_ms.store(
+            front.enqueued_ms.max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
