@@ -129,7 +129,7 @@ pub(crate) struct Lane {
     waiting: Mutex<Option<String>>,
     /// When the record replay is working on was accepted (ms since the epoch); 0 when caught up.
     pub oldest_ms: std::sync::atomic::AtomicU64,
-    /// What the upstream did during the batch replay is sending, for its window.
+    /// What the upstream did to replay's calls since the window last learned.
     pub sample: Mutex<super::window::Sample>,
 }
 

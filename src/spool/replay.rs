@@ -6,7 +6,7 @@
 //! sent as each is answered; each visitor's own records go one after another, so the upstream
 //! sees every visitor's events in order. A record waits for an upstream that fails; the records
 //! after it go on, at most twice the ceiling past it, and the checkpoint only ever moves past
-//! records delivered along with every record before them (`batch.rs`).
+//! records delivered along with every record before them (`replay/segment.rs`).
 //!
 //! A record is never given up. An upstream 429, 5xx or failure is retried with backoff; an
 //! answer that says our side is wrong (401, 403, a token code, any other 4xx) holds the lane
@@ -20,9 +20,9 @@
 //! little more.
 
 mod attempt;
-mod batch;
+mod segment;
 
-use batch::Stop;
+use segment::Stop;
 
 use super::lane::{segment_path, segments, CheckpointFile, Lane};
 use super::reader::SegmentReader;
@@ -141,7 +141,7 @@ impl Replayer {
                 continue;
             }
             let stop = self
-                .flow(
+                .replay_segment(
                     &lane,
                     &mut reader,
                     &mut checkpoint,

@@ -1,17 +1,19 @@
-//! How many records a replay lane sends at once: a window that adapts to what the upstream
-//! sustains (additive increase, multiplicative decrease). It doubles while it has never had to
-//! shrink (slow start), then grows by one a batch while the upstream answers near its fastest
-//! and without pushing back; it halves on a 429, a 5xx or a timeout, and shrinks by a tenth when
-//! the batch's latency rises past twice the fastest seen. `spool.replay_concurrency` is the
-//! ceiling. The fastest latency seen creeps up by 1% a batch, so that it follows an upstream
-//! that moved farther away instead of remembering one good moment for ever.
+//! How many records a replay lane has in flight at once: a window that adapts to what the
+//! upstream sustains (additive increase, multiplicative decrease). It learns from a sample of
+//! each window's worth of answers (about a round trip; `replay/segment.rs`). It doubles while it
+//! has never had to shrink (slow start), then grows by one a sample while the upstream answers
+//! near its fastest and without pushing back; it halves on a 429, a 5xx or a timeout, and
+//! shrinks by a tenth when the sample's latency rises past twice the fastest seen.
+//! `spool.replay_concurrency` is the ceiling. The fastest latency seen creeps up by 1% a sample,
+//! so that it follows an upstream that moved farther away instead of remembering one good
+//! moment for ever.
 
 use std::time::Duration;
 
-/// What one batch of replay calls saw.
+/// What one sample of replay calls (a window's worth of answers) saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Sample {
-    /// The slowest answer of the batch.
+    /// The slowest answer of the sample.
     pub latency: Duration,
     /// Whether the upstream pushed back (429, 5xx, a timeout).
     pub pushed_back: bool,
@@ -37,12 +39,12 @@ impl Window {
         }
     }
 
-    /// Records to send in the next batch, at most `ceiling` (and at least one).
+    /// Records to have in flight now, at most `ceiling` (and at least one).
     pub fn size(&self, ceiling: usize) -> usize {
         (self.limit as usize).clamp(1, ceiling.max(1))
     }
 
-    /// Learn from a batch sent with `ceiling` as the bound.
+    /// Learn from a sample taken with `ceiling` as the bound.
     pub fn record(&mut self, sample: Sample, ceiling: usize) {
         let ceiling = ceiling.max(1) as f64;
         let fastest = match self.fastest {
@@ -99,7 +101,7 @@ mod tests {
         );
         assert_eq!(w.size(256), 32);
         w.record(calm(50), 256);
-        assert_eq!(w.size(256), 33, "after a push back, one more a batch");
+        assert_eq!(w.size(256), 33, "after a push back, one more a sample");
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Flow {
 impl Replayer {
     /// Replay segment `at.segment` from `at` until a `Stop`, the checkpoint moved past each
     /// record once it and every record before it are delivered.
-    pub(super) async fn flow(
+    pub(super) async fn replay_segment(
         &self,
         lane: &Lane,
         reader: &mut SegmentReader,
