@@ -258,7 +258,8 @@ fn a_record_that_waits_upstream_does_not_hold_back_the_records_after_it() {
         spool_depth(&stack),
         stall.held()
     );
-    assert_eq!(spool_depth(&stack), 1.0);
+    // The held one alone is left (the others settle once replay has read their answers).
+    assert!(eventually(SECONDS_10, || spool_depth(&stack) == 1.0));
     stall.release();
     assert!(
         eventually(SECONDS_10, || emulator.ingested()

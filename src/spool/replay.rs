@@ -5,8 +5,8 @@
 //! flight at once (the window adapts, `spool.replay_concurrency` its ceiling), the next read and
 //! sent as each is answered; each visitor's own records go one after another, so the upstream
 //! sees every visitor's events in order. A record waits for an upstream that fails; the records
-//! after it go on, at most twice the ceiling past it, and the checkpoint only ever moves past
-//! records delivered along with every record before them (`replay/segment.rs`).
+//! after it in its segment go on, at most twice the ceiling of them, and the checkpoint only
+//! ever moves past records delivered along with every record before them (`replay/segment.rs`).
 //!
 //! A record is never given up. An upstream 429, 5xx or failure is retried with backoff; an
 //! answer that says our side is wrong (401, 403, a token code, any other 4xx) holds the lane
@@ -22,11 +22,10 @@
 mod attempt;
 mod segment;
 
-use segment::Stop;
+use segment::{Learning, Stop};
 
 use super::lane::{segment_path, segments, CheckpointFile, Lane};
 use super::reader::SegmentReader;
-use super::window::Window;
 use super::{Position, Record, Spool};
 use crate::cache::{CacheKey, OfferCache};
 use crate::metrics;
@@ -126,8 +125,8 @@ impl Replayer {
         let dir = lane.dir.clone();
         let (mut checkpoint, mut at) = CheckpointFile::open(&dir);
         let mut reader = SegmentReader::new(dir.clone());
-        let mut window = Window::new();
-        let window_gauge = metrics::SPOOL_REPLAY_WINDOW.with_label_values(&[&lane.name]);
+        let mut learning =
+            Learning::new(metrics::SPOOL_REPLAY_WINDOW.with_label_values(&[&lane.name]));
         loop {
             let writer = lane.position();
             if at.segment > writer.segment {
@@ -141,14 +140,7 @@ impl Replayer {
                 continue;
             }
             let stop = self
-                .replay_segment(
-                    &lane,
-                    &mut reader,
-                    &mut checkpoint,
-                    &mut at,
-                    &mut window,
-                    &window_gauge,
-                )
+                .replay_segment(&lane, &mut reader, &mut checkpoint, &mut at, &mut learning)
                 .await;
             match stop {
                 Stop::Unreadable(e) => {

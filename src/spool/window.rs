@@ -44,8 +44,14 @@ impl Window {
         (self.limit as usize).clamp(1, ceiling.max(1))
     }
 
-    /// Learn from a sample taken with `ceiling` as the bound.
+    /// Learn from a sample taken with `ceiling` as the bound. A sample without an upstream call
+    /// in it (its records were delivered by the live calls that accepted them, held, or
+    /// dead-lettered) says nothing: taken as the fastest latency it would make every later one
+    /// look slow for ever.
     pub fn record(&mut self, sample: Sample, ceiling: usize) {
+        if sample == Sample::default() {
+            return;
+        }
         let ceiling = ceiling.max(1) as f64;
         let fastest = match self.fastest {
             Some(f) => f.mul_f64(1.01).min(sample.latency),
@@ -80,6 +86,19 @@ mod tests {
             latency: MS * latency_ms as u32,
             pushed_back: false,
         }
+    }
+
+    #[test]
+    fn a_sample_without_a_call_teaches_nothing() {
+        let mut w = Window::new();
+        w.record(calm(20), 256);
+        w.record(Sample::default(), 256);
+        assert_eq!(w.size(256), 8, "unchanged by the empty sample");
+        // Answers at 10 ms are not slow against a fastest of 20 ms (they were against zero).
+        for _ in 0..3 {
+            w.record(calm(10), 256);
+        }
+        assert_eq!(w.size(256), 64);
     }
 
     #[test]

@@ -46,7 +46,40 @@ enum Dry {
     AtWriter(Position),
     /// The end of a finished segment: nothing more will come.
     SegmentEnd,
-    Unreadable(std::io::Error),
+    /// Read again at the instant given.
+    Unreadable(std::io::Error, tokio::time::Instant),
+}
+
+/// The lane's window and what it learns from: a sample of each window's worth of answers
+/// (about a round trip), counted across segments and waits, as it was once per batch.
+pub(super) struct Learning {
+    window: Window,
+    answered: usize,
+    gauge: prometheus::IntGauge,
+}
+
+impl Learning {
+    pub fn new(gauge: prometheus::IntGauge) -> Learning {
+        Learning {
+            window: Window::new(),
+            answered: 0,
+            gauge,
+        }
+    }
+
+    /// One more answer; after a window's worth, the window learns from their sample. Whether
+    /// it did.
+    fn answer(&mut self, lane: &Lane, ceiling: usize) -> bool {
+        self.answered += 1;
+        if self.answered < self.window.size(ceiling) {
+            return false;
+        }
+        self.answered = 0;
+        let sample = std::mem::take(&mut *crate::lock(&lane.sample));
+        self.window.record(sample, ceiling);
+        self.gauge.set(self.window.size(ceiling) as i64);
+        true
+    }
 }
 
 /// The records of a segment from the checkpoint on: in log order, the delivered prefix dropped
@@ -118,35 +151,26 @@ impl Replayer {
         reader: &mut SegmentReader,
         checkpoint: &mut CheckpointFile,
         at: &mut Position,
-        window: &mut Window,
-        window_gauge: &prometheus::IntGauge,
+        learning: &mut Learning,
     ) -> Stop {
         let segment = at.segment;
         let mut read_to = at.offset;
         let mut flow = Flow::default();
         let mut running = FuturesUnordered::new();
         let mut dry: Option<Dry> = None;
-        // Answers since the window last learned: it learns once per window's worth, about a
-        // round trip, as it did once per batch.
-        let mut answered = 0;
         let visitor_of = ahash::RandomState::with_seeds(1, 2, 3, 4);
         loop {
             let ceiling = self.destinations.settings().concurrency.max(1);
-            let size = window.size(ceiling);
-            let room = size.saturating_sub(running.len() + flow.ready.len());
-            // Read while there is room, and at most twice the ceiling past the checkpoint: a
-            // record that waits (retried) holds memory and repeats on a crash to that bound.
+            let size = learning.window.size(ceiling);
             let writer = lane.position();
             let read_again = match &dry {
                 None => true,
                 Some(Dry::AtWriter(seen)) => *seen != writer,
-                Some(Dry::SegmentEnd | Dry::Unreadable(_)) => false,
+                Some(Dry::SegmentEnd) => false,
+                Some(Dry::Unreadable(_, retry)) => tokio::time::Instant::now() >= *retry,
             };
-            // A read for an eighth of the window at least (or when nothing is in flight): one
-            // per answer would cost a blocking-pool hop each, as the writer commits a few
-            // records at a time.
-            let worth = room > 0 && (room >= size.div_ceil(8) || running.is_empty());
-            if worth && flow.slots.len() < 2 * ceiling && read_again {
+            let room = readable(size, ceiling, running.len(), &flow);
+            if room > 0 && read_again {
                 let limit = if writer.segment == segment {
                     writer.offset
                 } else {
@@ -176,7 +200,10 @@ impl Replayer {
                     }
                     Batch::End if writer.segment == segment => dry = Some(Dry::AtWriter(writer)),
                     Batch::End => dry = Some(Dry::SegmentEnd),
-                    Batch::Unreadable(e) => dry = Some(Dry::Unreadable(e)),
+                    Batch::Unreadable(e) => {
+                        let retry = tokio::time::Instant::now() + Duration::from_secs(1);
+                        dry = Some(Dry::Unreadable(e, retry));
+                    }
                 }
             }
             while running.len() < size {
@@ -194,41 +221,54 @@ impl Replayer {
                 match dry.take() {
                     Some(Dry::AtWriter(_)) => return Stop::CaughtUp,
                     Some(Dry::SegmentEnd) => return Stop::Finished,
-                    Some(Dry::Unreadable(e)) => return Stop::Unreadable(e),
+                    Some(Dry::Unreadable(e, _)) => return Stop::Unreadable(e),
                     None => continue,
                 }
             }
-            // The next answer, or (none for a while) a look for more committed records: not a
-            // wake-up at each commit, which would cost replay's thread one at each group commit
-            // while its calls are in flight. An unreadable segment is tried again after a second.
-            let pause = match dry {
-                Some(Dry::Unreadable(_)) => Duration::from_secs(1),
-                _ => READ_AGAIN,
+            // The next answer, or (none for a while, and room to read) a look for more
+            // committed records: not a wake-up at each commit, which would cost replay's thread
+            // one at each group commit while its calls are in flight. An unreadable segment is
+            // tried again a second after it failed.
+            let can_read = readable(size, ceiling, running.len(), &flow) > 0;
+            let look = match &dry {
+                // The last read found records, and there may be more: read again first.
+                None if can_read => continue,
+                Some(Dry::AtWriter(_)) if can_read => {
+                    Some(tokio::time::Instant::now() + READ_AGAIN)
+                }
+                Some(Dry::Unreadable(_, retry)) if can_read => Some(*retry),
+                _ => None,
             };
             let number = tokio::select! {
                 Some(number) = running.next() => number,
-                _ = tokio::time::sleep(pause), if !matches!(dry, Some(Dry::SegmentEnd)) => {
-                    if matches!(dry, Some(Dry::Unreadable(_))) {
-                        dry = None;
-                    }
-                    continue;
-                }
+                _ = tokio::time::sleep_until(look.unwrap_or_else(tokio::time::Instant::now)), if look.is_some() => continue,
             };
             if let Some(end) = flow.finish(number) {
                 at.offset = if flow.slots.is_empty() { read_to } else { end };
                 checkpoint.write(*at);
                 oldest(lane, &flow);
             }
-            answered += 1;
-            if answered >= size {
-                answered = 0;
+            if learning.answer(lane, ceiling) {
                 // The spool's age gauge, as often: every lane is read for it.
                 self.spool.publish_oldest();
-                let sample = std::mem::take(&mut *crate::lock(&lane.sample));
-                window.record(sample, ceiling);
-                window_gauge.set(window.size(ceiling) as i64);
             }
         }
+    }
+}
+
+/// How many records to read now: the room in the window, if it is worth a read (an eighth of
+/// the window at least, or nothing in flight: one read an answer would cost a blocking-pool hop
+/// each, as the writer commits a few records at a time), and never more than twice the ceiling
+/// past the checkpoint: a record that waits (retried, or answered late) holds that many in
+/// memory at most, and a crash repeats at most one of them a visitor.
+fn readable(size: usize, ceiling: usize, running: usize, flow: &Flow) -> usize {
+    let room = size.saturating_sub(running + flow.ready.len());
+    let worth = room > 0 && (room >= size.div_ceil(8) || running == 0);
+    let bound = (2 * ceiling).saturating_sub(flow.slots.len());
+    if worth {
+        room.min(bound)
+    } else {
+        0
     }
 }
 
@@ -261,6 +301,25 @@ mod tests {
 
     fn ready(flow: &mut Flow) -> Vec<u64> {
         flow.ready.drain(..).map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn reads_stop_at_twice_the_ceiling_past_the_checkpoint() {
+        let ceiling = 8;
+        let mut flow = Flow::default();
+        // One record waits at the front; 12 after it are delivered but not yet passed.
+        for seq in 0..13 {
+            flow.add(record(seq), seq + 1, seq);
+        }
+        flow.ready.clear();
+        for seq in 1..13 {
+            assert_eq!(flow.finish(seq), None);
+        }
+        // The window has room for 7 (one in flight), the bound for 3 more.
+        assert_eq!(readable(ceiling, ceiling, 1, &flow), 3);
+        // Less than an eighth of the window is not worth a read while calls are in flight.
+        assert_eq!(readable(64, 64, 64, &flow), 0);
+        assert_eq!(readable(64, 64, 0, &flow), 64);
     }
 
     #[test]
