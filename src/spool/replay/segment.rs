@@ -1,6 +1,6 @@
 //! Spool replay within one segment of a lane: up to the window's size of records in flight at
-//! once, the next one read and sent as soon as one is answered (not when a whole batch is),
-//! each visitor's records in order, and the checkpoint moved past the delivered prefix.
+//! once, more read and sent as answers free room (not when a whole batch is answered), each
+//! visitor's records in order, and the checkpoint moved past the delivered prefix.
 //!
 //! Sending in batches, the next one when the slowest record of the last was answered, sent the
 //! upstream a burst of a window's calls every round trip. 50 ms away at 5,000 events/s those
@@ -17,8 +17,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-/// While records are in flight, how long replay goes without looking for more committed ones
-/// if none is answered meanwhile: the most a newly committed record then waits to be read.
+/// While records are in flight and the window has room for a read, how long replay goes without
+/// looking for more committed ones if none is answered meanwhile: the most a newly committed
+/// record then waits to be read. With no room, it waits for an answer to make some.
 const READ_AGAIN: Duration = Duration::from_millis(5);
 
 /// Why a segment's flow stopped, with nothing in flight.
@@ -317,8 +318,9 @@ mod tests {
         }
         // The window has room for 7 (one in flight), the bound for 3 more.
         assert_eq!(readable(ceiling, ceiling, 1, &flow), 3);
-        // Less than an eighth of the window is not worth a read while calls are in flight.
-        assert_eq!(readable(64, 64, 64, &flow), 0);
+        // Less than an eighth of the window (4 of 64) is not worth a read while calls are in
+        // flight; it is when none is.
+        assert_eq!(readable(64, 64, 60, &flow), 0);
         assert_eq!(readable(64, 64, 0, &flow), 64);
     }
 
