@@ -2,11 +2,11 @@
 //! live traffic, refresh the visitor's cached offers, and advance the checkpoint. Each lane (a
 //! service's segments) replays on its own task, so a service whose upstream is down or refuses
 //! our credentials holds only its own events. Up to a window's size of a lane's records are in
-//! flight at once (the window adapts, `spool.replay_concurrency` its ceiling), the next read and
-//! sent as each is answered; each visitor's own records go one after another, so the upstream
-//! sees every visitor's events in order. A record waits for an upstream that fails; the records
-//! after it in its segment go on, at most twice the ceiling of them, and the checkpoint only
-//! ever moves past records delivered along with every record before them (`replay/segment.rs`).
+//! flight at once (the window adapts, `spool.replay_concurrency` its ceiling), more read and sent
+//! as answers free room; each visitor's own records go one after another, so the upstream sees
+//! every visitor's events in order. A record waits for an upstream that fails; the records after
+//! it in its segment go on, fewer than twice the ceiling of them, and the checkpoint only ever
+//! moves past records delivered along with every record before them (`replay/segment.rs`).
 //!
 //! A record is never given up. An upstream 429, 5xx or failure is retried with backoff; an
 //! answer that says our side is wrong (401, 403, a token code, any other 4xx) holds the lane
