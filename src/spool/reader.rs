@@ -90,6 +90,17 @@ impl SegmentReader {
         Ok((&self.buf[from..upto.max(from)], complete))
     }
 
+    /// The bytes of `at.segment` from `at.offset` already read, up to `limit`: no I/O.
+    pub(super) fn buffered(&self, at: Position, limit: u64) -> &[u8] {
+        let end = self.base + self.buf.len() as u64;
+        if self.segment != Some(at.segment) || at.offset < self.base || at.offset > end {
+            return &[];
+        }
+        let from = (at.offset - self.base) as usize;
+        let upto = (limit.min(end) - self.base) as usize;
+        &self.buf[from..upto.max(from)]
+    }
+
     /// Forget what was read: the next view opens the segment again at `at`.
     pub(super) fn restart_at(&mut self, at: Position) {
         self.segment = None;
@@ -134,41 +145,27 @@ pub(super) enum Batch {
     Unreadable(std::io::Error),
 }
 
-/// Up to `most` records from `at`, skipping corrupt frames.
+/// Up to `most` records from `at`, skipping corrupt frames. From what was already read when
+/// that holds `most` whole records: replay reads a few records at a time as answers free room,
+/// and a read in the blocking pool for each would cost a thread's wake-up (and under load
+/// milliseconds) every time.
 pub(super) async fn next_batch(
     reader: &mut SegmentReader,
     at: Position,
     limit: u64,
     most: usize,
 ) -> Batch {
+    if let Some(batch) = cut(reader.buffered(at, limit), at, most, true) {
+        return batch;
+    }
     let mut want = CHUNK;
     loop {
         let (data, complete) = match reader.view(at, limit, want).await {
             Ok(view) => view,
             Err(e) => return Batch::Unreadable(e),
         };
-        let mut records = Vec::new();
-        let mut offset = 0;
-        while records.len() < most {
-            match super::read_frame(data, offset) {
-                Frame::Record(record, next) => {
-                    records.push((record, at.offset + next as u64));
-                    offset = next;
-                }
-                Frame::Corrupt(next) => {
-                    metrics::SPOOL_CORRUPT.inc();
-                    tracing::error!(
-                        segment = at.segment,
-                        offset = at.offset + offset as u64,
-                        "skipping a corrupt spool record"
-                    );
-                    offset = next;
-                }
-                Frame::End => break,
-            }
-        }
-        if offset > 0 {
-            return Batch::Records(records, at.offset + offset as u64);
+        if let Some(batch) = cut(data, at, most, false) {
+            return batch;
         }
         if complete || data.len() < want || !super::wants_more(data) {
             return Batch::End;
@@ -176,6 +173,37 @@ pub(super) async fn next_batch(
         // A record larger than what was read: read more.
         want = want.saturating_mul(2);
     }
+}
+
+/// The records of `data` (the segment's bytes from `at`), up to `most`, corrupt frames skipped;
+/// `None` if it holds none. With `whole`, only if it holds `most` of them, and corrupt frames
+/// are neither counted nor skipped yet: they are once read for good (`whole` false).
+fn cut(data: &[u8], at: Position, most: usize, whole: bool) -> Option<Batch> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    while records.len() < most {
+        match super::read_frame(data, offset) {
+            Frame::Record(record, next) => {
+                records.push((record, at.offset + next as u64));
+                offset = next;
+            }
+            Frame::Corrupt(_) if whole => return None,
+            Frame::Corrupt(next) => {
+                metrics::SPOOL_CORRUPT.inc();
+                tracing::error!(
+                    segment = at.segment,
+                    offset = at.offset + offset as u64,
+                    "skipping a corrupt spool record"
+                );
+                offset = next;
+            }
+            Frame::End => break,
+        }
+    }
+    if whole && records.len() < most {
+        return None;
+    }
+    (offset > 0).then(|| Batch::Records(records, at.offset + offset as u64))
 }
 
 #[cfg(test)]
