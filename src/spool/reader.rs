@@ -85,9 +85,7 @@ impl SegmentReader {
                 }
             }
         }
-        let from = (at.offset - self.base) as usize;
-        let upto = (limit.min(self.base + self.buf.len() as u64) - self.base) as usize;
-        Ok((&self.buf[from..upto.max(from)], complete))
+        Ok((self.buffered(at, limit), complete))
     }
 
     /// The bytes of `at.segment` from `at.offset` already read, up to `limit`: no I/O.

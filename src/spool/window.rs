@@ -46,8 +46,8 @@ impl Window {
 
     /// Learn from a sample taken with `ceiling` as the bound. A sample without an upstream call
     /// in it (its records were delivered by the live calls that accepted them, or held for a
-    /// route and dead-lettered) says nothing: taken as the fastest latency it would make every later one
-    /// look slow for ever.
+    /// route and dead-lettered) says nothing: taken as the fastest latency, it would make every
+    /// later one look slow for ever.
     pub fn record(&mut self, sample: Sample, ceiling: usize) {
         if sample == Sample::default() {
             return;

@@ -240,9 +240,10 @@ impl Replayer {
                 Some(Dry::Unreadable(_, retry)) if can_read => Some(*retry),
                 _ => None,
             };
+            let pause = tokio::time::sleep_until(look.unwrap_or_else(tokio::time::Instant::now));
             let number = tokio::select! {
                 Some(number) = running.next() => number,
-                _ = tokio::time::sleep_until(look.unwrap_or_else(tokio::time::Instant::now)), if look.is_some() => continue,
+                _ = pause, if look.is_some() => continue,
             };
             if let Some(end) = flow.finish(number) {
                 at.offset = if flow.slots.is_empty() { read_to } else { end };
